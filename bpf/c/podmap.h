@@ -1,0 +1,166 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * Every layout the kernel programs and userspace share: map keys and values, event records,
+ * counter indices. Mirrored field for field by bpf/src/layout.rs; the test `layout_matches_c`
+ * compiles this header on the host and fails when the two drift.
+ */
+#ifndef PODMAP_H
+#define PODMAP_H
+
+#include <linux/types.h>
+
+#define PODMAP_FILENAME_MAX 256
+#define PODMAP_CWD_MAX 256
+#define PODMAP_ARGS_MAX 1024
+#define PODMAP_CGROUP_PATH_MAX 512
+#define PODMAP_META_MAX 4088
+#define PODMAP_MAX_CGROUP_DEPTH 16
+
+#define PODMAP_MAX_CONTAINERS 32768
+#define PODMAP_MAX_PROCS 65536
+#define PODMAP_COUNTERS 128
+
+/* Which cgroup hierarchy a cgroup id belongs to: ids of different hierarchies collide. */
+enum podmap_hierarchy {
+	PODMAP_HIER_V2 = 0,
+	PODMAP_HIER_V1 = 1, /* the tracked v1 controller */
+};
+
+struct podmap_cgroup_key {
+	__u64 id;
+	__u32 hierarchy;
+	__u32 _pad;
+};
+
+/* Compact record the programs read: enough to attribute and (later) to enforce. */
+struct podmap_container {
+	__u64 created_ns; /* CLOCK_REALTIME ns when the writer mapped it */
+	__u32 flags;      /* PODMAP_CF_* */
+	__u32 writer;     /* PODMAP_WRITER_* */
+};
+
+#define PODMAP_CF_SANDBOX (1U << 0)  /* the pod sandbox (pause) cgroup */
+#define PODMAP_CF_REMOVING (1U << 1) /* removed by the runtime, kept for the grace period */
+
+enum podmap_writer {
+	PODMAP_WRITER_TEST = 0,
+	PODMAP_WRITER_NRI = 1,
+	PODMAP_WRITER_OCI_HOOK = 2,
+	PODMAP_WRITER_DAEMON = 3,
+};
+
+/* Metadata of a container: a bounded JSON blob, read by podmapd once per new cgroup id. */
+struct podmap_container_meta {
+	__u32 len;
+	__u8 data[PODMAP_META_MAX];
+};
+
+/* The process table (not pinned): tgid -> the boot-time ns of its latest exec. */
+struct podmap_proc {
+	__u64 exec_ktime;
+	__u32 flags; /* PODMAP_PF_* */
+	__u32 _pad;
+};
+
+enum podmap_event_type {
+	PODMAP_EV_EXEC = 1,
+	PODMAP_EV_EXIT = 2,
+	PODMAP_EV_CGROUP_MKDIR = 3,
+	PODMAP_EV_CGROUP_RMDIR = 4,
+};
+
+/* Event and process flags. */
+#define PODMAP_PF_ARGS_TRUNCATED (1U << 0)
+#define PODMAP_PF_PROCFS_SCAN (1U << 1)
+#define PODMAP_PF_PATH_UNREADABLE (1U << 2)
+#define PODMAP_PF_CWD_TRUNCATED (1U << 3)
+
+/* Attribution as the kernel saw it: the mapped cgroup (leaf or an ancestor), if any. */
+struct podmap_task_ids {
+	__u64 cgroup_v2;      /* the task's cgroup v2 id */
+	__u64 cgroup_v1;      /* the task's id in the tracked v1 controller, 0 if none */
+	__u64 container_cgid; /* id of the mapped cgroup the task lives in or below, 0 if none */
+	__u32 container_hier; /* enum podmap_hierarchy of container_cgid */
+	__u32 pid;            /* tgid */
+	__u32 tid;
+	__u32 ppid;
+	__u32 uid;
+	__u32 _pad;
+};
+
+struct podmap_event_header {
+	__u32 type;  /* enum podmap_event_type */
+	__u32 flags; /* PODMAP_PF_* */
+	__u64 ktime; /* bpf_ktime_get_boot_ns() */
+};
+
+/*
+ * Followed by: filename (PODMAP_FILENAME_MAX region, NUL-terminated), cwd (PODMAP_CWD_MAX region:
+ * path components leaf first, each NUL-terminated), then args_len bytes of NUL-separated argv.
+ */
+struct podmap_exec_event {
+	struct podmap_event_header hdr;
+	struct podmap_task_ids ids;
+	__u64 start_time;        /* task start, boot-time ns */
+	__u64 parent_exec_ktime; /* the parent's latest exec, 0 if unknown */
+	__u16 filename_len;      /* bytes including the NUL */
+	__u16 cwd_len;
+	__u16 args_len;
+	__u16 _pad[1];
+};
+
+struct podmap_exit_event {
+	struct podmap_event_header hdr;
+	struct podmap_task_ids ids;
+	__u64 exec_ktime; /* this process's latest exec, 0 if unknown */
+	__s32 exit_code;  /* task->exit_code: wait(2) status layout */
+	__u32 _pad;
+};
+
+/* Followed by path_len bytes of the cgroup path (NUL-terminated). */
+struct podmap_cgroup_event {
+	struct podmap_event_header hdr;
+	__u64 id;
+	__s32 hierarchy_id; /* kernel hierarchy id: 0 is cgroup2 */
+	__s32 level;
+	__u16 path_len;
+	__u16 _pad[3];
+};
+
+#define PODMAP_EXEC_DATA_MAX (PODMAP_FILENAME_MAX + PODMAP_CWD_MAX + PODMAP_ARGS_MAX)
+
+/*
+ * Shared counters, one u64 each in the mmapable pinned array `podmap_counters`: the kernel
+ * programs add with atomics, userspace writers add through the mapping with atomics too.
+ */
+enum podmap_counter {
+	PODMAP_C_EXEC = 0,
+	PODMAP_C_EXIT,
+	PODMAP_C_RINGBUF_DROPPED,
+	PODMAP_C_ARGS_TRUNCATED,
+	PODMAP_C_CWD_TRUNCATED,
+	PODMAP_C_PATH_UNREADABLE,
+	PODMAP_C_CGROUP_EVENTS,
+	PODMAP_C_PROC_TABLE_FULL,
+	PODMAP_C_RECORDS_WRITTEN = 16,
+	PODMAP_C_RECORDS_REMOVED,
+	PODMAP_C_RECORDS_EXPIRED,
+	PODMAP_C_MAP_WRITE_ERRORS,
+	PODMAP_C_STORE_ERRORS,
+	PODMAP_C_CGROUP_UNRESOLVED,
+	PODMAP_C_NRI_EVENTS,
+	PODMAP_C_NRI_MAPPED,
+	PODMAP_C_NRI_FAILURES,
+	PODMAP_C_NRI_SLOW_REPLIES,
+	PODMAP_C_HOOK_RUNS,
+	PODMAP_C_HOOK_MAPPED,
+	PODMAP_C_HOOK_FAILURES,
+	PODMAP_C_HOOK_TIMEOUTS,
+	PODMAP_C_HOOK_BAD_INPUT,
+	/* create-to-mapping-ready histogram: bucket i counts latencies < 2^i microseconds */
+	PODMAP_C_LATENCY_BUCKET0 = 64,
+	PODMAP_C_LATENCY_BUCKETS = 32,
+	PODMAP_C_COUNT = PODMAP_COUNTERS,
+};
+
+#endif

@@ -1,0 +1,17 @@
+//! podmap's kernel side and everything about kernel ids: the C eBPF programs (built by build.rs),
+//! the layouts they share with userspace, typed handles on the pinned maps, the container record,
+//! cgroup path resolution, and the loader podmapd attaches the programs with.
+
+pub mod cgroup;
+pub mod layout;
+pub mod maps;
+pub mod mounts;
+pub mod objects;
+pub mod programs;
+pub mod record;
+
+pub use maps::{Counters, MapsError, Record, RecordFlags, SharedMaps, Writer};
+pub use record::{CgroupId, CgroupIds, CgroupKey, ContainerId, ContainerMeta, Hierarchy, PodUid};
+
+/// Where the pinned maps live unless told otherwise (design.md).
+pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/podmap";

@@ -1,0 +1,177 @@
+//! Loads and attaches the kernel programs (podmapd's job): exec, exit, fork, cgroup mkdir/rmdir.
+
+use std::path::{Path, PathBuf};
+
+use aya::maps::{HashMap, MapData, RingBuf};
+use aya::programs::{RawTracePoint, TracePoint};
+use aya::Ebpf;
+
+use crate::cgroup::CgroupLayout;
+use crate::layout::podmap_proc;
+use crate::maps::{load_pinned, MapsError, SharedMaps};
+use crate::{mounts, objects};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProgramsError {
+    #[error(transparent)]
+    Maps(#[from] MapsError),
+    #[error("tracefs: {0}")]
+    Tracefs(#[from] mounts::MountError),
+    #[error("program {name} missing from the object")]
+    Missing { name: &'static str },
+    #[error("loading {kind} program {name}: {source}{hint}")]
+    Load {
+        kind: &'static str,
+        name: &'static str,
+        source: aya::programs::ProgramError,
+        hint: &'static str,
+    },
+    #[error("attaching {name} to {point}: {source}")]
+    Attach {
+        name: &'static str,
+        point: &'static str,
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {0} missing from the object")]
+    MissingMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+}
+
+/// Settings the programs are loaded with.
+#[derive(Debug, Clone)]
+pub struct ProgramConfig {
+    pub bpffs_dir: PathBuf,
+    /// Which v1 controller the programs read ids from (None: v1 not tracked).
+    pub v1_controller: Option<String>,
+    pub v1_hierarchy_id: i32,
+    /// Queued bytes past which a record wakes the reader; below it the reader polls.
+    pub wakeup_bytes: u64,
+}
+
+impl ProgramConfig {
+    pub fn new(bpffs_dir: &Path, layout: &CgroupLayout) -> Self {
+        ProgramConfig {
+            bpffs_dir: bpffs_dir.to_owned(),
+            v1_controller: layout.v1.as_ref().map(|v| v.name.clone()),
+            v1_hierarchy_id: layout.v1.as_ref().map_or(-1, |v| v.hierarchy_id),
+            wakeup_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// `enum podmap_v1_controller` of podmap.bpf.c.
+fn v1_code(name: Option<&str>) -> u32 {
+    match name {
+        Some("memory") => 1,
+        Some("pids") => 2,
+        Some("cpu") => 3,
+        Some("cpuset") => 4,
+        Some("cpuacct") => 5,
+        Some("blkio") => 6,
+        Some("devices") => 7,
+        Some("freezer") => 8,
+        _ => 0,
+    }
+}
+
+/// The attached programs and the maps the daemon reads. Dropping it detaches everything.
+pub struct LoadedPrograms {
+    pub maps: SharedMaps,
+    pub events: RingBuf<MapData>,
+    /// tgid -> latest exec; podmapd seeds it from /proc at start-up.
+    pub procs: HashMap<MapData, u32, podmap_proc>,
+    _ebpf: Ebpf,
+}
+
+const TRACEPOINTS: [(&str, &str, &str); 4] = [
+    ("podmap_exec", "sched", "sched_process_exec"),
+    ("podmap_exit", "sched", "sched_process_exit"),
+    ("podmap_cgroup_mkdir", "cgroup", "cgroup_mkdir"),
+    ("podmap_cgroup_rmdir", "cgroup", "cgroup_rmdir"),
+];
+
+pub fn load(cfg: &ProgramConfig) -> Result<LoadedPrograms, ProgramsError> {
+    mounts::ensure_tracefs()?;
+    let v1 = v1_code(cfg.v1_controller.as_deref());
+    let hier = cfg.v1_hierarchy_id;
+    let wakeup = cfg.wakeup_bytes;
+    let mut ebpf = load_pinned(objects::PROGRAMS, &cfg.bpffs_dir, |l| {
+        l.override_global("v1_controller", &v1, true);
+        l.override_global("v1_hierarchy_id", &hier, true);
+        l.override_global("wakeup_bytes", &wakeup, true);
+    })?;
+
+    for (name, category, point) in TRACEPOINTS {
+        let prog: &mut TracePoint = ebpf
+            .program_mut(name)
+            .ok_or(ProgramsError::Missing { name })?
+            .try_into()
+            .map_err(|source| ProgramsError::Load {
+                kind: "tracepoint",
+                name,
+                source,
+                hint: "",
+            })?;
+        prog.load().map_err(|source| ProgramsError::Load {
+            kind: "tracepoint",
+            name,
+            source,
+            hint: " (the kernel needs tracepoint programs with BTF and bpf_loop, Linux 5.17 or newer)",
+        })?;
+        prog.attach(category, point)
+            .map_err(|source| ProgramsError::Attach {
+                name,
+                point,
+                source,
+            })?;
+    }
+    let name = "podmap_fork";
+    let prog: &mut RawTracePoint = ebpf
+        .program_mut(name)
+        .ok_or(ProgramsError::Missing { name })?
+        .try_into()
+        .map_err(|source| ProgramsError::Load {
+            kind: "raw_tracepoint",
+            name,
+            source,
+            hint: "",
+        })?;
+    prog.load().map_err(|source| ProgramsError::Load {
+        kind: "raw_tracepoint",
+        name,
+        source,
+        hint: " (the kernel needs raw tracepoint programs)",
+    })?;
+    prog.attach("sched_process_fork")
+        .map_err(|source| ProgramsError::Attach {
+            name,
+            point: "sched_process_fork",
+            source,
+        })?;
+
+    let events = ebpf
+        .take_map("podmap_events")
+        .ok_or(ProgramsError::MissingMap("podmap_events"))?;
+    let events = RingBuf::try_from(events).map_err(|source| ProgramsError::Map {
+        name: "podmap_events",
+        source,
+    })?;
+    let procs = ebpf
+        .take_map("podmap_procs")
+        .ok_or(ProgramsError::MissingMap("podmap_procs"))?;
+    let procs = HashMap::try_from(procs).map_err(|source| ProgramsError::Map {
+        name: "podmap_procs",
+        source,
+    })?;
+    let maps = SharedMaps::from_ebpf(&mut ebpf, &cfg.bpffs_dir)?;
+    Ok(LoadedPrograms {
+        maps,
+        events,
+        procs,
+        _ebpf: ebpf,
+    })
+}

@@ -1,0 +1,56 @@
+//! The status report: one snapshot of every counter, served by `{"status": {}}`, printed by
+//! `podmap status`, and rendered as Prometheus metrics. One struct so the three never disagree.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub node: String,
+    pub version: String,
+    pub uptime_seconds: f64,
+    /// "standalone" or "kubernetes".
+    pub mode: String,
+    /// cgroup hierarchy events are keyed by: "cgroup2" (pure v2 or hybrid with containers in the
+    /// unified hierarchy) or "cgroup1:<controller>".
+    pub cgroup_hierarchy: String,
+    pub cgroup_layout: String,
+    /// Events read from the ring buffer, by type ("exec", "exit", "cgroup_mkdir", ...).
+    pub events_seen: BTreeMap<String, u64>,
+    /// Event lines handed to clients (one per client per event).
+    pub events_delivered: u64,
+    /// Events the kernel could not queue (ring buffer full).
+    pub events_lost_kernel: u64,
+    /// Event lines dropped because a client did not keep up.
+    pub events_lost_slow_clients: u64,
+    /// Attributed events by kind: container, host, unknown.
+    pub attribution: BTreeMap<String, u64>,
+    /// Events held waiting for their mapping, and how many of those timed out as unknown.
+    pub events_held: u64,
+    pub events_held_timed_out: u64,
+    pub clients_connected: u64,
+    pub client_errors: u64,
+    pub containers_mapped: u64,
+    pub pods_cached: u64,
+    pub enforcement_mode: String,
+    /// Every shared counter of the pinned counters map (kernel programs and runtime plugins),
+    /// by name.
+    pub shared_counters: BTreeMap<String, u64>,
+    /// Create-to-mapping-ready latency reported by the runtime plugins, in microseconds.
+    pub mapping_latency_us: LatencySummary,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LatencySummary {
+    pub count: u64,
+    pub p50: Option<u64>,
+    pub p99: Option<u64>,
+    pub max: Option<u64>,
+}
+
+/// What the server asks the daemon for. Implemented by podmapd's state; tests use fakes.
+pub trait StatusSource: Send + Sync + 'static {
+    fn status(&self) -> StatusReport;
+    /// The mapping table as JSON rows (`podmap containers`).
+    fn containers(&self) -> serde_json::Value;
+}

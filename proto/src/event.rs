@@ -1,0 +1,263 @@
+//! The enriched event, one JSON object per line on the socket.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventType {
+    Exec,
+    Exit,
+    Policy,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 3] = [EventType::Exec, EventType::Exit, EventType::Policy];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Exec => "exec",
+            EventType::Exit => "exit",
+            EventType::Policy => "policy",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+/// How an event's process was tied to a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Attribution {
+    /// Mapped to a container record written by a runtime plugin.
+    Container,
+    /// Outside every container cgroup.
+    Host,
+    /// In a cgroup shaped like a container's, but with no record (always counted).
+    Unknown,
+}
+
+impl Attribution {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Attribution::Container => "container",
+            Attribution::Host => "host",
+            Attribution::Unknown => "unknown",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessFlag {
+    ArgsTruncated,
+    ProcfsScan,
+    PathUnreadable,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Process {
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub binary: String,
+    pub args: Vec<String>,
+    pub cwd: String,
+    pub exec_id: String,
+    pub parent_exec_id: Option<String>,
+    pub start_time: String,
+    pub cgroup_id: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<ProcessFlag>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub name: String,
+    pub runtime: String,
+    pub image: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodInfo {
+    pub uid: String,
+    pub name: String,
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    pub workload: Option<String>,
+    pub workload_kind: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitInfo {
+    /// The exit status when the process exited; None when a signal killed it.
+    pub code: Option<i32>,
+    /// The name of the killing signal ("SIGKILL"), None for a normal exit.
+    pub signal: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyInfo {
+    pub name: String,
+    pub rule: String,
+    pub path: String,
+    pub action: String,
+    pub mode: String,
+}
+
+/// One enriched event. `container` and `pod` are shared (`Arc`) because every event of a
+/// container carries the same values; the daemon builds them once per container.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    pub time: String,
+    pub node: Arc<str>,
+    pub process: Process,
+    pub container: Option<Arc<ContainerInfo>>,
+    pub pod: Option<Arc<PodInfo>>,
+    pub attribution: Attribution,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<ExitInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyInfo>,
+}
+
+/// The conventional name of a signal number, as `kill -l` prints it with the SIG prefix.
+pub fn signal_name(sig: i32) -> String {
+    const NAMES: [&str; 32] = [
+        "",
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSYS",
+    ];
+    match usize::try_from(sig).ok().and_then(|i| NAMES.get(i)) {
+        Some(n) if !n.is_empty() => (*n).to_string(),
+        _ => format!("SIG{sig}"),
+    }
+}
+
+impl ExitInfo {
+    /// Decodes a kernel `task->exit_code` (wait status layout: low 7 bits signal, bits 8..15
+    /// exit status).
+    pub fn from_wait_status(raw: i32) -> Self {
+        let sig = raw & 0x7f;
+        if sig == 0 {
+            ExitInfo {
+                code: Some((raw >> 8) & 0xff),
+                signal: None,
+            }
+        } else {
+            ExitInfo {
+                code: None,
+                signal: Some(signal_name(sig)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_status_decodes_exit_and_signal() {
+        assert_eq!(
+            ExitInfo::from_wait_status(3 << 8),
+            ExitInfo {
+                code: Some(3),
+                signal: None
+            }
+        );
+        assert_eq!(
+            ExitInfo::from_wait_status(9),
+            ExitInfo {
+                code: None,
+                signal: Some("SIGKILL".into())
+            }
+        );
+        // Core-dump bit set: still the signal.
+        assert_eq!(
+            ExitInfo::from_wait_status(0x80 | 11),
+            ExitInfo {
+                code: None,
+                signal: Some("SIGSEGV".into())
+            }
+        );
+        assert_eq!(signal_name(64), "SIG64");
+    }
+
+    #[test]
+    fn event_json_shape_matches_design() {
+        let ev = Event {
+            kind: EventType::Exit,
+            time: "2026-11-25T12:00:00.123456789Z".into(),
+            node: "node-a".into(),
+            process: Process {
+                pid: 1,
+                tid: 1,
+                ppid: 0,
+                uid: 0,
+                binary: "/bin/sh".into(),
+                args: vec!["-c".into(), "true".into()],
+                cwd: "/".into(),
+                exec_id: "x".into(),
+                parent_exec_id: None,
+                start_time: "2026-11-25T12:00:00Z".into(),
+                cgroup_id: 7,
+                flags: vec![ProcessFlag::ArgsTruncated],
+            },
+            container: None,
+            pod: None,
+            attribution: Attribution::Host,
+            exit: Some(ExitInfo {
+                code: Some(0),
+                signal: None,
+            }),
+            policy: None,
+        };
+        let v: serde_json::Value = serde_json::to_value(&ev).unwrap();
+        assert_eq!(v["type"], "exit");
+        assert_eq!(v["attribution"], "host");
+        assert_eq!(v["exit"]["code"], 0);
+        assert!(v["exit"]["signal"].is_null());
+        assert!(v["container"].is_null());
+        assert_eq!(v["process"]["flags"][0], "args_truncated");
+        assert!(v.get("policy").is_none());
+        let back: Event = serde_json::from_value(v).unwrap();
+        assert_eq!(back, ev);
+    }
+}

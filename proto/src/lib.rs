@@ -1,0 +1,13 @@
+//! Shared wire types of podmap: the events podmapd serves, the requests its socket accepts.
+//!
+//! This crate owns the JSON shape users and programs see (design.md, "Events" and "The event
+//! socket"). It knows nothing of eBPF, runtimes or Kubernetes clients.
+
+pub mod event;
+pub mod request;
+
+pub use event::{
+    Attribution, ContainerInfo, Event, EventType, ExitInfo, PodInfo, PolicyInfo, Process,
+    ProcessFlag,
+};
+pub use request::{EventFilter, Request, RequestError, MAX_REQUEST_LINE};

@@ -1,0 +1,157 @@
+//! The one request line a socket client sends, and its validation.
+
+use crate::event::{Event, EventType};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A request line longer than this is refused.
+pub const MAX_REQUEST_LINE: usize = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum Request {
+    Events(EventFilter),
+    Status(Empty),
+    Containers(Empty),
+}
+
+/// `{}`: the status and containers requests take no parameters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}
+
+/// Server-side filter of an events stream; every field is optional and all given ones must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventFilter {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub types: Option<Vec<EventType>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RequestError {
+    #[error("request line is longer than {MAX_REQUEST_LINE} bytes")]
+    TooLong,
+    #[error("request is empty: send one JSON object such as {{\"events\": {{}}}}")]
+    Empty,
+    #[error("malformed request: {0}")]
+    Malformed(String),
+}
+
+impl Request {
+    /// Parses one request line (without its newline).
+    pub fn parse(line: &[u8]) -> Result<Request, RequestError> {
+        if line.len() > MAX_REQUEST_LINE {
+            return Err(RequestError::TooLong);
+        }
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return Err(RequestError::Empty);
+        }
+        serde_json::from_slice(line).map_err(|e| {
+            RequestError::Malformed(format!(
+                "{e}; expected one of {{\"events\": {{...}}}}, {{\"status\": {{}}}}, {{\"containers\": {{}}}}"
+            ))
+        })
+    }
+}
+
+impl EventFilter {
+    /// Whether the filter selects everything (the fast path: no per-event checks).
+    pub fn is_empty(&self) -> bool {
+        self.types.is_none()
+            && self.namespace.is_none()
+            && self.pod.is_none()
+            && self.container.is_none()
+            && self.labels.is_empty()
+    }
+
+    pub fn matches(&self, ev: &Event) -> bool {
+        if let Some(types) = &self.types {
+            if !types.contains(&ev.kind) {
+                return false;
+            }
+        }
+        let pod = ev.pod.as_deref();
+        if let Some(ns) = &self.namespace {
+            if pod.map(|p| p.namespace.as_str()) != Some(ns.as_str()) {
+                return false;
+            }
+        }
+        if let Some(name) = &self.pod {
+            if pod.map(|p| p.name.as_str()) != Some(name.as_str()) {
+                return false;
+            }
+        }
+        if let Some(name) = &self.container {
+            if ev.container.as_deref().map(|c| c.name.as_str()) != Some(name.as_str()) {
+                return false;
+            }
+        }
+        if !self.labels.is_empty() {
+            let Some(pod) = pod else { return false };
+            if !self
+                .labels
+                .iter()
+                .all(|(k, v)| pod.labels.get(k) == Some(v))
+            {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_three_requests() {
+        assert_eq!(
+            Request::parse(br#"{"events": {}}"#).unwrap(),
+            Request::Events(EventFilter::default())
+        );
+        assert_eq!(
+            Request::parse(br#"{"status": {}}"#).unwrap(),
+            Request::Status(Empty {})
+        );
+        assert_eq!(
+            Request::parse(br#"{"containers": {}}"#).unwrap(),
+            Request::Containers(Empty {})
+        );
+        let Request::Events(f) = Request::parse(
+            br#"{"events": {"types": ["exec","exit"], "namespace": "prod", "labels": {"app": "web"}}}"#,
+        )
+        .unwrap() else {
+            panic!("not events")
+        };
+        assert_eq!(f.types, Some(vec![EventType::Exec, EventType::Exit]));
+        assert_eq!(f.namespace.as_deref(), Some("prod"));
+        assert_eq!(f.labels.get("app").map(String::as_str), Some("web"));
+    }
+
+    #[test]
+    fn refuses_bad_requests_with_a_reason() {
+        for bad in [
+            &br#"{"evnts": {}}"#[..],
+            br#"{"events": {"types": ["fork"]}}"#,
+            br#"{"events": {"nmespace": "x"}}"#,
+            br#"not json"#,
+            br#"{"events": {}, "status": {}}"#,
+        ] {
+            let err = Request::parse(bad).unwrap_err();
+            assert!(matches!(err, RequestError::Malformed(_)), "{err}");
+        }
+        assert_eq!(Request::parse(b"  ").unwrap_err(), RequestError::Empty);
+        let long = vec![b' '; MAX_REQUEST_LINE + 1];
+        assert_eq!(Request::parse(&long).unwrap_err(), RequestError::TooLong);
+    }
+}
