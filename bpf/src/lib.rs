@@ -9,6 +9,8 @@ pub mod mounts;
 pub mod objects;
 pub mod programs;
 pub mod record;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use maps::{Counters, MapsError, Record, RecordFlags, SharedMaps, Writer};
 pub use record::{CgroupId, CgroupIds, CgroupKey, ContainerId, ContainerMeta, Hierarchy, PodUid};

@@ -1,0 +1,107 @@
+//! Test fixtures shared by the workspace's kernel tests (feature `testing`): a private pin
+//! directory and private cgroups, each removed on drop even when the test fails, so tests can run
+//! in parallel and twice in a row on one kernel.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A name unique to this process and call: `<prefix>-<pid>-<seq>`.
+pub fn unique_name(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A private directory of pinned maps under /sys/fs/bpf, removed with its pins on drop.
+pub struct PinDir {
+    pub path: PathBuf,
+}
+
+impl PinDir {
+    pub fn new(prefix: &str) -> Self {
+        PinDir {
+            path: Path::new(crate::mounts::BPFFS_ROOT).join(unique_name(prefix)),
+        }
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A private cgroup (with optional nested children) in one hierarchy mount, removed on drop after
+/// moving any process left in it to the hierarchy's root.
+pub struct TestCgroup {
+    pub mount: PathBuf,
+    pub rel: PathBuf,
+}
+
+impl TestCgroup {
+    /// Creates `<mount>/<unique name>`.
+    pub fn new(mount: &Path, prefix: &str) -> std::io::Result<Self> {
+        let rel = PathBuf::from(unique_name(prefix));
+        std::fs::create_dir(mount.join(&rel))?;
+        Ok(TestCgroup {
+            mount: mount.to_owned(),
+            rel,
+        })
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.mount.join(&self.rel)
+    }
+
+    /// The cgroup id: its directory's inode.
+    pub fn id(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(self.path()).map(|m| m.ino()).unwrap_or(0)
+    }
+
+    /// Creates a child cgroup below this one.
+    pub fn child(&self, name: &str) -> std::io::Result<TestCgroup> {
+        let rel = self.rel.join(name);
+        std::fs::create_dir(self.mount.join(&rel))?;
+        Ok(TestCgroup {
+            mount: self.mount.clone(),
+            rel,
+        })
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let path = self.path();
+        // Children first, deepest first.
+        let mut dirs = vec![];
+        let mut stack = vec![path.clone()];
+        while let Some(d) = stack.pop() {
+            if let Ok(rd) = std::fs::read_dir(&d) {
+                for e in rd.flatten() {
+                    if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                        stack.push(e.path());
+                    }
+                }
+            }
+            dirs.push(d);
+        }
+        for d in dirs.iter().rev() {
+            if let Ok(procs) = std::fs::read_to_string(d.join("cgroup.procs")) {
+                for pid in procs.lines() {
+                    let _ = std::fs::write(self.mount.join("cgroup.procs"), pid);
+                }
+            }
+            for _ in 0..50 {
+                if std::fs::remove_dir(d).is_ok() || !d.exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! The pinned-map API against the real kernel: create or reuse pins, write, read, remove.
+
+use podmap_bpf::cgroup::{CgroupLayout, LayoutKind};
+use podmap_bpf::layout::Counter;
+use podmap_bpf::testing::{PinDir, TestCgroup};
+use podmap_bpf::{
+    CgroupId, CgroupIds, CgroupKey, ContainerId, ContainerMeta, PodUid, RecordFlags, SharedMaps,
+    Writer,
+};
+use std::path::Path;
+
+fn meta(id: &str) -> ContainerMeta {
+    ContainerMeta {
+        container_id: ContainerId(id.into()),
+        name: "web".into(),
+        pod_uid: Some(PodUid("12345678-1234-1234-1234-123456789abc".into())),
+        pod_name: "web-1".into(),
+        namespace: "prod".into(),
+        labels: [("app".to_string(), "web".to_string())].into(),
+        image: "busybox".into(),
+        runtime: "test".into(),
+        sandbox: false,
+        cgroup_path: "/x".into(),
+    }
+}
+
+#[test]
+fn writers_share_one_set_of_pins() {
+    let dir = PinDir::new("podmap-test-pins");
+    let mut a = SharedMaps::open(&dir.path).expect("create pins");
+    let b = SharedMaps::open(&dir.path).expect("reuse pins");
+    for name in ["podmap_containers", "podmap_meta", "podmap_counters"] {
+        assert!(dir.path.join(name).exists(), "{name} pinned");
+    }
+    let ids = CgroupIds {
+        v2: Some(CgroupId(4242)),
+        v1: Some(CgroupId(4343)),
+    };
+    a.insert(&ids, &meta("c1"), RecordFlags::default(), Writer::Test)
+        .unwrap();
+    // The second handle sees both keys, the compact record and the metadata.
+    for key in [CgroupKey::v2(4242), CgroupKey::v1(4343)] {
+        let rec = b
+            .get(key)
+            .unwrap()
+            .expect("record visible through the other handle");
+        assert_eq!(rec.writer, Writer::Test as u32);
+        assert_eq!(b.meta(key).unwrap(), Some(meta("c1")));
+    }
+    assert_eq!(
+        b.get(CgroupKey::v1(4242)).unwrap(),
+        None,
+        "hierarchies never mix"
+    );
+    // Idempotent rewrite, then flags.
+    a.insert(&ids, &meta("c1"), RecordFlags::default(), Writer::Test)
+        .unwrap();
+    assert!(a
+        .set_flags(
+            CgroupKey::v2(4242),
+            RecordFlags {
+                removing: true,
+                sandbox: false
+            }
+        )
+        .unwrap());
+    assert!(b.get(CgroupKey::v2(4242)).unwrap().unwrap().flags.removing);
+    // Counters are shared between handles.
+    let before = b.counters().get(Counter::RecordsWritten);
+    a.counters().add(Counter::HookRuns, 3);
+    assert_eq!(b.counters().get(Counter::HookRuns), 3);
+    assert_eq!(before, 2);
+    a.remove(&ids).unwrap();
+    assert_eq!(b.get(CgroupKey::v2(4242)).unwrap(), None);
+    assert_eq!(b.meta(CgroupKey::v1(4343)).unwrap(), None);
+    a.remove(&ids).expect("removing twice is fine");
+}
+
+#[test]
+fn concurrent_creators_end_with_one_set_of_pins() {
+    let dir = PinDir::new("podmap-test-race");
+    let handles: Vec<_> = (0..8)
+        .map(|i| {
+            let p = dir.path.clone();
+            std::thread::spawn(move || {
+                let mut m = SharedMaps::open(&p).expect("open under a race");
+                let ids = CgroupIds {
+                    v2: Some(CgroupId(1000 + i)),
+                    v1: None,
+                };
+                m.insert(
+                    &ids,
+                    &meta(&format!("c{i}")),
+                    RecordFlags::default(),
+                    Writer::Test,
+                )
+                .unwrap();
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let m = SharedMaps::open(&dir.path).unwrap();
+    let mut keys = m.keys();
+    keys.sort();
+    assert_eq!(
+        keys.len(),
+        8,
+        "every writer's record is in the one shared map: {keys:?}"
+    );
+    assert_eq!(m.counters().get(Counter::RecordsWritten), 8);
+}
+
+#[test]
+fn latency_histogram_buckets_by_power_of_two() {
+    let dir = PinDir::new("podmap-test-lat");
+    let m = SharedMaps::open(&dir.path).unwrap();
+    m.counters().record_latency(0);
+    m.counters().record_latency(700); // 512..1024 -> bucket 10
+    m.counters().record_latency(1_000_000_000_000);
+    let h = m.counters().latency_histogram();
+    assert_eq!(h[0], 1);
+    assert_eq!(h[10], 1);
+    assert_eq!(h[31], 1);
+    assert_eq!(h.iter().sum::<u64>(), 3);
+}
+
+#[test]
+fn a_dir_outside_bpffs_is_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = SharedMaps::open(&tmp.path().join("pins"))
+        .err()
+        .expect("not bpffs");
+    assert!(err.to_string().contains("not on a bpf filesystem"), "{err}");
+}
+
+#[test]
+fn layout_of_this_host_resolves_cgroup_ids() {
+    let layout = CgroupLayout::detect(Path::new("/sys/fs/cgroup"), "memory").unwrap();
+    let mount = layout.unified.clone().expect("this host has cgroup2");
+    assert!(matches!(
+        layout.kind,
+        LayoutKind::Hybrid | LayoutKind::Unified
+    ));
+    assert_eq!(layout.hierarchy_name(), "cgroup2");
+    let cg = TestCgroup::new(&mount, "podmap-test-resolve").unwrap();
+    let ids = layout.resolve(&cg.rel);
+    assert_eq!(ids.v2, Some(CgroupId(cg.id())));
+    if layout.kind == LayoutKind::Hybrid {
+        let v1 = layout.v1.as_ref().expect("memory controller is mounted");
+        assert!(v1.hierarchy_id > 0);
+        assert_eq!(ids.v1, None, "not created in v1");
+        let v1cg = TestCgroup {
+            mount: v1.path.clone(),
+            rel: cg.rel.clone(),
+        };
+        std::fs::create_dir(v1cg.path()).unwrap();
+        assert_eq!(layout.resolve(&cg.rel).v1, Some(CgroupId(v1cg.id())));
+    }
+    assert!(layout
+        .resolve(Path::new("podmap-no-such-cgroup"))
+        .is_empty());
+}
