@@ -78,14 +78,18 @@ fn v1_code(name: Option<&str>) -> u32 {
     }
 }
 
-/// The attached programs and the maps the daemon reads. Dropping it detaches everything.
+/// The attached programs and the maps the daemon reads.
 pub struct LoadedPrograms {
     pub maps: SharedMaps,
     pub events: RingBuf<MapData>,
     /// tgid -> latest exec; podmapd seeds it from /proc at start-up.
     pub procs: HashMap<MapData, u32, podmap_proc>,
-    _ebpf: Ebpf,
+    /// The programs stay attached as long as this lives.
+    pub attached: Attached,
 }
+
+/// Owns the loaded object: dropping it detaches every program.
+pub struct Attached(#[allow(dead_code)] Ebpf);
 
 const TRACEPOINTS: [(&str, &str, &str); 4] = [
     ("podmap_exec", "sched", "sched_process_exec"),
@@ -172,6 +176,6 @@ pub fn load(cfg: &ProgramConfig) -> Result<LoadedPrograms, ProgramsError> {
         maps,
         events,
         procs,
-        _ebpf: ebpf,
+        attached: Attached(ebpf),
     })
 }

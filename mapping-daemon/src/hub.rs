@@ -210,9 +210,7 @@ impl Subscription {
     /// everything queued in one write.
     pub async fn recv_many(&mut self, buf: &mut Vec<Arc<Published>>, limit: usize) -> usize {
         let n = self.rx.recv_many(buf, limit.max(1)).await;
-        self.shared
-            .delivered
-            .fetch_add(n as u64, Ordering::Relaxed);
+        self.shared.delivered.fetch_add(n as u64, Ordering::Relaxed);
         n
     }
 

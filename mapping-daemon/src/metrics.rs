@@ -4,7 +4,7 @@
 //! The HTTP side is deliberately tiny (one GET route, `Connection: close`), written on a tokio
 //! `TcpListener`: a scrape endpoint does not justify an HTTP stack as a dependency.
 
-use crate::status::{StatusReport, StatusSource};
+use crate::status::{LatencySummary, StatusReport, StatusSource};
 use anyhow::Context as _;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -108,6 +108,11 @@ pub fn render(report: &StatusReport) -> String {
             "Create-to-mapping-ready measurements reported by the runtime plugins",
             report.mapping_latency_us.count,
         ),
+        (
+            "event_latency_samples",
+            "Event latency measurements (kernel timestamp to client queues)",
+            report.event_latency_us.count,
+        ),
     ] {
         let c = Counter::<u64>::default();
         c.inc_by(value);
@@ -136,27 +141,42 @@ pub fn render(report: &StatusReport) -> String {
         reg.register(name, help, g);
     }
 
-    // Summary-style quantiles as a gauge family: the plugins report the quantiles, not the
-    // observations a histogram would need. "1" is the maximum, as in Prometheus summaries.
-    let latency = Family::<[(&'static str, &'static str); 1], Gauge<f64, AtomicU64>>::default();
-    let lat = &report.mapping_latency_us;
-    for (quantile, value) in [("0.5", lat.p50), ("0.99", lat.p99), ("1", lat.max)] {
-        if let Some(us) = value {
-            latency
-                .get_or_create(&[("quantile", quantile)])
-                .set(us as f64 / 1e6);
-        }
-    }
     reg.register(
         "mapping_latency_seconds",
         "Create-to-mapping-ready latency reported by the runtime plugins",
-        latency,
+        quantiles(&report.mapping_latency_us),
+    );
+    reg.register(
+        "event_latency_seconds",
+        "Latency from the kernel's timestamp to the hand-off to the clients' queues",
+        quantiles(&report.event_latency_us),
     );
 
     let mut out = String::new();
     // Writing into a String cannot fail.
     encode(&mut out, &reg).expect("encoding metrics into a String");
     out
+}
+
+/// Summary-style quantiles as a gauge family: what is reported is quantiles, not the
+/// observations a histogram would need. "1" is the maximum, as in Prometheus summaries; an
+/// absent quantile (no samples yet) is left out rather than shown as 0.
+fn quantiles(
+    summary: &LatencySummary,
+) -> Family<[(&'static str, &'static str); 1], Gauge<f64, AtomicU64>> {
+    let family = Family::<[(&'static str, &'static str); 1], Gauge<f64, AtomicU64>>::default();
+    for (quantile, value) in [
+        ("0.5", summary.p50),
+        ("0.99", summary.p99),
+        ("1", summary.max),
+    ] {
+        if let Some(us) = value {
+            family
+                .get_or_create(&[("quantile", quantile)])
+                .set(us as f64 / 1e6);
+        }
+    }
+    family
 }
 
 fn labelled(label: &'static str, values: &BTreeMap<String, u64>) -> Labelled {
@@ -304,7 +324,6 @@ async fn handle_http(mut stream: TcpStream, source: &dyn StatusSource) -> std::i
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::LatencySummary;
 
     fn sample_report() -> StatusReport {
         StatusReport {
@@ -333,6 +352,12 @@ mod tests {
                 p99: Some(2500),
                 max: None,
             },
+            event_latency_us: LatencySummary {
+                count: 100,
+                p50: Some(40),
+                p99: Some(300),
+                max: Some(1200),
+            },
         }
     }
 
@@ -358,6 +383,8 @@ mod tests {
             "podmap_mapping_latency_samples_total 6",
             r#"podmap_mapping_latency_seconds{quantile="0.5"} 0.0008"#,
             r#"podmap_mapping_latency_seconds{quantile="0.99"} 0.0025"#,
+            "podmap_event_latency_samples_total 100",
+            r#"podmap_event_latency_seconds{quantile="1"} 0.0012"#,
         ] {
             assert!(
                 text.lines().any(|l| l == line),
@@ -366,13 +393,19 @@ mod tests {
         }
         assert!(text.contains(r#"enforcement_mode="lsm""#), "{text}");
         assert!(text.contains("podmap_daemon_info{"), "{text}");
-        assert!(!text.contains(r#"quantile="1""#), "an absent max is not rendered as 0");
+        assert!(
+            !text.contains(r#"podmap_mapping_latency_seconds{quantile="1"}"#),
+            "an absent max is not rendered as 0"
+        );
         assert!(text.ends_with("# EOF\n"));
     }
 
     #[test]
     fn routes_only_get_metrics() {
-        assert_eq!(route(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"), Route::Metrics);
+        assert_eq!(
+            route(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Route::Metrics
+        );
         assert_eq!(route(b"GET /metrics?x=1 HTTP/1.0\r\n\r\n"), Route::Metrics);
         assert_eq!(route(b"POST /metrics HTTP/1.1\r\n\r\n"), Route::NotFound);
         assert_eq!(route(b"GET / HTTP/1.1\r\n\r\n"), Route::NotFound);
@@ -413,7 +446,10 @@ mod tests {
         assert!(body.contains("podmap_containers_mapped 6"));
 
         let missing = get(addr, "GET /other HTTP/1.1\r\n\r\n").await;
-        assert!(missing.starts_with("HTTP/1.1 404 Not Found\r\n"), "{missing}");
+        assert!(
+            missing.starts_with("HTTP/1.1 404 Not Found\r\n"),
+            "{missing}"
+        );
         let post = get(addr, "POST /metrics HTTP/1.1\r\n\r\n").await;
         assert!(post.starts_with("HTTP/1.1 404 Not Found\r\n"), "{post}");
 

@@ -106,7 +106,9 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
         Ok(Some(gid)) => std::os::unix::fs::chown(path, None, Some(gid))
             .with_context(|| format!("giving {} to group {SOCKET_GROUP}", path.display()))?,
         Ok(None) => debug!("no group {SOCKET_GROUP}: the socket stays root's group"),
-        Err(e) => warn!(error = %e, "looking up group {SOCKET_GROUP} failed; not changing the socket's group"),
+        Err(e) => {
+            warn!(error = %e, "looking up group {SOCKET_GROUP} failed; not changing the socket's group")
+        }
     }
     info!(socket = %path.display(), "listening");
     Ok(listener)
@@ -132,8 +134,9 @@ fn remove_stale_socket(path: &Path) -> anyhow::Result<()> {
         Err(e) => {
             debug!(error = %e, socket = %path.display(), "removing a stale socket");
             match std::fs::remove_file(path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e)
-                    .with_context(|| format!("removing the stale socket {}", path.display())),
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    Err(e).with_context(|| format!("removing the stale socket {}", path.display()))
+                }
                 _ => Ok(()),
             }
         }
@@ -374,11 +377,7 @@ async fn write_error_line(wr: &mut WriteHalf<'_>, msg: &str) -> io::Result<()> {
 }
 
 /// Sends the error line, then drains the client's input briefly so it reads a clean EOF.
-async fn refuse(
-    reader: &mut BufReader<ReadHalf<'_>>,
-    wr: &mut WriteHalf<'_>,
-    refusal: &Refusal,
-) {
+async fn refuse(reader: &mut BufReader<ReadHalf<'_>>, wr: &mut WriteHalf<'_>, refusal: &Refusal) {
     let msg = refusal.to_string();
     match timeout(ERROR_WRITE_GRACE, write_error_line(wr, &msg)).await {
         Ok(Ok(())) => {}

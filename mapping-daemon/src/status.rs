@@ -38,6 +38,9 @@ pub struct StatusReport {
     pub shared_counters: BTreeMap<String, u64>,
     /// Create-to-mapping-ready latency reported by the runtime plugins, in microseconds.
     pub mapping_latency_us: LatencySummary,
+    /// Kernel timestamp to hand-off to the clients' queues, in microseconds.
+    #[serde(default)]
+    pub event_latency_us: LatencySummary,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

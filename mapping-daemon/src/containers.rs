@@ -1,0 +1,103 @@
+//! Container records as podmapd sees them: read from the pinned metadata map once per new cgroup
+//! id (never per event), turned into the event's `container` and `pod` objects once, and cached
+//! until the cgroup goes away. A cached entry is re-validated against the compact record now and
+//! then, so a record rewritten for the same cgroup is picked up.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use podmap_bpf::{CgroupKey, ContainerMeta, SharedMaps};
+use podmap_proto::{ContainerInfo, PodInfo};
+
+const REVALIDATE: Duration = Duration::from_secs(10);
+
+/// One mapped container, ready to be joined into events.
+#[derive(Debug)]
+pub struct Mapped {
+    pub meta: ContainerMeta,
+    pub container: Arc<ContainerInfo>,
+    pub pod: Option<Arc<PodInfo>>,
+}
+
+impl Mapped {
+    pub fn from_meta(meta: ContainerMeta) -> Self {
+        let container = Arc::new(ContainerInfo {
+            id: meta.container_id.0.clone(),
+            name: meta.name.clone(),
+            runtime: meta.runtime.clone(),
+            image: meta.image.clone(),
+        });
+        let pod = meta.pod_uid.as_ref().map(|uid| {
+            Arc::new(PodInfo {
+                uid: uid.0.clone(),
+                name: meta.pod_name.clone(),
+                namespace: meta.namespace.clone(),
+                labels: meta.labels.clone(),
+                workload: None,
+                workload_kind: None,
+            })
+        });
+        Mapped { meta, container, pod }
+    }
+}
+
+struct Entry {
+    mapped: Arc<Mapped>,
+    created_ns: u64,
+    checked: Instant,
+}
+
+#[derive(Default)]
+pub struct ContainerCache {
+    entries: HashMap<CgroupKey, Entry>,
+    /// Metadata blobs that did not parse (a writer bug or version skew): counted, never silent.
+    pub corrupt: u64,
+}
+
+impl ContainerCache {
+    /// The container mapped at `key`, reading the map only for a new or stale key.
+    pub fn get(&mut self, maps: &SharedMaps, key: CgroupKey) -> Option<Arc<Mapped>> {
+        let now = Instant::now();
+        if let Some(e) = self.entries.get_mut(&key) {
+            if now.duration_since(e.checked) < REVALIDATE {
+                return Some(e.mapped.clone());
+            }
+            match maps.get(key) {
+                Ok(Some(rec)) if rec.created_ns == e.created_ns => {
+                    e.checked = now;
+                    return Some(e.mapped.clone());
+                }
+                _ => {
+                    self.entries.remove(&key);
+                }
+            }
+        }
+        let rec = maps.get(key).ok().flatten()?;
+        let meta = match maps.meta(key) {
+            Ok(Some(m)) => m,
+            Ok(None) => return None,
+            Err(e) => {
+                self.corrupt += 1;
+                tracing::warn!(error = %e, "skipping a container record");
+                return None;
+            }
+        };
+        let mapped = Arc::new(Mapped::from_meta(meta));
+        self.entries.insert(key, Entry { mapped: mapped.clone(), created_ns: rec.created_ns, checked: now });
+        Some(mapped)
+    }
+
+    /// Forgets a cgroup that was removed.
+    pub fn forget(&mut self, key: CgroupKey) {
+        self.entries.remove(&key);
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}

@@ -1,0 +1,125 @@
+//! podmapd: loads and attaches the programs, scans /proc, then runs the reader, the socket server
+//! and the metrics endpoint until SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::sync::watch;
+
+use podmap_bpf::cgroup::CgroupLayout;
+use podmap_bpf::programs::{self, ProgramConfig};
+
+use crate::hub::Hub;
+use crate::pipeline::{reader, Pipeline};
+use crate::procs::ProcTable;
+use crate::state::DaemonState;
+use crate::stats::Stats;
+use crate::{metrics, server};
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "podmapd", version, about = "podmap's node daemon: every process the kernel runs, attributed to its pod and container")]
+pub struct Args {
+    /// The event socket.
+    #[arg(long, env = "PODMAP_SOCKET", default_value = server::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Directory of the pinned maps shared with the runtime plugins (on bpffs).
+    #[arg(long, env = "PODMAP_BPFFS_DIR", default_value = podmap_bpf::DEFAULT_BPFFS_DIR)]
+    pub bpffs_dir: PathBuf,
+    /// The host's cgroupfs, as mounted where podmapd runs.
+    #[arg(long, env = "PODMAP_CGROUP_ROOT", default_value = "/sys/fs/cgroup")]
+    pub cgroup_root: PathBuf,
+    /// The cgroup v1 controller whose ids attribute processes on hosts where containers live
+    /// only in v1.
+    #[arg(long, env = "PODMAP_V1_CONTROLLER", default_value = "memory")]
+    pub v1_controller: String,
+    /// This node's name in events (default: the host name).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Where Prometheus metrics are served; "off" disables them.
+    #[arg(long, env = "PODMAP_METRICS_ADDR", default_value = "127.0.0.1:9477")]
+    pub metrics_addr: String,
+    /// How often the ring buffer is polled when the kernel has not woken the reader.
+    #[arg(long, env = "PODMAP_POLL_MS", default_value_t = 10)]
+    pub poll_ms: u64,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let node: Arc<str> = args.node_name.clone().filter(|n| !n.is_empty()).unwrap_or_else(hostname).into();
+    let layout = CgroupLayout::detect(&args.cgroup_root, &args.v1_controller)
+        .with_context(|| format!("detecting the cgroup layout under {}", args.cgroup_root.display()))?;
+    tracing::info!(layout = layout.kind.as_str(), hierarchy = %layout.hierarchy_name(), root = %layout.root.display(), "cgroups");
+
+    let loaded = programs::load(&ProgramConfig::new(&args.bpffs_dir, &layout))
+        .with_context(|| format!("loading the eBPF programs (pins under {})", args.bpffs_dir.display()))?;
+    let programs::LoadedPrograms { maps, events, mut procs, attached } = loaded;
+    let maps = Arc::new(maps);
+
+    let mut table = ProcTable::default();
+    let scanned = table.scan(&node, &mut procs);
+    tracing::info!(processes = scanned, "scanned /proc");
+
+    let stats = Arc::new(Stats::default());
+    let hub = Hub::new();
+    let state = Arc::new(DaemonState {
+        node: node.to_string(),
+        mode: "standalone".into(),
+        layout: layout.clone(),
+        maps: maps.clone(),
+        stats: stats.clone(),
+        hub: hub.clone(),
+        started,
+    });
+    let pipeline = Pipeline::new(node.clone(), maps.clone(), layout, table, stats);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let listener = server::bind(&args.socket)?;
+    tracing::info!(socket = %args.socket.display(), node = %node, "podmapd ready");
+
+    let server_task = tokio::spawn(server::serve(listener, hub.clone(), state.clone(), wait(stop_rx.clone())));
+    let metrics_task = if args.metrics_addr != "off" {
+        let addr: SocketAddr = args.metrics_addr.parse().with_context(|| format!("--metrics-addr {:?} is not host:port", args.metrics_addr))?;
+        Some(tokio::spawn(metrics::serve_metrics(addr, state.clone(), wait(stop_rx.clone()))))
+    } else {
+        None
+    };
+    let reader_task = tokio::spawn(reader::run(events, pipeline, hub, Duration::from_millis(args.poll_ms.max(1)), stop_rx.clone()));
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        r = reader_task => {
+            let _ = stop_tx.send(true);
+            let _ = std::fs::remove_file(&args.socket);
+            r.context("reader task")?.context("reading the ring buffer")?;
+            anyhow::bail!("the ring buffer reader stopped");
+        }
+    }
+    let _ = stop_tx.send(true);
+    let _ = server_task.await;
+    if let Some(t) = metrics_task {
+        t.await.context("metrics task")?.context("metrics endpoint")?;
+    }
+    let _ = std::fs::remove_file(&args.socket);
+    // Detach only once everything else has stopped.
+    drop(procs);
+    drop(attached);
+    Ok(())
+}
+
+async fn wait(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Raw ring-buffer records to typed kernel events. Bounds are checked against the record's
+//! length: a short or corrupt record is reported, never read past.
+
+use podmap_bpf::layout::{
+    self, podmap_cgroup_event, podmap_event_header, podmap_exec_event, podmap_exit_event,
+    podmap_task_ids,
+};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelEvent {
+    Exec(ExecRecord),
+    Exit(ExitRecord),
+    CgroupMkdir(CgroupRecord),
+    CgroupRmdir(CgroupRecord),
+}
+
+impl KernelEvent {
+    pub fn ktime(&self) -> u64 {
+        match self {
+            KernelEvent::Exec(e) => e.ktime,
+            KernelEvent::Exit(e) => e.ktime,
+            KernelEvent::CgroupMkdir(c) | KernelEvent::CgroupRmdir(c) => c.ktime,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecRecord {
+    pub ktime: u64,
+    pub flags: u32,
+    pub ids: podmap_task_ids,
+    pub start_time: u64,
+    pub parent_exec_ktime: u64,
+    pub filename: String,
+    pub cwd: String,
+    /// argv without argv[0].
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitRecord {
+    pub ktime: u64,
+    pub flags: u32,
+    pub ids: podmap_task_ids,
+    pub exec_ktime: u64,
+    pub exit_code: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupRecord {
+    pub ktime: u64,
+    pub id: u64,
+    pub hierarchy_id: i32,
+    pub path: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {len} bytes is shorter than its {need}-byte header")]
+    Short { len: usize, need: usize },
+    #[error("unknown record type {0}")]
+    UnknownType(u32),
+}
+
+fn read<T: Copy>(buf: &[u8]) -> Result<T, DecodeError> {
+    let need = size_of::<T>();
+    if buf.len() < need {
+        return Err(DecodeError::Short { len: buf.len(), need });
+    }
+    // SAFETY: length checked above; T is a repr(C) POD mirror of the C layout (layout test), and
+    // read_unaligned copes with the ring buffer's 8-byte (not T's) alignment.
+    Ok(unsafe { std::ptr::read_unaligned(buf.as_ptr() as *const T) })
+}
+
+fn c_str(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+/// The cwd region holds components leaf first, each NUL-terminated.
+fn cwd_from_components(b: &[u8]) -> String {
+    let comps: Vec<&[u8]> = b.split(|&c| c == 0).filter(|c| !c.is_empty()).collect();
+    if comps.is_empty() {
+        return "/".to_string();
+    }
+    let mut s = String::with_capacity(b.len() + 1);
+    for c in comps.iter().rev() {
+        s.push('/');
+        s.push_str(&String::from_utf8_lossy(c));
+    }
+    s
+}
+
+fn split_args(b: &[u8]) -> Vec<String> {
+    let b = b.strip_suffix(&[0]).unwrap_or(b);
+    if b.is_empty() {
+        return Vec::new();
+    }
+    b.split(|&c| c == 0).skip(1).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
+}
+
+pub fn decode(buf: &[u8]) -> Result<KernelEvent, DecodeError> {
+    let hdr: podmap_event_header = read(buf)?;
+    match hdr.r#type {
+        layout::EV_EXEC => {
+            let ev: podmap_exec_event = read(buf)?;
+            let data = &buf[size_of::<podmap_exec_event>()..];
+            let region = |off: usize, len: usize| -> &[u8] {
+                let start = off.min(data.len());
+                &data[start..(off + len).min(data.len())]
+            };
+            let filename = c_str(region(0, (ev.filename_len as usize).min(layout::FILENAME_MAX)));
+            let cwd = cwd_from_components(region(layout::FILENAME_MAX, (ev.cwd_len as usize).min(layout::CWD_MAX)));
+            let args = split_args(region(
+                layout::FILENAME_MAX + layout::CWD_MAX,
+                (ev.args_len as usize).min(layout::ARGS_MAX),
+            ));
+            Ok(KernelEvent::Exec(ExecRecord {
+                ktime: hdr.ktime,
+                flags: hdr.flags,
+                ids: ev.ids,
+                start_time: ev.start_time,
+                parent_exec_ktime: ev.parent_exec_ktime,
+                filename,
+                cwd,
+                args,
+            }))
+        }
+        layout::EV_EXIT => {
+            let ev: podmap_exit_event = read(buf)?;
+            Ok(KernelEvent::Exit(ExitRecord {
+                ktime: hdr.ktime,
+                flags: hdr.flags,
+                ids: ev.ids,
+                exec_ktime: ev.exec_ktime,
+                exit_code: ev.exit_code,
+            }))
+        }
+        t @ (layout::EV_CGROUP_MKDIR | layout::EV_CGROUP_RMDIR) => {
+            let ev: podmap_cgroup_event = read(buf)?;
+            let data = &buf[size_of::<podmap_cgroup_event>()..];
+            let path = c_str(&data[..(ev.path_len as usize).min(data.len())]);
+            let rec = CgroupRecord { ktime: hdr.ktime, id: ev.id, hierarchy_id: ev.hierarchy_id, path };
+            Ok(if t == layout::EV_CGROUP_MKDIR { KernelEvent::CgroupMkdir(rec) } else { KernelEvent::CgroupRmdir(rec) })
+        }
+        other => Err(DecodeError::UnknownType(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes<T: Copy>(v: &T) -> Vec<u8> {
+        // SAFETY: T is a repr(C) POD; viewing it as bytes is sound.
+        unsafe { std::slice::from_raw_parts(v as *const T as *const u8, size_of::<T>()) }.to_vec()
+    }
+
+    #[test]
+    fn decodes_an_exec_record() {
+        let mut ev = podmap_exec_event::default();
+        ev.hdr.r#type = layout::EV_EXEC;
+        ev.hdr.ktime = 42;
+        ev.ids.pid = 7;
+        ev.filename_len = 8;
+        ev.cwd_len = 9;
+        ev.args_len = 14;
+        let mut buf = bytes(&ev);
+        let mut data = vec![0u8; layout::FILENAME_MAX + layout::CWD_MAX];
+        data[..8].copy_from_slice(b"/bin/sh\0");
+        data[layout::FILENAME_MAX..layout::FILENAME_MAX + 9].copy_from_slice(b"tmp\0work\0");
+        buf.extend_from_slice(&data);
+        buf.extend_from_slice(b"sh\0-c\0echo hi\0");
+        let KernelEvent::Exec(e) = decode(&buf).unwrap() else { panic!() };
+        assert_eq!(e.filename, "/bin/sh");
+        assert_eq!(e.cwd, "/work/tmp");
+        assert_eq!(e.args, vec!["-c", "echo hi"]);
+        assert_eq!(e.ids.pid, 7);
+        assert_eq!(e.ktime, 42);
+    }
+
+    #[test]
+    fn short_and_unknown_records_are_errors() {
+        assert!(matches!(decode(&[1, 0, 0]), Err(DecodeError::Short { .. })));
+        let mut h = podmap_event_header::default();
+        h.r#type = 99;
+        assert_eq!(decode(&bytes(&h)), Err(DecodeError::UnknownType(99)));
+        // An exec header claiming more data than the record holds is cut, not overrun.
+        let mut ev = podmap_exec_event::default();
+        ev.hdr.r#type = layout::EV_EXEC;
+        ev.filename_len = 200;
+        ev.args_len = 1000;
+        let KernelEvent::Exec(e) = decode(&bytes(&ev)).unwrap() else { panic!() };
+        assert_eq!(e.filename, "");
+        assert!(e.args.is_empty());
+        assert_eq!(e.cwd, "/");
+    }
+}

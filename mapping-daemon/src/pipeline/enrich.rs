@@ -1,0 +1,161 @@
+//! Builds the user-facing event from a kernel record and its owner.
+
+use std::sync::Arc;
+
+use podmap_bpf::cgroup::{CgroupLayout, LayoutKind};
+use podmap_bpf::layout::{self, podmap_task_ids, HIER_V1};
+use podmap_proto::{ContainerInfo, Event, EventType, ExitInfo, PodInfo, Process, ProcessFlag};
+
+use super::decode::KernelEvent;
+use super::Owner;
+use crate::clock::WallClock;
+use crate::procs::{exec_id, ProcEntry, ProcTable};
+
+/// The process's cgroup id as design.md defines it: the id in the hierarchy its container was
+/// found in, else cgroup2 wherever the host has it, else the tracked v1 controller's.
+fn cgroup_id(ids: &podmap_task_ids, layout: &CgroupLayout) -> u64 {
+    if ids.container_cgid != 0 {
+        return if ids.container_hier == HIER_V1 { ids.cgroup_v1 } else { ids.cgroup_v2 };
+    }
+    if layout.kind == LayoutKind::Legacy { ids.cgroup_v1 } else { ids.cgroup_v2 }
+}
+
+fn flags(bits: u32) -> Vec<ProcessFlag> {
+    let mut v = Vec::new();
+    if bits & layout::PF_ARGS_TRUNCATED != 0 {
+        v.push(ProcessFlag::ArgsTruncated);
+    }
+    if bits & layout::PF_PROCFS_SCAN != 0 {
+        v.push(ProcessFlag::ProcfsScan);
+    }
+    if bits & layout::PF_PATH_UNREADABLE != 0 {
+        v.push(ProcessFlag::PathUnreadable);
+    }
+    v
+}
+
+fn owner_parts(owner: &Owner) -> (Option<Arc<ContainerInfo>>, Option<Arc<PodInfo>>) {
+    match owner {
+        Owner::Container(m) => (Some(m.container.clone()), m.pod.clone()),
+        Owner::Host => (None, None),
+        // What the cgroup path says; everything else is unknown.
+        Owner::Unknown(shape) => (
+            Some(Arc::new(ContainerInfo {
+                id: shape.container_id.clone(),
+                name: String::new(),
+                runtime: String::new(),
+                image: String::new(),
+            })),
+            shape.pod_uid.as_ref().map(|uid| {
+                Arc::new(PodInfo {
+                    uid: uid.clone(),
+                    name: String::new(),
+                    namespace: String::new(),
+                    labels: Default::default(),
+                    workload: None,
+                    workload_kind: None,
+                })
+            }),
+        ),
+    }
+}
+
+/// None for records that are not process events.
+pub(super) fn event(
+    node: &Arc<str>,
+    procs: &mut ProcTable,
+    layout: &CgroupLayout,
+    ev: KernelEvent,
+    owner: Owner,
+    clock: &WallClock,
+) -> Option<Event> {
+    let attribution = owner.attribution();
+    let (container, pod) = owner_parts(&owner);
+    match ev {
+        KernelEvent::Exec(e) => {
+            let pid = e.ids.pid;
+            let id: Arc<str> = exec_id(node, e.ktime, pid).into();
+            let parent_exec_id = (e.parent_exec_ktime != 0).then(|| exec_id(node, e.parent_exec_ktime, e.ids.ppid));
+            let args: Arc<[String]> = e.args.into();
+            let binary: Arc<str> = e.filename.into();
+            let cwd: Arc<str> = e.cwd.into();
+            procs.insert(
+                pid,
+                Arc::new(ProcEntry {
+                    exec_id: id.clone(),
+                    exec_ktime: e.ktime,
+                    binary: binary.clone(),
+                    args: args.clone(),
+                    cwd: cwd.clone(),
+                    uid: e.ids.uid,
+                    start_time: e.start_time,
+                    procfs_scan: false,
+                }),
+            );
+            Some(Event {
+                kind: EventType::Exec,
+                time: clock.format(e.ktime),
+                node: node.clone(),
+                process: Process {
+                    pid,
+                    tid: e.ids.tid,
+                    ppid: e.ids.ppid,
+                    uid: e.ids.uid,
+                    binary: binary.to_string(),
+                    args: args.to_vec(),
+                    cwd: cwd.to_string(),
+                    exec_id: id.to_string(),
+                    parent_exec_id,
+                    start_time: clock.format(e.start_time),
+                    cgroup_id: cgroup_id(&e.ids, layout),
+                    flags: flags(e.flags),
+                },
+                container,
+                pod,
+                attribution,
+                exit: None,
+                policy: None,
+            })
+        }
+        KernelEvent::Exit(e) => {
+            let pid = e.ids.pid;
+            // A process that never exec'd runs its parent's program.
+            let entry = procs.remove(pid).or_else(|| procs.get(e.ids.ppid).cloned());
+            let (binary, args, cwd, exec_id_s, start_time, mut fl) = match &entry {
+                Some(p) => (p.binary.to_string(), p.args.to_vec(), p.cwd.to_string(), p.exec_id.to_string(), p.start_time, p.flags()),
+                None => (String::new(), Vec::new(), String::new(), exec_id(node, e.exec_ktime, pid), 0, Vec::new()),
+            };
+            for f in flags(e.flags) {
+                if !fl.contains(&f) {
+                    fl.push(f);
+                }
+            }
+            let parent_exec_id = procs.get(e.ids.ppid).map(|p| p.exec_id.to_string());
+            Some(Event {
+                kind: EventType::Exit,
+                time: clock.format(e.ktime),
+                node: node.clone(),
+                process: Process {
+                    pid,
+                    tid: e.ids.tid,
+                    ppid: e.ids.ppid,
+                    uid: e.ids.uid,
+                    binary,
+                    args,
+                    cwd,
+                    exec_id: exec_id_s,
+                    parent_exec_id,
+                    start_time: if start_time != 0 { clock.format(start_time) } else { String::new() },
+                    cgroup_id: cgroup_id(&e.ids, layout),
+                    flags: fl,
+                },
+                container,
+                pod,
+                attribution,
+                exit: Some(ExitInfo::from_wait_status(e.exit_code)),
+                policy: None,
+            })
+        }
+        KernelEvent::CgroupMkdir(_) | KernelEvent::CgroupRmdir(_) => None,
+    }
+}

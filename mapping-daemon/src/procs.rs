@@ -1,0 +1,150 @@
+//! The userspace process table: what exit events need of the exec that started the process
+//! (binary, args, exec id), and the /proc scan that gives processes older than podmapd their
+//! entries, in userspace and in the kernel's exec table.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use podmap_bpf::layout::{self, podmap_proc};
+use podmap_proto::ProcessFlag;
+
+/// bpf(2)'s BPF_NOEXIST update flag.
+const BPF_NOEXIST: u64 = 1;
+
+/// Upper bound on tracked processes, like the kernel table's.
+const MAX_PROCS: usize = 65_536;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcEntry {
+    pub exec_id: Arc<str>,
+    pub exec_ktime: u64,
+    pub binary: Arc<str>,
+    pub args: Arc<[String]>,
+    pub cwd: Arc<str>,
+    pub uid: u32,
+    pub start_time: u64,
+    pub procfs_scan: bool,
+}
+
+#[derive(Default)]
+pub struct ProcTable {
+    by_pid: HashMap<u32, Arc<ProcEntry>>,
+    pub overflow: u64,
+}
+
+/// `base64("node:boot-ns:pid")`: unique per exec across nodes and pid reuse.
+pub fn exec_id(node: &str, ktime: u64, pid: u32) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(format!("{node}:{ktime}:{pid}"))
+}
+
+impl ProcTable {
+    pub fn insert(&mut self, pid: u32, e: Arc<ProcEntry>) {
+        if self.by_pid.len() >= MAX_PROCS && !self.by_pid.contains_key(&pid) {
+            self.overflow += 1;
+            return;
+        }
+        self.by_pid.insert(pid, e);
+    }
+
+    pub fn get(&self, pid: u32) -> Option<&Arc<ProcEntry>> {
+        self.by_pid.get(&pid)
+    }
+
+    pub fn remove(&mut self, pid: u32) -> Option<Arc<ProcEntry>> {
+        self.by_pid.remove(&pid)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_pid.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_pid.is_empty()
+    }
+
+    /// Scans /proc: every live process gets an entry here and, unless the kernel already has a
+    /// newer one, in the kernel's exec table, flagged as found by the scan.
+    pub fn scan(&mut self, node: &str, kernel: &mut BpfHashMap<MapData, u32, podmap_proc>) -> usize {
+        let tick_ns = 1_000_000_000 / clock_ticks();
+        let Ok(rd) = std::fs::read_dir("/proc") else { return 0 };
+        let mut n = 0;
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+            let Some(entry) = scan_one(node, pid, tick_ns) else { continue };
+            let rec = podmap_proc { exec_ktime: entry.exec_ktime, flags: layout::PF_PROCFS_SCAN, _pad: 0 };
+            // BPF_NOEXIST: a process that exec'd during the scan keeps its real entry.
+            let _ = kernel.insert(pid, rec, BPF_NOEXIST);
+            self.by_pid.entry(pid).or_insert_with(|| Arc::new(entry));
+            n += 1;
+        }
+        n
+    }
+}
+
+fn clock_ticks() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as u64 } else { 100 }
+}
+
+fn scan_one(node: &str, pid: u32, tick_ns: u64) -> Option<ProcEntry> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised comm; starttime is field 22 overall.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let start_ticks: u64 = fields.get(19)?.parse().ok()?;
+    let start_time = start_ticks * tick_ns;
+    let binary = std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.display().to_string()).unwrap_or_default();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let args: Vec<String> = cmdline
+        .strip_suffix(&[0])
+        .unwrap_or(&cmdline)
+        .split(|&c| c == 0)
+        .skip(1)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).map(|p| p.display().to_string()).unwrap_or_default();
+    let uid = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|u| u.split_whitespace().next()?.parse().ok()))
+        .unwrap_or(0);
+    Some(ProcEntry {
+        exec_id: exec_id(node, start_time, pid).into(),
+        exec_ktime: start_time,
+        binary: binary.into(),
+        args: args.into(),
+        cwd: cwd.into(),
+        uid,
+        start_time,
+        procfs_scan: true,
+    })
+}
+
+impl ProcEntry {
+    pub fn flags(&self) -> Vec<ProcessFlag> {
+        if self.procfs_scan { vec![ProcessFlag::ProcfsScan] } else { Vec::new() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_ids_are_base64_of_node_time_pid() {
+        use base64::Engine;
+        let id = exec_id("node-a", 123, 42);
+        let raw = base64::engine::general_purpose::STANDARD.decode(id).unwrap();
+        assert_eq!(raw, b"node-a:123:42");
+    }
+
+    #[test]
+    fn scanning_self_reads_this_process() {
+        let e = scan_one("n", std::process::id(), 1_000_000_000 / clock_ticks()).unwrap();
+        assert!(e.binary.contains("podmap"), "{}", e.binary);
+        assert!(e.start_time > 0);
+        assert!(e.procfs_scan);
+    }
+}

@@ -1,0 +1,110 @@
+//! The daemon's answer to `status` and `containers`: a snapshot assembled from podmapd's own
+//! counters, the hub's, and the shared counters every writer and the kernel add to.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use podmap_bpf::cgroup::CgroupLayout;
+use podmap_bpf::layout::Counter;
+use podmap_bpf::SharedMaps;
+
+use crate::hub::Hub;
+use crate::stats::{histogram_percentile, Stats};
+use crate::status::{LatencySummary, StatusReport, StatusSource};
+
+pub struct DaemonState {
+    pub node: String,
+    pub mode: String,
+    pub layout: CgroupLayout,
+    pub maps: Arc<SharedMaps>,
+    pub stats: Arc<Stats>,
+    pub hub: Arc<Hub>,
+    pub started: Instant,
+}
+
+fn summary(h: &[u64]) -> LatencySummary {
+    LatencySummary {
+        count: h.iter().sum(),
+        p50: histogram_percentile(h, 0.50),
+        p99: histogram_percentile(h, 0.99),
+        max: h.iter().rposition(|&n| n > 0).map(|i| 1u64 << i),
+    }
+}
+
+impl StatusSource for DaemonState {
+    fn status(&self) -> StatusReport {
+        let s = &self.stats;
+        let c = self.maps.counters();
+        let shared: BTreeMap<String, u64> = Counter::ALL.iter().map(|k| (k.name().to_string(), c.get(*k))).collect();
+        StatusReport {
+            node: self.node.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            mode: self.mode.clone(),
+            cgroup_hierarchy: self.layout.hierarchy_name(),
+            cgroup_layout: self.layout.kind.as_str().to_string(),
+            events_seen: [
+                ("exec", Stats::get(&s.exec)),
+                ("exit", Stats::get(&s.exit)),
+                ("cgroup", Stats::get(&s.cgroup)),
+                ("undecodable", Stats::get(&s.decode_errors)),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+            events_delivered: self.hub.delivered(),
+            events_lost_kernel: c.get(Counter::RingbufDropped),
+            events_lost_slow_clients: self.hub.lost_slow_clients(),
+            attribution: [
+                ("container", Stats::get(&s.attributed_container)),
+                ("host", Stats::get(&s.attributed_host)),
+                ("unknown", Stats::get(&s.attributed_unknown)),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+            events_held: Stats::get(&s.held),
+            events_held_timed_out: Stats::get(&s.held_timed_out),
+            clients_connected: self.hub.clients(),
+            client_errors: self.hub.client_errors(),
+            containers_mapped: self.maps.keys().len() as u64,
+            pods_cached: 0,
+            enforcement_mode: "none".to_string(),
+            shared_counters: shared,
+            mapping_latency_us: summary(&c.latency_histogram()),
+            event_latency_us: summary(&s.latency_histogram()),
+        }
+    }
+
+    fn containers(&self) -> serde_json::Value {
+        let mut rows: Vec<serde_json::Value> = self
+            .maps
+            .keys()
+            .into_iter()
+            .map(|key| {
+                let rec = self.maps.get(key).ok().flatten();
+                let meta = self.maps.meta(key);
+                let mut row = serde_json::json!({
+                    "cgroup_id": key.id.0,
+                    "hierarchy": key.hierarchy,
+                    "removing": rec.map(|r| r.flags.removing),
+                    "sandbox": rec.map(|r| r.flags.sandbox),
+                    "mapped_at": rec.map(|r| crate::clock::format_rfc3339(r.created_ns)),
+                });
+                match meta {
+                    Ok(Some(m)) => {
+                        row["container"] = serde_json::json!({"id": m.container_id, "name": m.name, "image": m.image, "runtime": m.runtime});
+                        row["pod"] = serde_json::json!({"uid": m.pod_uid, "name": m.pod_name, "namespace": m.namespace, "labels": m.labels});
+                        row["cgroup_path"] = serde_json::json!(m.cgroup_path);
+                    }
+                    Ok(None) => row["error"] = serde_json::json!("no metadata"),
+                    Err(e) => row["error"] = serde_json::json!(e.to_string()),
+                }
+                row
+            })
+            .collect();
+        rows.sort_by_key(|r| r["cgroup_id"].as_u64());
+        serde_json::Value::Array(rows)
+    }
+}

@@ -1,0 +1,71 @@
+//! podmapd's own counters (the kernel's and the plugins' live in the pinned counters map).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub exec: AtomicU64,
+    pub exit: AtomicU64,
+    pub cgroup: AtomicU64,
+    pub decode_errors: AtomicU64,
+    pub attributed_container: AtomicU64,
+    pub attributed_host: AtomicU64,
+    pub attributed_unknown: AtomicU64,
+    pub held: AtomicU64,
+    pub held_timed_out: AtomicU64,
+    pub meta_corrupt: AtomicU64,
+    /// Kernel timestamp to hand-off to clients, microseconds, log2 buckets.
+    pub latency_us: [AtomicU64; 32],
+}
+
+impl Stats {
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+
+    pub fn record_latency(&self, micros: u64) {
+        let b = (64 - micros.leading_zeros()).min(31) as usize;
+        self.latency_us[b].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn latency_histogram(&self) -> Vec<u64> {
+        self.latency_us.iter().map(|c| c.load(Ordering::Relaxed)).collect()
+    }
+}
+
+/// Percentile of a log2 histogram (bucket i holds values below 2^i): the bucket's upper bound.
+pub fn histogram_percentile(h: &[u64], p: f64) -> Option<u64> {
+    let total: u64 = h.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = ((total as f64) * p).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for (i, n) in h.iter().enumerate() {
+        seen += n;
+        if seen >= rank {
+            return Some(1u64 << i);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_log2_buckets() {
+        let mut h = vec![0u64; 32];
+        h[3] = 98; // < 8 us
+        h[10] = 2; // < 1024 us
+        assert_eq!(histogram_percentile(&h, 0.5), Some(8));
+        assert_eq!(histogram_percentile(&h, 0.98), Some(8));
+        assert_eq!(histogram_percentile(&h, 0.99), Some(1024));
+        assert_eq!(histogram_percentile(&[0; 32], 0.5), None);
+    }
+}

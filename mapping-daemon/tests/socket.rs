@@ -1,0 +1,704 @@
+//! The event socket end to end: a real server on a socket in a tempdir, a fake status source,
+//! events published through the hub, and clients speaking the wire protocol (and the podmap
+//! client's own functions).
+
+use podmap_daemon::client::{self, EventFormat, EventsArgs, ServerError, TableOrJson};
+use podmap_daemon::hub::{Hub, Published};
+use podmap_daemon::server::{bind, serve_with_config, ServerConfig};
+use podmap_daemon::status::{LatencySummary, StatusReport, StatusSource};
+use podmap_proto::{
+    Attribution, ContainerInfo, Event, EventType, ExitInfo, PodInfo, PolicyInfo, Process,
+    ProcessFlag,
+};
+use serde_json::{json, Value};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::sync::oneshot;
+use tokio::time::{sleep, timeout, Instant};
+
+/// Generous bound for anything that should happen "at once" (decisions.md 19).
+const WAIT: Duration = Duration::from_secs(10);
+
+struct FakeSource;
+
+fn report() -> StatusReport {
+    StatusReport {
+        node: "node-a".into(),
+        version: "0.1.0".into(),
+        mode: "standalone".into(),
+        cgroup_hierarchy: "cgroup2".into(),
+        events_seen: [("exec".to_string(), 3)].into(),
+        containers_mapped: 1,
+        mapping_latency_us: LatencySummary {
+            count: 1,
+            p50: Some(900),
+            p99: Some(900),
+            max: Some(900),
+        },
+        ..Default::default()
+    }
+}
+
+fn containers() -> Value {
+    json!([{"cgroup_id": 7311, "namespace": "prod", "pod": "web-7d9c", "container": "nginx"}])
+}
+
+impl StatusSource for FakeSource {
+    fn status(&self) -> StatusReport {
+        report()
+    }
+    fn containers(&self) -> Value {
+        containers()
+    }
+}
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    hub: Arc<Hub>,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Harness {
+    async fn start(request_timeout: Duration, queue_len: usize) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/podmap.sock");
+        let listener = bind(&path).unwrap();
+        let hub = Hub::with_queue_len(queue_len);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let config = ServerConfig {
+            request_timeout,
+            ..Default::default()
+        };
+        let server = tokio::spawn(serve_with_config(
+            listener,
+            Arc::clone(&hub),
+            Arc::new(FakeSource),
+            config,
+            stopped,
+        ));
+        Harness {
+            _dir: dir,
+            path,
+            hub,
+            stop: Some(stop),
+            server: Some(server),
+        }
+    }
+
+    async fn connect(&self, request: &str) -> Conn {
+        let stream = UnixStream::connect(&self.path).await.unwrap();
+        let mut conn = Conn {
+            reader: BufReader::new(stream),
+        };
+        conn.reader
+            .get_mut()
+            .write_all(request.as_bytes())
+            .await
+            .unwrap();
+        conn
+    }
+
+    /// Subscribes and waits until the hub has the subscription, so nothing published after
+    /// this returns can be missed.
+    async fn subscribe(&self, filter: &str) -> Conn {
+        let before = self.hub.clients();
+        let conn = self.connect(&format!("{{\"events\": {filter}}}\n")).await;
+        wait_until(|| self.hub.clients() > before).await;
+        conn
+    }
+
+    async fn stop(mut self) {
+        self.stop.take().unwrap().send(()).unwrap();
+        timeout(WAIT, self.server.take().unwrap())
+            .await
+            .expect("server stops on shutdown")
+            .unwrap();
+    }
+}
+
+struct Conn {
+    reader: BufReader<UnixStream>,
+}
+
+impl Conn {
+    /// The next line; None at EOF.
+    async fn line(&mut self) -> Option<String> {
+        let mut line = String::new();
+        let n = timeout(WAIT, self.reader.read_line(&mut line))
+            .await
+            .expect("a line within the wait")
+            .expect("reading a line");
+        (n > 0).then_some(line)
+    }
+
+    async fn json(&mut self) -> Value {
+        let line = self.line().await.expect("a line, not EOF");
+        assert!(line.ends_with('\n'), "{line:?}");
+        serde_json::from_str(&line).unwrap()
+    }
+
+    async fn event(&mut self) -> Event {
+        let v = self.json().await;
+        serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{e}: {v}"))
+    }
+
+    async fn expect_error(&mut self, needle: &str) {
+        let v = self.json().await;
+        let msg = v["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("not an error line: {v}"));
+        assert!(msg.contains(needle), "{msg:?} does not name {needle:?}");
+        assert_eq!(v.as_object().unwrap().len(), 1, "{v}");
+        self.expect_eof().await;
+    }
+
+    async fn expect_eof(&mut self) {
+        let mut rest = Vec::new();
+        timeout(WAIT, self.reader.read_to_end(&mut rest))
+            .await
+            .expect("the server closes")
+            .expect("a clean EOF, not a reset");
+        assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    }
+}
+
+async fn wait_until(mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "condition not reached in time");
+        sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn pod(ns: &str, name: &str, labels: &[(&str, &str)]) -> Option<Arc<PodInfo>> {
+    Some(Arc::new(PodInfo {
+        uid: format!("uid-{name}"),
+        name: name.into(),
+        namespace: ns.into(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        workload: None,
+        workload_kind: None,
+    }))
+}
+
+fn container(name: &str) -> Option<Arc<ContainerInfo>> {
+    Some(Arc::new(ContainerInfo {
+        id: "a".repeat(64),
+        name: name.into(),
+        runtime: "containerd".into(),
+        image: "docker.io/library/nginx:1.27".into(),
+    }))
+}
+
+fn event(kind: EventType, pid: u32, ns: Option<&str>, labels: &[(&str, &str)]) -> Event {
+    let mut ev = Event {
+        kind,
+        time: "2026-11-25T12:00:00.123456789Z".into(),
+        node: "node-a".into(),
+        process: Process {
+            pid,
+            tid: pid,
+            ppid: 1,
+            uid: 0,
+            binary: "/bin/sh".into(),
+            args: vec!["-c".into(), "echo hi".into()],
+            cwd: "/".into(),
+            exec_id: format!("exec-{pid}"),
+            parent_exec_id: None,
+            start_time: "2026-11-25T12:00:00Z".into(),
+            cgroup_id: 7311,
+            flags: vec![],
+        },
+        container: None,
+        pod: None,
+        attribution: Attribution::Host,
+        exit: None,
+        policy: None,
+    };
+    if let Some(ns) = ns {
+        ev.pod = pod(ns, "web-7d9c", labels);
+        ev.container = container("nginx");
+        ev.attribution = Attribution::Container;
+    }
+    if kind == EventType::Exit {
+        ev.exit = Some(ExitInfo {
+            code: Some(0),
+            signal: None,
+        });
+    }
+    ev
+}
+
+#[tokio::test]
+async fn events_stream_only_what_each_filter_selects() {
+    let h = Harness::start(Duration::from_secs(5), 4096).await;
+    let mut all = h.subscribe("{}").await;
+    let mut prod_exec = h
+        .subscribe(r#"{"namespace": "prod", "types": ["exec"]}"#)
+        .await;
+    let mut web = h
+        .subscribe(r#"{"labels": {"app": "web"}, "container": "nginx"}"#)
+        .await;
+    assert_eq!(h.hub.clients(), 3);
+
+    let evs = [
+        event(EventType::Exec, 1, Some("prod"), &[("app", "web")]),
+        event(EventType::Exit, 2, Some("prod"), &[("app", "web")]),
+        event(EventType::Exec, 3, Some("dev"), &[("app", "db")]),
+        event(EventType::Exec, 4, None, &[]),
+        event(EventType::Exec, 5, Some("dev"), &[("app", "web")]),
+    ];
+    let published: Vec<_> = evs.iter().cloned().map(Published::new).collect();
+    h.hub.publish_batch(&published[..3]);
+    for p in &published[3..] {
+        h.hub.publish(p);
+    }
+    // A final event every filter selects: whatever a client reads before it is everything it
+    // was sent, so "only the matching ones" is checked, not merely "the matching ones".
+    let sentinel = event(EventType::Exec, 99, Some("prod"), &[("app", "web")]);
+    h.hub.publish(&Published::new(sentinel.clone()));
+
+    let pids = |evs: &[Event]| evs.iter().map(|e| e.process.pid).collect::<Vec<_>>();
+    let mut got = Vec::new();
+    for _ in 0..6 {
+        got.push(all.event().await);
+    }
+    assert_eq!(pids(&got), [1, 2, 3, 4, 5, 99]);
+    assert_eq!(got[0], evs[0], "the event arrives intact");
+
+    let mut got = Vec::new();
+    loop {
+        let ev = prod_exec.event().await;
+        got.push(ev.clone());
+        if ev == sentinel {
+            break;
+        }
+    }
+    assert_eq!(pids(&got), [1, 99]);
+
+    let mut got = Vec::new();
+    loop {
+        let ev = web.event().await;
+        got.push(ev.clone());
+        if ev == sentinel {
+            break;
+        }
+    }
+    assert_eq!(pids(&got), [1, 2, 5, 99]);
+
+    assert_eq!(h.hub.delivered(), 6 + 2 + 4);
+    assert_eq!(h.hub.lost_slow_clients(), 0);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn status_and_containers_reply_once_and_close() {
+    let h = Harness::start(Duration::from_secs(5), 4096).await;
+
+    let mut c = h.connect("{\"status\": {}}\n").await;
+    let got: StatusReport = serde_json::from_value(c.json().await).unwrap();
+    assert_eq!(got, report());
+    c.expect_eof().await;
+
+    // A request ended by EOF instead of a newline (printf ... | nc -U) is answered too.
+    let mut c = h.connect(r#"{"containers": {}}"#).await;
+    c.reader.get_mut().shutdown().await.unwrap();
+    assert_eq!(c.json().await, containers());
+    c.expect_eof().await;
+
+    assert_eq!(h.hub.client_errors(), 0);
+    assert_eq!(h.hub.clients(), 0);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn bad_requests_get_one_error_line_while_others_keep_streaming() {
+    let h = Harness::start(Duration::from_millis(300), 4096).await;
+    let mut witness = h.subscribe("{}").await;
+    let mut pid = 0;
+    let mut witness_receives = |h: &Harness| {
+        pid += 1;
+        h.hub
+            .publish(&Published::new(event(EventType::Exec, pid, None, &[])));
+        pid
+    };
+
+    let cases: &[(&str, Vec<u8>)] = &[
+        ("malformed request", b"{\"events\": \n".to_vec()),
+        (
+            "unknown field",
+            b"{\"events\": {\"nmespace\": \"prod\"}}\n".to_vec(),
+        ),
+        ("unknown variant", b"{\"evnts\": {}}\n".to_vec()),
+        ("request is empty", b"\n".to_vec()),
+        ("longer than 65536 bytes", {
+            let mut long = b"{\"events\": {\"pod\": \"".to_vec();
+            long.resize(70 * 1024, b'x');
+            long.extend_from_slice(b"\"}}\n");
+            long
+        }),
+        (
+            "second line",
+            b"{\"status\": {}}\n{\"containers\": {}}\n".to_vec(),
+        ),
+    ];
+    for (i, (needle, request)) in cases.iter().enumerate() {
+        let stream = UnixStream::connect(&h.path).await.unwrap();
+        let mut c = Conn {
+            reader: BufReader::new(stream),
+        };
+        c.reader.get_mut().write_all(request).await.unwrap();
+        c.expect_error(needle).await;
+        assert_eq!(h.hub.client_errors(), i as u64 + 1);
+
+        let sent = witness_receives(&h);
+        assert_eq!(witness.event().await.process.pid, sent, "after {needle}");
+    }
+
+    // Silence: nothing within the request timeout.
+    let started = Instant::now();
+    let mut silent = h.connect("").await;
+    silent.expect_error("no request line within 0.3s").await;
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let sent = witness_receives(&h);
+    assert_eq!(witness.event().await.process.pid, sent);
+
+    // A partial line does not reset the clock: the whole line must arrive in time.
+    let started = Instant::now();
+    let mut dribble = h.connect("{\"stat").await;
+    dribble.expect_error("no request line within").await;
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    // A second line sent while streaming.
+    let mut chatty = h.subscribe("{}").await;
+    chatty
+        .reader
+        .get_mut()
+        .write_all(b"{\"status\": {}}\n")
+        .await
+        .unwrap();
+    chatty.expect_error("second line").await;
+    let sent = witness_receives(&h);
+    assert_eq!(witness.event().await.process.pid, sent);
+
+    assert_eq!(h.hub.client_errors(), cases.len() as u64 + 3);
+    wait_until(|| h.hub.clients() == 1).await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn the_default_request_timeout_is_five_seconds() {
+    assert_eq!(
+        ServerConfig::default().request_timeout,
+        Duration::from_secs(5)
+    );
+    let h = Harness::start(ServerConfig::default().request_timeout, 4096).await;
+    let started = Instant::now();
+    let mut silent = h.connect("").await;
+    silent.expect_error("no request line within 5s").await;
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(5), "{waited:?}");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_client_loses_events_and_a_fast_one_gets_all() {
+    const QUEUE: usize = 64;
+    const N: u32 = 4000;
+    let h = Harness::start(Duration::from_secs(5), QUEUE).await;
+    // Never reads: its socket buffer fills, then its queue, then it loses events.
+    let slow = h.subscribe("{}").await;
+    let mut fast = h.subscribe("{}").await;
+
+    // Big events, so the slow client's socket buffer fills after a few hundred.
+    let mut template = event(EventType::Exec, 0, Some("prod"), &[]);
+    template.process.args = vec!["x".repeat(2048)];
+    let (count_tx, mut count_rx) = tokio::sync::watch::channel(0u32);
+    let reader = tokio::spawn(async move {
+        for want in 1..=N {
+            let ev = fast.event().await;
+            assert_eq!(
+                ev.process.pid, want,
+                "the fast client gets every event, in order"
+            );
+            count_tx.send_replace(want);
+        }
+        fast
+    });
+
+    let mut sent = 0;
+    while sent < N {
+        // Publish in bursts no larger than a queue, letting the fast reader catch up between
+        // them, as a reader that keeps up with the event rate would.
+        let burst: Vec<_> = (sent + 1..=(sent + QUEUE as u32 / 2).min(N))
+            .map(|pid| {
+                let mut ev = template.clone();
+                ev.process.pid = pid;
+                Published::new(ev)
+            })
+            .collect();
+        h.hub.publish_batch(&burst);
+        sent += burst.len() as u32;
+        timeout(WAIT, count_rx.wait_for(|&got| got == sent))
+            .await
+            .expect("the fast client keeps up")
+            .unwrap();
+    }
+    let _fast = timeout(WAIT, reader).await.unwrap().unwrap();
+
+    let lost = h.hub.lost_slow_clients();
+    // The slow client can have taken at most its socket buffers' worth plus one queue.
+    assert!(lost > u64::from(N) / 2, "lost {lost} of {N}");
+    // Every event was delivered, lost, or still sits in the slow client's queue.
+    let accounted = h.hub.delivered() + lost;
+    let all = 2 * u64::from(N);
+    assert!(
+        (all - QUEUE as u64..=all).contains(&accounted),
+        "{accounted} of {all} accounted for"
+    );
+
+    // The daemon still answers everyone else.
+    let mut c = h.connect("{\"status\": {}}\n").await;
+    assert_eq!(c.json().await["node"], "node-a");
+    drop(slow);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_is_unsubscribed_and_a_half_closed_one_is_not() {
+    let h = Harness::start(Duration::from_secs(5), 4096).await;
+    let gone = h.subscribe("{}").await;
+    let mut half = h.subscribe("{}").await;
+    assert_eq!(h.hub.clients(), 2);
+
+    // Half-closed: done sending (nc -N, socat), still reading.
+    half.reader.get_mut().shutdown().await.unwrap();
+    drop(gone);
+    // No event is published: the server must notice the hang-up by itself.
+    wait_until(|| h.hub.clients() == 1).await;
+    sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        h.hub.clients(),
+        1,
+        "the half-closed client stays subscribed"
+    );
+    h.hub
+        .publish(&Published::new(event(EventType::Exec, 7, None, &[])));
+    assert_eq!(half.event().await.process.pid, 7);
+    assert_eq!(h.hub.client_errors(), 0);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_streaming_clients() {
+    let h = Harness::start(Duration::from_secs(5), 4096).await;
+    let mut c = h.subscribe("{}").await;
+    let hub = Arc::clone(&h.hub);
+    h.stop().await;
+    c.expect_eof().await;
+    wait_until(|| hub.clients() == 0).await;
+}
+
+fn events_args(count: u64, output: EventFormat) -> EventsArgs {
+    EventsArgs {
+        output,
+        namespace: Some("prod".into()),
+        pod: None,
+        container: None,
+        labels: vec![],
+        types: vec![EventType::Exec, EventType::Exit],
+        count: Some(count),
+    }
+}
+
+/// Runs a blocking client function on the blocking pool.
+fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> impl Future<Output = T> {
+    let task = tokio::task::spawn_blocking(f);
+    async move { timeout(WAIT, task).await.unwrap().unwrap() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_podmap_client_streams_filters_and_stops_after_count() {
+    let h = Harness::start(Duration::from_secs(5), 4096).await;
+    let path = h.path.clone();
+    let run = blocking(move || {
+        let mut out = Vec::new();
+        let n = client::events(
+            &path,
+            &events_args(2, EventFormat::Compact),
+            &mut out,
+            false,
+        )
+        .unwrap();
+        (n, String::from_utf8(out).unwrap())
+    });
+    wait_until(|| h.hub.clients() == 1).await;
+    h.hub.publish_batch(&[
+        Published::new(event(EventType::Exec, 1, Some("dev"), &[])),
+        Published::new(event(EventType::Exec, 2, Some("prod"), &[])),
+        Published::new(event(EventType::Exit, 3, Some("prod"), &[])),
+        Published::new(event(EventType::Exec, 4, Some("prod"), &[])),
+    ]);
+    let (n, out) = run.await;
+    assert_eq!(n, 2);
+    assert_eq!(
+        out,
+        "12:00:00.123 exec   prod/web-7d9c/nginx  /bin/sh -c \"echo hi\"\n\
+         12:00:00.123 exit   prod/web-7d9c/nginx  /bin/sh -c \"echo hi\" exit=0\n"
+    );
+    // The client hung up after its count: the server unsubscribes it.
+    wait_until(|| h.hub.clients() == 0).await;
+
+    // JSON output passes the server's lines through.
+    let path = h.path.clone();
+    let run = blocking(move || {
+        let mut out = Vec::new();
+        client::events(&path, &events_args(1, EventFormat::Json), &mut out, true).unwrap();
+        String::from_utf8(out).unwrap()
+    });
+    wait_until(|| h.hub.clients() == 1).await;
+    let ev = event(EventType::Exec, 5, Some("prod"), &[]);
+    let published = Published::new(ev);
+    h.hub.publish(&published);
+    assert_eq!(run.await.as_bytes(), &published.line[..]);
+
+    // Status and containers through the client.
+    let path = h.path.clone();
+    let (table, json_out, rows) = blocking(move || {
+        let mut table = Vec::new();
+        client::status(&path, TableOrJson::Table, &mut table).unwrap();
+        let mut json_out = Vec::new();
+        client::status(&path, TableOrJson::Json, &mut json_out).unwrap();
+        let mut rows = Vec::new();
+        client::containers(&path, TableOrJson::Table, &mut rows).unwrap();
+        (
+            String::from_utf8(table).unwrap(),
+            json_out,
+            String::from_utf8(rows).unwrap(),
+        )
+    })
+    .await;
+    assert!(table.contains("node-a"), "{table}");
+    assert!(table.contains("events seen"), "{table}");
+    assert!(table.contains("exec=3"), "{table}");
+    let parsed: StatusReport = serde_json::from_slice(&json_out).unwrap();
+    assert_eq!(parsed, report());
+    assert_eq!(
+        rows,
+        "NAMESPACE  POD       CONTAINER  CGROUP_ID\nprod       web-7d9c  nginx      7311\n"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_podmap_client_reports_server_errors_and_a_missing_daemon() {
+    // A stand-in server that refuses whatever it is asked.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("refuser.sock");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line).await.unwrap();
+        reader
+            .get_mut()
+            .write_all(b"{\"error\":\"nope: you asked wrong\"}\n")
+            .await
+            .unwrap();
+    });
+    let p = path.clone();
+    let err = blocking(move || {
+        client::events(
+            &p,
+            &events_args(1, EventFormat::Compact),
+            &mut Vec::new(),
+            false,
+        )
+        .unwrap_err()
+    })
+    .await;
+    let server = err.downcast_ref::<ServerError>().expect("a ServerError");
+    assert_eq!(server.0, "nope: you asked wrong");
+
+    let missing = dir.path().join("absent.sock");
+    let m = missing.clone();
+    let err =
+        blocking(move || client::status(&m, TableOrJson::Table, &mut Vec::new()).unwrap_err())
+            .await
+            .to_string();
+    assert!(err.contains(&missing.display().to_string()), "{err}");
+    assert!(err.contains("podmapd may not be running"), "{err}");
+}
+
+#[test]
+fn compact_lines_read_like_the_design() {
+    let exec = event(EventType::Exec, 1, Some("prod"), &[]);
+    assert_eq!(
+        client::compact_line(&exec),
+        r#"12:00:00.123 exec   prod/web-7d9c/nginx  /bin/sh -c "echo hi""#
+    );
+
+    let mut host_exit = event(EventType::Exit, 2, None, &[]);
+    host_exit.process.args = vec![];
+    assert_eq!(
+        client::compact_line(&host_exit),
+        "12:00:00.123 exit   host  /bin/sh exit=0"
+    );
+
+    let mut killed = event(EventType::Exit, 3, Some("prod"), &[]);
+    killed.exit = Some(ExitInfo::from_wait_status(9));
+    assert!(
+        client::compact_line(&killed).ends_with(r#"/bin/sh -c "echo hi" signal=SIGKILL"#),
+        "{}",
+        client::compact_line(&killed)
+    );
+
+    let mut unknown = event(EventType::Exec, 4, None, &[]);
+    unknown.attribution = Attribution::Unknown;
+    unknown.process.flags = vec![ProcessFlag::ArgsTruncated];
+    assert_eq!(
+        client::compact_line(&unknown),
+        r#"12:00:00.123 exec   unknown(7311)  /bin/sh -c "echo hi" [args truncated]"#
+    );
+
+    let mut policy = event(EventType::Policy, 5, Some("prod"), &[]);
+    policy.policy = Some(PolicyInfo {
+        name: "no-shell-in-web".into(),
+        rule: "exec".into(),
+        path: "/bin/sh".into(),
+        action: "kill".into(),
+        mode: "kill".into(),
+    });
+    assert_eq!(
+        client::compact_line(&policy),
+        r#"12:00:00.123 policy prod/web-7d9c/nginx  /bin/sh -c "echo hi" policy=no-shell-in-web rule=exec action=kill mode=kill"#
+    );
+
+    let mut open = event(EventType::Policy, 6, Some("prod"), &[]);
+    open.process.binary = "/usr/bin/cat".into();
+    open.process.args = vec!["/etc/shadow".into()];
+    open.policy = Some(PolicyInfo {
+        name: "shadow".into(),
+        rule: "open".into(),
+        path: "/etc/shadow".into(),
+        action: "audit".into(),
+        mode: "audit".into(),
+    });
+    assert!(client::compact_line(&open)
+        .ends_with("policy=shadow rule=open action=audit mode=audit path=/etc/shadow"));
+
+    // A hostile argument cannot start a new line.
+    let mut hostile = event(EventType::Exec, 7, None, &[]);
+    hostile.process.args = vec!["a\n12:00:00.000 exec   host  /bin/true".into()];
+    assert!(!client::compact_line(&hostile).contains('\n'));
+}
