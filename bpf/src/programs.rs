@@ -23,21 +23,21 @@ pub enum ProgramsError {
     Load {
         kind: &'static str,
         name: &'static str,
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
         hint: &'static str,
     },
     #[error("attaching {name} to {point}: {source}")]
     Attach {
         name: &'static str,
         point: &'static str,
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("map {0} missing from the object")]
     MissingMap(&'static str),
     #[error("map {name}: {source}")]
     Map {
         name: &'static str,
-        source: aya::maps::MapError,
+        source: Box<aya::maps::MapError>,
     },
 }
 
@@ -117,20 +117,20 @@ pub fn load(cfg: &ProgramConfig) -> Result<LoadedPrograms, ProgramsError> {
             .map_err(|source| ProgramsError::Load {
                 kind: "tracepoint",
                 name,
-                source,
+                source: Box::new(source),
                 hint: "",
             })?;
         prog.load().map_err(|source| ProgramsError::Load {
             kind: "tracepoint",
             name,
-            source,
+            source: Box::new(source),
             hint: " (the kernel needs tracepoint programs with BTF and bpf_loop, Linux 5.17 or newer)",
         })?;
         prog.attach(category, point)
             .map_err(|source| ProgramsError::Attach {
                 name,
                 point,
-                source,
+                source: Box::new(source),
             })?;
     }
     let name = "podmap_fork";
@@ -141,20 +141,20 @@ pub fn load(cfg: &ProgramConfig) -> Result<LoadedPrograms, ProgramsError> {
         .map_err(|source| ProgramsError::Load {
             kind: "raw_tracepoint",
             name,
-            source,
+            source: Box::new(source),
             hint: "",
         })?;
     prog.load().map_err(|source| ProgramsError::Load {
         kind: "raw_tracepoint",
         name,
-        source,
+        source: Box::new(source),
         hint: " (the kernel needs raw tracepoint programs)",
     })?;
     prog.attach("sched_process_fork")
         .map_err(|source| ProgramsError::Attach {
             name,
             point: "sched_process_fork",
-            source,
+            source: Box::new(source),
         })?;
 
     let events = ebpf
@@ -162,14 +162,14 @@ pub fn load(cfg: &ProgramConfig) -> Result<LoadedPrograms, ProgramsError> {
         .ok_or(ProgramsError::MissingMap("podmap_events"))?;
     let events = RingBuf::try_from(events).map_err(|source| ProgramsError::Map {
         name: "podmap_events",
-        source,
+        source: Box::new(source),
     })?;
     let procs = ebpf
         .take_map("podmap_procs")
         .ok_or(ProgramsError::MissingMap("podmap_procs"))?;
     let procs = HashMap::try_from(procs).map_err(|source| ProgramsError::Map {
         name: "podmap_procs",
-        source,
+        source: Box::new(source),
     })?;
     let maps = SharedMaps::from_ebpf(&mut ebpf, &cfg.bpffs_dir)?;
     Ok(LoadedPrograms {

@@ -71,7 +71,7 @@ impl CgroupKey {
 }
 
 /// A container id as the runtime names it (64 hex characters for containerd and CRI-O).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct ContainerId(pub String);
 
@@ -143,12 +143,6 @@ pub struct ContainerMeta {
     /// The cgroup path relative to the hierarchy root, as resolved.
     #[serde(default)]
     pub cgroup_path: String,
-}
-
-impl Default for ContainerId {
-    fn default() -> Self {
-        ContainerId(String::new())
-    }
 }
 
 impl ContainerMeta {

@@ -20,7 +20,10 @@ pub struct CgroupPaths {
 impl CgroupPaths {
     /// Walks the tracked hierarchies under the layout's mounts.
     pub fn scan(layout: &CgroupLayout) -> Self {
-        let mut t = CgroupPaths { v1_hierarchy_id: layout.v1.as_ref().map_or(-1, |v| v.hierarchy_id), ..Default::default() };
+        let mut t = CgroupPaths {
+            v1_hierarchy_id: layout.v1.as_ref().map_or(-1, |v| v.hierarchy_id),
+            ..Default::default()
+        };
         if let Some(u) = &layout.unified {
             t.walk(u, Hierarchy::V2);
         }
@@ -33,12 +36,31 @@ impl CgroupPaths {
     fn walk(&mut self, mount: &Path, hier: Hierarchy) {
         let mut stack = vec![mount.to_path_buf()];
         while let Some(dir) = stack.pop() {
-            let Ok(md) = std::fs::metadata(&dir) else { continue };
-            let rel = dir.strip_prefix(mount).map(|r| format!("/{}", r.display())).unwrap_or_else(|_| "/".into());
-            let rel = if rel == "/" { rel } else { rel.trim_end_matches('/').to_string() };
-            self.insert(CgroupKey { id: CgroupId(md.ino()), hierarchy: hier }, &rel);
+            let Ok(md) = std::fs::metadata(&dir) else {
+                continue;
+            };
+            let rel = dir
+                .strip_prefix(mount)
+                .map(|r| format!("/{}", r.display()))
+                .unwrap_or_else(|_| "/".into());
+            let rel = if rel == "/" {
+                rel
+            } else {
+                rel.trim_end_matches('/').to_string()
+            };
+            self.insert(
+                CgroupKey {
+                    id: CgroupId(md.ino()),
+                    hierarchy: hier,
+                },
+                &rel,
+            );
             if let Ok(rd) = std::fs::read_dir(&dir) {
-                stack.extend(rd.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+                stack.extend(
+                    rd.flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.path()),
+                );
             }
         }
     }
@@ -61,14 +83,23 @@ impl CgroupPaths {
 
     pub fn mkdir(&mut self, kernel_hierarchy_id: i32, id: u64, path: &str) {
         if let Some(h) = self.hierarchy_of(kernel_hierarchy_id) {
-            self.insert(CgroupKey { id: CgroupId(id), hierarchy: h }, path);
+            self.insert(
+                CgroupKey {
+                    id: CgroupId(id),
+                    hierarchy: h,
+                },
+                path,
+            );
         }
     }
 
     /// Forgets a removed cgroup; returns its key.
     pub fn rmdir(&mut self, kernel_hierarchy_id: i32, id: u64) -> Option<CgroupKey> {
         let h = self.hierarchy_of(kernel_hierarchy_id)?;
-        let key = CgroupKey { id: CgroupId(id), hierarchy: h };
+        let key = CgroupKey {
+            id: CgroupId(id),
+            hierarchy: h,
+        };
         if let Some(path) = self.by_key.remove(&key) {
             self.by_path.remove(&(h, path));
         }
@@ -82,7 +113,9 @@ impl CgroupPaths {
     /// The cgroup itself, then each ancestor up to (not including) the root.
     pub fn self_and_ancestors(&self, key: CgroupKey) -> Vec<CgroupKey> {
         let mut out = vec![key];
-        let Some(path) = self.by_key.get(&key) else { return out };
+        let Some(path) = self.by_key.get(&key) else {
+            return out;
+        };
         let mut p: &str = path;
         while let Some(i) = p.rfind('/') {
             p = &p[..i];
@@ -90,7 +123,10 @@ impl CgroupPaths {
                 break;
             }
             if let Some(id) = self.by_path.get(&(key.hierarchy, Arc::from(p))) {
-                out.push(CgroupKey { id: *id, hierarchy: key.hierarchy });
+                out.push(CgroupKey {
+                    id: *id,
+                    hierarchy: key.hierarchy,
+                });
             }
         }
         out
@@ -111,7 +147,10 @@ mod tests {
 
     #[test]
     fn tracks_mkdir_rmdir_and_ancestors() {
-        let mut t = CgroupPaths { v1_hierarchy_id: 4, ..Default::default() };
+        let mut t = CgroupPaths {
+            v1_hierarchy_id: 4,
+            ..Default::default()
+        };
         t.mkdir(0, 10, "/a");
         t.mkdir(0, 11, "/a/b");
         t.mkdir(0, 12, "/a/b/c");
@@ -126,6 +165,9 @@ mod tests {
         );
         assert_eq!(t.rmdir(0, 11), Some(CgroupKey::v2(11)));
         assert_eq!(t.path(CgroupKey::v2(11)), None);
-        assert_eq!(t.self_and_ancestors(CgroupKey::v2(12)), vec![CgroupKey::v2(12), CgroupKey::v2(10)]);
+        assert_eq!(
+            t.self_and_ancestors(CgroupKey::v2(12)),
+            vec![CgroupKey::v2(12), CgroupKey::v2(10)]
+        );
     }
 }

@@ -547,20 +547,24 @@ pub fn status_table(r: &StatusReport) -> String {
     out
 }
 
-/// Columns shown first, when present; any other field follows in name order.
-const PREFERRED_COLUMNS: &[&str] = &[
-    "namespace",
-    "pod",
-    "container",
-    "name",
-    "container_id",
-    "id",
-    "cgroup_id",
-    "runtime",
-    "image",
+/// The table's columns: a header and the fields it shows, as JSON pointers (the first present
+/// wins, so flat and nested row shapes both work). A column no row has is left out; the full rows
+/// are in `-o json`.
+const COLUMNS: &[(&str, &[&str])] = &[
+    ("NAMESPACE", &["/pod/namespace", "/namespace"]),
+    ("POD", &["/pod/name", "/pod"]),
+    ("CONTAINER", &["/container/name", "/container"]),
+    ("CONTAINER ID", &["/container/id", "/container_id"]),
+    ("CGROUP ID", &["/cgroup_id"]),
+    ("RUNTIME", &["/container/runtime", "/runtime"]),
+    ("SANDBOX", &["/sandbox"]),
+    ("REMOVING", &["/removing"]),
+    ("MAPPED AT", &["/mapped_at"]),
+    ("ERROR", &["/error"]),
 ];
 
-/// `podmap containers`: the rows (JSON objects) as a table, whatever fields they carry.
+/// `podmap containers`: the rows (JSON objects) as a table. Rows with none of the known fields
+/// are shown with all their top-level fields, so the table never hides what the daemon sends.
 pub fn containers_table(table: &serde_json::Value) -> String {
     use serde_json::Value;
     let rows: &[Value] = match table {
@@ -575,57 +579,57 @@ pub fn containers_table(table: &serde_json::Value) -> String {
     if rows.is_empty() {
         return "no containers mapped\n".to_string();
     }
-    let mut columns: Vec<String> = PREFERRED_COLUMNS
+    let present = |ptr: &str| rows.iter().any(|r| r.pointer(ptr).is_some());
+    let mut columns: Vec<(String, Vec<String>)> = COLUMNS
         .iter()
-        .filter(|c| rows.iter().any(|r| r.get(**c).is_some()))
-        .map(|c| c.to_string())
+        .filter(|(_, ptrs)| ptrs.iter().any(|p| present(p)))
+        .map(|(h, ptrs)| (h.to_string(), ptrs.iter().map(|p| p.to_string()).collect()))
         .collect();
-    let mut rest: Vec<String> = rows
-        .iter()
-        .filter_map(Value::as_object)
-        .flat_map(|o| o.keys())
-        .filter(|k| !PREFERRED_COLUMNS.contains(&k.as_str()))
-        .cloned()
-        .collect();
-    rest.sort();
-    rest.dedup();
-    columns.extend(rest);
+    if columns.is_empty() {
+        let mut keys: Vec<&String> = rows
+            .iter()
+            .filter_map(Value::as_object)
+            .flat_map(|o| o.keys())
+            .collect();
+        keys.sort();
+        keys.dedup();
+        columns = keys
+            .into_iter()
+            .map(|k| (k.to_uppercase(), vec![format!("/{k}")]))
+            .collect();
+    }
     if columns.is_empty() {
         return format!("{table:#}\n");
     }
 
+    let header: Vec<String> = columns.iter().map(|(h, _)| h.clone()).collect();
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|row| {
             columns
                 .iter()
-                .map(|c| cell(row.get(c.as_str()).unwrap_or(&Value::Null)))
+                .map(|(_, ptrs)| {
+                    let v = ptrs.iter().find_map(|p| row.pointer(p));
+                    cell(v.unwrap_or(&Value::Null))
+                })
                 .collect()
         })
         .collect();
-    let widths: Vec<usize> = columns
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            cells
-                .iter()
+    let widths: Vec<usize> = (0..columns.len())
+        .map(|i| {
+            std::iter::once(&header)
+                .chain(cells.iter())
                 .map(|r| r[i].chars().count())
-                .chain([c.len()])
                 .max()
                 .unwrap_or(0)
         })
         .collect();
     let mut out = String::new();
-    let header: Vec<String> = columns.iter().map(|c| c.to_uppercase()).collect();
     for row in std::iter::once(&header).chain(cells.iter()) {
         let mut line = String::new();
         for (i, cell) in row.iter().enumerate() {
-            if i + 1 == row.len() {
-                line.push_str(cell);
-            } else {
-                let pad = widths[i] - cell.chars().count();
-                let _ = write!(line, "{cell}{:pad$}  ", "");
-            }
+            let pad = widths[i] - cell.chars().count();
+            let _ = write!(line, "{cell}{:pad$}  ", "");
         }
         out.push_str(line.trim_end());
         out.push('\n');
@@ -782,30 +786,39 @@ mod tests {
     }
 
     #[test]
-    fn containers_table_lines_up_any_rows() {
+    fn containers_table_shows_podmapd_rows() {
         let rows = serde_json::json!([
-            {"cgroup_id": 7311, "namespace": "prod", "pod": "web-7d9c", "container": "nginx",
-             "container_id": "a".repeat(64), "labels": {"app": "web"}},
-            {"cgroup_id": 12, "namespace": "kube-system", "pod": "dns", "container": "coredns",
-             "container_id": "b".repeat(64), "labels": {}},
+            {"cgroup_id": 7311, "hierarchy": "cgroup2", "sandbox": false, "removing": false,
+             "mapped_at": "2026-11-25T12:00:00Z", "cgroup_path": "/kubepods/x",
+             "container": {"id": "a".repeat(64), "name": "nginx", "image": "nginx:1.27",
+                           "runtime": "containerd"},
+             "pod": {"uid": "u1", "name": "web-7d9c", "namespace": "prod",
+                     "labels": {"app": "web"}}},
+            {"cgroup_id": 12, "hierarchy": "cgroup2", "sandbox": null, "removing": null,
+             "mapped_at": null, "error": "no metadata"},
         ]);
         let t = containers_table(&rows);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(
-            lines[0],
-            "NAMESPACE    POD       CONTAINER  CONTAINER_ID  CGROUP_ID  LABELS"
-        );
-        assert_eq!(
-            lines[1],
-            "prod         web-7d9c  nginx      aaaaaaaaaaaa  7311       app=web"
-        );
-        assert_eq!(
-            lines[2],
-            "kube-system  dns       coredns    bbbbbbbbbbbb  12         -"
+            lines,
+            [
+                "NAMESPACE  POD       CONTAINER  CONTAINER ID  CGROUP ID  RUNTIME     SANDBOX  REMOVING  MAPPED AT             ERROR",
+                "prod       web-7d9c  nginx      aaaaaaaaaaaa  7311       containerd  false    false     2026-11-25T12:00:00Z  -",
+                "-          -         -          -             12         -           -        -         -                     no metadata",
+            ]
         );
         assert_eq!(
             containers_table(&serde_json::json!([])),
             "no containers mapped\n"
+        );
+    }
+
+    #[test]
+    fn containers_table_shows_unknown_rows_whole() {
+        let rows = serde_json::json!([{"b": 1, "a": {"k": "v"}}, {"a": {}, "c": [1, 2]}]);
+        assert_eq!(
+            containers_table(&rows),
+            "A    B  C\nk=v  1  -\n-    -  1,2\n"
         );
     }
 

@@ -3,7 +3,10 @@
 use std::fmt::Write;
 
 fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into a valid timespec; the clocks used always exist on Linux.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -25,7 +28,9 @@ impl WallClock {
     pub fn now() -> Self {
         let real = clock_ns(libc::CLOCK_REALTIME);
         let boot = boot_ns();
-        WallClock { offset_ns: real.saturating_sub(boot) }
+        WallClock {
+            offset_ns: real.saturating_sub(boot),
+        }
     }
 
     pub fn wall_ns(&self, boot_ns: u64) -> u64 {
@@ -72,9 +77,15 @@ mod tests {
     fn formats_known_instants() {
         assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00.000000000Z");
         // 2026-11-25T12:00:00.123456789Z
-        assert_eq!(format_rfc3339(1_795_608_000_123_456_789), "2026-11-25T12:00:00.123456789Z");
+        assert_eq!(
+            format_rfc3339(1_795_608_000_123_456_789),
+            "2026-11-25T12:00:00.123456789Z"
+        );
         // Leap day.
-        assert_eq!(format_rfc3339(951_782_400_000_000_000), "2000-02-29T00:00:00.000000000Z");
+        assert_eq!(
+            format_rfc3339(951_782_400_000_000_000),
+            "2000-02-29T00:00:00.000000000Z"
+        );
     }
 
     #[test]

@@ -38,7 +38,11 @@ impl Mapped {
                 workload_kind: None,
             })
         });
-        Mapped { meta, container, pod }
+        Mapped {
+            meta,
+            container,
+            pod,
+        }
     }
 }
 
@@ -84,7 +88,14 @@ impl ContainerCache {
             }
         };
         let mapped = Arc::new(Mapped::from_meta(meta));
-        self.entries.insert(key, Entry { mapped: mapped.clone(), created_ns: rec.created_ns, checked: now });
+        self.entries.insert(
+            key,
+            Entry {
+                mapped: mapped.clone(),
+                created_ns: rec.created_ns,
+                checked: now,
+            },
+        );
         Some(mapped)
     }
 

@@ -21,7 +21,11 @@ use crate::stats::Stats;
 use crate::{metrics, server};
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "podmapd", version, about = "podmap's node daemon: every process the kernel runs, attributed to its pod and container")]
+#[command(
+    name = "podmapd",
+    version,
+    about = "podmap's node daemon: every process the kernel runs, attributed to its pod and container"
+)]
 pub struct Args {
     /// The event socket.
     #[arg(long, env = "PODMAP_SOCKET", default_value = server::DEFAULT_SOCKET)]
@@ -48,19 +52,41 @@ pub struct Args {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
-    let node: Arc<str> = args.node_name.clone().filter(|n| !n.is_empty()).unwrap_or_else(hostname).into();
-    let layout = CgroupLayout::detect(&args.cgroup_root, &args.v1_controller)
-        .with_context(|| format!("detecting the cgroup layout under {}", args.cgroup_root.display()))?;
+    let node: Arc<str> = args
+        .node_name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(hostname)
+        .into();
+    let layout =
+        CgroupLayout::detect(&args.cgroup_root, &args.v1_controller).with_context(|| {
+            format!(
+                "detecting the cgroup layout under {}",
+                args.cgroup_root.display()
+            )
+        })?;
     tracing::info!(layout = layout.kind.as_str(), hierarchy = %layout.hierarchy_name(), root = %layout.root.display(), "cgroups");
 
-    let loaded = programs::load(&ProgramConfig::new(&args.bpffs_dir, &layout))
-        .with_context(|| format!("loading the eBPF programs (pins under {})", args.bpffs_dir.display()))?;
-    let programs::LoadedPrograms { maps, events, mut procs, attached } = loaded;
+    let loaded =
+        programs::load(&ProgramConfig::new(&args.bpffs_dir, &layout)).with_context(|| {
+            format!(
+                "loading the eBPF programs (pins under {})",
+                args.bpffs_dir.display()
+            )
+        })?;
+    let programs::LoadedPrograms {
+        maps,
+        events,
+        mut procs,
+        attached,
+    } = loaded;
     let maps = Arc::new(maps);
 
     let mut table = ProcTable::default();
@@ -84,16 +110,35 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let listener = server::bind(&args.socket)?;
     tracing::info!(socket = %args.socket.display(), node = %node, "podmapd ready");
 
-    let server_task = tokio::spawn(server::serve(listener, hub.clone(), state.clone(), wait(stop_rx.clone())));
+    let server_task = tokio::spawn(server::serve(
+        listener,
+        hub.clone(),
+        state.clone(),
+        wait(stop_rx.clone()),
+    ));
     let metrics_task = if args.metrics_addr != "off" {
-        let addr: SocketAddr = args.metrics_addr.parse().with_context(|| format!("--metrics-addr {:?} is not host:port", args.metrics_addr))?;
-        Some(tokio::spawn(metrics::serve_metrics(addr, state.clone(), wait(stop_rx.clone()))))
+        let addr: SocketAddr = args
+            .metrics_addr
+            .parse()
+            .with_context(|| format!("--metrics-addr {:?} is not host:port", args.metrics_addr))?;
+        Some(tokio::spawn(metrics::serve_metrics(
+            addr,
+            state.clone(),
+            wait(stop_rx.clone()),
+        )))
     } else {
         None
     };
-    let reader_task = tokio::spawn(reader::run(events, pipeline, hub, Duration::from_millis(args.poll_ms.max(1)), stop_rx.clone()));
+    let reader_task = tokio::spawn(reader::run(
+        events,
+        pipeline,
+        hub,
+        Duration::from_millis(args.poll_ms.max(1)),
+        stop_rx.clone(),
+    ));
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
         _ = term.recv() => tracing::info!("SIGTERM: stopping"),
@@ -107,7 +152,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = server_task.await;
     if let Some(t) = metrics_task {
-        t.await.context("metrics task")?.context("metrics endpoint")?;
+        t.await
+            .context("metrics task")?
+            .context("metrics endpoint")?;
     }
     let _ = std::fs::remove_file(&args.socket);
     // Detach only once everything else has stopped.

@@ -66,14 +66,28 @@ impl ProcTable {
 
     /// Scans /proc: every live process gets an entry here and, unless the kernel already has a
     /// newer one, in the kernel's exec table, flagged as found by the scan.
-    pub fn scan(&mut self, node: &str, kernel: &mut BpfHashMap<MapData, u32, podmap_proc>) -> usize {
+    pub fn scan(
+        &mut self,
+        node: &str,
+        kernel: &mut BpfHashMap<MapData, u32, podmap_proc>,
+    ) -> usize {
         let tick_ns = 1_000_000_000 / clock_ticks();
-        let Ok(rd) = std::fs::read_dir("/proc") else { return 0 };
+        let Ok(rd) = std::fs::read_dir("/proc") else {
+            return 0;
+        };
         let mut n = 0;
         for e in rd.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-            let Some(entry) = scan_one(node, pid, tick_ns) else { continue };
-            let rec = podmap_proc { exec_ktime: entry.exec_ktime, flags: layout::PF_PROCFS_SCAN, _pad: 0 };
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Some(entry) = scan_one(node, pid, tick_ns) else {
+                continue;
+            };
+            let rec = podmap_proc {
+                exec_ktime: entry.exec_ktime,
+                flags: layout::PF_PROCFS_SCAN,
+                _pad: 0,
+            };
             // BPF_NOEXIST: a process that exec'd during the scan keeps its real entry.
             let _ = kernel.insert(pid, rec, BPF_NOEXIST);
             self.by_pid.entry(pid).or_insert_with(|| Arc::new(entry));
@@ -86,7 +100,11 @@ impl ProcTable {
 fn clock_ticks() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 { t as u64 } else { 100 }
+    if t > 0 {
+        t as u64
+    } else {
+        100
+    }
 }
 
 fn scan_one(node: &str, pid: u32, tick_ns: u64) -> Option<ProcEntry> {
@@ -96,7 +114,9 @@ fn scan_one(node: &str, pid: u32, tick_ns: u64) -> Option<ProcEntry> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let start_ticks: u64 = fields.get(19)?.parse().ok()?;
     let start_time = start_ticks * tick_ns;
-    let binary = std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.display().to_string()).unwrap_or_default();
+    let binary = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let args: Vec<String> = cmdline
         .strip_suffix(&[0])
@@ -105,10 +125,16 @@ fn scan_one(node: &str, pid: u32, tick_ns: u64) -> Option<ProcEntry> {
         .skip(1)
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
-    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).map(|p| p.display().to_string()).unwrap_or_default();
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
     let uid = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|u| u.split_whitespace().next()?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|u| u.split_whitespace().next()?.parse().ok())
+        })
         .unwrap_or(0);
     Some(ProcEntry {
         exec_id: exec_id(node, start_time, pid).into(),
@@ -124,7 +150,11 @@ fn scan_one(node: &str, pid: u32, tick_ns: u64) -> Option<ProcEntry> {
 
 impl ProcEntry {
     pub fn flags(&self) -> Vec<ProcessFlag> {
-        if self.procfs_scan { vec![ProcessFlag::ProcfsScan] } else { Vec::new() }
+        if self.procfs_scan {
+            vec![ProcessFlag::ProcfsScan]
+        } else {
+            Vec::new()
+        }
     }
 }
 
@@ -136,7 +166,9 @@ mod tests {
     fn exec_ids_are_base64_of_node_time_pid() {
         use base64::Engine;
         let id = exec_id("node-a", 123, 42);
-        let raw = base64::engine::general_purpose::STANDARD.decode(id).unwrap();
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(id)
+            .unwrap();
         assert_eq!(raw, b"node-a:123:42");
     }
 

@@ -36,7 +36,10 @@ impl StatusSource for DaemonState {
     fn status(&self) -> StatusReport {
         let s = &self.stats;
         let c = self.maps.counters();
-        let shared: BTreeMap<String, u64> = Counter::ALL.iter().map(|k| (k.name().to_string(), c.get(*k))).collect();
+        let shared: BTreeMap<String, u64> = Counter::ALL
+            .iter()
+            .map(|k| (k.name().to_string(), c.get(*k)))
+            .collect();
         StatusReport {
             node: self.node.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),

@@ -33,7 +33,10 @@ impl Stats {
     }
 
     pub fn latency_histogram(&self) -> Vec<u64> {
-        self.latency_us.iter().map(|c| c.load(Ordering::Relaxed)).collect()
+        self.latency_us
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
     }
 }
 

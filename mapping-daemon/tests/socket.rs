@@ -594,7 +594,7 @@ async fn the_podmap_client_streams_filters_and_stops_after_count() {
     assert_eq!(parsed, report());
     assert_eq!(
         rows,
-        "NAMESPACE  POD       CONTAINER  CGROUP_ID\nprod       web-7d9c  nginx      7311\n"
+        "NAMESPACE  POD       CONTAINER  CGROUP ID\nprod       web-7d9c  nginx      7311\n"
     );
     h.stop().await;
 }

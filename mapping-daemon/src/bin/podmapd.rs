@@ -3,13 +3,17 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("PODMAP_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_env("PODMAP_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let args = podmap_daemon::daemon::Args::parse();
     // One thread: the event path is a single pipeline, and cross-thread wake-ups would cost more
     // than they save.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let res = rt.block_on(podmap_daemon::daemon::run(args));
     if let Err(e) = &res {
         tracing::error!("{e:#}");

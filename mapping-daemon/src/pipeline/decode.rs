@@ -65,7 +65,10 @@ pub enum DecodeError {
 fn read<T: Copy>(buf: &[u8]) -> Result<T, DecodeError> {
     let need = size_of::<T>();
     if buf.len() < need {
-        return Err(DecodeError::Short { len: buf.len(), need });
+        return Err(DecodeError::Short {
+            len: buf.len(),
+            need,
+        });
     }
     // SAFETY: length checked above; T is a repr(C) POD mirror of the C layout (layout test), and
     // read_unaligned copes with the ring buffer's 8-byte (not T's) alignment.
@@ -96,7 +99,10 @@ fn split_args(b: &[u8]) -> Vec<String> {
     if b.is_empty() {
         return Vec::new();
     }
-    b.split(|&c| c == 0).skip(1).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
+    b.split(|&c| c == 0)
+        .skip(1)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
 }
 
 pub fn decode(buf: &[u8]) -> Result<KernelEvent, DecodeError> {
@@ -109,8 +115,14 @@ pub fn decode(buf: &[u8]) -> Result<KernelEvent, DecodeError> {
                 let start = off.min(data.len());
                 &data[start..(off + len).min(data.len())]
             };
-            let filename = c_str(region(0, (ev.filename_len as usize).min(layout::FILENAME_MAX)));
-            let cwd = cwd_from_components(region(layout::FILENAME_MAX, (ev.cwd_len as usize).min(layout::CWD_MAX)));
+            let filename = c_str(region(
+                0,
+                (ev.filename_len as usize).min(layout::FILENAME_MAX),
+            ));
+            let cwd = cwd_from_components(region(
+                layout::FILENAME_MAX,
+                (ev.cwd_len as usize).min(layout::CWD_MAX),
+            ));
             let args = split_args(region(
                 layout::FILENAME_MAX + layout::CWD_MAX,
                 (ev.args_len as usize).min(layout::ARGS_MAX),
@@ -140,8 +152,17 @@ pub fn decode(buf: &[u8]) -> Result<KernelEvent, DecodeError> {
             let ev: podmap_cgroup_event = read(buf)?;
             let data = &buf[size_of::<podmap_cgroup_event>()..];
             let path = c_str(&data[..(ev.path_len as usize).min(data.len())]);
-            let rec = CgroupRecord { ktime: hdr.ktime, id: ev.id, hierarchy_id: ev.hierarchy_id, path };
-            Ok(if t == layout::EV_CGROUP_MKDIR { KernelEvent::CgroupMkdir(rec) } else { KernelEvent::CgroupRmdir(rec) })
+            let rec = CgroupRecord {
+                ktime: hdr.ktime,
+                id: ev.id,
+                hierarchy_id: ev.hierarchy_id,
+                path,
+            };
+            Ok(if t == layout::EV_CGROUP_MKDIR {
+                KernelEvent::CgroupMkdir(rec)
+            } else {
+                KernelEvent::CgroupRmdir(rec)
+            })
         }
         other => Err(DecodeError::UnknownType(other)),
     }
@@ -157,6 +178,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::field_reassign_with_default)]
     fn decodes_an_exec_record() {
         let mut ev = podmap_exec_event::default();
         ev.hdr.r#type = layout::EV_EXEC;
@@ -171,7 +193,9 @@ mod tests {
         data[layout::FILENAME_MAX..layout::FILENAME_MAX + 9].copy_from_slice(b"tmp\0work\0");
         buf.extend_from_slice(&data);
         buf.extend_from_slice(b"sh\0-c\0echo hi\0");
-        let KernelEvent::Exec(e) = decode(&buf).unwrap() else { panic!() };
+        let KernelEvent::Exec(e) = decode(&buf).unwrap() else {
+            panic!()
+        };
         assert_eq!(e.filename, "/bin/sh");
         assert_eq!(e.cwd, "/work/tmp");
         assert_eq!(e.args, vec!["-c", "echo hi"]);
@@ -180,17 +204,22 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::field_reassign_with_default)]
     fn short_and_unknown_records_are_errors() {
         assert!(matches!(decode(&[1, 0, 0]), Err(DecodeError::Short { .. })));
-        let mut h = podmap_event_header::default();
-        h.r#type = 99;
+        let h = podmap_event_header {
+            r#type: 99,
+            ..Default::default()
+        };
         assert_eq!(decode(&bytes(&h)), Err(DecodeError::UnknownType(99)));
         // An exec header claiming more data than the record holds is cut, not overrun.
         let mut ev = podmap_exec_event::default();
         ev.hdr.r#type = layout::EV_EXEC;
         ev.filename_len = 200;
         ev.args_len = 1000;
-        let KernelEvent::Exec(e) = decode(&bytes(&ev)).unwrap() else { panic!() };
+        let KernelEvent::Exec(e) = decode(&bytes(&ev)).unwrap() else {
+            panic!()
+        };
         assert_eq!(e.filename, "");
         assert!(e.args.is_empty());
         assert_eq!(e.cwd, "/");

@@ -15,9 +15,17 @@ use crate::procs::{exec_id, ProcEntry, ProcTable};
 /// found in, else cgroup2 wherever the host has it, else the tracked v1 controller's.
 fn cgroup_id(ids: &podmap_task_ids, layout: &CgroupLayout) -> u64 {
     if ids.container_cgid != 0 {
-        return if ids.container_hier == HIER_V1 { ids.cgroup_v1 } else { ids.cgroup_v2 };
+        return if ids.container_hier == HIER_V1 {
+            ids.cgroup_v1
+        } else {
+            ids.cgroup_v2
+        };
     }
-    if layout.kind == LayoutKind::Legacy { ids.cgroup_v1 } else { ids.cgroup_v2 }
+    if layout.kind == LayoutKind::Legacy {
+        ids.cgroup_v1
+    } else {
+        ids.cgroup_v2
+    }
 }
 
 fn flags(bits: u32) -> Vec<ProcessFlag> {
@@ -75,7 +83,8 @@ pub(super) fn event(
         KernelEvent::Exec(e) => {
             let pid = e.ids.pid;
             let id: Arc<str> = exec_id(node, e.ktime, pid).into();
-            let parent_exec_id = (e.parent_exec_ktime != 0).then(|| exec_id(node, e.parent_exec_ktime, e.ids.ppid));
+            let parent_exec_id =
+                (e.parent_exec_ktime != 0).then(|| exec_id(node, e.parent_exec_ktime, e.ids.ppid));
             let args: Arc<[String]> = e.args.into();
             let binary: Arc<str> = e.filename.into();
             let cwd: Arc<str> = e.cwd.into();
@@ -122,8 +131,22 @@ pub(super) fn event(
             // A process that never exec'd runs its parent's program.
             let entry = procs.remove(pid).or_else(|| procs.get(e.ids.ppid).cloned());
             let (binary, args, cwd, exec_id_s, start_time, mut fl) = match &entry {
-                Some(p) => (p.binary.to_string(), p.args.to_vec(), p.cwd.to_string(), p.exec_id.to_string(), p.start_time, p.flags()),
-                None => (String::new(), Vec::new(), String::new(), exec_id(node, e.exec_ktime, pid), 0, Vec::new()),
+                Some(p) => (
+                    p.binary.to_string(),
+                    p.args.to_vec(),
+                    p.cwd.to_string(),
+                    p.exec_id.to_string(),
+                    p.start_time,
+                    p.flags(),
+                ),
+                None => (
+                    String::new(),
+                    Vec::new(),
+                    String::new(),
+                    exec_id(node, e.exec_ktime, pid),
+                    0,
+                    Vec::new(),
+                ),
             };
             for f in flags(e.flags) {
                 if !fl.contains(&f) {
@@ -145,7 +168,11 @@ pub(super) fn event(
                     cwd,
                     exec_id: exec_id_s,
                     parent_exec_id,
-                    start_time: if start_time != 0 { clock.format(start_time) } else { String::new() },
+                    start_time: if start_time != 0 {
+                        clock.format(start_time)
+                    } else {
+                        String::new()
+                    },
                     cgroup_id: cgroup_id(&e.ids, layout),
                     flags: fl,
                 },

@@ -52,10 +52,30 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(node: Arc<str>, maps: Arc<SharedMaps>, layout: CgroupLayout, procs: ProcTable, stats: Arc<Stats>) -> Self {
+    pub fn new(
+        node: Arc<str>,
+        maps: Arc<SharedMaps>,
+        layout: CgroupLayout,
+        procs: ProcTable,
+        stats: Arc<Stats>,
+    ) -> Self {
         let cgroups = CgroupPaths::scan(&layout);
-        tracing::info!(cgroups = cgroups.len(), processes = procs.len(), "initial scan done");
-        Pipeline { node, maps, layout, cgroups, containers: ContainerCache::default(), procs, held: VecDeque::new(), stats, batch_now: 0 }
+        tracing::info!(
+            cgroups = cgroups.len(),
+            processes = procs.len(),
+            "initial scan done"
+        );
+        Pipeline {
+            node,
+            maps,
+            layout,
+            cgroups,
+            containers: ContainerCache::default(),
+            procs,
+            held: VecDeque::new(),
+            stats,
+            batch_now: 0,
+        }
     }
 
     pub fn held(&self) -> usize {
@@ -112,7 +132,12 @@ impl Pipeline {
         // overtakes its exec.
         if let Some(h) = self.held.iter().find(|h| h.key == leaf) {
             let (shape, deadline) = (h.shape.clone(), h.deadline);
-            self.held.push_back(Held { event: ev, key: leaf, shape, deadline });
+            self.held.push_back(Held {
+                event: ev,
+                key: leaf,
+                shape,
+                deadline,
+            });
             Stats::inc(&self.stats.held);
             return;
         }
@@ -121,7 +146,12 @@ impl Pipeline {
             Attributed::Hold(shape) => {
                 Stats::inc(&self.stats.held);
                 let deadline = ev.ktime() + HOLD_NS;
-                self.held.push_back(Held { event: ev, key: leaf, shape, deadline });
+                self.held.push_back(Held {
+                    event: ev,
+                    key: leaf,
+                    shape,
+                    deadline,
+                });
             }
         }
     }
@@ -137,7 +167,11 @@ impl Pipeline {
 
     fn attribute(&mut self, ids: &podmap_task_ids, leaf: CgroupKey) -> Attributed {
         if ids.container_cgid != 0 {
-            let key = if ids.container_hier == HIER_V1 { CgroupKey::v1(ids.container_cgid) } else { CgroupKey::v2(ids.container_cgid) };
+            let key = if ids.container_hier == HIER_V1 {
+                CgroupKey::v1(ids.container_cgid)
+            } else {
+                CgroupKey::v2(ids.container_cgid)
+            };
             if let Some(m) = self.containers.get(&self.maps, key) {
                 return Attributed::Now(Owner::Container(m));
             }
@@ -186,15 +220,24 @@ impl Pipeline {
         }
     }
 
-    fn emit(&mut self, ev: KernelEvent, owner: Owner, clock: &WallClock, out: &mut Vec<Arc<Published>>) {
+    fn emit(
+        &mut self,
+        ev: KernelEvent,
+        owner: Owner,
+        clock: &WallClock,
+        out: &mut Vec<Arc<Published>>,
+    ) {
         let counter = match owner.attribution() {
             Attribution::Container => &self.stats.attributed_container,
             Attribution::Host => &self.stats.attributed_host,
             Attribution::Unknown => &self.stats.attributed_unknown,
         };
         Stats::inc(counter);
-        self.stats.record_latency(self.batch_now.saturating_sub(ev.ktime()) / 1000);
-        if let Some(event) = enrich::event(&self.node, &mut self.procs, &self.layout, ev, owner, clock) {
+        self.stats
+            .record_latency(self.batch_now.saturating_sub(ev.ktime()) / 1000);
+        if let Some(event) =
+            enrich::event(&self.node, &mut self.procs, &self.layout, ev, owner, clock)
+        {
             out.push(Published::new(event));
         }
     }

@@ -1,0 +1,229 @@
+//! Fixtures for tests that run the real podmapd against the kernel: a daemon on private pins,
+//! socket and cgroups, killed and cleaned up on drop (even when the test fails).
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use podmap_bpf::testing::{unique_name, PinDir};
+use serde_json::Value;
+
+pub const UNIFIED: &str = "/sys/fs/cgroup/unified";
+
+/// The host's cgroup2 mount (hybrid: /sys/fs/cgroup/unified; pure v2: /sys/fs/cgroup).
+pub fn cgroup2_mount() -> PathBuf {
+    if Path::new(UNIFIED).join("cgroup.procs").exists() {
+        PathBuf::from(UNIFIED)
+    } else {
+        PathBuf::from("/sys/fs/cgroup")
+    }
+}
+
+pub struct Daemon {
+    pub child: Child,
+    pub socket: PathBuf,
+    pub pins: PinDir,
+    pub node: String,
+    pub log: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+pub struct DaemonOptions {
+    /// Run inside a private mount namespace with cgroup2 mounted at /sys/fs/cgroup.
+    pub pure_cgroup2: bool,
+}
+
+impl Daemon {
+    pub fn start() -> Daemon {
+        Self::start_with(DaemonOptions {
+            pure_cgroup2: false,
+        })
+    }
+
+    pub fn start_with(opts: DaemonOptions) -> Daemon {
+        let tmp = tempfile::tempdir().unwrap();
+        let socket = tmp.path().join("podmap.sock");
+        let log = tmp.path().join("podmapd.log");
+        let pins = PinDir::new("podmap-test-daemon");
+        let node = unique_name("node");
+        let exe = env!("CARGO_BIN_EXE_podmapd");
+        let mut cmd = if opts.pure_cgroup2 {
+            let mut c = Command::new("unshare");
+            c.args([
+                "-m",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                "mount -t cgroup2 none /sys/fs/cgroup && exec \"$0\"",
+                exe,
+            ]);
+            c
+        } else {
+            Command::new(exe)
+        };
+        let logf = std::fs::File::create(&log).unwrap();
+        cmd.env("PODMAP_SOCKET", &socket)
+            .env("PODMAP_BPFFS_DIR", &pins.path)
+            .env("PODMAP_METRICS_ADDR", "off")
+            .env("NODE_NAME", &node)
+            .env("PODMAP_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf);
+        let child = cmd.spawn().expect("start podmapd");
+        let d = Daemon {
+            child,
+            socket,
+            pins,
+            node,
+            log,
+            _tmp: tmp,
+        };
+        d.wait_ready();
+        d
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("podmapd did not start; log:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends one request line and returns the connection's reader.
+    pub fn request(&self, line: &str) -> BufReader<UnixStream> {
+        let mut s = UnixStream::connect(&self.socket).expect("connect");
+        s.write_all(line.as_bytes()).unwrap();
+        s.write_all(b"\n").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        BufReader::new(s)
+    }
+
+    pub fn status(&self) -> Value {
+        let mut r = self.request(r#"{"status": {}}"#);
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap()
+    }
+
+    /// Opens an event stream and waits until it is subscribed (a status round-trip after the
+    /// subscription proves the server has processed it).
+    pub fn events(&self, filter: &str) -> EventStream {
+        let r = self.request(&format!(r#"{{"events": {filter}}}"#));
+        // The subscription is made before the server reads anything else; give it a moment and
+        // then prove the daemon is serving.
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = self.status();
+        EventStream { r }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct EventStream {
+    r: BufReader<UnixStream>,
+}
+
+impl EventStream {
+    /// Reads events until `pred` matches one, within `timeout`; returns every event read.
+    pub fn until(&mut self, timeout: Duration, mut pred: impl FnMut(&Value) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no matching event within {timeout:?}; saw {} events, last: {:?}",
+                seen.len(),
+                seen.last()
+            );
+            self.r.get_ref().set_read_timeout(Some(left)).unwrap();
+            let mut line = String::new();
+            match self.r.read_line(&mut line) {
+                Ok(0) => panic!("stream closed; saw {seen:?}"),
+                Ok(_) => {}
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    continue
+                }
+                Err(e) => panic!("read: {e}"),
+            }
+            let v: Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad line {line:?}: {e}"));
+            assert!(v.get("error").is_none(), "server error: {v}");
+            let hit = pred(&v);
+            seen.push(v);
+            if hit {
+                return seen;
+            }
+        }
+    }
+
+    pub fn next_line(&mut self, timeout: Duration) -> Option<String> {
+        self.r.get_ref().set_read_timeout(Some(timeout)).unwrap();
+        let mut line = String::new();
+        match self.r.read_line(&mut line) {
+            Ok(0) => None,
+            Ok(_) => Some(line),
+            Err(_) => None,
+        }
+    }
+}
+
+/// Runs `argv` as a process that first moves itself into the cgroup at `cgroup_dir`, then execs:
+/// the exec happens inside the cgroup. Returns the exec'd process's pid and its exit status.
+pub fn run_in_cgroup(cgroup_dir: &Path, argv: &[&str]) -> (u32, std::process::ExitStatus) {
+    let script = format!(
+        "echo $$ > {}/cgroup.procs || exit 97; exec \"$@\"",
+        cgroup_dir.display()
+    );
+    let mut child = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(script)
+        .arg("sh")
+        .args(argv)
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    let status = child.wait().unwrap();
+    assert_ne!(
+        status.code(),
+        Some(97),
+        "could not move into {}",
+        cgroup_dir.display()
+    );
+    (pid, status)
+}
+
+pub fn find(events: &[Value], pred: impl Fn(&Value) -> bool) -> Option<&Value> {
+    events.iter().find(|v| pred(v))
+}

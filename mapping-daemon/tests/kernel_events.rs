@@ -1,0 +1,249 @@
+//! podmapd against the real kernel: exec and exit events of processes in fresh cgroups, container
+//! records written through the bpf/ API, nested cgroups, unknown attribution, the /proc scan.
+//! Runs as root; each test uses its own pins, socket and cgroups.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{cgroup2_mount, find, run_in_cgroup, Daemon, DaemonOptions};
+use podmap_bpf::testing::TestCgroup;
+use podmap_bpf::{
+    CgroupId, CgroupIds, ContainerId, ContainerMeta, PodUid, RecordFlags, SharedMaps, Writer,
+};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn pid_of(v: &Value) -> u64 {
+    v["process"]["pid"].as_u64().unwrap_or(0)
+}
+
+fn exec_and_exit_in_a_fresh_cgroup(daemon: &Daemon) {
+    let cg = TestCgroup::new(&cgroup2_mount(), "podmap-test-fresh").unwrap();
+    let mut stream = daemon.events("{}");
+    let (pid, status) = run_in_cgroup(&cg.path(), &["/bin/sh", "-c", "exit 7", "podmap-arg"]);
+    assert_eq!(status.code(), Some(7));
+    let pid = pid as u64;
+    let events = stream.until(WAIT, |v| v["type"] == "exit" && pid_of(v) == pid);
+    let exec = find(&events, |v| {
+        v["type"] == "exec"
+            && pid_of(v) == pid
+            && v["process"]["binary"] == "/bin/sh"
+            && v["process"]["cgroup_id"] == cg.id()
+    })
+    .unwrap_or_else(|| panic!("no exec of pid {pid} in cgroup {}: {events:#?}", cg.id()));
+    let exit = events.last().unwrap();
+    assert_eq!(
+        exec["process"]["cgroup_id"],
+        cg.id(),
+        "exec carries the cgroup's id (its inode)"
+    );
+    assert_eq!(exec["process"]["ppid"], std::process::id());
+    assert_eq!(
+        exec["process"]["args"],
+        serde_json::json!(["-c", "exit 7", "podmap-arg"])
+    );
+    assert_eq!(exec["attribution"], "host");
+    assert!(exec["container"].is_null() && exec["pod"].is_null());
+    assert_eq!(exec["node"], daemon.node.as_str());
+    assert!(exec["process"]["exec_id"]
+        .as_str()
+        .is_some_and(|s| !s.is_empty()));
+    assert_eq!(exit["process"]["cgroup_id"], cg.id());
+    assert_eq!(exit["exit"]["code"], 7);
+    assert!(exit["exit"]["signal"].is_null());
+    assert_eq!(
+        exit["process"]["exec_id"], exec["process"]["exec_id"],
+        "exit names the exec it ends"
+    );
+    assert_eq!(exit["process"]["binary"], "/bin/sh");
+
+    // A signal death: code null, the signal's name.
+    let (pid, status) = run_in_cgroup(&cg.path(), &["/bin/sh", "-c", "kill -9 $$"]);
+    assert!(status.code().is_none());
+    let pid = pid as u64;
+    let events = stream.until(WAIT, |v| v["type"] == "exit" && pid_of(v) == pid);
+    let exit = events.last().unwrap();
+    assert!(exit["exit"]["code"].is_null());
+    assert_eq!(exit["exit"]["signal"], "SIGKILL");
+}
+
+#[test]
+fn exec_and_exit_carry_the_cgroup_id_on_this_host() {
+    let daemon = Daemon::start();
+    exec_and_exit_in_a_fresh_cgroup(&daemon);
+}
+
+#[test]
+fn exec_and_exit_carry_the_cgroup_id_in_a_pure_cgroup2_namespace() {
+    let daemon = Daemon::start_with(DaemonOptions { pure_cgroup2: true });
+    let status = daemon.status();
+    assert_eq!(status["cgroup_layout"], "unified", "{status}");
+    assert_eq!(status["cgroup_hierarchy"], "cgroup2");
+    exec_and_exit_in_a_fresh_cgroup(&daemon);
+}
+
+fn meta(id: &str) -> ContainerMeta {
+    ContainerMeta {
+        container_id: ContainerId(id.to_string()),
+        name: "nginx".into(),
+        pod_uid: Some(PodUid("0b7e7d2a-3c1d-4a54-9f7e-1a2b3c4d5e6f".into())),
+        pod_name: "web-7d9c".into(),
+        namespace: "prod".into(),
+        labels: [("app".to_string(), "web".to_string())].into(),
+        image: "docker.io/library/nginx:1.27".into(),
+        runtime: "containerd".into(),
+        sandbox: false,
+        cgroup_path: "/test".into(),
+    }
+}
+
+#[test]
+fn a_record_written_through_the_bpf_api_attributes_the_cgroup_and_its_children() {
+    let daemon = Daemon::start();
+    let mut maps = SharedMaps::open(&daemon.pins.path).expect("the daemon's pins");
+    let cg = TestCgroup::new(&cgroup2_mount(), "podmap-test-rec").unwrap();
+    let sub = cg.child("sub").unwrap();
+    let nested = sub.child("deeper").unwrap();
+    let cid = "c0ffee".repeat(10) + "abcd";
+    let ids = CgroupIds {
+        v2: Some(CgroupId(cg.id())),
+        v1: None,
+    };
+    maps.insert(&ids, &meta(&cid), RecordFlags::default(), Writer::Test)
+        .unwrap();
+
+    let mut stream = daemon.events("{}");
+    let (pid, _) = run_in_cgroup(&cg.path(), &["/bin/true", "in-container"]);
+    let events = stream.until(WAIT, |v| {
+        v["type"] == "exec" && pid_of(v) == pid as u64 && v["process"]["binary"] == "/bin/true"
+    });
+    let ev = events.last().unwrap();
+    assert_eq!(ev["attribution"], "container", "{ev}");
+    assert_eq!(ev["container"]["id"], cid.as_str());
+    assert_eq!(ev["container"]["name"], "nginx");
+    assert_eq!(ev["container"]["image"], "docker.io/library/nginx:1.27");
+    assert_eq!(ev["pod"]["name"], "web-7d9c");
+    assert_eq!(ev["pod"]["namespace"], "prod");
+    assert_eq!(ev["pod"]["uid"], "0b7e7d2a-3c1d-4a54-9f7e-1a2b3c4d5e6f");
+    assert_eq!(ev["pod"]["labels"]["app"], "web");
+    assert_eq!(ev["process"]["cgroup_id"], cg.id());
+    let events = stream.until(WAIT, |v| v["type"] == "exit" && pid_of(v) == pid as u64);
+    assert_eq!(events.last().unwrap()["attribution"], "container");
+
+    // Nested below the mapped cgroup: same container, the process's own cgroup id.
+    let (pid, _) = run_in_cgroup(&nested.path(), &["/bin/true", "nested"]);
+    let events = stream.until(WAIT, |v| {
+        v["type"] == "exec" && pid_of(v) == pid as u64 && v["process"]["binary"] == "/bin/true"
+    });
+    let ev = events.last().unwrap();
+    assert_eq!(ev["attribution"], "container", "{ev}");
+    assert_eq!(ev["container"]["id"], cid.as_str());
+    assert_eq!(ev["process"]["cgroup_id"], nested.id());
+
+    // Server-side filters select by pod fields.
+    let mut by_ns =
+        daemon.events(r#"{"namespace": "prod", "labels": {"app": "web"}, "types": ["exec"]}"#);
+    let mut other_ns = daemon.events(r#"{"namespace": "staging"}"#);
+    let (pid, _) = run_in_cgroup(&cg.path(), &["/bin/true", "filtered"]);
+    let got = by_ns.until(WAIT, |v| pid_of(v) == pid as u64);
+    assert!(
+        got.iter()
+            .all(|v| v["pod"]["namespace"] == "prod" && v["type"] == "exec"),
+        "{got:#?}"
+    );
+    assert_eq!(
+        other_ns.next_line(Duration::from_millis(500)),
+        None,
+        "other namespaces see nothing"
+    );
+
+    // Removed: back to host.
+    maps.remove(&ids).unwrap();
+    let (pid, _) = run_in_cgroup(&nested.path(), &["/bin/true", "after-removal"]);
+    let events = stream.until(WAIT, |v| {
+        v["type"] == "exec" && pid_of(v) == pid as u64 && v["process"]["binary"] == "/bin/true"
+    });
+    let ev = events.last().unwrap();
+    assert_eq!(ev["attribution"], "host", "{ev}");
+    assert!(ev["container"].is_null());
+
+    let status = daemon.status();
+    assert!(
+        status["attribution"]["container"].as_u64().unwrap() >= 3,
+        "{status}"
+    );
+}
+
+#[test]
+fn container_shaped_cgroups_wait_for_their_mapping_then_go_out_as_unknown() {
+    let daemon = Daemon::start();
+    let mut maps = SharedMaps::open(&daemon.pins.path).unwrap();
+    let cg = TestCgroup::new(&cgroup2_mount(), "podmap-test-shape").unwrap();
+    let uid = "4f1c2d3e-aaaa-bbbb-cccc-0123456789ab";
+    let cid = "ab".repeat(32);
+    let pod = cg.child(&format!("pod{uid}")).unwrap();
+    let unmapped = pod.child(&cid).unwrap();
+    let mut stream = daemon.events("{}");
+
+    // Never mapped: held, then unknown with what the path says.
+    let (pid, _) = run_in_cgroup(&unmapped.path(), &["/bin/true", "unknown"]);
+    let events = stream.until(WAIT, |v| {
+        v["type"] == "exec" && pid_of(v) == pid as u64 && v["process"]["binary"] == "/bin/true"
+    });
+    let ev = events.last().unwrap();
+    assert_eq!(ev["attribution"], "unknown", "{ev}");
+    assert_eq!(ev["container"]["id"], cid.as_str());
+    assert_eq!(ev["pod"]["uid"], uid);
+
+    // Mapped while held (the pause process's race): comes out attributed.
+    let cid2 = "cd".repeat(32);
+    let late = pod.child(&cid2).unwrap();
+    let ids = CgroupIds {
+        v2: Some(CgroupId(late.id())),
+        v1: None,
+    };
+    let (pid, _) = run_in_cgroup(&late.path(), &["/bin/true", "late"]);
+    maps.insert(&ids, &meta(&cid2), RecordFlags::default(), Writer::Test)
+        .unwrap();
+    let events = stream.until(WAIT, |v| {
+        v["type"] == "exec" && pid_of(v) == pid as u64 && v["process"]["binary"] == "/bin/true"
+    });
+    let ev = events.last().unwrap();
+    assert_eq!(ev["attribution"], "container", "{ev}");
+    assert_eq!(ev["container"]["id"], cid2.as_str());
+
+    let status = daemon.status();
+    assert!(status["events_held"].as_u64().unwrap() >= 2, "{status}");
+    assert!(
+        status["attribution"]["unknown"].as_u64().unwrap() >= 1,
+        "{status}"
+    );
+}
+
+#[test]
+fn processes_older_than_the_daemon_are_found_by_the_proc_scan() {
+    let cg = TestCgroup::new(&cgroup2_mount(), "podmap-test-scan").unwrap();
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec /bin/sleep 60",
+        cg.path().display()
+    );
+    let mut old = std::process::Command::new("/bin/sh")
+        .args(["-c", &script])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let daemon = Daemon::start();
+    let mut stream = daemon.events(r#"{"types": ["exit"]}"#);
+    let pid = old.id() as u64;
+    old.kill().unwrap();
+    old.wait().unwrap();
+    let events = stream.until(WAIT, |v| pid_of(v) == pid);
+    let ev = events.last().unwrap();
+    assert_eq!(ev["process"]["binary"], "/usr/bin/sleep", "{ev}");
+    assert_eq!(ev["process"]["args"], serde_json::json!(["60"]));
+    assert_eq!(ev["process"]["flags"], serde_json::json!(["procfs_scan"]));
+    assert_eq!(ev["exit"]["signal"], "SIGKILL");
+    assert_eq!(ev["process"]["cgroup_id"], cg.id());
+}
