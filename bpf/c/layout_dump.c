@@ -11,7 +11,7 @@
 int main(void)
 {
 	S(podmap_cgroup_key); F(podmap_cgroup_key, id); F(podmap_cgroup_key, hierarchy);
-	S(podmap_container); F(podmap_container, created_ns); F(podmap_container, flags); F(podmap_container, writer);
+	S(podmap_container); F(podmap_container, created_ns); F(podmap_container, removed_ns); F(podmap_container, flags); F(podmap_container, writer);
 	S(podmap_container_meta); F(podmap_container_meta, len); F(podmap_container_meta, data);
 	S(podmap_proc); F(podmap_proc, exec_ktime); F(podmap_proc, flags);
 	S(podmap_task_ids); F(podmap_task_ids, cgroup_v2); F(podmap_task_ids, cgroup_v1);

@@ -40,6 +40,7 @@ pub struct podmap_cgroup_key {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct podmap_container {
     pub created_ns: u64,
+    pub removed_ns: u64,
     pub flags: u32,
     pub writer: u32,
 }
@@ -257,6 +258,7 @@ pub fn describe() -> Vec<String> {
     f!(podmap_cgroup_key, hierarchy);
     s!(podmap_container);
     f!(podmap_container, created_ns);
+    f!(podmap_container, removed_ns);
     f!(podmap_container, flags);
     f!(podmap_container, writer);
     s!(podmap_container_meta);

@@ -9,6 +9,10 @@ pub mod mounts;
 pub mod objects;
 pub mod programs;
 pub mod record;
+#[cfg(feature = "store")]
+pub mod registry;
+#[cfg(feature = "store")]
+pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 

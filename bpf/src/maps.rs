@@ -94,6 +94,8 @@ pub enum Writer {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Record {
     pub created_ns: u64,
+    /// When the runtime removed the container (wall-clock ns); 0 while it lives.
+    pub removed_ns: u64,
     pub flags: RecordFlags,
     pub writer: u32,
 }
@@ -166,6 +168,7 @@ impl SharedMaps {
         value.data[..blob.len()].copy_from_slice(&blob);
         let record = podmap_container {
             created_ns: now_ns(),
+            removed_ns: 0,
             flags: flags.bits(),
             writer: writer as u32,
         };
@@ -195,26 +198,55 @@ impl SharedMaps {
         Ok(())
     }
 
-    /// Sets the flags of an existing record (e.g. `removing` during the grace period).
-    pub fn set_flags(&mut self, key: CgroupKey, flags: RecordFlags) -> Result<bool, MapsError> {
-        let raw = key.to_raw();
-        match self.containers.get(&raw, 0) {
-            Ok(mut rec) => {
-                rec.flags = flags.bits();
-                self.containers
-                    .insert(raw, rec, 0)
-                    .map_err(|source| MapsError::Map {
+    /// Starts a record's grace period: it stays mapped (late exit events still attribute) and
+    /// is flagged `removing` with the removal time, until a sweep past the grace drops it.
+    /// Returns whether any of the keys was mapped.
+    pub fn mark_removed(&mut self, ids: &CgroupIds, removed_ns: u64) -> Result<bool, MapsError> {
+        let mut found = false;
+        for key in ids.keys() {
+            let raw = key.to_raw();
+            match self.containers.get(&raw, 0) {
+                Ok(mut rec) => {
+                    rec.flags |= layout::CF_REMOVING;
+                    rec.removed_ns = removed_ns;
+                    self.containers
+                        .insert(raw, rec, 0)
+                        .map_err(|source| MapsError::Map {
+                            name: CONTAINERS_MAP,
+                            source,
+                        })?;
+                    found = true;
+                }
+                Err(MapError::KeyNotFound) => {}
+                Err(source) => {
+                    return Err(MapsError::Map {
                         name: CONTAINERS_MAP,
                         source,
-                    })?;
-                Ok(true)
+                    })
+                }
             }
-            Err(MapError::KeyNotFound) => Ok(false),
-            Err(source) => Err(MapsError::Map {
-                name: CONTAINERS_MAP,
-                source,
-            }),
         }
+        Ok(found)
+    }
+
+    /// Drops every record whose grace period ended by `now_ns`; returns their keys. Any writer
+    /// or podmapd may sweep: removal is idempotent.
+    pub fn sweep_expired(&mut self, grace_ns: u64, now_ns: u64) -> Vec<CgroupKey> {
+        let expired: Vec<podmap_cgroup_key> = self
+            .containers
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, r)| r.removed_ns != 0 && r.removed_ns.saturating_add(grace_ns) <= now_ns)
+            .map(|(k, _)| k)
+            .collect();
+        let mut out = Vec::with_capacity(expired.len());
+        for raw in expired {
+            let _ = self.containers.remove(&raw);
+            let _ = self.meta.remove(&raw);
+            self.counters.add(Counter::RecordsExpired, 1);
+            out.push(CgroupKey::from_raw(raw));
+        }
+        out
     }
 
     /// Removes a container's record: the compact record first, so no reader finds a record
@@ -245,6 +277,7 @@ impl SharedMaps {
         match self.containers.get(&key.to_raw(), 0) {
             Ok(r) => Ok(Some(Record {
                 created_ns: r.created_ns,
+                removed_ns: r.removed_ns,
                 flags: RecordFlags::from_bits(r.flags),
                 writer: r.writer,
             })),
@@ -356,7 +389,8 @@ pub(crate) fn load_pinned<'a>(
     })
 }
 
-fn now_ns() -> u64 {
+/// Wall-clock ns, the time base of `created_ns` and `removed_ns`.
+pub fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)

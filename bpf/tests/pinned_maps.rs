@@ -55,21 +55,25 @@ fn writers_share_one_set_of_pins() {
     // Idempotent rewrite, then flags.
     a.insert(&ids, &meta("c1"), RecordFlags::default(), Writer::Test)
         .unwrap();
-    assert!(a
-        .set_flags(
-            CgroupKey::v2(4242),
-            RecordFlags {
-                removing: true,
-                sandbox: false
-            }
-        )
-        .unwrap());
-    assert!(b.get(CgroupKey::v2(4242)).unwrap().unwrap().flags.removing);
+    let t0 = podmap_bpf::maps::now_ns();
+    assert!(a.mark_removed(&ids, t0).unwrap());
+    let rec = b.get(CgroupKey::v2(4242)).unwrap().unwrap();
+    assert!(rec.flags.removing);
+    assert_eq!(rec.removed_ns, t0);
+    // Within the grace period nothing is swept; past it, both keys go.
+    assert!(a.sweep_expired(30_000_000_000, t0 + 1).is_empty());
+    assert!(b.get(CgroupKey::v1(4343)).unwrap().is_some());
+    let mut swept = a.sweep_expired(30_000_000_000, t0 + 30_000_000_000);
+    swept.sort();
+    assert_eq!(swept, vec![CgroupKey::v2(4242), CgroupKey::v1(4343)]);
+    assert_eq!(b.get(CgroupKey::v2(4242)).unwrap(), None);
+    a.insert(&ids, &meta("c1"), RecordFlags::default(), Writer::Test)
+        .unwrap();
     // Counters are shared between handles.
     let before = b.counters().get(Counter::RecordsWritten);
     a.counters().add(Counter::HookRuns, 3);
     assert_eq!(b.counters().get(Counter::HookRuns), 3);
-    assert_eq!(before, 2);
+    assert_eq!(before, 3, "three inserts so far");
     a.remove(&ids).unwrap();
     assert_eq!(b.get(CgroupKey::v2(4242)).unwrap(), None);
     assert_eq!(b.meta(CgroupKey::v1(4343)).unwrap(), None);

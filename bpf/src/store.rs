@@ -1,0 +1,197 @@
+//! A runtime plugin's durable store of the containers it saw (sled), from which its map entries
+//! are rebuilt after a restart. Each writer owns its own store: sled holds an exclusive lock on
+//! its database for as long as it is open, so podmap-nri keeps `state-dir/nri` open for its
+//! lifetime, and hooks queue on a lock file in front of `state-dir/hook`, each within a bound.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::record::{CgroupIds, ContainerId, ContainerMeta};
+
+/// Everything a writer knows of a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub meta: ContainerMeta,
+    pub ids: CgroupIds,
+    /// /proc/sys/kernel/random/boot_id when written: cgroup ids restart at every boot.
+    pub boot_id: String,
+    /// Wall-clock ns.
+    pub created_ns: u64,
+    /// When the runtime removed the container (wall-clock ns): the grace period runs from here.
+    #[serde(default)]
+    pub removed_ns: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {path} is locked by another writer; waited {waited:?}")]
+    Locked { path: PathBuf, waited: Duration },
+    #[error("store {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("store {path}: {source}")]
+    Db { path: PathBuf, source: sled::Error },
+    #[error("store {path}: record {key:?} does not parse: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
+}
+
+pub struct Store {
+    path: PathBuf,
+    db: sled::Db,
+    // Released after the database is dropped (field order).
+    _lock: Option<File>,
+}
+
+impl Store {
+    /// Opens the store for the caller's lifetime (podmap-nri).
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .open()
+            .map_err(|source| StoreError::Db {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Store {
+            path: path.to_owned(),
+            db,
+            _lock: None,
+        })
+    }
+
+    /// Opens the store after taking `<path>.lock`, waiting at most `timeout` behind other
+    /// holders (concurrent hooks queue here instead of spinning on sled's own try-lock).
+    pub fn open_locked(path: &Path, timeout: Duration) -> Result<Store, StoreError> {
+        let lock_path = path.with_extension("lock");
+        if let Some(parent) = lock_path.parent() {
+            std::fs::create_dir_all(parent).map_err(|source| StoreError::Io {
+                path: parent.to_owned(),
+                source,
+            })?;
+        }
+        let lock = lock_with_timeout(&lock_path, timeout)?;
+        let mut s = Store::open(path)?;
+        s._lock = Some(lock);
+        Ok(s)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn db_err(&self) -> impl Fn(sled::Error) -> StoreError + '_ {
+        |source| StoreError::Db {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    pub fn put(&self, rec: &ContainerRecord) -> Result<(), StoreError> {
+        let v = serde_json::to_vec(rec).expect("ContainerRecord serializes");
+        self.db
+            .insert(rec.meta.container_id.0.as_bytes(), v)
+            .map_err(self.db_err())?;
+        Ok(())
+    }
+
+    pub fn get(&self, id: &ContainerId) -> Result<Option<ContainerRecord>, StoreError> {
+        let Some(v) = self.db.get(id.0.as_bytes()).map_err(self.db_err())? else {
+            return Ok(None);
+        };
+        self.parse(id.0.as_bytes(), &v).map(Some)
+    }
+
+    pub fn remove(&self, id: &ContainerId) -> Result<(), StoreError> {
+        self.db.remove(id.0.as_bytes()).map_err(self.db_err())?;
+        Ok(())
+    }
+
+    fn parse(&self, key: &[u8], v: &[u8]) -> Result<ContainerRecord, StoreError> {
+        serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
+            path: self.path.clone(),
+            key: String::from_utf8_lossy(key).into_owned(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Every record; a record that does not parse comes out as an error naming its key.
+    pub fn records(&self) -> Vec<Result<ContainerRecord, StoreError>> {
+        self.db
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv.map_err(self.db_err())?;
+                self.parse(&k, &v)
+            })
+            .collect()
+    }
+
+    /// Removes a record by raw key (for records that do not parse).
+    pub fn remove_key(&self, key: &str) -> Result<(), StoreError> {
+        self.db.remove(key.as_bytes()).map_err(self.db_err())?;
+        Ok(())
+    }
+
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(self.db_err())?;
+        Ok(())
+    }
+}
+
+/// Takes an exclusive flock on `path`, waiting at most `timeout`. The wait runs on a helper
+/// thread; a waiter that gets the lock after its caller gave up lets it go at once.
+fn lock_with_timeout(path: &Path, timeout: Duration) -> Result<File, StoreError> {
+    let io_err = |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(io_err)?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(f);
+    }
+    let waiter = f.try_clone().map_err(io_err)?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // SAFETY: flock on a descriptor this thread owns (a dup of the caller's).
+        let rc = unsafe { libc::flock(waiter.as_raw_fd(), libc::LOCK_EX) };
+        let res = if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        };
+        if tx.send(res).is_err() && rc == 0 {
+            // The caller timed out and left: release at once so the queue moves on.
+            // SAFETY: unlocking the descriptor this thread locked.
+            unsafe { libc::flock(waiter.as_raw_fd(), libc::LOCK_UN) };
+        }
+        // Dropping the dup keeps the lock while the caller's descriptor lives (one description).
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(Ok(())) => Ok(f),
+        Ok(Err(e)) => Err(io_err(e)),
+        Err(_) => Err(StoreError::Locked {
+            path: path.to_owned(),
+            waited: timeout,
+        }),
+    }
+}
+
+/// This boot's id.
+pub fn boot_id() -> io::Result<String> {
+    Ok(std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?
+        .trim()
+        .to_string())
+}
