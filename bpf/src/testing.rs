@@ -19,19 +19,24 @@ pub fn unique_name(prefix: &str) -> String {
 /// A private directory of pinned maps under /sys/fs/bpf, removed with its pins on drop.
 pub struct PinDir {
     pub path: PathBuf,
+    /// Someone else's directory: left alone on drop.
+    pub keep: bool,
 }
 
 impl PinDir {
     pub fn new(prefix: &str) -> Self {
         PinDir {
             path: Path::new(crate::mounts::BPFFS_ROOT).join(unique_name(prefix)),
+            keep: false,
         }
     }
 }
 
 impl Drop for PinDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
     }
 }
 

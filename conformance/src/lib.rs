@@ -3,3 +3,5 @@
 //! instances, pins, sockets and cgroups, and tears them down.
 
 pub mod bench;
+pub mod bins;
+pub mod daemon;

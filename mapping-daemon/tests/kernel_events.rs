@@ -2,15 +2,13 @@
 //! records written through the bpf/ API, nested cgroups, unknown attribution, the /proc scan.
 //! Runs as root; each test uses its own pins, socket and cgroups.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{cgroup2_mount, find, run_in_cgroup, Daemon, DaemonOptions};
 use podmap_bpf::testing::TestCgroup;
 use podmap_bpf::{
     CgroupId, CgroupIds, ContainerId, ContainerMeta, PodUid, RecordFlags, SharedMaps, Writer,
 };
+use podmap_conformance::daemon::{cgroup2_mount, find, run_in_cgroup, Daemon, DaemonOptions};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -77,7 +75,10 @@ fn exec_and_exit_carry_the_cgroup_id_on_this_host() {
 
 #[test]
 fn exec_and_exit_carry_the_cgroup_id_in_a_pure_cgroup2_namespace() {
-    let daemon = Daemon::start_with(DaemonOptions { pure_cgroup2: true });
+    let daemon = Daemon::start_with(DaemonOptions {
+        pure_cgroup2: true,
+        ..Default::default()
+    });
     let status = daemon.status();
     assert_eq!(status["cgroup_layout"], "unified", "{status}");
     assert_eq!(status["cgroup_hierarchy"], "cgroup2");

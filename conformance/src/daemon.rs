@@ -1,7 +1,6 @@
 //! Fixtures for tests that run the real podmapd against the kernel: a daemon on private pins,
-//! socket and cgroups, killed and cleaned up on drop (even when the test fails).
-
-#![allow(dead_code)]
+//! socket and cgroups, killed and cleaned up on drop (even when the test fails), an event stream
+//! reader, and processes started inside a given cgroup.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -32,25 +31,34 @@ pub struct Daemon {
     _tmp: tempfile::TempDir,
 }
 
+#[derive(Debug, Clone, Default)]
 pub struct DaemonOptions {
     /// Run inside a private mount namespace with cgroup2 mounted at /sys/fs/cgroup.
     pub pure_cgroup2: bool,
+    /// Share pins with runtime plugins started elsewhere (default: a private pin dir).
+    pub pins: Option<PathBuf>,
+    /// Extra environment, e.g. PODMAP_GRACE_SECONDS.
+    pub env: Vec<(String, String)>,
 }
 
 impl Daemon {
     pub fn start() -> Daemon {
-        Self::start_with(DaemonOptions {
-            pure_cgroup2: false,
-        })
+        Self::start_with(DaemonOptions::default())
     }
 
     pub fn start_with(opts: DaemonOptions) -> Daemon {
         let tmp = tempfile::tempdir().unwrap();
         let socket = tmp.path().join("podmap.sock");
         let log = tmp.path().join("podmapd.log");
-        let pins = PinDir::new("podmap-test-daemon");
+        let pins = match &opts.pins {
+            Some(p) => PinDir {
+                path: p.clone(),
+                keep: true,
+            },
+            None => PinDir::new("podmap-test-daemon"),
+        };
         let node = unique_name("node");
-        let exe = env!("CARGO_BIN_EXE_podmapd");
+        let exe = crate::bins::path("podmapd");
         let mut cmd = if opts.pure_cgroup2 {
             let mut c = Command::new("unshare");
             c.args([
@@ -60,11 +68,11 @@ impl Daemon {
                 "sh",
                 "-c",
                 "mount -t cgroup2 none /sys/fs/cgroup && exec \"$0\"",
-                exe,
-            ]);
+            ])
+            .arg(&exe);
             c
         } else {
-            Command::new(exe)
+            Command::new(&exe)
         };
         let logf = std::fs::File::create(&log).unwrap();
         cmd.env("PODMAP_SOCKET", &socket)
@@ -72,6 +80,7 @@ impl Daemon {
             .env("PODMAP_METRICS_ADDR", "off")
             .env("NODE_NAME", &node)
             .env("PODMAP_LOG", "debug")
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(logf.try_clone().unwrap())
             .stderr(logf);
