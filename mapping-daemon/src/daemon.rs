@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use podmap_bpf::cgroup::CgroupLayout;
 use podmap_bpf::programs::{self, ProgramConfig};
+use podmap_bpf::SharedMaps;
 
 use crate::hub::Hub;
 use crate::pipeline::{reader, Pipeline};
@@ -46,6 +47,10 @@ pub struct Args {
     /// Where Prometheus metrics are served; "off" disables them.
     #[arg(long, env = "PODMAP_METRICS_ADDR", default_value = "127.0.0.1:9477")]
     pub metrics_addr: String,
+    /// Seconds a removed container's record stays mapped (late exit events still attribute);
+    /// podmapd sweeps records whose grace ended, whoever wrote them.
+    #[arg(long, env = "PODMAP_GRACE_SECONDS", default_value_t = 30)]
+    pub grace: u64,
     /// How often the ring buffer is polled when the kernel has not woken the reader.
     #[arg(long, env = "PODMAP_POLL_MS", default_value_t = 10)]
     pub poll_ms: u64,
@@ -129,6 +134,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         None
     };
+    // A handle of its own: sweeping writes the maps, the pipeline only reads them.
+    let sweeper =
+        SharedMaps::open(&args.bpffs_dir).context("opening the pinned maps for sweeping")?;
+    let sweep_task = tokio::spawn(sweep(sweeper, args.grace, stop_rx.clone()));
     let reader_task = tokio::spawn(reader::run(
         events,
         pipeline,
@@ -151,6 +160,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let _ = stop_tx.send(true);
     let _ = server_task.await;
+    let _ = sweep_task.await;
     if let Some(t) = metrics_task {
         t.await
             .context("metrics task")?
@@ -161,6 +171,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     drop(procs);
     drop(attached);
     Ok(())
+}
+
+/// Drops records whose grace period ended (decisions.md 5): hooks never sleep out the grace,
+/// so someone else must sweep.
+async fn sweep(mut maps: SharedMaps, grace_s: u64, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(grace_s.clamp(1, 5)));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let swept = maps.sweep_expired(grace_s * 1_000_000_000, podmap_bpf::maps::now_ns());
+                if !swept.is_empty() {
+                    tracing::debug!(records = swept.len(), "swept expired container records");
+                }
+            }
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 async fn wait(mut rx: watch::Receiver<bool>) {

@@ -248,3 +248,87 @@ fn processes_older_than_the_daemon_are_found_by_the_proc_scan() {
     assert_eq!(ev["exit"]["signal"], "SIGKILL");
     assert_eq!(ev["process"]["cgroup_id"], cg.id());
 }
+
+#[test]
+fn the_daemon_sweeps_records_whose_grace_ended() {
+    let daemon = Daemon::start_with(DaemonOptions {
+        env: vec![("PODMAP_GRACE_SECONDS".into(), "1".into())],
+        ..Default::default()
+    });
+    let mut maps = SharedMaps::open(&daemon.pins.path).unwrap();
+    let removed = CgroupIds {
+        v2: Some(CgroupId(0x7fff_0001)),
+        v1: None,
+    };
+    let live = CgroupIds {
+        v2: Some(CgroupId(0x7fff_0002)),
+        v1: None,
+    };
+    maps.insert(
+        &removed,
+        &meta("removed"),
+        RecordFlags::default(),
+        Writer::Test,
+    )
+    .unwrap();
+    maps.insert(&live, &meta("live"), RecordFlags::default(), Writer::Test)
+        .unwrap();
+    assert!(maps
+        .mark_removed(&removed, podmap_bpf::maps::now_ns())
+        .unwrap());
+    let deadline = std::time::Instant::now() + WAIT;
+    while maps
+        .get(podmap_bpf::CgroupKey::v2(0x7fff_0001))
+        .unwrap()
+        .is_some()
+    {
+        assert!(std::time::Instant::now() < deadline, "not swept");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        maps.get(podmap_bpf::CgroupKey::v2(0x7fff_0002))
+            .unwrap()
+            .is_some(),
+        "live records stay"
+    );
+    assert!(
+        daemon.status()["shared_counters"]["records_expired"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+}
+
+/// On hosts where containers live only in cgroup v1, the tracked controller's id attributes.
+/// Here (hybrid) a cgroup made only in the v1 memory hierarchy shows that path.
+#[test]
+fn a_v1_only_cgroup_is_attributed_through_the_tracked_controller() {
+    let memory = std::path::Path::new("/sys/fs/cgroup/memory");
+    if !memory.join("cgroup.procs").exists() {
+        eprintln!("no cgroup v1 memory hierarchy on this host: nothing to check");
+        return;
+    }
+    let daemon = Daemon::start();
+    let mut maps = SharedMaps::open(&daemon.pins.path).unwrap();
+    let cg = TestCgroup::new(memory, "podmap-test-v1").unwrap();
+    let ids = CgroupIds {
+        v2: None,
+        v1: Some(CgroupId(cg.id())),
+    };
+    let cid = "ee".repeat(32);
+    maps.insert(&ids, &meta(&cid), RecordFlags::default(), Writer::Test)
+        .unwrap();
+    let mut stream = daemon.events("{}");
+    let (pid, _) = run_in_cgroup(&cg.path(), &["/bin/true", "v1"]);
+    let events = stream.until(WAIT, |v| {
+        v["type"] == "exec" && pid_of(v) == pid as u64 && v["process"]["binary"] == "/bin/true"
+    });
+    let ev = events.last().unwrap();
+    assert_eq!(ev["attribution"], "container", "{ev}");
+    assert_eq!(ev["container"]["id"], cid.as_str());
+    assert_eq!(
+        ev["process"]["cgroup_id"],
+        cg.id(),
+        "the v1 id, where the container was found"
+    );
+}
