@@ -332,7 +332,7 @@ pub fn compact_line(ev: &Event) -> String {
             escape(&p.mode)
         );
         // An exec rule matches the binary shown already; an open rule's path is news.
-        if p.path != ev.process.binary {
+        if *p.path != *ev.process.binary {
             let _ = write!(line, " path={}", shell_word(&p.path));
         }
     }

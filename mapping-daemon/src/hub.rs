@@ -243,7 +243,7 @@ mod tests {
                 ppid: 0,
                 uid: 0,
                 binary: "/bin/true".into(),
-                args: vec![],
+                args: Vec::new().into(),
                 cwd: "/".into(),
                 exec_id: "e".into(),
                 parent_exec_id: None,

@@ -114,8 +114,13 @@ fn scan_one(node: &str, pid: u32, tick_ns: u64) -> Option<ProcEntry> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let start_ticks: u64 = fields.get(19)?.parse().ok()?;
     let start_time = start_ticks * tick_ns;
+    // Kernel threads have no executable: name them like ps does, "[comm]".
     let binary = std::fs::read_link(format!("/proc/{pid}/exe"))
         .map(|p| p.display().to_string())
+        .or_else(|_| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .map(|c| format!("[{}]", c.trim_end()))
+        })
         .unwrap_or_default();
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let args: Vec<String> = cmdline

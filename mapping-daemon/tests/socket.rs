@@ -210,9 +210,9 @@ fn event(kind: EventType, pid: u32, ns: Option<&str>, labels: &[(&str, &str)]) -
             ppid: 1,
             uid: 0,
             binary: "/bin/sh".into(),
-            args: vec!["-c".into(), "echo hi".into()],
+            args: vec!["-c".into(), "echo hi".into()].into(),
             cwd: "/".into(),
-            exec_id: format!("exec-{pid}"),
+            exec_id: format!("exec-{pid}").into(),
             parent_exec_id: None,
             start_time: "2026-11-25T12:00:00Z".into(),
             cgroup_id: 7311,
@@ -421,7 +421,7 @@ async fn a_slow_client_loses_events_and_a_fast_one_gets_all() {
 
     // Big events, so the slow client's socket buffer fills after a few hundred.
     let mut template = event(EventType::Exec, 0, Some("prod"), &[]);
-    template.process.args = vec!["x".repeat(2048)];
+    template.process.args = vec!["x".repeat(2048)].into();
     let (count_tx, mut count_rx) = tokio::sync::watch::channel(0u32);
     let reader = tokio::spawn(async move {
         for want in 1..=N {
@@ -649,7 +649,7 @@ fn compact_lines_read_like_the_design() {
     );
 
     let mut host_exit = event(EventType::Exit, 2, None, &[]);
-    host_exit.process.args = vec![];
+    host_exit.process.args = Vec::new().into();
     assert_eq!(
         client::compact_line(&host_exit),
         "12:00:00.123 exit   host  /bin/sh exit=0"
@@ -686,7 +686,7 @@ fn compact_lines_read_like_the_design() {
 
     let mut open = event(EventType::Policy, 6, Some("prod"), &[]);
     open.process.binary = "/usr/bin/cat".into();
-    open.process.args = vec!["/etc/shadow".into()];
+    open.process.args = vec!["/etc/shadow".into()].into();
     open.policy = Some(PolicyInfo {
         name: "shadow".into(),
         rule: "open".into(),
@@ -699,6 +699,6 @@ fn compact_lines_read_like_the_design() {
 
     // A hostile argument cannot start a new line.
     let mut hostile = event(EventType::Exec, 7, None, &[]);
-    hostile.process.args = vec!["a\n12:00:00.000 exec   host  /bin/true".into()];
+    hostile.process.args = vec!["a\n12:00:00.000 exec   host  /bin/true".into()].into();
     assert!(!client::compact_line(&hostile).contains('\n'));
 }

@@ -58,16 +58,18 @@ pub enum ProcessFlag {
     PathUnreadable,
 }
 
+/// A process. The strings an exec fixes (binary, args, cwd, exec id) are shared, so an exit
+/// event or another client's copy costs a reference count, not a copy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Process {
     pub pid: u32,
     pub tid: u32,
     pub ppid: u32,
     pub uid: u32,
-    pub binary: String,
-    pub args: Vec<String>,
-    pub cwd: String,
-    pub exec_id: String,
+    pub binary: Arc<str>,
+    pub args: Arc<[String]>,
+    pub cwd: Arc<str>,
+    pub exec_id: Arc<str>,
     pub parent_exec_id: Option<String>,
     pub start_time: String,
     pub cgroup_id: u64,
@@ -232,7 +234,7 @@ mod tests {
                 ppid: 0,
                 uid: 0,
                 binary: "/bin/sh".into(),
-                args: vec!["-c".into(), "true".into()],
+                args: vec!["-c".into(), "true".into()].into(),
                 cwd: "/".into(),
                 exec_id: "x".into(),
                 parent_exec_id: None,

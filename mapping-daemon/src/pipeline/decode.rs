@@ -1,6 +1,8 @@
 //! Raw ring-buffer records to typed kernel events. Bounds are checked against the record's
 //! length: a short or corrupt record is reported, never read past.
 
+use std::sync::Arc;
+
 use podmap_bpf::layout::{
     self, podmap_cgroup_event, podmap_event_header, podmap_exec_event, podmap_exit_event,
     podmap_task_ids,
@@ -31,10 +33,10 @@ pub struct ExecRecord {
     pub ids: podmap_task_ids,
     pub start_time: u64,
     pub parent_exec_ktime: u64,
-    pub filename: String,
-    pub cwd: String,
+    pub filename: Arc<str>,
+    pub cwd: Arc<str>,
     /// argv without argv[0].
-    pub args: Vec<String>,
+    pub args: Arc<[String]>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,24 +82,29 @@ fn c_str(b: &[u8]) -> String {
     String::from_utf8_lossy(&b[..end]).into_owned()
 }
 
+fn c_arc(b: &[u8]) -> Arc<str> {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    Arc::from(&*String::from_utf8_lossy(&b[..end]))
+}
+
 /// The cwd region holds components leaf first, each NUL-terminated.
-fn cwd_from_components(b: &[u8]) -> String {
+fn cwd_from_components(b: &[u8]) -> Arc<str> {
     let comps: Vec<&[u8]> = b.split(|&c| c == 0).filter(|c| !c.is_empty()).collect();
     if comps.is_empty() {
-        return "/".to_string();
+        return Arc::from("/");
     }
     let mut s = String::with_capacity(b.len() + 1);
     for c in comps.iter().rev() {
         s.push('/');
         s.push_str(&String::from_utf8_lossy(c));
     }
-    s
+    Arc::from(s)
 }
 
-fn split_args(b: &[u8]) -> Vec<String> {
+fn split_args(b: &[u8]) -> Arc<[String]> {
     let b = b.strip_suffix(&[0]).unwrap_or(b);
     if b.is_empty() {
-        return Vec::new();
+        return Arc::from(Vec::new());
     }
     b.split(|&c| c == 0)
         .skip(1)
@@ -115,7 +122,7 @@ pub fn decode(buf: &[u8]) -> Result<KernelEvent, DecodeError> {
                 let start = off.min(data.len());
                 &data[start..(off + len).min(data.len())]
             };
-            let filename = c_str(region(
+            let filename = c_arc(region(
                 0,
                 (ev.filename_len as usize).min(layout::FILENAME_MAX),
             ));
@@ -196,9 +203,9 @@ mod tests {
         let KernelEvent::Exec(e) = decode(&buf).unwrap() else {
             panic!()
         };
-        assert_eq!(e.filename, "/bin/sh");
-        assert_eq!(e.cwd, "/work/tmp");
-        assert_eq!(e.args, vec!["-c", "echo hi"]);
+        assert_eq!(&*e.filename, "/bin/sh");
+        assert_eq!(&*e.cwd, "/work/tmp");
+        assert_eq!(&*e.args, ["-c", "echo hi"]);
         assert_eq!(e.ids.pid, 7);
         assert_eq!(e.ktime, 42);
     }
@@ -220,8 +227,8 @@ mod tests {
         let KernelEvent::Exec(e) = decode(&bytes(&ev)).unwrap() else {
             panic!()
         };
-        assert_eq!(e.filename, "");
+        assert_eq!(&*e.filename, "");
         assert!(e.args.is_empty());
-        assert_eq!(e.cwd, "/");
+        assert_eq!(&*e.cwd, "/");
     }
 }

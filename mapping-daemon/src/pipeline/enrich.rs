@@ -85,9 +85,7 @@ pub(super) fn event(
             let id: Arc<str> = exec_id(node, e.ktime, pid).into();
             let parent_exec_id =
                 (e.parent_exec_ktime != 0).then(|| exec_id(node, e.parent_exec_ktime, e.ids.ppid));
-            let args: Arc<[String]> = e.args.into();
-            let binary: Arc<str> = e.filename.into();
-            let cwd: Arc<str> = e.cwd.into();
+            let (args, binary, cwd) = (e.args, e.filename, e.cwd);
             procs.insert(
                 pid,
                 Arc::new(ProcEntry {
@@ -110,10 +108,10 @@ pub(super) fn event(
                     tid: e.ids.tid,
                     ppid: e.ids.ppid,
                     uid: e.ids.uid,
-                    binary: binary.to_string(),
-                    args: args.to_vec(),
-                    cwd: cwd.to_string(),
-                    exec_id: id.to_string(),
+                    binary,
+                    args,
+                    cwd,
+                    exec_id: id,
                     parent_exec_id,
                     start_time: clock.format(e.start_time),
                     cgroup_id: cgroup_id(&e.ids, layout),
@@ -132,18 +130,18 @@ pub(super) fn event(
             let entry = procs.remove(pid).or_else(|| procs.get(e.ids.ppid).cloned());
             let (binary, args, cwd, exec_id_s, start_time, mut fl) = match &entry {
                 Some(p) => (
-                    p.binary.to_string(),
-                    p.args.to_vec(),
-                    p.cwd.to_string(),
-                    p.exec_id.to_string(),
+                    p.binary.clone(),
+                    p.args.clone(),
+                    p.cwd.clone(),
+                    p.exec_id.clone(),
                     p.start_time,
                     p.flags(),
                 ),
                 None => (
-                    String::new(),
-                    Vec::new(),
-                    String::new(),
-                    exec_id(node, e.exec_ktime, pid),
+                    Arc::from(""),
+                    Arc::from(Vec::new()),
+                    Arc::from(""),
+                    Arc::from(exec_id(node, e.exec_ktime, pid)),
                     0,
                     Vec::new(),
                 ),
