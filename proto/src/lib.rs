@@ -4,6 +4,7 @@
 //! socket"). It knows nothing of eBPF, runtimes or Kubernetes clients.
 
 pub mod event;
+pub mod policy;
 pub mod request;
 
 pub use event::{
