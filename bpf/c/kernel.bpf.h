@@ -107,4 +107,14 @@ struct task_struct {
 	struct mm_struct *mm;
 } __co_re;
 
+struct file {
+	struct path f_path;
+	unsigned int f_flags;
+} __co_re;
+
+struct linux_binprm {
+	struct file *file;
+	const char *filename;
+} __co_re;
+
 #endif

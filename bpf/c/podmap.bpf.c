@@ -6,6 +6,7 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
 #include "kernel.bpf.h"
 #include "maps.bpf.h"
 
@@ -63,6 +64,25 @@ struct {
 	__type(key, __u32);
 	__type(value, struct cgroup_scratch);
 } cgroup_scratch SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct podmap_path_key);
+} path_scratch SEC(".maps");
+
+struct open_scratch {
+	struct podmap_open_event ev;
+	char path[PODMAP_POLICY_PATH_MAX];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct open_scratch);
+} open_scratch SEC(".maps");
 
 static __always_inline void count(__u32 idx)
 {
@@ -248,6 +268,86 @@ static __always_inline __u32 read_cwd(struct task_struct *task, __u32 *flags)
 	return w.off > PODMAP_CWD_MAX ? PODMAP_CWD_MAX : w.off;
 }
 
+static __always_inline struct podmap_policy_state *policy_state(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&podmap_policy_state, &zero);
+}
+
+struct policy_walk {
+	struct podmap_rule_set *set;
+	struct podmap_member_key key;
+	__u32 want_flags; /* for opens: PODMAP_RF_READ and/or PODMAP_RF_WRITE */
+	__u32 lsm_active;
+	struct podmap_policy_hit hit;
+};
+
+/*
+ * One rule of a matched rule set, under bpf_loop: applies when the container is a member of the
+ * rule's policy (and, for opens, the access matches). Kill beats audit; the first of a kind wins.
+ */
+static long policy_step(__u64 i, struct policy_walk *w)
+{
+	struct podmap_rule_ref ref;
+	__u8 mode, action;
+
+	if (i >= w->set->count || i >= PODMAP_RULE_REFS)
+		return 1;
+	ref = w->set->refs[i & (PODMAP_RULE_REFS - 1)];
+	if (w->want_flags && !(ref.flags & w->want_flags))
+		return 0;
+	w->key.policy_id = ref.policy_id;
+	if (!bpf_map_lookup_elem(&podmap_policy_members, &w->key))
+		return 0;
+	action = ref.action;
+	if (action == PODMAP_ACT_KILL) {
+		mode = PODMAP_MODE_KILL;
+	} else if (action == PODMAP_ACT_DENY) {
+		if (w->lsm_active)
+			return 0; /* the LSM program already refused it */
+		mode = (ref.flags & PODMAP_RF_FALLBACK_KILL) ? PODMAP_MODE_KILL : PODMAP_MODE_AUDIT;
+		if (mode == PODMAP_MODE_AUDIT)
+			count(PODMAP_C_POLICY_DENY_AUDITED);
+	} else {
+		mode = PODMAP_MODE_AUDIT;
+	}
+	if (w->hit.mode == PODMAP_MODE_KILL || (w->hit.mode == PODMAP_MODE_AUDIT && mode == PODMAP_MODE_AUDIT))
+		return 0;
+	w->hit.policy_id = ref.policy_id;
+	w->hit.rule_index = ref.rule_index;
+	w->hit.action = action;
+	w->hit.mode = mode;
+	return mode == PODMAP_MODE_KILL;
+}
+
+/* Looks `key` up in `rules` and decides which policy acts on this task's container. */
+static __always_inline void policy_match(void *rules, struct podmap_path_key *key,
+					 struct podmap_task_ids *ids, __u32 want_flags,
+					 struct podmap_policy_state *st, struct podmap_policy_hit *hit)
+{
+	struct policy_walk w = {};
+
+	w.set = bpf_map_lookup_elem(rules, key);
+	if (!w.set)
+		return;
+	if (w.set->count > PODMAP_RULE_REFS)
+		count(PODMAP_C_POLICY_REFS_TRUNCATED);
+	w.key.hierarchy = ids->container_hier;
+	w.key.cgroup_id = ids->container_cgid;
+	w.want_flags = want_flags;
+	w.lsm_active = st->lsm_active;
+	bpf_loop(PODMAP_RULE_REFS, policy_step, &w, 0);
+	*hit = w.hit;
+	if (hit->mode != PODMAP_MODE_NONE)
+		count(PODMAP_C_POLICY_HITS);
+	if (hit->mode == PODMAP_MODE_KILL) {
+		count(PODMAP_C_POLICY_KILLS);
+		/* At exec the new program dies before its first instruction; at open before the
+		 * call returns to user space. */
+		bpf_send_signal(9);
+	}
+}
+
 struct sched_process_exec_args {
 	__u64 common;
 	__u32 filename_loc;
@@ -295,6 +395,18 @@ int podmap_exec(struct sched_process_exec_args *ctx)
 		count(PODMAP_C_PATH_UNREADABLE);
 	}
 	s->ev.filename_len = n;
+
+	s->ev.policy = (struct podmap_policy_hit){};
+	s->ev._pad2 = 0;
+	struct podmap_policy_state *st = policy_state();
+	if (st && st->exec_rules && s->ev.ids.container_cgid) {
+		struct podmap_path_key *key = bpf_map_lookup_elem(&path_scratch, &zero);
+		if (key && bpf_probe_read_kernel_str(key->path, PODMAP_POLICY_PATH_MAX,
+						     (char *)ctx + (ctx->filename_loc & 0xFFFF)) > 0) {
+			key->prefixlen = PODMAP_POLICY_PATH_MAX * 8;
+			policy_match(&podmap_exec_rules, key, &s->ev.ids, 0, st, &s->ev.policy);
+		}
+	}
 
 	s->ev.cwd_len = read_cwd(task, &s->ev.hdr.flags);
 
@@ -430,4 +542,176 @@ SEC("tracepoint/cgroup/cgroup_rmdir")
 int podmap_cgroup_rmdir(struct cgroup_tp_args *ctx)
 {
 	return cgroup_event(ctx, PODMAP_EV_CGROUP_RMDIR);
+}
+
+struct sys_enter_open_args {
+	__u64 common;
+	__u64 nr;
+	__u64 dfd;
+	const char *filename;
+	__u64 flags;
+};
+
+struct sys_enter_legacy_open_args {
+	__u64 common;
+	__u64 nr;
+	const char *filename;
+	__u64 flags;
+};
+
+#define O_ACCMODE 3
+#define O_WRONLY 1
+#define O_RDWR 2
+#define O_CREAT 0100
+#define O_TRUNC 01000
+
+static __always_inline int open_policy(const char *filename, __u64 oflags)
+{
+	struct task_struct *task;
+	struct podmap_policy_state *st = policy_state();
+	struct podmap_path_key *key;
+	struct open_scratch *s;
+	struct podmap_policy_hit hit = {};
+	__u32 zero = 0, want = 0;
+	long n;
+
+	if (!st || !st->open_rules)
+		return 0;
+	s = bpf_map_lookup_elem(&open_scratch, &zero);
+	key = bpf_map_lookup_elem(&path_scratch, &zero);
+	if (!s || !key)
+		return 0;
+	task = (struct task_struct *)bpf_get_current_task();
+	task_ids(task, &s->ev.ids);
+	if (!s->ev.ids.container_cgid)
+		return 0;
+	n = bpf_probe_read_user_str(key->path, PODMAP_POLICY_PATH_MAX, filename);
+	if (n <= 0) {
+		/* The path is in user memory that may not be paged in: never silent. */
+		count(PODMAP_C_OPEN_PATH_UNREADABLE);
+		return 0;
+	}
+	if ((oflags & O_ACCMODE) != O_WRONLY)
+		want |= PODMAP_RF_READ;
+	if ((oflags & O_ACCMODE) == O_WRONLY || (oflags & O_ACCMODE) == O_RDWR ||
+	    (oflags & (O_CREAT | O_TRUNC)))
+		want |= PODMAP_RF_WRITE;
+	key->prefixlen = PODMAP_POLICY_PATH_MAX * 8;
+	policy_match(&podmap_open_rules, key, &s->ev.ids, want, st, &hit);
+	if (hit.mode == PODMAP_MODE_NONE)
+		return 0;
+	task_pids(task, &s->ev.ids);
+	s->ev.hdr.type = PODMAP_EV_POLICY_OPEN;
+	s->ev.hdr.flags = 0;
+	s->ev.hdr.ktime = bpf_ktime_get_boot_ns();
+	s->ev.policy = hit;
+	s->ev.open_flags = (__s32)oflags;
+	n = bpf_probe_read_kernel_str(s->path, PODMAP_POLICY_PATH_MAX, key->path);
+	if (n <= 0)
+		n = 1;
+	s->ev.path_len = n;
+	if (bpf_ringbuf_output(&podmap_events, s, (sizeof(s->ev) + n) & 511, 0))
+		count(PODMAP_C_RINGBUF_DROPPED);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_openat")
+int podmap_openat(struct sys_enter_open_args *ctx)
+{
+	return open_policy(ctx->filename, ctx->flags);
+}
+
+SEC("tracepoint/syscalls/sys_enter_openat2")
+int podmap_openat2(struct sys_enter_open_args *ctx)
+{
+	/* openat2's third argument is struct open_how, whose first field is the flags. */
+	__u64 flags = 0;
+	bpf_probe_read_user(&flags, sizeof(flags), (void *)ctx->flags);
+	return open_policy(ctx->filename, flags);
+}
+
+SEC("tracepoint/syscalls/sys_enter_open")
+int podmap_open(struct sys_enter_legacy_open_args *ctx)
+{
+	return open_policy(ctx->filename, ctx->flags);
+}
+
+/*
+ * BPF-LSM: where the kernel loads these, deny rules return EPERM before the exec or open
+ * happens. podmapd probes by loading them; where that fails (no BPF-LSM, as on VMs that refuse
+ * trampolines) deny rules fall back to kill or audit, and status says which.
+ */
+static __always_inline int lsm_deny(void *rules, const char *path, int from_user, __u32 want)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct podmap_policy_state *st = policy_state();
+	struct podmap_path_key *key;
+	struct podmap_rule_set *set;
+	struct podmap_task_ids ids = {};
+	struct podmap_member_key mk = {};
+	__u32 zero = 0;
+	int i;
+
+	if (!st)
+		return 0;
+	key = bpf_map_lookup_elem(&path_scratch, &zero);
+	if (!key)
+		return 0;
+	task_ids(task, &ids);
+	if (!ids.container_cgid)
+		return 0;
+	if (bpf_probe_read_kernel_str(key->path, PODMAP_POLICY_PATH_MAX, path) <= 0)
+		return 0;
+	key->prefixlen = PODMAP_POLICY_PATH_MAX * 8;
+	set = bpf_map_lookup_elem(rules, key);
+	if (!set)
+		return 0;
+	mk.hierarchy = ids.container_hier;
+	mk.cgroup_id = ids.container_cgid;
+	for (i = 0; i < PODMAP_RULE_REFS; i++) {
+		if (i >= set->count)
+			break;
+		if (set->refs[i].action != PODMAP_ACT_DENY)
+			continue;
+		if (want && !(set->refs[i].flags & want))
+			continue;
+		mk.policy_id = set->refs[i].policy_id;
+		if (bpf_map_lookup_elem(&podmap_policy_members, &mk)) {
+			count(PODMAP_C_POLICY_HITS);
+			return -1; /* -EPERM */
+		}
+	}
+	return 0;
+}
+
+SEC("lsm/bprm_check_security")
+int BPF_PROG(podmap_lsm_exec, struct linux_binprm *bprm, int ret)
+{
+	struct podmap_policy_state *st = policy_state();
+
+	if (ret || !st || !st->exec_rules)
+		return ret;
+	return lsm_deny(&podmap_exec_rules, BPF_CORE_READ(bprm, filename), 0, 0);
+}
+
+SEC("lsm/file_open")
+int BPF_PROG(podmap_lsm_open, struct file *file, int ret)
+{
+	struct podmap_policy_state *st = policy_state();
+	struct podmap_path_key *key;
+	__u32 zero = 0, want = 0, fl;
+
+	if (ret || !st || !st->open_rules)
+		return ret;
+	key = bpf_map_lookup_elem(&path_scratch, &zero);
+	if (!key)
+		return 0;
+	if (bpf_d_path(&file->f_path, (char *)key->path, PODMAP_POLICY_PATH_MAX) <= 0)
+		return 0;
+	fl = BPF_CORE_READ(file, f_flags);
+	if ((fl & O_ACCMODE) != O_WRONLY)
+		want |= PODMAP_RF_READ;
+	if ((fl & O_ACCMODE) != 0)
+		want |= PODMAP_RF_WRITE;
+	return lsm_deny(&podmap_open_rules, (const char *)key->path, 0, want);
 }

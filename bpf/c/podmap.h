@@ -16,7 +16,12 @@
 #define PODMAP_META_MAX 4088
 #define PODMAP_MAX_CGROUP_DEPTH 16
 
+#define PODMAP_POLICY_PATH_MAX 256
+#define PODMAP_RULE_REFS 16
+
 #define PODMAP_MAX_CONTAINERS 32768
+#define PODMAP_MAX_MEMBERS 65536
+#define PODMAP_MAX_RULES 8192
 #define PODMAP_MAX_PROCS 65536
 #define PODMAP_COUNTERS 128
 
@@ -68,6 +73,72 @@ enum podmap_event_type {
 	PODMAP_EV_EXIT = 2,
 	PODMAP_EV_CGROUP_MKDIR = 3,
 	PODMAP_EV_CGROUP_RMDIR = 4,
+	PODMAP_EV_POLICY_OPEN = 5,
+};
+
+/*
+ * Policies. Membership: (policy id, container cgroup) -> present. Rules: longest-prefix tries
+ * keyed by path; an exact path's key includes its NUL, a prefix's does not, so the longest
+ * match is the exact entry when there is one. Each entry lists every policy rule that applies to
+ * that path (userspace folds shorter prefixes into longer ones).
+ */
+struct podmap_member_key {
+	__u32 policy_id;
+	__u32 hierarchy;
+	__u64 cgroup_id;
+};
+
+struct podmap_path_key {
+	__u32 prefixlen; /* in bits */
+	__u8 path[PODMAP_POLICY_PATH_MAX];
+};
+
+enum podmap_action {
+	PODMAP_ACT_NONE = 0,
+	PODMAP_ACT_AUDIT = 1,
+	PODMAP_ACT_KILL = 2,
+	PODMAP_ACT_DENY = 3,
+};
+
+/* How an action was carried out. */
+enum podmap_mode {
+	PODMAP_MODE_NONE = 0,
+	PODMAP_MODE_AUDIT = 1,
+	PODMAP_MODE_KILL = 2,
+	PODMAP_MODE_LSM = 3,
+};
+
+#define PODMAP_RF_FALLBACK_KILL (1U << 0) /* deny acts as kill where BPF-LSM is not loaded */
+#define PODMAP_RF_READ (1U << 1)          /* open rules: applies to opens for reading */
+#define PODMAP_RF_WRITE (1U << 2)         /* open rules: applies to opens for writing */
+
+struct podmap_rule_ref {
+	__u32 policy_id;
+	__u16 rule_index;
+	__u8 action; /* enum podmap_action */
+	__u8 flags;  /* PODMAP_RF_* */
+};
+
+struct podmap_rule_set {
+	__u32 count;
+	__u32 _pad;
+	struct podmap_rule_ref refs[PODMAP_RULE_REFS];
+};
+
+/* Written by podmapd: whether any rules exist (programs skip all policy work otherwise). */
+struct podmap_policy_state {
+	__u32 exec_rules;
+	__u32 open_rules;
+	__u32 lsm_active; /* the LSM programs are attached: deny is enforced there */
+	__u32 _pad;
+};
+
+/* The rule that acted on an event; policy_id 0 and action NONE when none did. */
+struct podmap_policy_hit {
+	__u32 policy_id;
+	__u16 rule_index;
+	__u8 action; /* enum podmap_action */
+	__u8 mode;   /* enum podmap_mode */
 };
 
 /* Event and process flags. */
@@ -102,6 +173,8 @@ struct podmap_event_header {
 struct podmap_exec_event {
 	struct podmap_event_header hdr;
 	struct podmap_task_ids ids;
+	struct podmap_policy_hit policy;
+	__u32 _pad2;
 	__u64 start_time;        /* task start, boot-time ns */
 	__u64 parent_exec_ktime; /* the parent's latest exec, 0 if unknown */
 	__u16 filename_len;      /* bytes including the NUL */
@@ -128,6 +201,16 @@ struct podmap_cgroup_event {
 	__u16 _pad[3];
 };
 
+/* An open a policy rule acted on. Followed by path_len bytes of the path as passed. */
+struct podmap_open_event {
+	struct podmap_event_header hdr;
+	struct podmap_task_ids ids;
+	struct podmap_policy_hit policy;
+	__s32 open_flags;
+	__u16 path_len;
+	__u16 _pad[3];
+};
+
 #define PODMAP_EXEC_DATA_MAX (PODMAP_FILENAME_MAX + PODMAP_CWD_MAX + PODMAP_ARGS_MAX)
 
 /*
@@ -143,6 +226,11 @@ enum podmap_counter {
 	PODMAP_C_PATH_UNREADABLE,
 	PODMAP_C_CGROUP_EVENTS,
 	PODMAP_C_PROC_TABLE_FULL,
+	PODMAP_C_POLICY_HITS,
+	PODMAP_C_POLICY_KILLS,
+	PODMAP_C_POLICY_DENY_AUDITED, /* deny rules without LSM and without fallback: audited */
+	PODMAP_C_OPEN_PATH_UNREADABLE,
+	PODMAP_C_POLICY_REFS_TRUNCATED,
 	PODMAP_C_RECORDS_WRITTEN = 16,
 	PODMAP_C_RECORDS_REMOVED,
 	PODMAP_C_RECORDS_EXPIRED,
@@ -158,6 +246,8 @@ enum podmap_counter {
 	PODMAP_C_HOOK_FAILURES,
 	PODMAP_C_HOOK_TIMEOUTS,
 	PODMAP_C_HOOK_BAD_INPUT,
+	PODMAP_C_MEMBERSHIP_WRITES,
+	PODMAP_C_MEMBERSHIP_ERRORS,
 	/* create-to-mapping-ready histogram: bucket i counts latencies < 2^i microseconds */
 	PODMAP_C_LATENCY_BUCKET0 = 64,
 	PODMAP_C_LATENCY_BUCKETS = 32,

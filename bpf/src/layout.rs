@@ -9,7 +9,11 @@ pub const CWD_MAX: usize = 256;
 pub const ARGS_MAX: usize = 1024;
 pub const CGROUP_PATH_MAX: usize = 512;
 pub const META_MAX: usize = 4088;
+pub const POLICY_PATH_MAX: usize = 256;
+pub const RULE_REFS: usize = 16;
 pub const MAX_CONTAINERS: u32 = 32768;
+pub const MAX_MEMBERS: u32 = 65536;
+pub const MAX_RULES: u32 = 8192;
 pub const COUNTERS: u32 = 128;
 
 pub const HIER_V2: u32 = 0;
@@ -22,6 +26,21 @@ pub const EV_EXEC: u32 = 1;
 pub const EV_EXIT: u32 = 2;
 pub const EV_CGROUP_MKDIR: u32 = 3;
 pub const EV_CGROUP_RMDIR: u32 = 4;
+pub const EV_POLICY_OPEN: u32 = 5;
+
+pub const ACT_NONE: u8 = 0;
+pub const ACT_AUDIT: u8 = 1;
+pub const ACT_KILL: u8 = 2;
+pub const ACT_DENY: u8 = 3;
+
+pub const MODE_NONE: u8 = 0;
+pub const MODE_AUDIT: u8 = 1;
+pub const MODE_KILL: u8 = 2;
+pub const MODE_LSM: u8 = 3;
+
+pub const RF_FALLBACK_KILL: u8 = 1 << 0;
+pub const RF_READ: u8 = 1 << 1;
+pub const RF_WRITE: u8 = 1 << 2;
 
 pub const PF_ARGS_TRUNCATED: u32 = 1 << 0;
 pub const PF_PROCFS_SCAN: u32 = 1 << 1;
@@ -75,6 +94,56 @@ pub struct podmap_task_ids {
 }
 
 #[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct podmap_member_key {
+    pub policy_id: u32,
+    pub hierarchy: u32,
+    pub cgroup_id: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct podmap_path_key {
+    pub prefixlen: u32,
+    pub path: [u8; POLICY_PATH_MAX],
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct podmap_rule_ref {
+    pub policy_id: u32,
+    pub rule_index: u16,
+    pub action: u8,
+    pub flags: u8,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct podmap_rule_set {
+    pub count: u32,
+    pub _pad: u32,
+    pub refs: [podmap_rule_ref; RULE_REFS],
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct podmap_policy_state {
+    pub exec_rules: u32,
+    pub open_rules: u32,
+    pub lsm_active: u32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct podmap_policy_hit {
+    pub policy_id: u32,
+    pub rule_index: u16,
+    pub action: u8,
+    pub mode: u8,
+}
+
+#[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct podmap_event_header {
     pub r#type: u32,
@@ -87,6 +156,8 @@ pub struct podmap_event_header {
 pub struct podmap_exec_event {
     pub hdr: podmap_event_header,
     pub ids: podmap_task_ids,
+    pub policy: podmap_policy_hit,
+    pub _pad2: u32,
     pub start_time: u64,
     pub parent_exec_ktime: u64,
     pub filename_len: u16,
@@ -107,6 +178,17 @@ pub struct podmap_exit_event {
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct podmap_open_event {
+    pub hdr: podmap_event_header,
+    pub ids: podmap_task_ids,
+    pub policy: podmap_policy_hit,
+    pub open_flags: i32,
+    pub path_len: u16,
+    pub _pad: [u16; 3],
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct podmap_cgroup_event {
     pub hdr: podmap_event_header,
     pub id: u64,
@@ -122,6 +204,10 @@ unsafe impl aya::Pod for podmap_cgroup_key {}
 unsafe impl aya::Pod for podmap_container {}
 unsafe impl aya::Pod for podmap_container_meta {}
 unsafe impl aya::Pod for podmap_proc {}
+unsafe impl aya::Pod for podmap_member_key {}
+unsafe impl aya::Pod for podmap_path_key {}
+unsafe impl aya::Pod for podmap_rule_set {}
+unsafe impl aya::Pod for podmap_policy_state {}
 
 /// Indices into the shared counters array (`enum podmap_counter`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,6 +221,11 @@ pub enum Counter {
     PathUnreadable = 5,
     CgroupEvents = 6,
     ProcTableFull = 7,
+    PolicyHits = 8,
+    PolicyKills = 9,
+    PolicyDenyAudited = 10,
+    OpenPathUnreadable = 11,
+    PolicyRefsTruncated = 12,
     RecordsWritten = 16,
     RecordsRemoved = 17,
     RecordsExpired = 18,
@@ -150,13 +241,15 @@ pub enum Counter {
     HookFailures = 28,
     HookTimeouts = 29,
     HookBadInput = 30,
+    MembershipWrites = 31,
+    MembershipErrors = 32,
 }
 
 pub const LATENCY_BUCKET0: u32 = 64;
 pub const LATENCY_BUCKETS: u32 = 32;
 
 impl Counter {
-    pub const ALL: [Counter; 23] = [
+    pub const ALL: [Counter; 30] = [
         Counter::Exec,
         Counter::Exit,
         Counter::RingbufDropped,
@@ -165,6 +258,11 @@ impl Counter {
         Counter::PathUnreadable,
         Counter::CgroupEvents,
         Counter::ProcTableFull,
+        Counter::PolicyHits,
+        Counter::PolicyKills,
+        Counter::PolicyDenyAudited,
+        Counter::OpenPathUnreadable,
+        Counter::PolicyRefsTruncated,
         Counter::RecordsWritten,
         Counter::RecordsRemoved,
         Counter::RecordsExpired,
@@ -180,6 +278,8 @@ impl Counter {
         Counter::HookFailures,
         Counter::HookTimeouts,
         Counter::HookBadInput,
+        Counter::MembershipWrites,
+        Counter::MembershipErrors,
     ];
 
     /// The name in status and metrics.
@@ -193,6 +293,11 @@ impl Counter {
             Counter::PathUnreadable => "kernel_path_unreadable",
             Counter::CgroupEvents => "kernel_cgroup_events",
             Counter::ProcTableFull => "kernel_proc_table_full",
+            Counter::PolicyHits => "kernel_policy_hits",
+            Counter::PolicyKills => "kernel_policy_kills",
+            Counter::PolicyDenyAudited => "kernel_policy_deny_audited",
+            Counter::OpenPathUnreadable => "kernel_open_path_unreadable",
+            Counter::PolicyRefsTruncated => "kernel_policy_refs_truncated",
             Counter::RecordsWritten => "records_written",
             Counter::RecordsRemoved => "records_removed",
             Counter::RecordsExpired => "records_expired",
@@ -208,6 +313,8 @@ impl Counter {
             Counter::HookFailures => "hook_failures",
             Counter::HookTimeouts => "hook_timeouts",
             Counter::HookBadInput => "hook_bad_input",
+            Counter::MembershipWrites => "membership_writes",
+            Counter::MembershipErrors => "membership_errors",
         }
     }
 
@@ -276,6 +383,36 @@ pub fn describe() -> Vec<String> {
     f!(podmap_task_ids, tid);
     f!(podmap_task_ids, ppid);
     f!(podmap_task_ids, uid);
+    s!(podmap_member_key);
+    f!(podmap_member_key, policy_id);
+    f!(podmap_member_key, hierarchy);
+    f!(podmap_member_key, cgroup_id);
+    s!(podmap_path_key);
+    f!(podmap_path_key, prefixlen);
+    f!(podmap_path_key, path);
+    s!(podmap_rule_ref);
+    f!(podmap_rule_ref, policy_id);
+    f!(podmap_rule_ref, rule_index);
+    f!(podmap_rule_ref, action);
+    f!(podmap_rule_ref, flags);
+    s!(podmap_rule_set);
+    f!(podmap_rule_set, count);
+    f!(podmap_rule_set, refs);
+    s!(podmap_policy_state);
+    f!(podmap_policy_state, exec_rules);
+    f!(podmap_policy_state, open_rules);
+    f!(podmap_policy_state, lsm_active);
+    s!(podmap_policy_hit);
+    f!(podmap_policy_hit, policy_id);
+    f!(podmap_policy_hit, rule_index);
+    f!(podmap_policy_hit, action);
+    f!(podmap_policy_hit, mode);
+    s!(podmap_open_event);
+    f!(podmap_open_event, hdr);
+    f!(podmap_open_event, ids);
+    f!(podmap_open_event, policy);
+    f!(podmap_open_event, open_flags);
+    f!(podmap_open_event, path_len);
     s!(podmap_event_header);
     f!(podmap_event_header, r#type);
     f!(podmap_event_header, flags);
@@ -283,6 +420,7 @@ pub fn describe() -> Vec<String> {
     s!(podmap_exec_event);
     f!(podmap_exec_event, hdr);
     f!(podmap_exec_event, ids);
+    f!(podmap_exec_event, policy);
     f!(podmap_exec_event, start_time);
     f!(podmap_exec_event, parent_exec_ktime);
     f!(podmap_exec_event, filename_len);
@@ -305,6 +443,22 @@ pub fn describe() -> Vec<String> {
     c!("PODMAP_CGROUP_PATH_MAX", CGROUP_PATH_MAX);
     c!("PODMAP_META_MAX", META_MAX);
     c!("PODMAP_MAX_CONTAINERS", MAX_CONTAINERS);
+    c!("PODMAP_POLICY_PATH_MAX", POLICY_PATH_MAX);
+    c!("PODMAP_RULE_REFS", RULE_REFS);
+    c!("PODMAP_MAX_MEMBERS", MAX_MEMBERS);
+    c!("PODMAP_MAX_RULES", MAX_RULES);
+    c!("PODMAP_EV_POLICY_OPEN", EV_POLICY_OPEN);
+    c!("PODMAP_ACT_NONE", ACT_NONE);
+    c!("PODMAP_ACT_AUDIT", ACT_AUDIT);
+    c!("PODMAP_ACT_KILL", ACT_KILL);
+    c!("PODMAP_ACT_DENY", ACT_DENY);
+    c!("PODMAP_MODE_NONE", MODE_NONE);
+    c!("PODMAP_MODE_AUDIT", MODE_AUDIT);
+    c!("PODMAP_MODE_KILL", MODE_KILL);
+    c!("PODMAP_MODE_LSM", MODE_LSM);
+    c!("PODMAP_RF_FALLBACK_KILL", RF_FALLBACK_KILL);
+    c!("PODMAP_RF_READ", RF_READ);
+    c!("PODMAP_RF_WRITE", RF_WRITE);
     c!("PODMAP_COUNTERS", COUNTERS);
     c!("PODMAP_HIER_V2", HIER_V2);
     c!("PODMAP_HIER_V1", HIER_V1);
