@@ -7,6 +7,7 @@ pub mod layout;
 pub mod maps;
 pub mod mounts;
 pub mod objects;
+pub mod policy_maps;
 pub mod programs;
 pub mod record;
 #[cfg(feature = "store")]

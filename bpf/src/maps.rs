@@ -19,6 +19,10 @@ use crate::{mounts, objects};
 pub const CONTAINERS_MAP: &str = "podmap_containers";
 pub const META_MAP: &str = "podmap_meta";
 pub const COUNTERS_MAP: &str = "podmap_counters";
+pub const MEMBERS_MAP: &str = "podmap_policy_members";
+pub const EXEC_RULES_MAP: &str = "podmap_exec_rules";
+pub const OPEN_RULES_MAP: &str = "podmap_open_rules";
+pub const POLICY_STATE_MAP: &str = "podmap_policy_state";
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
@@ -106,6 +110,7 @@ pub struct SharedMaps {
     containers: HashMap<MapData, podmap_cgroup_key, podmap_container>,
     meta: HashMap<MapData, podmap_cgroup_key, podmap_container_meta>,
     counters: Counters,
+    pub(crate) policy: crate::policy_maps::PolicyMaps,
 }
 
 impl SharedMaps {
@@ -123,6 +128,7 @@ impl SharedMaps {
         let containers = take(ebpf, CONTAINERS_MAP)?;
         let meta = take(ebpf, META_MAP)?;
         let counters = take(ebpf, COUNTERS_MAP)?;
+        let policy = crate::policy_maps::PolicyMaps::take(ebpf, dir)?;
         check_map(
             &containers,
             dir,
@@ -144,6 +150,7 @@ impl SharedMaps {
             containers: HashMap::try_from(containers).map_err(map_err(CONTAINERS_MAP))?,
             meta: HashMap::try_from(meta).map_err(map_err(META_MAP))?,
             counters: Counters::new(counters)?,
+            policy,
         })
     }
 
@@ -329,7 +336,7 @@ pub enum MetaError {
     Map(String),
 }
 
-fn check_map(
+pub(crate) fn check_map(
     map: &Map,
     dir: &Path,
     name: &'static str,
@@ -337,7 +344,7 @@ fn check_map(
     value: usize,
 ) -> Result<(), MapsError> {
     let data: &MapData = match map {
-        Map::HashMap(d) | Map::Array(d) => d,
+        Map::HashMap(d) | Map::Array(d) | Map::LpmTrie(d) => d,
         _ => return Err(MapsError::Missing { name }),
     };
     let info = data

@@ -78,8 +78,17 @@ fn v1_code(name: Option<&str>) -> u32 {
     }
 }
 
+/// Whether BPF-LSM enforces deny rules here, and if not, why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LsmStatus {
+    pub active: bool,
+    /// The probe's answer: "attached" or the error that stopped it.
+    pub detail: String,
+}
+
 /// The attached programs and the maps the daemon reads.
 pub struct LoadedPrograms {
+    pub lsm: LsmStatus,
     pub maps: SharedMaps,
     pub events: RingBuf<MapData>,
     /// tgid -> latest exec; podmapd seeds it from /proc at start-up.
@@ -157,6 +166,47 @@ pub fn load(cfg: &ProgramConfig) -> Result<LoadedPrograms, ProgramsError> {
             source: Box::new(source),
         })?;
 
+    // Open rules: openat everywhere; open and openat2 where the kernel has them.
+    for (name, point, required) in [
+        ("podmap_openat", "sys_enter_openat", true),
+        ("podmap_openat2", "sys_enter_openat2", false),
+        ("podmap_open", "sys_enter_open", false),
+    ] {
+        let prog: &mut TracePoint = ebpf
+            .program_mut(name)
+            .ok_or(ProgramsError::Missing { name })?
+            .try_into()
+            .map_err(|source| ProgramsError::Load {
+                kind: "tracepoint",
+                name,
+                source: Box::new(source),
+                hint: "",
+            })?;
+        let res = prog.load().map_err(|source| ProgramsError::Load {
+            kind: "tracepoint",
+            name,
+            source: Box::new(source),
+            hint: "",
+        });
+        let res = res.and_then(|()| {
+            prog.attach("syscalls", point)
+                .map(|_| ())
+                .map_err(|source| ProgramsError::Attach {
+                    name,
+                    point,
+                    source: Box::new(source),
+                })
+        });
+        match res {
+            Ok(()) => {}
+            Err(e) if !required => {
+                tracing::debug!(error = %e, "optional open tracepoint not attached")
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let lsm = load_lsm(&mut ebpf);
+
     let events = ebpf
         .take_map("podmap_events")
         .ok_or(ProgramsError::MissingMap("podmap_events"))?;
@@ -177,5 +227,56 @@ pub fn load(cfg: &ProgramConfig) -> Result<LoadedPrograms, ProgramsError> {
         events,
         procs,
         attached: Attached(ebpf),
+        lsm,
     })
+}
+
+/// Probes BPF-LSM by loading and attaching the deny programs. Any failure leaves deny rules to
+/// their fallback, and the reason is reported.
+fn load_lsm(ebpf: &mut Ebpf) -> LsmStatus {
+    let btf = match aya::Btf::from_sys_fs() {
+        Ok(b) => b,
+        Err(e) => {
+            return LsmStatus {
+                active: false,
+                detail: format!("no kernel BTF: {e}"),
+            }
+        }
+    };
+    for (name, hook) in [
+        ("podmap_lsm_exec", "bprm_check_security"),
+        ("podmap_lsm_open", "file_open"),
+    ] {
+        let Some(prog) = ebpf.program_mut(name) else {
+            return LsmStatus {
+                active: false,
+                detail: format!("program {name} missing"),
+            };
+        };
+        let prog: &mut aya::programs::Lsm = match prog.try_into() {
+            Ok(p) => p,
+            Err(e) => {
+                return LsmStatus {
+                    active: false,
+                    detail: format!("{name}: {e}"),
+                }
+            }
+        };
+        if let Err(e) = prog.load(hook, &btf) {
+            return LsmStatus {
+                active: false,
+                detail: format!("loading {name} ({hook}): {e}"),
+            };
+        }
+        if let Err(e) = prog.attach() {
+            return LsmStatus {
+                active: false,
+                detail: format!("attaching {name} ({hook}): {e}"),
+            };
+        }
+    }
+    LsmStatus {
+        active: true,
+        detail: "attached".into(),
+    }
 }

@@ -91,8 +91,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         events,
         mut procs,
         attached,
+        lsm,
     } = loaded;
     let maps = Arc::new(maps);
+    tracing::info!(active = lsm.active, detail = %lsm.detail, "BPF-LSM probe");
 
     let mut table = ProcTable::default();
     let scanned = table.scan(&node, &mut procs);
