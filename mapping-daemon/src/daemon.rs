@@ -16,6 +16,7 @@ use podmap_bpf::SharedMaps;
 
 use crate::hub::Hub;
 use crate::pipeline::{reader, Pipeline};
+use crate::policies::PolicyManager;
 use crate::procs::ProcTable;
 use crate::state::DaemonState;
 use crate::stats::Stats;
@@ -51,6 +52,13 @@ pub struct Args {
     /// podmapd sweeps records whose grace ended, whoever wrote them.
     #[arg(long, env = "PODMAP_GRACE_SECONDS", default_value_t = 30)]
     pub grace: u64,
+    /// The node-local policy directory (YAML PodPolicy files), reloaded on change.
+    #[arg(
+        long,
+        env = "PODMAP_POLICY_DIR",
+        default_value = "/etc/podmap/policies"
+    )]
+    pub policy_dir: PathBuf,
     /// How often the ring buffer is polled when the kernel has not woken the reader.
     #[arg(long, env = "PODMAP_POLL_MS", default_value_t = 10)]
     pub poll_ms: u64,
@@ -110,8 +118,27 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         stats: stats.clone(),
         hub: hub.clone(),
         started,
+        enforcement: if lsm.active {
+            "lsm".to_string()
+        } else {
+            format!("fallback (BPF-LSM unavailable: {}): deny rules act as kill where they say fallback: kill, else audit", lsm.detail)
+        },
+        policies: Default::default(),
     });
-    let pipeline = Pipeline::new(node.clone(), maps.clone(), layout, table, stats);
+    let policy_maps =
+        SharedMaps::open(&args.bpffs_dir).context("opening the pinned maps for policies")?;
+    let mut policies = PolicyManager::new(&args.policy_dir, policy_maps, lsm.active);
+    policies.tick();
+    let policy_names = policies.names();
+    *state.policies.lock().unwrap_or_else(|p| p.into_inner()) = policies.status();
+    let pipeline = Pipeline::new(
+        node.clone(),
+        maps.clone(),
+        layout,
+        table,
+        stats,
+        policy_names,
+    );
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let listener = server::bind(&args.socket)?;
@@ -140,6 +167,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let sweeper =
         SharedMaps::open(&args.bpffs_dir).context("opening the pinned maps for sweeping")?;
     let sweep_task = tokio::spawn(sweep(sweeper, args.grace, stop_rx.clone()));
+    let policy_task = tokio::spawn(watch_policies(policies, state.clone(), stop_rx.clone()));
     let reader_task = tokio::spawn(reader::run(
         events,
         pipeline,
@@ -163,6 +191,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = server_task.await;
     let _ = sweep_task.await;
+    let _ = policy_task.await;
     if let Some(t) = metrics_task {
         t.await
             .context("metrics task")?
@@ -186,6 +215,25 @@ async fn sweep(mut maps: SharedMaps, grace_s: u64, mut stop: watch::Receiver<boo
                 if !swept.is_empty() {
                     tracing::debug!(records = swept.len(), "swept expired container records");
                 }
+            }
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Applies policy changes and new containers to membership; a quarter second keeps "takes
+/// effect within a second" with room to spare.
+async fn watch_policies(
+    mut policies: PolicyManager,
+    state: Arc<DaemonState>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                policies.tick();
+                *state.policies.lock().unwrap_or_else(|p| p.into_inner()) = policies.status();
             }
             _ = stop.changed() => return,
         }

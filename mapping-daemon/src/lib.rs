@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod hub;
 pub mod metrics;
 pub mod pipeline;
+pub mod policies;
 pub mod procs;
 pub mod server;
 pub mod state;

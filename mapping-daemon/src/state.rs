@@ -21,6 +21,8 @@ pub struct DaemonState {
     pub stats: Arc<Stats>,
     pub hub: Arc<Hub>,
     pub started: Instant,
+    pub enforcement: String,
+    pub policies: std::sync::Mutex<crate::policies::PolicyStatus>,
 }
 
 fn summary(h: &[u64]) -> LatencySummary {
@@ -51,6 +53,7 @@ impl StatusSource for DaemonState {
                 ("exec", Stats::get(&s.exec)),
                 ("exit", Stats::get(&s.exit)),
                 ("cgroup", Stats::get(&s.cgroup)),
+                ("policy_open", Stats::get(&s.policy)),
                 ("undecodable", Stats::get(&s.decode_errors)),
             ]
             .into_iter()
@@ -73,7 +76,12 @@ impl StatusSource for DaemonState {
             client_errors: self.hub.client_errors(),
             containers_mapped: self.maps.keys().len() as u64,
             pods_cached: 0,
-            enforcement_mode: "none".to_string(),
+            enforcement_mode: self.enforcement.clone(),
+            policies: self
+                .policies
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
             shared_counters: shared,
             mapping_latency_us: summary(&c.latency_histogram()),
             event_latency_us: summary(&s.latency_histogram()),

@@ -7,6 +7,7 @@ pub struct Stats {
     pub exec: AtomicU64,
     pub exit: AtomicU64,
     pub cgroup: AtomicU64,
+    pub policy: AtomicU64,
     pub decode_errors: AtomicU64,
     pub attributed_container: AtomicU64,
     pub attributed_host: AtomicU64,

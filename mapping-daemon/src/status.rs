@@ -41,6 +41,9 @@ pub struct StatusReport {
     /// Kernel timestamp to hand-off to the clients' queues, in microseconds.
     #[serde(default)]
     pub event_latency_us: LatencySummary,
+    /// Loaded policies, refused files with their reasons, memberships.
+    #[serde(default)]
+    pub policies: crate::policies::PolicyStatus,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use podmap_bpf::layout::{
     self, podmap_cgroup_event, podmap_event_header, podmap_exec_event, podmap_exit_event,
-    podmap_task_ids,
+    podmap_open_event, podmap_policy_hit, podmap_task_ids,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,6 +14,37 @@ pub enum KernelEvent {
     Exit(ExitRecord),
     CgroupMkdir(CgroupRecord),
     CgroupRmdir(CgroupRecord),
+    /// An open a policy rule acted on.
+    PolicyOpen(OpenRecord),
+}
+
+/// The policy rule that acted on an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PolicyHit {
+    pub policy_id: u32,
+    pub rule_index: u16,
+    pub action: u8,
+    pub mode: u8,
+}
+
+impl PolicyHit {
+    fn from_raw(h: podmap_policy_hit) -> Option<Self> {
+        (h.mode != layout::MODE_NONE).then_some(PolicyHit {
+            policy_id: h.policy_id,
+            rule_index: h.rule_index,
+            action: h.action,
+            mode: h.mode,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenRecord {
+    pub ktime: u64,
+    pub ids: podmap_task_ids,
+    pub policy: PolicyHit,
+    pub open_flags: i32,
+    pub path: Arc<str>,
 }
 
 impl KernelEvent {
@@ -22,6 +53,7 @@ impl KernelEvent {
             KernelEvent::Exec(e) => e.ktime,
             KernelEvent::Exit(e) => e.ktime,
             KernelEvent::CgroupMkdir(c) | KernelEvent::CgroupRmdir(c) => c.ktime,
+            KernelEvent::PolicyOpen(o) => o.ktime,
         }
     }
 }
@@ -33,6 +65,8 @@ pub struct ExecRecord {
     pub ids: podmap_task_ids,
     pub start_time: u64,
     pub parent_exec_ktime: u64,
+    /// Set when a policy rule acted on this exec.
+    pub policy: Option<PolicyHit>,
     pub filename: Arc<str>,
     pub cwd: Arc<str>,
     /// argv without argv[0].
@@ -62,6 +96,8 @@ pub enum DecodeError {
     Short { len: usize, need: usize },
     #[error("unknown record type {0}")]
     UnknownType(u32),
+    #[error("policy record without a policy")]
+    NoPolicy,
 }
 
 fn read<T: Copy>(buf: &[u8]) -> Result<T, DecodeError> {
@@ -140,6 +176,7 @@ pub fn decode(buf: &[u8]) -> Result<KernelEvent, DecodeError> {
                 ids: ev.ids,
                 start_time: ev.start_time,
                 parent_exec_ktime: ev.parent_exec_ktime,
+                policy: PolicyHit::from_raw(ev.policy),
                 filename,
                 cwd,
                 args,
@@ -170,6 +207,19 @@ pub fn decode(buf: &[u8]) -> Result<KernelEvent, DecodeError> {
             } else {
                 KernelEvent::CgroupRmdir(rec)
             })
+        }
+        layout::EV_POLICY_OPEN => {
+            let ev: podmap_open_event = read(buf)?;
+            let data = &buf[size_of::<podmap_open_event>()..];
+            let path = c_arc(&data[..(ev.path_len as usize).min(data.len())]);
+            let policy = PolicyHit::from_raw(ev.policy).ok_or(DecodeError::NoPolicy)?;
+            Ok(KernelEvent::PolicyOpen(OpenRecord {
+                ktime: hdr.ktime,
+                ids: ev.ids,
+                policy,
+                open_flags: ev.open_flags,
+                path,
+            }))
         }
         other => Err(DecodeError::UnknownType(other)),
     }

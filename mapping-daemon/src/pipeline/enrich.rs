@@ -4,9 +4,12 @@ use std::sync::Arc;
 
 use podmap_bpf::cgroup::{CgroupLayout, LayoutKind};
 use podmap_bpf::layout::{self, podmap_task_ids, HIER_V1};
-use podmap_proto::{ContainerInfo, Event, EventType, ExitInfo, PodInfo, Process, ProcessFlag};
+use podmap_proto::{
+    ContainerInfo, Event, EventType, ExitInfo, PodInfo, PolicyInfo, Process, ProcessFlag,
+};
+use std::collections::HashMap;
 
-use super::decode::KernelEvent;
+use super::decode::{KernelEvent, PolicyHit};
 use super::Owner;
 use crate::clock::WallClock;
 use crate::procs::{exec_id, ProcEntry, ProcTable};
@@ -68,8 +71,137 @@ fn owner_parts(owner: &Owner) -> (Option<Arc<ContainerInfo>>, Option<Arc<PodInfo
     }
 }
 
+fn policy_info(
+    names: &HashMap<u32, Arc<str>>,
+    hit: &PolicyHit,
+    rule: &str,
+    path: &str,
+) -> PolicyInfo {
+    let name = names
+        .get(&hit.policy_id)
+        .map(|n| n.to_string())
+        .unwrap_or_else(|| format!("policy-{:08x}", hit.policy_id));
+    let action = match hit.action {
+        layout::ACT_KILL => "kill",
+        layout::ACT_DENY => "deny",
+        _ => "audit",
+    };
+    let mode = match hit.mode {
+        layout::MODE_KILL => "kill",
+        layout::MODE_LSM => "lsm",
+        _ => "audit",
+    };
+    PolicyInfo {
+        name,
+        rule: rule.to_string(),
+        path: path.to_string(),
+        action: action.to_string(),
+        mode: mode.to_string(),
+    }
+}
+
+/// The events a kernel record becomes: an exec a policy acted on gives a policy event, plus the
+/// exec event unless the exec was killed (it never ran); an open gives a policy event.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn events(
+    node: &Arc<str>,
+    procs: &mut ProcTable,
+    layout: &CgroupLayout,
+    names: &HashMap<u32, Arc<str>>,
+    ev: KernelEvent,
+    owner: Owner,
+    clock: &WallClock,
+    mut emit: impl FnMut(Event),
+) {
+    match ev {
+        KernelEvent::PolicyOpen(o) => {
+            let (container, pod) = owner_parts(&owner);
+            let entry = procs.get(o.ids.pid).cloned();
+            let mut process = process_of(node, entry.as_deref(), &o.ids, o.ktime, layout, clock);
+            process.tid = o.ids.tid;
+            emit(Event {
+                kind: EventType::Policy,
+                time: clock.format(o.ktime),
+                node: node.clone(),
+                process,
+                container,
+                pod,
+                attribution: owner.attribution(),
+                exit: None,
+                policy: Some(policy_info(names, &o.policy, "open", &o.path)),
+            });
+        }
+        KernelEvent::Exec(ref e) if e.policy.is_some() => {
+            let hit = e.policy.expect("checked");
+            let killed = hit.mode == layout::MODE_KILL;
+            let Some(exec) = event(node, procs, layout, ev, owner, clock) else {
+                return;
+            };
+            let mut policy = exec.clone();
+            policy.kind = EventType::Policy;
+            policy.policy = Some(policy_info(names, &hit, "exec", &exec.process.binary));
+            emit(policy);
+            if !killed {
+                emit(exec);
+            }
+        }
+        other => {
+            if let Some(e) = event(node, procs, layout, other, owner, clock) {
+                emit(e);
+            }
+        }
+    }
+}
+
+/// The process of a record that carries only ids, completed from the process table.
+fn process_of(
+    node: &Arc<str>,
+    entry: Option<&ProcEntry>,
+    ids: &podmap_task_ids,
+    ktime: u64,
+    layout: &CgroupLayout,
+    clock: &WallClock,
+) -> Process {
+    let (binary, args, cwd, exec_id_s, start_time, flags) = match entry {
+        Some(p) => (
+            p.binary.clone(),
+            p.args.clone(),
+            p.cwd.clone(),
+            p.exec_id.clone(),
+            p.start_time,
+            p.flags(),
+        ),
+        None => (
+            Arc::from(""),
+            Arc::from(Vec::new()),
+            Arc::from(""),
+            Arc::from(exec_id(node, ktime, ids.pid)),
+            0,
+            Vec::new(),
+        ),
+    };
+    Process {
+        pid: ids.pid,
+        tid: ids.tid,
+        ppid: ids.ppid,
+        uid: ids.uid,
+        binary,
+        args,
+        cwd,
+        exec_id: exec_id_s,
+        parent_exec_id: None,
+        start_time: if start_time != 0 {
+            clock.format(start_time)
+        } else {
+            String::new()
+        },
+        cgroup_id: cgroup_id(ids, layout),
+        flags,
+    }
+}
+
 /// None for records that are not process events.
-pub(super) fn event(
+fn event(
     node: &Arc<str>,
     procs: &mut ProcTable,
     layout: &CgroupLayout,
@@ -181,6 +313,8 @@ pub(super) fn event(
                 policy: None,
             })
         }
-        KernelEvent::CgroupMkdir(_) | KernelEvent::CgroupRmdir(_) => None,
+        KernelEvent::CgroupMkdir(_) | KernelEvent::CgroupRmdir(_) | KernelEvent::PolicyOpen(_) => {
+            None
+        }
     }
 }

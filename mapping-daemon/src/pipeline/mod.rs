@@ -17,6 +17,7 @@ use crate::cgroups::CgroupPaths;
 use crate::clock::WallClock;
 use crate::containers::{ContainerCache, Mapped};
 use crate::hub::Published;
+use crate::policies::PolicyNames;
 use crate::procs::ProcTable;
 use crate::stats::Stats;
 use decode::{decode, KernelEvent};
@@ -48,6 +49,7 @@ pub struct Pipeline {
     procs: ProcTable,
     held: VecDeque<Held>,
     stats: Arc<Stats>,
+    policy_names: PolicyNames,
     batch_now: u64,
 }
 
@@ -58,6 +60,7 @@ impl Pipeline {
         layout: CgroupLayout,
         procs: ProcTable,
         stats: Arc<Stats>,
+        policy_names: PolicyNames,
     ) -> Self {
         let cgroups = CgroupPaths::scan(&layout);
         tracing::info!(
@@ -74,6 +77,7 @@ impl Pipeline {
             procs,
             held: VecDeque::new(),
             stats,
+            policy_names,
             batch_now: 0,
         }
     }
@@ -113,6 +117,10 @@ impl Pipeline {
             KernelEvent::Exit(e) => {
                 Stats::inc(&self.stats.exit);
                 e.ids
+            }
+            KernelEvent::PolicyOpen(o) => {
+                Stats::inc(&self.stats.policy);
+                o.ids
             }
             KernelEvent::CgroupMkdir(c) => {
                 Stats::inc(&self.stats.cgroup);
@@ -235,11 +243,17 @@ impl Pipeline {
         Stats::inc(counter);
         self.stats
             .record_latency(self.batch_now.saturating_sub(ev.ktime()) / 1000);
-        if let Some(event) =
-            enrich::event(&self.node, &mut self.procs, &self.layout, ev, owner, clock)
-        {
-            out.push(Published::new(event));
-        }
+        let names = self.policy_names.read().unwrap_or_else(|p| p.into_inner());
+        enrich::events(
+            &self.node,
+            &mut self.procs,
+            &self.layout,
+            &names,
+            ev,
+            owner,
+            clock,
+            |e| out.push(Published::new(e)),
+        );
     }
 
     pub fn containers_cached(&self) -> usize {

@@ -1,0 +1,286 @@
+//! Policies in podmapd: reads the policy directory (reloading on change), writes the kernel's
+//! rule tables, and keeps membership right for running containers — the runtime plugins decide
+//! it at creation; podmapd applies policies added, changed or removed later, and containers
+//! mapped by a plugin that did not know a policy yet.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use podmap_bpf::policy_maps::{KernelAction, PathRule, RuleRef, RuleTable};
+use podmap_bpf::{CgroupKey, SharedMaps};
+use podmap_proto::policy::{Access, Action, KernelRule, Loaded, PolicySet, RuleKind, Target};
+
+/// Policy names by id, for policy events (read by the pipeline, written on reload).
+pub type PolicyNames = Arc<RwLock<HashMap<u32, Arc<str>>>>;
+
+/// What status shows of policies.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct PolicyStatus {
+    pub dir: String,
+    pub loaded: Vec<String>,
+    /// Refused files and documents, each naming file, field and reason.
+    pub errors: Vec<String>,
+    pub memberships: u64,
+    pub reloads: u64,
+}
+
+pub struct PolicyManager {
+    dir: PathBuf,
+    maps: SharedMaps,
+    lsm_active: bool,
+    current: PolicySet,
+    fingerprint: Vec<(PathBuf, Option<SystemTime>, u64)>,
+    names: PolicyNames,
+    /// Containers as last reconciled: key -> (namespace, labels, container name).
+    known: HashMap<CgroupKey, (String, BTreeMap<String, String>, String)>,
+    status: PolicyStatus,
+}
+
+fn fingerprint(dir: &Path) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let md = e.metadata().ok()?;
+                    Some((e.path(), md.modified().ok(), md.len()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn kernel_action(a: Action, fallback_kill: bool) -> KernelAction {
+    match a {
+        Action::Audit => KernelAction::Audit,
+        Action::Kill => KernelAction::Kill,
+        Action::Deny => KernelAction::Deny { fallback_kill },
+    }
+}
+
+/// Splits the compiled rules into the exec and open tables; open entries of one path with
+/// different access kinds share one kernel entry, each rule carrying its access.
+fn tables(rules: &[KernelRule]) -> (Vec<PathRule>, Vec<PathRule>) {
+    let mut exec = Vec::new();
+    let mut open: BTreeMap<(String, bool), Vec<RuleRef>> = BTreeMap::new();
+    for r in rules {
+        let refs = r
+            .refs
+            .iter()
+            .map(|x| (x, kernel_action(x.action, x.fallback_kill)));
+        match r.kind {
+            RuleKind::Exec => exec.push(PathRule {
+                path: r.path.clone(),
+                exact: r.exact,
+                refs: refs
+                    .map(|(x, action)| RuleRef {
+                        policy_id: x.policy_id,
+                        rule_index: x.rule_index,
+                        action,
+                        read: false,
+                        write: false,
+                    })
+                    .collect(),
+            }),
+            RuleKind::Open(access) => {
+                let (read, write) = match access {
+                    Access::Read => (true, false),
+                    Access::Write => (false, true),
+                    Access::Any => (true, true),
+                };
+                open.entry((r.path.clone(), r.exact))
+                    .or_default()
+                    .extend(refs.map(|(x, action)| RuleRef {
+                        policy_id: x.policy_id,
+                        rule_index: x.rule_index,
+                        action,
+                        read,
+                        write,
+                    }));
+            }
+        }
+    }
+    let open = open
+        .into_iter()
+        .map(|((path, exact), refs)| PathRule { path, exact, refs })
+        .collect();
+    (exec, open)
+}
+
+impl PolicyManager {
+    pub fn new(dir: &Path, maps: SharedMaps, lsm_active: bool) -> Self {
+        PolicyManager {
+            dir: dir.to_owned(),
+            maps,
+            lsm_active,
+            current: PolicySet::default(),
+            fingerprint: Vec::new(),
+            names: PolicyNames::default(),
+            known: HashMap::new(),
+            status: PolicyStatus {
+                dir: dir.display().to_string(),
+                ..Default::default()
+            },
+        }
+    }
+
+    pub fn names(&self) -> PolicyNames {
+        self.names.clone()
+    }
+
+    pub fn status(&self) -> PolicyStatus {
+        self.status.clone()
+    }
+
+    /// Reloads on a change of the directory, then reconciles membership. Cheap when nothing
+    /// changed: one directory listing and one walk of the container map.
+    pub fn tick(&mut self) {
+        let fp = fingerprint(&self.dir);
+        let reloaded = fp != self.fingerprint || self.status.reloads == 0;
+        if reloaded {
+            self.fingerprint = fp;
+            self.reload();
+        }
+        self.reconcile(reloaded);
+    }
+
+    fn reload(&mut self) {
+        let mut next = PolicySet::load_dir(&self.dir);
+        // A file that no longer loads keeps its policies active (they were valid); only a
+        // file that is gone takes its policies with it.
+        for e in &next.errors {
+            tracing::warn!(error = %e, "policy refused");
+        }
+        let refused: HashSet<&str> = next
+            .errors
+            .iter()
+            .map(|e| e.source_name.split(" (document").next().unwrap_or(""))
+            .collect();
+        let carried: Vec<Loaded> = self
+            .current
+            .policies
+            .iter()
+            .filter(|l| refused.contains(l.source.as_str()) && Path::new(&l.source).exists())
+            .filter(|l| {
+                next.policies
+                    .iter()
+                    .all(|n| n.policy.name() != l.policy.name())
+            })
+            .cloned()
+            .collect();
+        for l in &carried {
+            tracing::warn!(policy = l.policy.name(), file = %l.source, "keeping the previous version active");
+        }
+        next.policies.extend(carried);
+        let (exec, open) = tables(&next.compile());
+        let mut ok = true;
+        for (table, rules) in [(RuleTable::Exec, &exec), (RuleTable::Open, &open)] {
+            if let Err(e) = self.maps.replace_rules(table, rules) {
+                tracing::error!(error = %e, "writing the policy rule tables");
+                self.status.errors.push(format!("rule tables: {e}"));
+                ok = false;
+            }
+        }
+        if !ok {
+            return;
+        }
+        if let Err(e) =
+            self.maps
+                .set_policy_state(exec.len() as u32, open.len() as u32, self.lsm_active)
+        {
+            tracing::error!(error = %e, "writing the policy state");
+        }
+        *self.names.write().unwrap_or_else(|p| p.into_inner()) = next
+            .policies
+            .iter()
+            .map(|l| (l.policy.id(), Arc::from(l.policy.name())))
+            .collect();
+        self.status.loaded = next
+            .policies
+            .iter()
+            .map(|l| format!("{} ({})", l.policy.name(), l.source))
+            .collect();
+        self.status.errors = next.errors.iter().map(ToString::to_string).collect();
+        self.status.reloads += 1;
+        tracing::info!(
+            policies = next.policies.len(),
+            refused = next.errors.len(),
+            exec_entries = exec.len(),
+            open_entries = open.len(),
+            "policies loaded"
+        );
+        self.current = next;
+    }
+
+    /// Makes membership match the policies for every mapped container. With `full`, every
+    /// container is re-evaluated; otherwise only containers that appeared, went, or changed.
+    fn reconcile(&mut self, full: bool) {
+        let keys: HashSet<CgroupKey> = self.maps.keys().into_iter().collect();
+        let mut changed: Vec<CgroupKey> = Vec::new();
+        let gone: Vec<CgroupKey> = self
+            .known
+            .keys()
+            .filter(|k| !keys.contains(k))
+            .copied()
+            .collect();
+        for k in &gone {
+            self.known.remove(k);
+        }
+        for k in &keys {
+            if full || !self.known.contains_key(k) {
+                match self.maps.meta(*k) {
+                    Ok(Some(m)) => {
+                        self.known.insert(*k, (m.namespace, m.labels, m.name));
+                        changed.push(*k);
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "reading container metadata for policies"),
+                }
+            }
+        }
+        if changed.is_empty() && gone.is_empty() {
+            return;
+        }
+        let current = self.maps.memberships();
+        // Only containers that changed or went are touched: a plugin may write a membership
+        // just before the record it belongs to, and that must not be undone here.
+        let changed_set: HashSet<CgroupKey> = changed.iter().copied().collect();
+        let gone_set: HashSet<CgroupKey> = gone.iter().copied().collect();
+        let mut wanted: HashSet<(u32, CgroupKey)> = HashSet::new();
+        for k in &changed {
+            let (ns, labels, name) = &self.known[k];
+            let t = Target {
+                namespace: ns,
+                pod_labels: labels,
+                container_name: name,
+            };
+            for id in self.current.selecting(&t) {
+                wanted.insert((id, *k));
+            }
+        }
+        for (id, k) in &current {
+            if gone_set.contains(k) || (changed_set.contains(k) && !wanted.contains(&(*id, *k))) {
+                if let Err(e) = self.maps.remove_membership(*id, *k) {
+                    tracing::warn!(error = %e, "removing a policy membership");
+                }
+            }
+        }
+        let mut by_key: HashMap<CgroupKey, Vec<u32>> = HashMap::new();
+        for (id, k) in wanted.difference(&current) {
+            by_key.entry(*k).or_default().push(*id);
+        }
+        for (k, ids) in by_key {
+            let cg = podmap_bpf::CgroupIds {
+                v2: (k.hierarchy == podmap_bpf::Hierarchy::V2).then_some(k.id),
+                v1: (k.hierarchy == podmap_bpf::Hierarchy::V1).then_some(k.id),
+            };
+            if let Err(e) = self.maps.add_memberships(&cg, &ids) {
+                tracing::warn!(error = %e, "adding a policy membership");
+            }
+        }
+        self.status.memberships = self.maps.memberships().len() as u64;
+    }
+}
