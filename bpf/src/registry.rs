@@ -87,9 +87,8 @@ impl Registry {
             created_ns: now_ns(),
             removed_ns: None,
         };
-        self.store.put(&rec).map_err(|e| {
+        self.store.put(&rec).inspect_err(|_| {
             self.maps.counters().add(Counter::StoreErrors, 1);
-            e
         })?;
         Ok(())
     }
@@ -102,9 +101,8 @@ impl Registry {
         let now = now_ns();
         self.maps.mark_removed(&rec.ids, now)?;
         rec.removed_ns = Some(now);
-        self.store.put(&rec).map_err(|e| {
+        self.store.put(&rec).inspect_err(|_| {
             self.maps.counters().add(Counter::StoreErrors, 1);
-            e
         })?;
         Ok(true)
     }

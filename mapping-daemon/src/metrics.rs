@@ -358,6 +358,7 @@ mod tests {
                 p99: Some(300),
                 max: Some(1200),
             },
+            policies: Default::default(),
         }
     }
 

@@ -12,3 +12,5 @@ pub use event::{
     ProcessFlag,
 };
 pub use request::{EventFilter, Request, RequestError, MAX_REQUEST_LINE};
+#[cfg(feature = "nri")]
+pub mod nri;

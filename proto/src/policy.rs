@@ -108,7 +108,9 @@ pub struct OpenMatch {
     pub access: Access,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Access {
     Read,
@@ -156,7 +158,9 @@ pub struct Target<'a> {
 
 impl LabelSelector {
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
             && self.match_expressions.iter().all(|e| {
                 let v = labels.get(&e.key);
                 match e.operator {
@@ -183,7 +187,9 @@ impl PodPolicy {
     pub fn selects(&self, t: &Target<'_>) -> bool {
         let s = &self.spec;
         (s.namespaces.is_empty() || s.namespaces.iter().any(|n| n == t.namespace))
-            && s.pod_selector.as_ref().is_none_or(|sel| sel.matches(t.pod_labels))
+            && s.pod_selector
+                .as_ref()
+                .is_none_or(|sel| sel.matches(t.pod_labels))
             && s.container_selector
                 .as_ref()
                 .is_none_or(|c| c.names.is_empty() || c.names.iter().any(|n| n == t.container_name))
@@ -202,7 +208,11 @@ pub struct PolicyError {
 }
 
 fn err(source_name: &str, field: impl Into<String>, reason: impl Into<String>) -> PolicyError {
-    PolicyError { source_name: source_name.to_string(), field: field.into(), reason: reason.into() }
+    PolicyError {
+        source_name: source_name.to_string(),
+        field: field.into(),
+        reason: reason.into(),
+    }
 }
 
 fn valid_dns_subdomain(s: &str) -> bool {
@@ -210,7 +220,8 @@ fn valid_dns_subdomain(s: &str) -> bool {
         && s.len() <= 253
         && s.split('.').all(|l| {
             !l.is_empty()
-                && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 && !l.starts_with('-')
                 && !l.ends_with('-')
         })
@@ -224,7 +235,11 @@ fn check_path(src: &str, field: &str, p: &str) -> Result<(), PolicyError> {
         return Err(err(src, field, "paths are matched up to 255 bytes"));
     }
     if p.split('/').any(|c| c == "." || c == "..") || p.contains("//") || p.contains('\0') {
-        return Err(err(src, field, format!("{p:?} is not a normalized path (no ., .., // or NUL)")));
+        return Err(err(
+            src,
+            field,
+            format!("{p:?} is not a normalized path (no ., .., // or NUL)"),
+        ));
     }
     Ok(())
 }
@@ -233,23 +248,39 @@ impl PodPolicy {
     /// Checks everything the type does not: names, paths, operators, and contradictions.
     pub fn validate(&self, src: &str) -> Result<(), PolicyError> {
         if self.api_version != API_VERSION {
-            return Err(err(src, "apiVersion", format!("{:?} is not {API_VERSION}", self.api_version)));
+            return Err(err(
+                src,
+                "apiVersion",
+                format!("{:?} is not {API_VERSION}", self.api_version),
+            ));
         }
         if self.kind != KIND {
             return Err(err(src, "kind", format!("{:?} is not {KIND}", self.kind)));
         }
         if !valid_dns_subdomain(&self.metadata.name) {
-            return Err(err(src, "metadata.name", format!("{:?} is not a DNS subdomain name", self.metadata.name)));
+            return Err(err(
+                src,
+                "metadata.name",
+                format!("{:?} is not a DNS subdomain name", self.metadata.name),
+            ));
         }
         if let Some(sel) = &self.spec.pod_selector {
             for (i, e) in sel.match_expressions.iter().enumerate() {
                 let f = format!("spec.podSelector.matchExpressions[{i}]");
                 match e.operator {
                     Operator::In | Operator::NotIn if e.values.is_empty() => {
-                        return Err(err(src, f + ".values", "In and NotIn need at least one value"));
+                        return Err(err(
+                            src,
+                            f + ".values",
+                            "In and NotIn need at least one value",
+                        ));
                     }
                     Operator::Exists | Operator::DoesNotExist if !e.values.is_empty() => {
-                        return Err(err(src, f + ".values", "Exists and DoesNotExist take no values"));
+                        return Err(err(
+                            src,
+                            f + ".values",
+                            "Exists and DoesNotExist take no values",
+                        ));
                     }
                     _ => {}
                 }
@@ -268,7 +299,9 @@ impl PodPolicy {
             let (kind, m) = match (&r.exec, &r.open) {
                 (Some(m), None) => ("exec", (&m.paths, &m.prefixes)),
                 (None, Some(o)) => ("open", (&o.paths, &o.prefixes)),
-                (Some(_), Some(_)) => return Err(err(src, f, "a rule matches either exec or open, not both")),
+                (Some(_), Some(_)) => {
+                    return Err(err(src, f, "a rule matches either exec or open, not both"))
+                }
                 (None, None) => return Err(err(src, f, "a rule needs exec or open")),
             };
             if m.0.is_empty() && m.1.is_empty() {
@@ -277,19 +310,42 @@ impl PodPolicy {
             match (r.action, r.fallback) {
                 (_, None) | (Action::Deny, Some(Action::Kill)) => {}
                 (Action::Deny, Some(other)) => {
-                    return Err(err(src, format!("{f}.fallback"), format!("{} is not a fallback; use kill, or omit it to audit", other.as_str())));
+                    return Err(err(
+                        src,
+                        format!("{f}.fallback"),
+                        format!(
+                            "{} is not a fallback; use kill, or omit it to audit",
+                            other.as_str()
+                        ),
+                    ));
                 }
                 (a, Some(_)) => {
-                    return Err(err(src, format!("{f}.fallback"), format!("only deny rules take a fallback, this one is {}", a.as_str())));
+                    return Err(err(
+                        src,
+                        format!("{f}.fallback"),
+                        format!(
+                            "only deny rules take a fallback, this one is {}",
+                            a.as_str()
+                        ),
+                    ));
                 }
             }
             for (list, exact, name) in [(m.0, true, "paths"), (m.1, false, "prefixes")] {
                 for (j, p) in list.iter().enumerate() {
                     let pf = format!("{f}.{kind}.{name}[{j}]");
                     check_path(src, &pf, p)?;
-                    if let Some((other, at)) = seen.insert((kind, p.as_str(), exact), (r.action, pf.clone())) {
+                    if let Some((other, at)) =
+                        seen.insert((kind, p.as_str(), exact), (r.action, pf.clone()))
+                    {
                         if other != r.action {
-                            return Err(err(src, pf, format!("{p:?} is also at {at} with action {}: contradictory", other.as_str())));
+                            return Err(err(
+                                src,
+                                pf,
+                                format!(
+                                    "{p:?} is also at {at} with action {}: contradictory",
+                                    other.as_str()
+                                ),
+                            ));
                         }
                     }
                 }
@@ -304,11 +360,13 @@ pub fn parse_documents(text: &str, src: &str) -> Result<Vec<PodPolicy>, PolicyEr
     let mut out = Vec::new();
     for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let doc_src = format!("{src} (document {})", i + 1);
-        let value = serde_yaml_ng::Value::deserialize(doc).map_err(|e| err(&doc_src, "", e.to_string()))?;
+        let value =
+            serde_yaml_ng::Value::deserialize(doc).map_err(|e| err(&doc_src, "", e.to_string()))?;
         if value.is_null() {
             continue; // an empty document, e.g. after a trailing `---`
         }
-        let p: PodPolicy = serde_yaml_ng::from_value(value).map_err(|e| err(&doc_src, "", e.to_string()))?;
+        let p: PodPolicy =
+            serde_yaml_ng::from_value(value).map_err(|e| err(&doc_src, "", e.to_string()))?;
         p.validate(&doc_src)?;
         out.push(p);
     }
@@ -342,7 +400,10 @@ impl PolicySet {
                 .collect(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => {
-                return PolicySet { policies: Vec::new(), errors: vec![err(&dir.display().to_string(), "", e.to_string())] };
+                return PolicySet {
+                    policies: Vec::new(),
+                    errors: vec![err(&dir.display().to_string(), "", e.to_string())],
+                };
             }
         };
         files.sort();
@@ -363,18 +424,40 @@ impl PolicySet {
             Ok(ps) => {
                 let mut staged = Vec::new();
                 for p in ps {
-                    if let Some(prev) = self.policies.iter().chain(staged.iter()).find(|l: &&Loaded| l.policy.name() == p.name()) {
+                    if let Some(prev) = self
+                        .policies
+                        .iter()
+                        .chain(staged.iter())
+                        .find(|l: &&Loaded| l.policy.name() == p.name())
+                    {
                         self.errors.push(err(src, "metadata.name", format!("policy {:?} is also defined in {}; both are refused until one is renamed", p.name(), prev.source)));
                         let name = p.name().to_string();
                         self.policies.retain(|l| l.policy.name() != name);
                         staged.retain(|l: &Loaded| l.policy.name() != name);
                         continue;
                     }
-                    if let Some(prev) = self.policies.iter().chain(staged.iter()).find(|l: &&Loaded| l.policy.id() == p.id()) {
-                        self.errors.push(err(src, "metadata.name", format!("policy {:?} hashes to the same id as {:?} from {}; rename one", p.name(), prev.policy.name(), prev.source)));
+                    if let Some(prev) = self
+                        .policies
+                        .iter()
+                        .chain(staged.iter())
+                        .find(|l: &&Loaded| l.policy.id() == p.id())
+                    {
+                        self.errors.push(err(
+                            src,
+                            "metadata.name",
+                            format!(
+                                "policy {:?} hashes to the same id as {:?} from {}; rename one",
+                                p.name(),
+                                prev.policy.name(),
+                                prev.source
+                            ),
+                        ));
                         continue;
                     }
-                    staged.push(Loaded { policy: p, source: src.to_string() });
+                    staged.push(Loaded {
+                        policy: p,
+                        source: src.to_string(),
+                    });
                 }
                 self.policies.extend(staged);
             }
@@ -384,7 +467,11 @@ impl PolicySet {
 
     /// Ids of the policies that select a container.
     pub fn selecting(&self, t: &Target<'_>) -> Vec<u32> {
-        self.policies.iter().filter(|l| l.policy.selects(t)).map(|l| l.policy.id()).collect()
+        self.policies
+            .iter()
+            .filter(|l| l.policy.selects(t))
+            .map(|l| l.policy.id())
+            .collect()
     }
 
     pub fn by_id(&self, id: u32) -> Option<&Loaded> {
@@ -399,7 +486,12 @@ impl PolicySet {
         for l in &self.policies {
             let id = l.policy.id();
             for (idx, r) in l.policy.spec.rules.iter().enumerate() {
-                let rr = RuleRef { policy_id: id, rule_index: idx as u16, action: r.action, fallback_kill: r.fallback == Some(Action::Kill) };
+                let rr = RuleRef {
+                    policy_id: id,
+                    rule_index: idx as u16,
+                    action: r.action,
+                    fallback_kill: r.fallback == Some(Action::Kill),
+                };
                 let (kind, paths, prefixes) = match (&r.exec, &r.open) {
                     (Some(m), _) => (RuleKind::Exec, &m.paths, &m.prefixes),
                     (None, Some(o)) => (RuleKind::Open(o.access), &o.paths, &o.prefixes),
@@ -412,9 +504,15 @@ impl PolicySet {
                     // Component prefixes: "/etc/ssl" covers "/etc/ssl" itself and "/etc/ssl/...".
                     let trimmed = p.trim_end_matches('/');
                     if !trimmed.is_empty() && !p.ends_with('/') {
-                        table.entry((kind, trimmed.to_string(), true)).or_default().insert(rr);
+                        table
+                            .entry((kind, trimmed.to_string(), true))
+                            .or_default()
+                            .insert(rr);
                     }
-                    table.entry((kind, format!("{trimmed}/"), false)).or_default().insert(rr);
+                    table
+                        .entry((kind, format!("{trimmed}/"), false))
+                        .or_default()
+                        .insert(rr);
                 }
             }
         }
@@ -433,7 +531,12 @@ impl PolicySet {
         }
         table
             .into_iter()
-            .map(|((kind, path, exact), refs)| KernelRule { kind, path, exact, refs: refs.into_iter().collect() })
+            .map(|((kind, path, exact), refs)| KernelRule {
+                kind,
+                path,
+                exact,
+                refs: refs.into_iter().collect(),
+            })
             .collect()
     }
 }
@@ -491,7 +594,9 @@ spec:
 "#;
 
     fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
-        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -500,12 +605,19 @@ spec:
         assert_eq!(ps.len(), 1);
         let p = &ps[0];
         let web = labels(&[("app", "web"), ("tier", "front")]);
-        let t = |ns, l, c| Target { namespace: ns, pod_labels: l, container_name: c };
+        let t = |ns, l, c| Target {
+            namespace: ns,
+            pod_labels: l,
+            container_name: c,
+        };
         assert!(p.selects(&t("prod", &web, "nginx")));
         assert!(!p.selects(&t("dev", &web, "nginx")), "namespace");
         assert!(!p.selects(&t("prod", &web, "sidecar")), "container name");
         let no_tier = labels(&[("app", "web")]);
-        assert!(!p.selects(&t("prod", &no_tier, "nginx")), "In needs the key");
+        assert!(
+            !p.selects(&t("prod", &no_tier, "nginx")),
+            "In needs the key"
+        );
         let back = labels(&[("app", "web"), ("tier", "back")]);
         assert!(!p.selects(&t("prod", &back, "nginx")));
         assert_eq!(p.id(), policy_id("no-shell-in-web"));
@@ -515,7 +627,11 @@ spec:
     fn selector_operators_follow_kubernetes() {
         let sel = |op, values: &[&str]| LabelSelector {
             match_labels: BTreeMap::new(),
-            match_expressions: vec![LabelSelectorRequirement { key: "k".into(), operator: op, values: values.iter().map(|s| s.to_string()).collect() }],
+            match_expressions: vec![LabelSelectorRequirement {
+                key: "k".into(),
+                operator: op,
+                values: values.iter().map(|s| s.to_string()).collect(),
+            }],
         };
         let with = labels(&[("k", "a")]);
         let without = labels(&[]);
@@ -523,12 +639,18 @@ spec:
         assert!(!sel(Operator::In, &["b"]).matches(&with));
         assert!(!sel(Operator::In, &["a"]).matches(&without));
         assert!(sel(Operator::NotIn, &["b"]).matches(&with));
-        assert!(sel(Operator::NotIn, &["b"]).matches(&without), "NotIn matches a missing key");
+        assert!(
+            sel(Operator::NotIn, &["b"]).matches(&without),
+            "NotIn matches a missing key"
+        );
         assert!(!sel(Operator::NotIn, &["a"]).matches(&with));
         assert!(sel(Operator::Exists, &[]).matches(&with));
         assert!(!sel(Operator::Exists, &[]).matches(&without));
         assert!(sel(Operator::DoesNotExist, &[]).matches(&without));
-        assert!(LabelSelector::default().matches(&without), "empty selector matches everything");
+        assert!(
+            LabelSelector::default().matches(&without),
+            "empty selector matches everything"
+        );
     }
 
     fn refused(yaml: &str) -> PolicyError {
@@ -537,24 +659,39 @@ spec:
 
     #[test]
     fn bad_policies_are_refused_naming_field_and_reason() {
-        let base = |spec: &str| format!("apiVersion: podmap.dev/v1alpha1\nkind: PodPolicy\nmetadata: {{name: p}}\nspec:\n{spec}");
-        let e = refused(&base("  rules:\n  - exec: {paths: [bin/sh]}\n    action: kill\n"));
+        let base = |spec: &str| {
+            format!("apiVersion: podmap.dev/v1alpha1\nkind: PodPolicy\nmetadata: {{name: p}}\nspec:\n{spec}")
+        };
+        let e = refused(&base(
+            "  rules:\n  - exec: {paths: [bin/sh]}\n    action: kill\n",
+        ));
         assert_eq!(e.field, "spec.rules[0].exec.paths[0]");
         assert!(e.reason.contains("absolute"), "{e}");
         let e = refused(&base("  rules:\n  - exec: {paths: [/bin/sh]}\n    action: kill\n  - exec: {paths: [/bin/sh]}\n    action: audit\n"));
         assert!(e.reason.contains("contradictory"), "{e}");
-        let e = refused(&base("  rules:\n  - exec: {paths: [/bin/sh]}\n    action: kill\n    fallback: kill\n"));
+        let e = refused(&base(
+            "  rules:\n  - exec: {paths: [/bin/sh]}\n    action: kill\n    fallback: kill\n",
+        ));
         assert_eq!(e.field, "spec.rules[0].fallback");
-        let e = refused(&base("  rules:\n  - exec: {paths: [/bin/sh]}\n    open: {paths: [/x]}\n    action: kill\n"));
+        let e = refused(&base(
+            "  rules:\n  - exec: {paths: [/bin/sh]}\n    open: {paths: [/x]}\n    action: kill\n",
+        ));
         assert!(e.reason.contains("not both"), "{e}");
         let e = refused(&base("  podSelector: {matchExpressions: [{key: a, operator: In}]}\n  rules:\n  - exec: {paths: [/x]}\n    action: audit\n"));
         assert!(e.field.ends_with(".values"), "{e}");
         let e = refused(&base("  rules: []\n"));
         assert_eq!(e.field, "spec.rules");
-        let e = refused(&base("  rules:\n  - exec: {paths: [/x]}\n    action: explode\n"));
+        let e = refused(&base(
+            "  rules:\n  - exec: {paths: [/x]}\n    action: explode\n",
+        ));
         assert!(e.to_string().contains("explode"), "{e}");
-        let e = refused(&base("  nmespaces: [a]\n  rules:\n  - exec: {paths: [/x]}\n    action: audit\n"));
-        assert!(e.to_string().contains("nmespaces"), "unknown fields are named: {e}");
+        let e = refused(&base(
+            "  nmespaces: [a]\n  rules:\n  - exec: {paths: [/x]}\n    action: audit\n",
+        ));
+        assert!(
+            e.to_string().contains("nmespaces"),
+            "unknown fields are named: {e}"
+        );
         let e = refused("apiVersion: v1\nkind: PodPolicy\nmetadata: {name: p}\nspec: {rules: [{exec: {paths: [/x]}, action: audit}]}\n");
         assert_eq!(e.field, "apiVersion");
         let e = refused("apiVersion: podmap.dev/v1alpha1\nkind: PodPolicy\nmetadata: {name: Bad_Name}\nspec: {rules: [{exec: {paths: [/x]}, action: audit}]}\n");
@@ -570,7 +707,11 @@ spec:
         set.add(p, "a.yaml");
         set.add(&other, "b.yaml");
         set.add(p, "c.yaml");
-        assert_eq!(set.policies.len(), 1, "the duplicate is refused, the others stay");
+        assert_eq!(
+            set.policies.len(),
+            1,
+            "the duplicate is refused, the others stay"
+        );
         assert_eq!(set.policies[0].policy.name(), "other");
         assert_eq!(set.errors.len(), 1);
         let msg = set.errors[0].to_string();
@@ -583,7 +724,11 @@ spec:
         set.add(EXAMPLE, "example.yaml");
         set.add("apiVersion: podmap.dev/v1alpha1\nkind: PodPolicy\nmetadata: {name: tmp-audit}\nspec: {rules: [{exec: {prefixes: [/tmp/x]}, action: audit}]}\n", "t.yaml");
         let rules = set.compile();
-        let find = |path: &str, exact: bool| rules.iter().find(|r| r.kind == RuleKind::Exec && r.path == path && r.exact == exact);
+        let find = |path: &str, exact: bool| {
+            rules
+                .iter()
+                .find(|r| r.kind == RuleKind::Exec && r.path == path && r.exact == exact)
+        };
         assert_eq!(find("/bin/sh", true).unwrap().refs[0].action, Action::Kill);
         let nc = find("/usr/bin/nc", true).unwrap();
         assert_eq!(nc.refs[0].action, Action::Deny);
@@ -593,10 +738,18 @@ spec:
         // "/tmp/x/" lies under "/tmp/": it carries both policies' rules.
         let deep = find("/tmp/x/", false).unwrap();
         let ids: BTreeSet<u32> = deep.refs.iter().map(|r| r.policy_id).collect();
-        assert_eq!(ids, [policy_id("tmp-audit"), policy_id("no-shell-in-web")].into());
-        let shadow = rules.iter().find(|r| r.kind == RuleKind::Open(Access::Read) && r.path == "/etc/shadow/").unwrap();
+        assert_eq!(
+            ids,
+            [policy_id("tmp-audit"), policy_id("no-shell-in-web")].into()
+        );
+        let shadow = rules
+            .iter()
+            .find(|r| r.kind == RuleKind::Open(Access::Read) && r.path == "/etc/shadow/")
+            .unwrap();
         assert_eq!(shadow.refs[0].action, Action::Audit);
-        assert!(rules.iter().any(|r| r.kind == RuleKind::Open(Access::Read) && r.path == "/etc/shadow" && r.exact));
+        assert!(rules
+            .iter()
+            .any(|r| r.kind == RuleKind::Open(Access::Read) && r.path == "/etc/shadow" && r.exact));
     }
 
     #[test]
@@ -611,6 +764,8 @@ spec:
         assert_eq!(set.policies.len(), 1);
         assert_eq!(set.errors.len(), 1);
         assert!(set.errors[0].source_name.contains("b.yaml"));
-        assert!(PolicySet::load_dir(Path::new("/nonexistent/podmap")).errors.is_empty());
+        assert!(PolicySet::load_dir(Path::new("/nonexistent/podmap"))
+            .errors
+            .is_empty());
     }
 }

@@ -1,0 +1,516 @@
+//! What podmap-nri does with the runtime's events: remember a container's metadata when it is
+//! created, map its cgroup when it starts (decisions.md #1), map pod sandboxes, start the grace
+//! period when the runtime removes them, rebuild and clean up at Synchronize.
+//!
+//! Synchronous and single-threaded (plugin.rs runs it on blocking threads, one call at a time,
+//! under one lock). Every outcome is counted in the shared counters, so `podmap status` shows
+//! what the plugin did and what it could not do.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use podmap_bpf::cgroup::CgroupLayout;
+use podmap_bpf::layout::Counter;
+use podmap_bpf::registry::{Registry, RegistryError, RestoreReport};
+use podmap_bpf::store::{boot_id, Store};
+use podmap_bpf::{ContainerId, ContainerMeta, RecordFlags, SharedMaps, Writer};
+use podmap_proto::nri::api::{Container, ContainerState, PodSandbox};
+
+use crate::config::Settings;
+use crate::records::{self, ResolveError, Resolved};
+
+/// Created containers not started yet are forgotten after this long (a create whose start never
+/// came, e.g. a failed CRI StartContainer followed by a missed remove).
+const PENDING_TTL: Duration = Duration::from_secs(3600);
+/// Bound on remembered created-not-started containers.
+const PENDING_MAX: usize = 16 * 1024;
+/// How often opening the maps and store is retried after a failure.
+const INIT_RETRY: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("creating the state directory {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("opening the store: {0}")]
+    Store(#[from] podmap_bpf::store::StoreError),
+    #[error("opening the pinned maps: {0}")]
+    Maps(#[from] podmap_bpf::MapsError),
+    #[error("detecting the cgroup layout: {0}")]
+    Cgroups(#[from] podmap_bpf::cgroup::CgroupError),
+    #[error("reading the boot id: {0}")]
+    BootId(std::io::Error),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MapError {
+    #[error("maps and store are not open (yet)")]
+    NotReady,
+    #[error("container {id}: {source}")]
+    Resolve {
+        id: ContainerId,
+        source: ResolveError,
+    },
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+/// The maps, the store and the host's cgroup layout, opened once for the plugin's lifetime.
+pub struct Backend {
+    pub registry: Registry,
+    pub layout: CgroupLayout,
+}
+
+impl Backend {
+    /// Opens the pinned maps, the store (`<state-dir>/nri`, held for the process's lifetime)
+    /// and detects the cgroup layout; then writes back the map entries the store has and the
+    /// maps lost.
+    pub fn open(s: &Settings) -> Result<(Backend, SharedMaps, RestoreReport), InitError> {
+        std::fs::create_dir_all(&s.state_dir).map_err(|source| InitError::StateDir {
+            path: s.state_dir.clone(),
+            source,
+        })?;
+        let layout = CgroupLayout::detect(&s.cgroup_root, &s.v1_controller)?;
+        let maps = SharedMaps::open(&s.bpffs_dir)?;
+        // A second handle for counting outside the mapper's lock (plugin.rs).
+        let counters = SharedMaps::open(&s.bpffs_dir)?;
+        let store = Store::open(&s.store_path())?;
+        let boot = boot_id().map_err(InitError::BootId)?;
+        let grace_ns = u64::try_from(s.grace.as_nanos()).unwrap_or(u64::MAX);
+        let mut registry = Registry::new(maps, store, Writer::Nri, grace_ns, boot);
+        let report = registry.restore(&layout);
+        Ok((Backend { registry, layout }, counters, report))
+    }
+}
+
+/// A created container waiting for its start.
+struct Pending {
+    meta: ContainerMeta,
+    cgroups_path: Option<String>,
+    seen: Instant,
+    /// Mapped already (at POST_CREATE where the runtime has the cgroup then).
+    mapped: bool,
+}
+
+/// What a Synchronize did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SyncReport {
+    pub mapped: usize,
+    pub waiting: usize,
+    pub unresolved: usize,
+    pub forgotten: usize,
+}
+
+pub struct Mapper {
+    backend: Option<Backend>,
+    runtime: String,
+    pending: HashMap<ContainerId, Pending>,
+    last_init: Option<Instant>,
+}
+
+impl Default for Mapper {
+    fn default() -> Self {
+        Mapper::new()
+    }
+}
+
+/// Whether an unresolvable cgroup is a failure (START, a running container) or expected (a
+/// runtime that creates the cgroup later, a stopped container).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    Required,
+    Optional,
+}
+
+impl Mapper {
+    pub fn new() -> Self {
+        Mapper {
+            backend: None,
+            runtime: "containerd".into(),
+            pending: HashMap::new(),
+            last_init: None,
+        }
+    }
+
+    /// With a backend already open (tests).
+    pub fn with_backend(backend: Backend) -> Self {
+        Mapper {
+            backend: Some(backend),
+            ..Mapper::new()
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.backend.is_some()
+    }
+
+    pub fn backend(&self) -> Option<&Backend> {
+        self.backend.as_ref()
+    }
+
+    pub fn runtime(&self) -> &str {
+        &self.runtime
+    }
+
+    /// The runtime's name (Configure's runtime_name) goes into every record.
+    pub fn set_runtime(&mut self, name: &str) {
+        if !name.is_empty() {
+            self.runtime = name.to_string();
+        }
+    }
+
+    /// Opens the backend unless open; a failure is retried at most every [`INIT_RETRY`].
+    /// Returns the counters handle when this call opened it.
+    pub fn ensure_ready(&mut self, s: &Settings) -> Option<SharedMaps> {
+        if self.backend.is_some() {
+            return None;
+        }
+        if self.last_init.is_some_and(|t| t.elapsed() < INIT_RETRY) {
+            return None;
+        }
+        self.last_init = Some(Instant::now());
+        match Backend::open(s) {
+            Ok((backend, counters, report)) => {
+                tracing::info!(
+                    bpffs = %s.bpffs_dir.display(),
+                    store = %s.store_path().display(),
+                    cgroups = backend.layout.kind.as_str(),
+                    hierarchy = %backend.layout.hierarchy_name(),
+                    kept = report.kept,
+                    rewritten = report.rewritten,
+                    dropped = report.dropped_gone + report.dropped_expired + report.dropped_other_boot,
+                    "maps and store open"
+                );
+                self.backend = Some(backend);
+                Some(counters)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open maps and store yet; containers are not mapped until this works (retrying)");
+                None
+            }
+        }
+    }
+
+    fn count(&self, c: Counter) {
+        if let Some(b) = &self.backend {
+            b.registry.maps().counters().add(c, 1);
+        }
+    }
+
+    /// CreateContainer: remember the container until it starts.
+    pub fn created(&mut self, pod: &PodSandbox, c: &Container) {
+        if c.id.is_empty() {
+            return;
+        }
+        if self.pending.len() >= PENDING_MAX {
+            self.prune_pending(Duration::ZERO);
+        }
+        let meta = records::container_meta(pod, c, &self.runtime);
+        self.pending.insert(
+            meta.container_id.clone(),
+            Pending {
+                meta,
+                cgroups_path: records::container_cgroups_path(c).map(str::to_owned),
+                seen: Instant::now(),
+                mapped: false,
+            },
+        );
+    }
+
+    /// POST_CREATE_CONTAINER, for runtimes whose cgroup exists then: map if it resolves; a miss
+    /// is not a failure (START_CONTAINER is the second chance).
+    pub fn post_created(&mut self, pod: &PodSandbox, c: &Container, received: Instant) {
+        // Failures other than a missing cgroup are counted and logged inside.
+        let _ = self.start_or_post_create(pod, c, received, Need::Optional);
+    }
+
+    /// START_CONTAINER: the cgroup exists, the process has not run. Map now.
+    pub fn started(
+        &mut self,
+        pod: &PodSandbox,
+        c: &Container,
+        received: Instant,
+    ) -> Result<(), MapError> {
+        self.start_or_post_create(pod, c, received, Need::Required)
+    }
+
+    fn start_or_post_create(
+        &mut self,
+        pod: &PodSandbox,
+        c: &Container,
+        received: Instant,
+        need: Need,
+    ) -> Result<(), MapError> {
+        let id = ContainerId(c.id.clone());
+        // The metadata recorded at create; the start's own copy when the create was missed
+        // (the plugin connected in between).
+        let (meta, path, already) = match self.pending.get(&id) {
+            Some(p) => (
+                p.meta.clone(),
+                p.cgroups_path
+                    .clone()
+                    .or_else(|| records::container_cgroups_path(c).map(str::to_owned)),
+                p.mapped,
+            ),
+            None => (
+                records::container_meta(pod, c, &self.runtime),
+                records::container_cgroups_path(c).map(str::to_owned),
+                false,
+            ),
+        };
+        let res = self.map(
+            meta.clone(),
+            path.as_deref(),
+            c.pid,
+            RecordFlags::default(),
+            need,
+        );
+        match &res {
+            Ok(true) => {
+                if !already {
+                    self.record_latency(received);
+                }
+                if need == Need::Required {
+                    self.pending.remove(&id);
+                } else {
+                    self.pending
+                        .entry(id)
+                        .or_insert(Pending {
+                            meta,
+                            cgroups_path: path,
+                            seen: Instant::now(),
+                            mapped: true,
+                        })
+                        .mapped = true;
+                }
+            }
+            Ok(false) => {
+                self.pending.entry(id).or_insert(Pending {
+                    meta,
+                    cgroups_path: path,
+                    seen: Instant::now(),
+                    mapped: false,
+                });
+            }
+            Err(_) => {}
+        }
+        res.map(|_| ())
+    }
+
+    fn record_latency(&self, received: Instant) {
+        if let Some(b) = &self.backend {
+            let micros = u64::try_from(received.elapsed().as_micros()).unwrap_or(u64::MAX);
+            b.registry.maps().counters().record_latency(micros);
+        }
+    }
+
+    /// RUN_POD_SANDBOX: map the sandbox's own cgroup, so the pause process is attributed.
+    pub fn sandbox_started(&mut self, pod: &PodSandbox) -> Result<(), MapError> {
+        self.map_sandbox(pod, Need::Required).map(|_| ())
+    }
+
+    fn map_sandbox(&mut self, pod: &PodSandbox, need: Need) -> Result<bool, MapError> {
+        if pod.id.is_empty() {
+            return Ok(false);
+        }
+        let meta = records::sandbox_meta(pod, &self.runtime);
+        let path = records::sandbox_cgroups_path(pod, &self.runtime);
+        let flags = RecordFlags {
+            sandbox: true,
+            removing: false,
+        };
+        self.map(meta, path.as_deref(), pod.pid, flags, need)
+    }
+
+    /// Resolves and writes one record. `Ok(false)`: an optional mapping whose cgroup is not
+    /// there (not counted). Counts NriMapped and NriFailures.
+    fn map(
+        &mut self,
+        mut meta: ContainerMeta,
+        cgroups_path: Option<&str>,
+        pid: u32,
+        flags: RecordFlags,
+        need: Need,
+    ) -> Result<bool, MapError> {
+        let Some(backend) = self.backend.as_mut() else {
+            // Nowhere to count it either; the log says why (ensure_ready).
+            return Err(MapError::NotReady);
+        };
+        let resolved: Result<Resolved, ResolveError> =
+            records::resolve(&backend.layout, cgroups_path, pid);
+        let res = match resolved {
+            Ok(r) => {
+                meta.cgroup_path = r.record_path();
+                backend
+                    .registry
+                    .map(meta.clone(), r.ids, flags)
+                    .map(|()| true)
+                    .map_err(MapError::from)
+            }
+            Err(e) if need == Need::Optional => {
+                tracing::debug!(container = %meta.container_id, reason = %e, "cgroup not there yet");
+                Ok(false)
+            }
+            Err(e) => {
+                backend
+                    .registry
+                    .maps()
+                    .counters()
+                    .add(Counter::CgroupUnresolved, 1);
+                Err(MapError::Resolve {
+                    id: meta.container_id.clone(),
+                    source: e,
+                })
+            }
+        };
+        match &res {
+            Ok(true) => {
+                self.count(Counter::NriMapped);
+                tracing::debug!(
+                    container = %meta.container_id,
+                    name = %meta.name,
+                    pod = %meta.pod_name,
+                    namespace = %meta.namespace,
+                    sandbox = flags.sandbox,
+                    cgroup = %meta.cgroup_path,
+                    "mapped"
+                );
+            }
+            Ok(false) => {}
+            Err(e) => {
+                self.count(Counter::NriFailures);
+                tracing::warn!(container = %meta.container_id, error = %e, "not mapped");
+            }
+        }
+        res
+    }
+
+    /// REMOVE_CONTAINER / REMOVE_POD_SANDBOX: the record stays through the grace period.
+    pub fn removed(&mut self, id: &str) -> Result<(), MapError> {
+        let id = ContainerId(id.to_string());
+        self.pending.remove(&id);
+        let Some(b) = self.backend.as_mut() else {
+            return Err(MapError::NotReady);
+        };
+        match b.registry.removed(&id) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.count(Counter::NriFailures);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Synchronize: map every pod sandbox and container the runtime has, then forget the
+    /// records of containers it no longer has (those already in their grace period are left to
+    /// the sweep).
+    pub fn synchronize(&mut self, pods: &[PodSandbox], containers: &[Container]) -> SyncReport {
+        let mut report = SyncReport::default();
+        if self.backend.is_none() {
+            return report;
+        }
+        let by_id: HashMap<&str, &PodSandbox> = pods.iter().map(|p| (p.id.as_str(), p)).collect();
+        let mut known: HashSet<String> = HashSet::new();
+        for pod in pods {
+            known.insert(pod.id.clone());
+            match self.map_sandbox(pod, Need::Optional) {
+                Ok(true) => report.mapped += 1,
+                Ok(false) => report.unresolved += 1,
+                Err(_) => {}
+            }
+        }
+        let empty = PodSandbox::new();
+        for c in containers {
+            known.insert(c.id.clone());
+            let pod = by_id
+                .get(c.pod_sandbox_id.as_str())
+                .copied()
+                .unwrap_or(&empty);
+            let state = c.state.enum_value_or_default();
+            // A container that runs must have its cgroup; one created but not started has none
+            // yet on containerd: it waits for its START like a fresh one.
+            let need = match state {
+                ContainerState::CONTAINER_RUNNING | ContainerState::CONTAINER_PAUSED => {
+                    Need::Required
+                }
+                _ => Need::Optional,
+            };
+            if state == ContainerState::CONTAINER_CREATED {
+                self.created(pod, c);
+            }
+            let meta = records::container_meta(pod, c, &self.runtime);
+            let path = records::container_cgroups_path(c).map(str::to_owned);
+            match self.map(meta, path.as_deref(), c.pid, RecordFlags::default(), need) {
+                Ok(true) => {
+                    report.mapped += 1;
+                    if let Some(p) = self.pending.get_mut(&ContainerId(c.id.clone())) {
+                        p.mapped = true;
+                    }
+                }
+                Ok(false) if state == ContainerState::CONTAINER_CREATED => report.waiting += 1,
+                Ok(false) | Err(_) => report.unresolved += 1,
+            }
+        }
+        let Some(b) = self.backend.as_mut() else {
+            return report;
+        };
+        for rec in b.registry.records() {
+            if rec.removed_ns.is_some() || known.contains(&rec.meta.container_id.0) {
+                continue;
+            }
+            match b.registry.forget(&rec.meta.container_id) {
+                Ok(()) => report.forgotten += 1,
+                Err(e) => {
+                    tracing::warn!(container = %rec.meta.container_id, error = %e, "forgetting a stale record")
+                }
+            }
+        }
+        self.pending.retain(|id, _| known.contains(&id.0));
+        report
+    }
+
+    /// Drops what expired: records past their grace (map and store), stale pending creates.
+    pub fn sweep(&mut self) -> usize {
+        self.prune_pending(PENDING_TTL);
+        self.backend.as_mut().map_or(0, |b| b.registry.sweep())
+    }
+
+    fn prune_pending(&mut self, older_than: Duration) {
+        if older_than.is_zero() {
+            // Full: drop the oldest half.
+            let mut ages: Vec<(Instant, ContainerId)> = self
+                .pending
+                .iter()
+                .map(|(k, p)| (p.seen, k.clone()))
+                .collect();
+            ages.sort();
+            for (_, id) in ages.into_iter().take(self.pending.len() / 2) {
+                self.pending.remove(&id);
+            }
+        } else {
+            self.pending.retain(|_, p| p.seen.elapsed() < older_than);
+        }
+    }
+
+    /// Containers created and not started yet.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Flushes the store (at exit).
+    pub fn flush(&self) {
+        if let Some(b) = &self.backend {
+            if let Err(e) = b.registry.store().flush() {
+                tracing::warn!(error = %e, "flushing the store");
+            }
+        }
+    }
+
+    /// The store's path, for logs.
+    pub fn store_path(&self) -> Option<&Path> {
+        self.backend.as_ref().map(|b| b.registry.store().path())
+    }
+}

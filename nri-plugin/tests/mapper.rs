@@ -1,0 +1,221 @@
+//! The mapper on real cgroups and private pins, without a connection: POST_CREATE for runtimes
+//! that have the cgroup then, systemd-notation paths, the /proc fallback, and what Synchronize
+//! keeps and forgets.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Env, TestPod};
+use podmap_bpf::layout::Counter;
+use podmap_bpf::testing::TestCgroup;
+use podmap_bpf::CgroupKey;
+use podmap_nri::mapper::{Backend, Mapper};
+use podmap_proto::nri::api::{ContainerState, LinuxPodSandbox, PodSandbox};
+use podmap_proto::nri::protobuf::MessageField;
+
+fn mapper(env: &Env, grace: Duration) -> Mapper {
+    let (backend, _counters, _report) = Backend::open(&env.settings(grace)).unwrap();
+    Mapper::with_backend(backend)
+}
+
+fn latencies(m: &Mapper) -> u64 {
+    let c = m.backend().unwrap().registry.maps().counters();
+    c.latency_histogram().iter().sum()
+}
+
+fn count(m: &Mapper, c: Counter) -> u64 {
+    m.backend().unwrap().registry.maps().counters().get(c)
+}
+
+#[test]
+fn post_create_maps_where_the_cgroup_exists_and_a_miss_is_no_failure() {
+    let env = Env::new();
+    let mut m = mapper(&env, Duration::from_secs(30));
+    m.set_runtime("cri-o");
+    let pod = TestPod::new("crio-pod");
+    let c = pod.container("app");
+    m.created(&pod.pod, &c);
+
+    // containerd's order: no cgroup at POST_CREATE. Not a failure, nothing counted.
+    m.post_created(&pod.pod, &c, Instant::now());
+    assert_eq!(count(&m, Counter::NriFailures), 0);
+    assert_eq!(count(&m, Counter::CgroupUnresolved), 0);
+    assert_eq!(count(&m, Counter::NriMapped), 0);
+    assert_eq!(m.pending(), 1);
+
+    // CRI-O's order: the cgroup exists at POST_CREATE: mapped there, latency recorded once.
+    let id = pod.run(&c);
+    m.post_created(&pod.pod, &c, Instant::now());
+    let maps = m.backend().unwrap().registry.maps();
+    let meta = maps
+        .meta(CgroupKey::v2(id))
+        .unwrap()
+        .expect("mapped at POST_CREATE");
+    assert_eq!(meta.runtime, "cri-o");
+    assert_eq!(latencies(&m), 1);
+    // START rewrites the same record (idempotent) without a second latency sample.
+    m.started(&pod.pod, &c, Instant::now()).unwrap();
+    assert_eq!(count(&m, Counter::NriMapped), 2);
+    assert_eq!(latencies(&m), 1);
+    assert_eq!(m.pending(), 0);
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A systemd-style pod slice under the cgroup2 mount, removed on drop.
+fn systemd_pod(mount: &Path) -> (TestCgroup, String) {
+    // Slice names nest by their dashes: `a-b.slice` lives in `a.slice`.
+    let top = format!(
+        "pmt{}x{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    let slice = format!("{top}-pod.slice");
+    std::fs::create_dir_all(mount.join(format!("{top}.slice/{slice}"))).unwrap();
+    (
+        TestCgroup {
+            mount: mount.to_owned(),
+            rel: format!("{top}.slice").into(),
+        },
+        slice,
+    )
+}
+
+#[test]
+fn systemd_notation_resolves_to_the_scope() {
+    let env = Env::new();
+    let mut m = mapper(&env, Duration::from_secs(30));
+    let pod = TestPod::new("sd");
+    let mount = pod.layout.unified.clone().unwrap();
+    let (top, slice) = systemd_pod(&mount);
+    let scope_dir = |id: &str| {
+        let rel = format!("{}/{slice}/cri-containerd-{id}.scope", top.rel.display());
+        std::fs::create_dir(mount.join(&rel)).unwrap();
+        // Removed with `top`.
+        let ino =
+            std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(mount.join(&rel)).unwrap());
+        (rel, ino)
+    };
+
+    // The sandbox: only the parent slice is given; the scope is built from the sandbox id.
+    let mut sd_pod: PodSandbox = pod.pod.clone();
+    let mut linux = LinuxPodSandbox::new();
+    linux.cgroup_parent = slice.clone();
+    sd_pod.linux = MessageField::some(linux);
+    let (sandbox_rel, sandbox_id) = scope_dir(&sd_pod.id);
+    m.sandbox_started(&sd_pod).unwrap();
+
+    let mut c = pod.container("svc");
+    c.linux.mut_or_insert_default().cgroups_path = format!("{slice}:cri-containerd:{}", c.id);
+    let (c_rel, c_id) = scope_dir(&c.id);
+    m.created(&sd_pod, &c);
+    m.started(&sd_pod, &c, Instant::now()).unwrap();
+
+    let maps = m.backend().unwrap().registry.maps();
+    let s = maps
+        .meta(CgroupKey::v2(sandbox_id))
+        .unwrap()
+        .expect("sandbox mapped");
+    assert!(s.sandbox);
+    assert_eq!(s.cgroup_path, format!("/{sandbox_rel}"));
+    let cm = maps
+        .meta(CgroupKey::v2(c_id))
+        .unwrap()
+        .expect("container mapped");
+    assert_eq!(cm.cgroup_path, format!("/{c_rel}"));
+    assert_eq!(cm.name, "svc");
+}
+
+#[test]
+fn the_process_cgroup_is_the_fallback_when_the_path_does_not_resolve() {
+    let env = Env::new();
+    let mut m = mapper(&env, Duration::from_secs(30));
+    let pod = TestPod::new("fallback");
+    let mut c = pod.container("odd");
+    let id = pod.run(&c);
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let cg =
+        pod.layout
+            .unified
+            .as_ref()
+            .unwrap()
+            .join(format!("{}/{}", pod.cgroup.rel.display(), c.id));
+    std::fs::write(cg.join("cgroup.procs"), child.id().to_string()).unwrap();
+    c.linux.mut_or_insert_default().cgroups_path = "/not/where/it/is".into();
+    c.pid = child.id();
+    let res = m.started(&pod.pod, &c, Instant::now());
+    let _ = child.kill();
+    let _ = child.wait();
+    res.unwrap();
+    let meta = m
+        .backend()
+        .unwrap()
+        .registry
+        .maps()
+        .meta(CgroupKey::v2(id))
+        .unwrap()
+        .expect("mapped through /proc/<pid>/cgroup");
+    assert_eq!(meta.cgroup_path, pod.cgroup_path(&c));
+}
+
+#[test]
+fn synchronize_keeps_records_in_their_grace_and_forgets_the_rest() {
+    let env = Env::new();
+    let mut m = mapper(&env, Duration::from_secs(60));
+    let pod = TestPod::new("sync");
+    let sandbox = pod.start_sandbox();
+    m.sandbox_started(&pod.pod).unwrap();
+    let kept = pod.container("kept");
+    let kept_id = pod.run(&kept);
+    m.started(&pod.pod, &kept, Instant::now()).unwrap();
+    let removed = pod.container("removed");
+    let removed_id = pod.run(&removed);
+    m.started(&pod.pod, &removed, Instant::now()).unwrap();
+    let dropped = pod.container("dropped");
+    let dropped_id = pod.run(&dropped);
+    m.started(&pod.pod, &dropped, Instant::now()).unwrap();
+    m.removed(&removed.id).unwrap();
+
+    // The runtime still has the pod and `kept`; `removed` is in its grace period.
+    let mut running = kept.clone();
+    running.state = ContainerState::CONTAINER_RUNNING.into();
+    let report = m.synchronize(std::slice::from_ref(&pod.pod), &[running]);
+    assert_eq!(report.mapped, 2, "{report:?}");
+    assert_eq!(report.forgotten, 1, "{report:?}");
+    let maps = m.backend().unwrap().registry.maps();
+    assert!(maps.get(CgroupKey::v2(sandbox)).unwrap().is_some());
+    assert!(maps.get(CgroupKey::v2(kept_id)).unwrap().is_some());
+    assert!(
+        maps.get(CgroupKey::v2(removed_id))
+            .unwrap()
+            .unwrap()
+            .flags
+            .removing
+    );
+    assert!(maps.get(CgroupKey::v2(dropped_id)).unwrap().is_none());
+    let ids: Vec<String> = m
+        .backend()
+        .unwrap()
+        .registry
+        .records()
+        .into_iter()
+        .map(|r| r.meta.container_id.0)
+        .collect();
+    assert!(!ids.contains(&dropped.id) && ids.contains(&removed.id));
+
+    // A running container whose cgroup is gone is a failure; a stopped one is not.
+    let mut lost = pod.container("lost");
+    lost.state = ContainerState::CONTAINER_RUNNING.into();
+    let mut stopped = pod.container("stopped");
+    stopped.state = ContainerState::CONTAINER_STOPPED.into();
+    let before = count(&m, Counter::NriFailures);
+    let report = m.synchronize(std::slice::from_ref(&pod.pod), &[lost, stopped]);
+    assert_eq!(report.unresolved, 2, "{report:?}");
+    assert_eq!(count(&m, Counter::NriFailures), before + 1);
+}
