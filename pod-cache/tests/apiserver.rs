@@ -1,0 +1,188 @@
+//! The test API server against kube-rs's own client and its stock `watcher`: if these pass, the
+//! server speaks the protocol as kube-rs expects it of a real API server.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, WatchEvent, WatchParams};
+use kube::runtime::watcher;
+use podmap_pod_cache::testing::fixtures;
+use podmap_pod_cache::testing::{TestApiServer, TestApiServerConfig};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn next<S: futures::Stream + Unpin>(stream: &mut S) -> S::Item {
+    tokio::time::timeout(WAIT, stream.next())
+        .await
+        .expect("timed out")
+        .expect("stream ended")
+}
+
+#[tokio::test]
+async fn lists_with_limit_continue_and_field_selectors() {
+    let server = TestApiServer::start().await;
+    for i in 0..5 {
+        server.apply(&fixtures::pod("a", &format!("p{i}"), "node-a", &[]));
+    }
+    server.apply(&fixtures::pod("b", "other", "node-b", &[]));
+    let pods: Api<Pod> = Api::all(server.client());
+
+    let first = pods
+        .list(
+            &ListParams::default()
+                .fields("spec.nodeName=node-a")
+                .limit(2),
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.items.len(), 2);
+    let token = first.metadata.continue_.clone().expect("continue token");
+    assert_eq!(first.metadata.remaining_item_count, Some(3));
+    let mut rest = ListParams::default()
+        .fields("spec.nodeName=node-a")
+        .limit(10);
+    rest.continue_token = Some(token.clone());
+    let second = pods.list(&rest).await.unwrap();
+    assert_eq!(second.items.len(), 3);
+    assert_eq!(
+        second.metadata.resource_version, first.metadata.resource_version,
+        "one snapshot"
+    );
+
+    let names = |list: &kube::api::ObjectList<Pod>| {
+        list.items
+            .iter()
+            .map(|p| p.metadata.name.clone().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let by_name = pods
+        .list(&ListParams::default().fields("metadata.name=other"))
+        .await
+        .unwrap();
+    assert_eq!(names(&by_name), ["other"]);
+    let in_ns: Api<Pod> = Api::namespaced(server.client(), "b");
+    assert_eq!(
+        names(&in_ns.list(&ListParams::default()).await.unwrap()),
+        ["other"]
+    );
+    let not_a = pods
+        .list(&ListParams::default().fields("metadata.namespace!=a"))
+        .await
+        .unwrap();
+    assert_eq!(names(&not_a), ["other"]);
+    assert_eq!(
+        in_ns.get("other").await.unwrap().metadata.name.as_deref(),
+        Some("other")
+    );
+
+    // Unsupported field: 400, as the API server answers.
+    let err = pods
+        .list(&ListParams::default().fields("spec.hostname=x"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 400),
+        "{err:?}"
+    );
+
+    // A continue token from before a compaction: 410 Gone.
+    server.compact();
+    let err = pods.list(&rest).await.unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 410),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn watches_deliver_events_bookmarks_and_410() {
+    let server = TestApiServer::start_with(TestApiServerConfig {
+        bookmark_interval: Duration::from_millis(200),
+        ..TestApiServerConfig::default()
+    })
+    .await;
+    let rv = server.apply(&fixtures::pod("a", "p", "node-a", &[]));
+    let pods: Api<Pod> = Api::all(server.client());
+    let params = WatchParams::default().fields("spec.nodeName=node-a");
+    let mut events = pods
+        .watch(&params, &(rv - 1).to_string())
+        .await
+        .unwrap()
+        .boxed();
+
+    // Replayed from history, then live.
+    assert!(
+        matches!(next(&mut events).await.unwrap(), WatchEvent::Added(p) if p.metadata.name.as_deref() == Some("p"))
+    );
+    server.apply(&fixtures::pod("a", "p", "node-a", &[("v", "2")]));
+    assert!(matches!(
+        next(&mut events).await.unwrap(),
+        WatchEvent::Modified(_)
+    ));
+    server.apply(&fixtures::pod("a", "q", "node-b", &[])); // not selected: no event
+    server.delete("a", "p");
+    assert!(matches!(
+        next(&mut events).await.unwrap(),
+        WatchEvent::Deleted(_)
+    ));
+    assert!(matches!(
+        next(&mut events).await.unwrap(),
+        WatchEvent::Bookmark(_)
+    ));
+
+    // Too old a version: one ERROR event with a 410 Status.
+    server.compact();
+    let mut old = pods.watch(&params, &rv.to_string()).await.unwrap().boxed();
+    assert!(matches!(next(&mut old).await.unwrap(), WatchEvent::Error(s) if s.code == 410));
+
+    // A forced expiry ends open watches with a 410.
+    server.expire_watches();
+    loop {
+        match next(&mut events).await.unwrap() {
+            WatchEvent::Bookmark(_) => continue,
+            WatchEvent::Error(status) => break assert_eq!(status.code, 410),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn kube_runtime_watcher_runs_against_it() {
+    let server = TestApiServer::start().await;
+    server.apply(&fixtures::pod("a", "p", "node-a", &[]));
+    let pods: Api<Pod> = Api::all(server.client());
+    let mut events = watcher(
+        pods,
+        watcher::Config::default().fields("spec.nodeName=node-a"),
+    )
+    .boxed();
+    assert!(matches!(
+        next(&mut events).await.unwrap(),
+        watcher::Event::Init
+    ));
+    assert!(matches!(
+        next(&mut events).await.unwrap(),
+        watcher::Event::InitApply(_)
+    ));
+    assert!(matches!(
+        next(&mut events).await.unwrap(),
+        watcher::Event::InitDone
+    ));
+    server.apply(&fixtures::pod("a", "r", "node-a", &[]));
+    assert!(
+        matches!(next(&mut events).await.unwrap(), watcher::Event::Apply(p) if p.metadata.name.as_deref() == Some("r"))
+    );
+    // A restart with history lost: the watcher gets a 410 and relists.
+    server.restart(false).await;
+    server.apply(&fixtures::pod("a", "s", "node-a", &[]));
+    server.compact();
+    let mut saw_init = false;
+    loop {
+        match next(&mut events).await {
+            Ok(watcher::Event::Init) => saw_init = true,
+            Ok(watcher::Event::InitDone) if saw_init => break,
+            _ => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
