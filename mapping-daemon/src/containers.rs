@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use podmap_bpf::{CgroupKey, ContainerMeta, SharedMaps};
+use podmap_pod_cache::PodCache;
 use podmap_proto::{ContainerInfo, PodInfo};
 
 const REVALIDATE: Duration = Duration::from_secs(10);
@@ -21,7 +22,10 @@ pub struct Mapped {
 }
 
 impl Mapped {
-    pub fn from_meta(meta: ContainerMeta) -> Self {
+    /// Joins the runtime's record with what only the API server knows (current labels,
+    /// workload), when the pod cache has the pod.
+    pub fn from_meta(meta: ContainerMeta, pods: Option<&PodCache>) -> Self {
+        let cached = pods.and_then(|c| meta.pod_uid.as_ref().and_then(|u| c.get(&u.0)));
         let container = Arc::new(ContainerInfo {
             id: meta.container_id.0.clone(),
             name: meta.name.clone(),
@@ -29,13 +33,23 @@ impl Mapped {
             image: meta.image.clone(),
         });
         let pod = meta.pod_uid.as_ref().map(|uid| {
-            Arc::new(PodInfo {
-                uid: uid.0.clone(),
-                name: meta.pod_name.clone(),
-                namespace: meta.namespace.clone(),
-                labels: meta.labels.clone(),
-                workload: None,
-                workload_kind: None,
+            Arc::new(match &cached {
+                Some(p) => PodInfo {
+                    uid: uid.0.clone(),
+                    name: p.name.to_string(),
+                    namespace: p.namespace.to_string(),
+                    labels: p.labels.to_map(),
+                    workload: p.workload.as_deref().map(str::to_owned),
+                    workload_kind: p.workload_kind.as_deref().map(str::to_owned),
+                },
+                None => PodInfo {
+                    uid: uid.0.clone(),
+                    name: meta.pod_name.clone(),
+                    namespace: meta.namespace.clone(),
+                    labels: meta.labels.clone(),
+                    workload: None,
+                    workload_kind: None,
+                },
             })
         });
         Mapped {
@@ -61,7 +75,12 @@ pub struct ContainerCache {
 
 impl ContainerCache {
     /// The container mapped at `key`, reading the map only for a new or stale key.
-    pub fn get(&mut self, maps: &SharedMaps, key: CgroupKey) -> Option<Arc<Mapped>> {
+    pub fn get(
+        &mut self,
+        maps: &SharedMaps,
+        pods: Option<&PodCache>,
+        key: CgroupKey,
+    ) -> Option<Arc<Mapped>> {
         let now = Instant::now();
         if let Some(e) = self.entries.get_mut(&key) {
             if now.duration_since(e.checked) < REVALIDATE {
@@ -87,7 +106,7 @@ impl ContainerCache {
                 return None;
             }
         };
-        let mapped = Arc::new(Mapped::from_meta(meta));
+        let mapped = Arc::new(Mapped::from_meta(meta, pods));
         self.entries.insert(
             key,
             Entry {
@@ -97,6 +116,21 @@ impl ContainerCache {
             },
         );
         Some(mapped)
+    }
+
+    /// Drops the joined entries of pods the API server changed; they are rebuilt on next use.
+    pub fn forget_pods(&mut self, uids: &[String]) {
+        if uids.is_empty() {
+            return;
+        }
+        let uids: std::collections::HashSet<&str> = uids.iter().map(String::as_str).collect();
+        self.entries.retain(|_, e| {
+            e.mapped
+                .meta
+                .pod_uid
+                .as_ref()
+                .is_none_or(|u| !uids.contains(u.0.as_str()))
+        });
     }
 
     /// Forgets a cgroup that was removed.

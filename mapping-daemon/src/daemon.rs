@@ -21,6 +21,7 @@ use crate::procs::ProcTable;
 use crate::state::DaemonState;
 use crate::stats::Stats;
 use crate::{metrics, server};
+use podmap_pod_cache::PodCache;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -45,6 +46,13 @@ pub struct Args {
     /// This node's name in events (default: the host name).
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
+    /// A kubeconfig for the pod cache (default: the in-cluster config when running in a pod;
+    /// outside a cluster podmapd runs standalone, from the runtime plugins' records alone).
+    #[arg(long, env = "PODMAP_KUBECONFIG", conflicts_with = "no_kube")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Run standalone even inside a cluster: no API server, no pod cache.
+    #[arg(long, env = "PODMAP_NO_KUBE")]
+    pub no_kube: bool,
     /// Where Prometheus metrics are served; "off" disables them.
     #[arg(long, env = "PODMAP_METRICS_ADDR", default_value = "127.0.0.1:9477")]
     pub metrics_addr: String,
@@ -112,7 +120,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let hub = Hub::new();
     let state = Arc::new(DaemonState {
         node: node.to_string(),
-        mode: "standalone".into(),
         layout: layout.clone(),
         maps: maps.clone(),
         stats: stats.clone(),
@@ -124,10 +131,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             format!("fallback (BPF-LSM unavailable: {}): deny rules act as kill where they say fallback: kill, else audit", lsm.detail)
         },
         policies: Default::default(),
+        pods: Default::default(),
     });
+    let pods = start_pod_cache(&args, &node).await?;
+    *state.pods.lock().unwrap_or_else(|p| p.into_inner()) = pods.clone();
     let policy_maps =
         SharedMaps::open(&args.bpffs_dir).context("opening the pinned maps for policies")?;
-    let mut policies = PolicyManager::new(&args.policy_dir, policy_maps, lsm.active);
+    let mut policies = PolicyManager::new(&args.policy_dir, policy_maps, lsm.active, pods.clone());
     policies.tick();
     let policy_names = policies.names();
     *state.policies.lock().unwrap_or_else(|p| p.into_inner()) = policies.status();
@@ -138,6 +148,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         table,
         stats,
         policy_names,
+        pods,
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -202,6 +213,30 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     drop(procs);
     drop(attached);
     Ok(())
+}
+
+/// The pod cache, where there is an API server to ask: with --kubeconfig, or in a pod. A
+/// kubeconfig that does not work is an error; no cluster at all is standalone mode.
+async fn start_pod_cache(args: &Args, node: &str) -> anyhow::Result<Option<PodCache>> {
+    if args.no_kube {
+        return Ok(None);
+    }
+    let client = match &args.kubeconfig {
+        Some(path) => podmap_pod_cache::client(Some(path))
+            .await
+            .with_context(|| format!("using the kubeconfig {}", path.display()))?,
+        None if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
+            podmap_pod_cache::client(None)
+                .await
+                .context("using the in-cluster Kubernetes config")?
+        }
+        None => {
+            tracing::info!("no kubeconfig and not in a cluster: standalone, attribution from the runtime plugins alone");
+            return Ok(None);
+        }
+    };
+    tracing::info!(node, "starting the pod cache");
+    Ok(Some(PodCache::start(client, node)))
 }
 
 /// Drops records whose grace period ended (decisions.md 5): hooks never sleep out the grace,

@@ -359,6 +359,7 @@ mod tests {
                 max: Some(1200),
             },
             policies: Default::default(),
+            pod_cache: None,
         }
     }
 

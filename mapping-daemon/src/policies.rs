@@ -10,6 +10,7 @@ use std::time::SystemTime;
 
 use podmap_bpf::policy_maps::{KernelAction, PathRule, RuleRef, RuleTable};
 use podmap_bpf::{CgroupKey, SharedMaps};
+use podmap_pod_cache::PodCache;
 use podmap_proto::policy::{Access, Action, KernelRule, Loaded, PolicySet, RuleKind, Target};
 
 /// Policy names by id, for policy events (read by the pipeline, written on reload).
@@ -33,9 +34,20 @@ pub struct PolicyManager {
     current: PolicySet,
     fingerprint: Vec<(PathBuf, Option<SystemTime>, u64)>,
     names: PolicyNames,
-    /// Containers as last reconciled: key -> (namespace, labels, container name).
-    known: HashMap<CgroupKey, (String, BTreeMap<String, String>, String)>,
+    /// Containers as last reconciled.
+    known: HashMap<CgroupKey, Known>,
     status: PolicyStatus,
+    /// Current pod labels from the API server, when podmapd runs in a cluster.
+    pods: Option<PodCache>,
+    pod_seq: u64,
+}
+
+/// What selectors look at, per container.
+struct Known {
+    pod_uid: Option<String>,
+    namespace: String,
+    labels: BTreeMap<String, String>,
+    name: String,
 }
 
 fn fingerprint(dir: &Path) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
@@ -111,7 +123,7 @@ fn tables(rules: &[KernelRule]) -> (Vec<PathRule>, Vec<PathRule>) {
 }
 
 impl PolicyManager {
-    pub fn new(dir: &Path, maps: SharedMaps, lsm_active: bool) -> Self {
+    pub fn new(dir: &Path, maps: SharedMaps, lsm_active: bool, pods: Option<PodCache>) -> Self {
         PolicyManager {
             dir: dir.to_owned(),
             maps,
@@ -124,6 +136,8 @@ impl PolicyManager {
                 dir: dir.display().to_string(),
                 ..Default::default()
             },
+            pods,
+            pod_seq: 0,
         }
     }
 
@@ -220,6 +234,15 @@ impl PolicyManager {
     fn reconcile(&mut self, full: bool) {
         let keys: HashSet<CgroupKey> = self.maps.keys().into_iter().collect();
         let mut changed: Vec<CgroupKey> = Vec::new();
+        // Pods relabelled through the API server: their containers are evaluated again.
+        let relabelled: HashSet<String> = match &self.pods {
+            Some(p) => {
+                let (seq, uids) = p.changes_since(self.pod_seq);
+                self.pod_seq = seq;
+                uids.into_iter().collect()
+            }
+            None => HashSet::new(),
+        };
         let gone: Vec<CgroupKey> = self
             .known
             .keys()
@@ -230,10 +253,28 @@ impl PolicyManager {
             self.known.remove(k);
         }
         for k in &keys {
-            if full || !self.known.contains_key(k) {
+            let stale = self
+                .known
+                .get(k)
+                .is_none_or(|c| c.pod_uid.as_ref().is_some_and(|u| relabelled.contains(u)));
+            if full || stale {
                 match self.maps.meta(*k) {
                     Ok(Some(m)) => {
-                        self.known.insert(*k, (m.namespace, m.labels, m.name));
+                        let pod_uid = m.pod_uid.map(|u| u.0);
+                        let labels = pod_uid
+                            .as_deref()
+                            .and_then(|u| self.pods.as_ref()?.get(u))
+                            .map(|p| p.labels.to_map())
+                            .unwrap_or(m.labels);
+                        self.known.insert(
+                            *k,
+                            Known {
+                                pod_uid,
+                                namespace: m.namespace,
+                                labels,
+                                name: m.name,
+                            },
+                        );
                         changed.push(*k);
                     }
                     Ok(None) => {}
@@ -251,11 +292,11 @@ impl PolicyManager {
         let gone_set: HashSet<CgroupKey> = gone.iter().copied().collect();
         let mut wanted: HashSet<(u32, CgroupKey)> = HashSet::new();
         for k in &changed {
-            let (ns, labels, name) = &self.known[k];
+            let c = &self.known[k];
             let t = Target {
-                namespace: ns,
-                pod_labels: labels,
-                container_name: name,
+                namespace: &c.namespace,
+                pod_labels: &c.labels,
+                container_name: &c.name,
             };
             for id in self.current.selecting(&t) {
                 wanted.insert((id, *k));

@@ -15,7 +15,6 @@ use crate::status::{LatencySummary, StatusReport, StatusSource};
 
 pub struct DaemonState {
     pub node: String,
-    pub mode: String,
     pub layout: CgroupLayout,
     pub maps: Arc<SharedMaps>,
     pub stats: Arc<Stats>,
@@ -23,6 +22,8 @@ pub struct DaemonState {
     pub started: Instant,
     pub enforcement: String,
     pub policies: std::sync::Mutex<crate::policies::PolicyStatus>,
+    /// Set once the pod cache started (Kubernetes mode).
+    pub pods: std::sync::Mutex<Option<podmap_pod_cache::PodCache>>,
 }
 
 fn summary(h: &[u64]) -> LatencySummary {
@@ -38,6 +39,12 @@ impl StatusSource for DaemonState {
     fn status(&self) -> StatusReport {
         let s = &self.stats;
         let c = self.maps.counters();
+        let pods = self
+            .pods
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|p| p.stats());
         let shared: BTreeMap<String, u64> = Counter::ALL
             .iter()
             .map(|k| (k.name().to_string(), c.get(*k)))
@@ -46,7 +53,12 @@ impl StatusSource for DaemonState {
             node: self.node.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_seconds: self.started.elapsed().as_secs_f64(),
-            mode: self.mode.clone(),
+            mode: if pods.is_some() {
+                "kubernetes"
+            } else {
+                "standalone"
+            }
+            .to_string(),
             cgroup_hierarchy: self.layout.hierarchy_name(),
             cgroup_layout: self.layout.kind.as_str().to_string(),
             events_seen: [
@@ -75,7 +87,17 @@ impl StatusSource for DaemonState {
             clients_connected: self.hub.clients(),
             client_errors: self.hub.client_errors(),
             containers_mapped: self.maps.keys().len() as u64,
-            pods_cached: 0,
+            pods_cached: pods.as_ref().map_or(0, |p| p.pods as u64),
+            pod_cache: pods.map(|p| crate::status::PodCacheStatus {
+                synced: p.synced,
+                staleness_seconds: p.last_event_age.map(|d| d.as_secs_f64()),
+                deleted_kept: p.deleted_kept as u64,
+                lists: p.lists,
+                relists: p.relists,
+                watch_restarts: p.watch_restarts,
+                objects_skipped: p.objects_skipped,
+                errors: p.errors,
+            }),
             enforcement_mode: self.enforcement.clone(),
             policies: self
                 .policies

@@ -44,6 +44,23 @@ pub struct StatusReport {
     /// Loaded policies, refused files with their reasons, memberships.
     #[serde(default)]
     pub policies: crate::policies::PolicyStatus,
+    /// The pod informer, in Kubernetes mode.
+    #[serde(default)]
+    pub pod_cache: Option<PodCacheStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PodCacheStatus {
+    pub synced: bool,
+    /// Seconds since the last list, watch event or bookmark; None before the first.
+    pub staleness_seconds: Option<f64>,
+    pub deleted_kept: u64,
+    pub lists: u64,
+    pub relists: u64,
+    pub watch_restarts: u64,
+    /// Pod objects that could not be decoded, skipped.
+    pub objects_skipped: u64,
+    pub errors: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -49,8 +49,9 @@ fn owner_parts(owner: &Owner) -> (Option<Arc<ContainerInfo>>, Option<Arc<PodInfo
     match owner {
         Owner::Container(m) => (Some(m.container.clone()), m.pod.clone()),
         Owner::Host => (None, None),
+        Owner::Unknown(_, Some(m)) => (Some(m.container.clone()), m.pod.clone()),
         // What the cgroup path says; everything else is unknown.
-        Owner::Unknown(shape) => (
+        Owner::Unknown(shape, None) => (
             Some(Arc::new(ContainerInfo {
                 id: shape.container_id.clone(),
                 name: String::new(),

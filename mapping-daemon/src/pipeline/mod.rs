@@ -21,6 +21,7 @@ use crate::policies::PolicyNames;
 use crate::procs::ProcTable;
 use crate::stats::Stats;
 use decode::{decode, KernelEvent};
+use podmap_pod_cache::PodCache;
 
 /// How long an event from an unmapped, container-shaped cgroup waits for its mapping.
 pub const HOLD_NS: u64 = 500_000_000;
@@ -30,7 +31,8 @@ pub const HOLD_NS: u64 = 500_000_000;
 pub enum Owner {
     Container(Arc<Mapped>),
     Host,
-    Unknown(ContainerShape),
+    /// What the cgroup path says, and what the pod cache knows of that container, if anything.
+    Unknown(ContainerShape, Option<Arc<Mapped>>),
 }
 
 struct Held {
@@ -50,6 +52,8 @@ pub struct Pipeline {
     held: VecDeque<Held>,
     stats: Arc<Stats>,
     policy_names: PolicyNames,
+    pods: Option<PodCache>,
+    pod_seq: u64,
     batch_now: u64,
 }
 
@@ -61,6 +65,7 @@ impl Pipeline {
         procs: ProcTable,
         stats: Arc<Stats>,
         policy_names: PolicyNames,
+        pods: Option<PodCache>,
     ) -> Self {
         let cgroups = CgroupPaths::scan(&layout);
         tracing::info!(
@@ -78,6 +83,8 @@ impl Pipeline {
             held: VecDeque::new(),
             stats,
             policy_names,
+            pods,
+            pod_seq: 0,
             batch_now: 0,
         }
     }
@@ -89,6 +96,13 @@ impl Pipeline {
     /// Starts a batch: `now` is boot-time ns.
     pub fn begin(&mut self, now: u64) -> WallClock {
         self.batch_now = now;
+        // Pods the API server changed since the last batch: their joined entries are rebuilt,
+        // so a relabel shows in the next event.
+        if let Some(pods) = &self.pods {
+            let (seq, uids) = pods.changes_since(self.pod_seq);
+            self.pod_seq = seq;
+            self.containers.forget_pods(&uids);
+        }
         WallClock::now()
     }
 
@@ -180,7 +194,7 @@ impl Pipeline {
             } else {
                 CgroupKey::v2(ids.container_cgid)
             };
-            if let Some(m) = self.containers.get(&self.maps, key) {
+            if let Some(m) = self.containers.get(&self.maps, self.pods.as_ref(), key) {
                 return Attributed::Now(Owner::Container(m));
             }
         }
@@ -199,7 +213,7 @@ impl Pipeline {
         self.cgroups
             .self_and_ancestors(leaf)
             .into_iter()
-            .find_map(|k| self.containers.get(&self.maps, k))
+            .find_map(|k| self.containers.get(&self.maps, self.pods.as_ref(), k))
     }
 
     fn release(&mut self, now: u64, clock: &WallClock, out: &mut Vec<Arc<Published>>) {
@@ -221,7 +235,8 @@ impl Pipeline {
                 Some(m) => Owner::Container(m),
                 None => {
                     Stats::inc(&self.stats.held_timed_out);
-                    Owner::Unknown(h.shape)
+                    let known = self.known_to_api_server(&h.shape);
+                    Owner::Unknown(h.shape, known)
                 }
             };
             self.emit(h.event, owner, clock, out);
@@ -256,6 +271,26 @@ impl Pipeline {
         );
     }
 
+    /// A container no plugin mapped may still be in the pod cache (it started before podmap).
+    fn known_to_api_server(&self, shape: &ContainerShape) -> Option<Arc<Mapped>> {
+        let pod = self.pods.as_ref()?.by_container(&shape.container_id)?;
+        let c = pod.container(&shape.container_id);
+        let meta = podmap_bpf::ContainerMeta {
+            container_id: podmap_bpf::ContainerId(shape.container_id.clone()),
+            name: c.map(|c| c.name.to_string()).unwrap_or_default(),
+            pod_uid: Some(podmap_bpf::PodUid(pod.uid.to_string())),
+            pod_name: pod.name.to_string(),
+            namespace: pod.namespace.to_string(),
+            labels: pod.labels.to_map(),
+            image: c
+                .and_then(|c| c.image.as_deref())
+                .unwrap_or_default()
+                .to_string(),
+            ..Default::default()
+        };
+        Some(Arc::new(Mapped::from_meta(meta, self.pods.as_ref())))
+    }
+
     pub fn containers_cached(&self) -> usize {
         self.containers.len()
     }
@@ -271,7 +306,7 @@ impl Owner {
         match self {
             Owner::Container(_) => Attribution::Container,
             Owner::Host => Attribution::Host,
-            Owner::Unknown(_) => Attribution::Unknown,
+            Owner::Unknown(..) => Attribution::Unknown,
         }
     }
 }

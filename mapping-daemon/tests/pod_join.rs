@@ -1,0 +1,172 @@
+//! podmapd with the pod cache, against the in-process API server: events carry what only the
+//! API server knows (workload, labels changed after creation), a relabel shows in the next
+//! events and moves the pod in or out of a policy, and a deleted pod's late events keep their
+//! pod data.
+
+use std::time::{Duration, Instant};
+
+use podmap_bpf::testing::TestCgroup;
+use podmap_bpf::{
+    CgroupId, CgroupIds, ContainerId, ContainerMeta, PodUid, RecordFlags, SharedMaps, Writer,
+};
+use podmap_conformance::daemon::{cgroup2_mount, run_in_cgroup, Daemon, DaemonOptions};
+use podmap_pod_cache::testing::fixtures;
+use podmap_pod_cache::testing::TestApiServer;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn kubeconfig(dir: &std::path::Path, url: &str) -> std::path::PathBuf {
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster: {{server: \"{url}\"}}\nusers:\n- name: test\n  user: {{}}\ncontexts:\n- name: test\n  context: {{cluster: test, user: test}}\ncurrent-context: test\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn exec_event(
+    stream: &mut podmap_conformance::daemon::EventStream,
+    cg: &TestCgroup,
+    marker: &str,
+) -> Value {
+    let (pid, _) = run_in_cgroup(&cg.path(), &["/bin/echo", marker]);
+    stream
+        .until(WAIT, |v| {
+            v["type"] == "exec"
+                && v["process"]["pid"] == pid
+                && v["process"]["binary"] == "/bin/echo"
+        })
+        .pop()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_join_the_pod_cache_and_follow_relabels_and_deletion() {
+    let server = TestApiServer::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let policy_dir = tempfile::tempdir().unwrap();
+    let node = podmap_bpf::testing::unique_name("node");
+    let mut pod = fixtures::deployment_pod("prod", "checkout", "5d8f7c9b4", 0, &node);
+    server.apply(&pod);
+    let uid = pod.metadata.uid.clone().unwrap();
+    let name = pod.metadata.name.clone().unwrap();
+    let kc = kubeconfig(tmp.path(), &server.url());
+
+    tokio::task::block_in_place(|| {
+        let daemon = Daemon::start_with(DaemonOptions {
+            env: vec![
+                ("PODMAP_KUBECONFIG".into(), kc.display().to_string()),
+                ("NODE_NAME".into(), node.clone()),
+                (
+                    "PODMAP_POLICY_DIR".into(),
+                    policy_dir.path().display().to_string(),
+                ),
+            ],
+            ..Default::default()
+        });
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let st = daemon.status();
+            if st["mode"] == "kubernetes"
+                && st["pods_cached"] == 1
+                && st["pod_cache"]["synced"] == true
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "pod cache never synced: {st}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+
+        // The runtime plugin's record: creation-time labels only.
+        let mut maps = SharedMaps::open(&daemon.pins.path).unwrap();
+        let cg = TestCgroup::new(&cgroup2_mount(), "podmap-test-join").unwrap();
+        let meta = ContainerMeta {
+            container_id: ContainerId("f".repeat(64)),
+            name: "app".into(),
+            pod_uid: Some(PodUid(uid.clone())),
+            pod_name: name.clone(),
+            namespace: "prod".into(),
+            labels: [("app.kubernetes.io/name".to_string(), "checkout".to_string())].into(),
+            runtime: "test".into(),
+            ..Default::default()
+        };
+        maps.insert(
+            &CgroupIds {
+                v2: Some(CgroupId(cg.id())),
+                v1: None,
+            },
+            &meta,
+            RecordFlags::default(),
+            Writer::Test,
+        )
+        .unwrap();
+
+        let mut stream = daemon.events("{}");
+        let ev = exec_event(&mut stream, &cg, "first");
+        assert_eq!(ev["attribution"], "container");
+        assert_eq!(ev["pod"]["workload"], "checkout", "{ev}");
+        assert_eq!(ev["pod"]["workload_kind"], "Deployment");
+        assert_eq!(
+            ev["pod"]["labels"]["team"], "payments",
+            "labels from the API server: {ev}"
+        );
+
+        // A policy on a label the pod does not have yet.
+        std::fs::write(
+            policy_dir.path().join("p.yaml"),
+            "apiVersion: podmap.dev/v1alpha1\nkind: PodPolicy\nmetadata: {name: quarantine}\nspec:\n  podSelector: {matchLabels: {quarantine: \"yes\"}}\n  rules: [{exec: {paths: [/bin/true]}, action: kill}]\n",
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(600));
+        assert!(
+            run_in_cgroup(&cg.path(), &["/bin/true"]).1.success(),
+            "not selected yet"
+        );
+
+        // Relabel through the API server: the next events carry the new labels, and the pod
+        // moves into the policy.
+        pod.metadata
+            .labels
+            .get_or_insert_default()
+            .insert("quarantine".into(), "yes".into());
+        server.apply(&pod);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let ev = exec_event(&mut stream, &cg, "relabelled");
+            if ev["pod"]["labels"]["quarantine"] == "yes" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "relabel never reached events: {ev}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let deadline = Instant::now() + WAIT;
+        while run_in_cgroup(&cg.path(), &["/bin/true"]).1.success() {
+            assert!(
+                Instant::now() < deadline,
+                "relabelled pod never entered the policy"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+
+        // Deleted from the API server: late events keep the pod's data.
+        assert!(server.delete("prod", &name));
+        let deadline = Instant::now() + WAIT;
+        while daemon.status()["pods_cached"] != 0 {
+            assert!(
+                Instant::now() < deadline,
+                "deletion never reached the cache"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let ev = exec_event(&mut stream, &cg, "after-deletion");
+        assert_eq!(ev["pod"]["workload"], "checkout", "{ev}");
+        assert_eq!(ev["pod"]["name"], name.as_str());
+    });
+}
