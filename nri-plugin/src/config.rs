@@ -217,7 +217,7 @@ impl Settings {
             return Ok(vec![]);
         }
         let f: FileConfig =
-            serde_yaml::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?;
+            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?;
         if let Some(v) = f.bpffs_dir {
             self.bpffs_dir = v;
         }
@@ -249,7 +249,7 @@ struct FileConfig {
     #[allow(dead_code)]
     plugin_name: Option<String>,
     #[allow(dead_code)]
-    plugin_idx: Option<serde_yaml::Value>,
+    plugin_idx: Option<serde_yaml_ng::Value>,
     bpffs_dir: Option<PathBuf>,
     state_dir: Option<PathBuf>,
     cgroup_root: Option<PathBuf>,
@@ -257,7 +257,7 @@ struct FileConfig {
     log_file: Option<PathBuf>,
     v1_controller: Option<String>,
     #[serde(flatten)]
-    unknown: BTreeMap<String, serde_yaml::Value>,
+    unknown: BTreeMap<String, serde_yaml_ng::Value>,
 }
 
 #[cfg(test)]

@@ -36,9 +36,9 @@ fn documents() -> Result<Vec<(String, Value)>> {
         let name = file.file_name().unwrap().to_string_lossy().into_owned();
         let text = std::fs::read_to_string(&file)
             .with_context(|| format!("reading {}", file.display()))?;
-        for doc in serde_yaml::Deserializer::from_str(&text) {
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
             let value =
-                serde_yaml::Value::deserialize(doc).with_context(|| format!("parsing {name}"))?;
+                serde_yaml_ng::Value::deserialize(doc).with_context(|| format!("parsing {name}"))?;
             if value.is_null() {
                 continue;
             }
