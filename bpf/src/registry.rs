@@ -63,6 +63,11 @@ impl Registry {
         &self.maps
     }
 
+    /// For writes that go with a record, such as policy memberships (written before it).
+    pub fn maps_mut(&mut self) -> &mut SharedMaps {
+        &mut self.maps
+    }
+
     pub fn store(&self) -> &Store {
         &self.store
     }

@@ -4,14 +4,13 @@
 //! mapped by a plugin that did not know a policy yet.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, RwLock};
-use std::time::SystemTime;
 
 use podmap_bpf::policy_maps::{KernelAction, PathRule, RuleRef, RuleTable};
 use podmap_bpf::{CgroupKey, SharedMaps};
 use podmap_pod_cache::PodCache;
-use podmap_proto::policy::{Access, Action, KernelRule, Loaded, PolicySet, RuleKind, Target};
+use podmap_proto::policy::{Access, Action, KernelRule, PolicyDir, RuleKind, Target};
 
 /// Policy names by id, for policy events (read by the pipeline, written on reload).
 pub type PolicyNames = Arc<RwLock<HashMap<u32, Arc<str>>>>;
@@ -28,11 +27,9 @@ pub struct PolicyStatus {
 }
 
 pub struct PolicyManager {
-    dir: PathBuf,
     maps: SharedMaps,
     lsm_active: bool,
-    current: PolicySet,
-    fingerprint: Vec<(PathBuf, Option<SystemTime>, u64)>,
+    policies: PolicyDir,
     names: PolicyNames,
     /// Containers as last reconciled.
     known: HashMap<CgroupKey, Known>,
@@ -48,21 +45,6 @@ struct Known {
     namespace: String,
     labels: BTreeMap<String, String>,
     name: String,
-}
-
-fn fingerprint(dir: &Path) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
-    let mut v: Vec<_> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| {
-                    let md = e.metadata().ok()?;
-                    Some((e.path(), md.modified().ok(), md.len()))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
 }
 
 fn kernel_action(a: Action, fallback_kill: bool) -> KernelAction {
@@ -125,11 +107,9 @@ fn tables(rules: &[KernelRule]) -> (Vec<PathRule>, Vec<PathRule>) {
 impl PolicyManager {
     pub fn new(dir: &Path, maps: SharedMaps, lsm_active: bool, pods: Option<PodCache>) -> Self {
         PolicyManager {
-            dir: dir.to_owned(),
             maps,
             lsm_active,
-            current: PolicySet::default(),
-            fingerprint: Vec::new(),
+            policies: PolicyDir::new(dir),
             names: PolicyNames::default(),
             known: HashMap::new(),
             status: PolicyStatus {
@@ -152,43 +132,19 @@ impl PolicyManager {
     /// Reloads on a change of the directory, then reconciles membership. Cheap when nothing
     /// changed: one directory listing and one walk of the container map.
     pub fn tick(&mut self) {
-        let fp = fingerprint(&self.dir);
-        let reloaded = fp != self.fingerprint || self.status.reloads == 0;
+        let reloaded = self.policies.refresh();
         if reloaded {
-            self.fingerprint = fp;
-            self.reload();
+            self.apply();
         }
         self.reconcile(reloaded);
     }
 
-    fn reload(&mut self) {
-        let mut next = PolicySet::load_dir(&self.dir);
-        // A file that no longer loads keeps its policies active (they were valid); only a
-        // file that is gone takes its policies with it.
+    /// Writes the kernel tables and names for the freshly loaded policies.
+    fn apply(&mut self) {
+        let next = self.policies.set();
         for e in &next.errors {
             tracing::warn!(error = %e, "policy refused");
         }
-        let refused: HashSet<&str> = next
-            .errors
-            .iter()
-            .map(|e| e.source_name.split(" (document").next().unwrap_or(""))
-            .collect();
-        let carried: Vec<Loaded> = self
-            .current
-            .policies
-            .iter()
-            .filter(|l| refused.contains(l.source.as_str()) && Path::new(&l.source).exists())
-            .filter(|l| {
-                next.policies
-                    .iter()
-                    .all(|n| n.policy.name() != l.policy.name())
-            })
-            .cloned()
-            .collect();
-        for l in &carried {
-            tracing::warn!(policy = l.policy.name(), file = %l.source, "keeping the previous version active");
-        }
-        next.policies.extend(carried);
         let (exec, open) = tables(&next.compile());
         let mut ok = true;
         for (table, rules) in [(RuleTable::Exec, &exec), (RuleTable::Open, &open)] {
@@ -218,7 +174,7 @@ impl PolicyManager {
             .map(|l| format!("{} ({})", l.policy.name(), l.source))
             .collect();
         self.status.errors = next.errors.iter().map(ToString::to_string).collect();
-        self.status.reloads += 1;
+        self.status.reloads = self.policies.reloads();
         tracing::info!(
             policies = next.policies.len(),
             refused = next.errors.len(),
@@ -226,7 +182,6 @@ impl PolicyManager {
             open_entries = open.len(),
             "policies loaded"
         );
-        self.current = next;
     }
 
     /// Makes membership match the policies for every mapped container. With `full`, every
@@ -298,7 +253,7 @@ impl PolicyManager {
                 pod_labels: &c.labels,
                 container_name: &c.name,
             };
-            for id in self.current.selecting(&t) {
+            for id in self.policies.set().selecting(&t) {
                 wanted.insert((id, *k));
             }
         }

@@ -52,7 +52,12 @@ pub struct Args {
     /// Log file (default: stderr in external mode, /var/log/podmap/nri.log when pre-launched).
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
+    /// The node-local policy directory: memberships are decided here at container creation.
+    #[arg(long, env = "PODMAP_POLICY_DIR", value_name = "DIR", default_value = DEFAULT_POLICY_DIR)]
+    pub policy_dir: PathBuf,
 }
+
+pub const DEFAULT_POLICY_DIR: &str = "/etc/podmap/policies";
 
 /// How the plugin reaches the runtime.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +83,7 @@ pub struct Settings {
     pub grace: Duration,
     /// None: stderr.
     pub log_file: Option<PathBuf>,
+    pub policy_dir: PathBuf,
 }
 
 impl Settings {
@@ -175,6 +181,7 @@ impl Settings {
                 .unwrap_or_else(|| "memory".into()),
             grace: Duration::from_secs(args.grace),
             log_file,
+            policy_dir: args.policy_dir,
         })
     }
 
@@ -206,6 +213,7 @@ impl Settings {
             v1_controller: "memory".into(),
             grace: Duration::from_secs(args.grace),
             log_file: Some(PathBuf::from(DEFAULT_LOG_FILE)),
+            policy_dir: args.policy_dir,
         }
     }
 
@@ -236,6 +244,9 @@ impl Settings {
         if let Some(v) = f.v1_controller {
             self.v1_controller = v;
         }
+        if let Some(v) = f.policy_dir {
+            self.policy_dir = v;
+        }
         Ok(f.unknown.into_keys().collect())
     }
 }
@@ -256,6 +267,7 @@ struct FileConfig {
     grace: Option<u64>,
     log_file: Option<PathBuf>,
     v1_controller: Option<String>,
+    policy_dir: Option<PathBuf>,
     #[serde(flatten)]
     unknown: BTreeMap<String, serde_yaml_ng::Value>,
 }

@@ -16,6 +16,7 @@ use podmap_bpf::registry::{Registry, RegistryError, RestoreReport};
 use podmap_bpf::store::{boot_id, Store};
 use podmap_bpf::{ContainerId, ContainerMeta, RecordFlags, SharedMaps, Writer};
 use podmap_proto::nri::api::{Container, ContainerState, PodSandbox};
+use podmap_proto::policy::{PolicyDir, Target};
 
 use crate::config::Settings;
 use crate::records::{self, ResolveError, Resolved};
@@ -62,7 +63,14 @@ pub enum MapError {
 pub struct Backend {
     pub registry: Registry,
     pub layout: CgroupLayout,
+    /// Policies, so a container's memberships are written before it runs.
+    pub policies: PolicyDir,
+    policies_checked: Option<Instant>,
 }
+
+/// How often the policy directory is looked at, at most: a listing per container start is cheap,
+/// but the handlers have a 30 ms budget and the directory rarely changes.
+const POLICY_RECHECK: Duration = Duration::from_millis(500);
 
 impl Backend {
     /// Opens the pinned maps, the store (`<state-dir>/nri`, held for the process's lifetime)
@@ -82,7 +90,44 @@ impl Backend {
         let grace_ns = u64::try_from(s.grace.as_nanos()).unwrap_or(u64::MAX);
         let mut registry = Registry::new(maps, store, Writer::Nri, grace_ns, boot);
         let report = registry.restore(&layout);
-        Ok((Backend { registry, layout }, counters, report))
+        let policies = PolicyDir::new(&s.policy_dir);
+        Ok((
+            Backend {
+                registry,
+                layout,
+                policies,
+                policies_checked: None,
+            },
+            counters,
+            report,
+        ))
+    }
+}
+
+impl Backend {
+    /// Adds the container to every policy that selects it, before its record exists, so not
+    /// even its first exec escapes. A failure is counted (MembershipErrors) and podmapd's
+    /// reconciliation repairs it; it never stops the mapping.
+    fn write_memberships(&mut self, meta: &ContainerMeta, ids: &podmap_bpf::CgroupIds) {
+        if self
+            .policies_checked
+            .is_none_or(|t| t.elapsed() >= POLICY_RECHECK)
+        {
+            self.policies.refresh();
+            self.policies_checked = Some(Instant::now());
+        }
+        let target = Target {
+            namespace: &meta.namespace,
+            pod_labels: &meta.labels,
+            container_name: &meta.name,
+        };
+        let selected = self.policies.set().selecting(&target);
+        if selected.is_empty() {
+            return;
+        }
+        if let Err(e) = self.registry.maps_mut().add_memberships(ids, &selected) {
+            tracing::warn!(container = %meta.container_id, error = %e, "writing policy memberships");
+        }
     }
 }
 
@@ -344,6 +389,7 @@ impl Mapper {
         let res = match resolved {
             Ok(r) => {
                 meta.cgroup_path = r.record_path();
+                backend.write_memberships(&meta, &r.ids);
                 backend
                     .registry
                     .map(meta.clone(), r.ids, flags)

@@ -219,3 +219,29 @@ fn synchronize_keeps_records_in_their_grace_and_forgets_the_rest() {
     assert_eq!(report.unresolved, 2, "{report:?}");
     assert_eq!(count(&m, Counter::NriFailures), before + 1);
 }
+
+#[test]
+fn memberships_of_selecting_policies_are_written_with_the_record() {
+    let env = Env::new();
+    let dir = env.state.path().join("policies");
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = |name: &str, selector: &str| {
+        format!("apiVersion: podmap.dev/v1alpha1\nkind: PodPolicy\nmetadata: {{name: {name}}}\nspec:\n  namespaces: [prod]\n  podSelector: {{matchLabels: {{{selector}}}}}\n  rules: [{{exec: {{paths: [/bin/sh]}}, action: kill}}]\n")
+    };
+    std::fs::write(dir.join("a.yaml"), policy("selects-web", "app: web")).unwrap();
+    std::fs::write(dir.join("b.yaml"), policy("selects-db", "app: db")).unwrap();
+    let mut m = mapper(&env, Duration::from_secs(30));
+    m.set_runtime("containerd");
+    let pod = TestPod::new("web");
+    let c = pod.container("nginx");
+    m.created(&pod.pod, &c);
+    let id = pod.run(&c);
+    m.started(&pod.pod, &c, Instant::now()).unwrap();
+    let members = m.backend().unwrap().registry.maps().memberships();
+    let key = CgroupKey::v2(id);
+    assert!(
+        members.contains(&(podmap_proto::policy::policy_id("selects-web"), key)),
+        "{members:?}"
+    );
+    assert!(!members.contains(&(podmap_proto::policy::policy_id("selects-db"), key)));
+}

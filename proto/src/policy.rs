@@ -541,6 +541,87 @@ impl PolicySet {
     }
 }
 
+/// A policy directory kept current: reloaded when its listing (names, sizes, times) changes.
+/// A file that stops loading keeps its last valid policies active; only a file that is gone
+/// takes its policies with it (the refusal is still reported).
+#[derive(Debug)]
+pub struct PolicyDir {
+    dir: PathBuf,
+    fingerprint: Option<Vec<(PathBuf, Option<std::time::SystemTime>, u64)>>,
+    set: PolicySet,
+    reloads: u64,
+}
+
+impl PolicyDir {
+    pub fn new(dir: &Path) -> Self {
+        PolicyDir {
+            dir: dir.to_owned(),
+            fingerprint: None,
+            set: PolicySet::default(),
+            reloads: 0,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn set(&self) -> &PolicySet {
+        &self.set
+    }
+
+    pub fn reloads(&self) -> u64 {
+        self.reloads
+    }
+
+    fn listing(&self) -> Vec<(PathBuf, Option<std::time::SystemTime>, u64)> {
+        let mut v: Vec<_> = std::fs::read_dir(&self.dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| {
+                        let md = e.metadata().ok()?;
+                        Some((e.path(), md.modified().ok(), md.len()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Reloads if the directory changed since the last look (or was never read); returns
+    /// whether it did.
+    pub fn refresh(&mut self) -> bool {
+        let fp = self.listing();
+        if self.fingerprint.as_ref() == Some(&fp) {
+            return false;
+        }
+        self.fingerprint = Some(fp);
+        let mut next = PolicySet::load_dir(&self.dir);
+        let refused: std::collections::HashSet<&str> = next
+            .errors
+            .iter()
+            .map(|e| e.source_name.split(" (document").next().unwrap_or(""))
+            .collect();
+        let carried: Vec<Loaded> = self
+            .set
+            .policies
+            .iter()
+            .filter(|l| refused.contains(l.source.as_str()) && Path::new(&l.source).exists())
+            .filter(|l| {
+                next.policies
+                    .iter()
+                    .all(|n| n.policy.name() != l.policy.name())
+            })
+            .cloned()
+            .collect();
+        next.policies.extend(carried);
+        self.set = next;
+        self.reloads += 1;
+        true
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RuleKind {
     Exec,

@@ -253,6 +253,7 @@ impl Env {
             v1_controller: "memory".into(),
             grace,
             log_file: None,
+            policy_dir: self.state.path().join("policies"),
         }
     }
 }
