@@ -1,1 +1,4 @@
 //! Benchmarks: each prints its figures next to a reference measured in the same run.
+pub mod exec;
+pub mod pod_cache;
+pub mod policies;

@@ -1,0 +1,52 @@
+//! `podmap-bench`: podmap's benchmark command (never a timed test). Each subcommand prints its
+//! figures next to a reference measured in the same run and the targets of
+//! /work/shared/targets.md; the work is in `podmap_conformance::bench`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use podmap_conformance::bench::{exec, pod_cache, policies};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "podmap-bench",
+    version,
+    about = "podmap's benchmarks, each side by side with its reference"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Exec storm from a fresh cgroup: no tracer vs podmapd + `podmap events` vs bpftrace vs
+    /// libbpf-tools execsnoop (needs root).
+    Exec(exec::ExecArgs),
+    /// Exec throughput inside a container selected by 0, 1, 10 and 100 policies, against no
+    /// podmap at all (needs root).
+    Policies(policies::PolicyArgs),
+    /// The pod cache: memory per cached pod and relist time, 1,000 and 10,000 pods, against
+    /// whole Pod objects.
+    PodCache(pod_cache::PodCacheArgs),
+    /// Internal: the storm driver `exec` starts inside the storm's cgroup.
+    #[command(hide = true)]
+    StormChild(exec::StormArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Exec(args) => exec::run(args),
+        Command::Policies(args) => policies::run(args),
+        Command::PodCache(args) => pod_cache::run(args),
+        Command::StormChild(args) => exec::storm_child(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("podmap-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
