@@ -31,7 +31,7 @@ enum podmap_v1_controller {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 4 * 1024 * 1024);
+	__uint(max_entries, 2 * 1024 * 1024);
 } podmap_events SEC(".maps");
 
 struct {
@@ -89,6 +89,14 @@ static __always_inline void count(__u32 idx)
 	__u64 *v = bpf_map_lookup_elem(&podmap_counters, &idx);
 	if (v)
 		__sync_fetch_and_add(v, 1);
+}
+
+/* Whether any writer ever keyed a record by a v1 id: if not, the v1 walk cannot find one. */
+static __always_inline int v1_records(void)
+{
+	__u32 idx = PODMAP_C_V1_RECORDS;
+	__u64 *v = bpf_map_lookup_elem(&podmap_counters, &idx);
+	return v && *v;
 }
 
 /* Wake the reader only when enough is queued; otherwise it polls on a short timer. */
@@ -161,7 +169,7 @@ static __always_inline void task_ids(struct task_struct *task, struct podmap_tas
 	if (!cg)
 		return;
 	ids->cgroup_v1 = BPF_CORE_READ(cg, kn, id);
-	if (ids->container_cgid)
+	if (ids->container_cgid || !v1_records())
 		return;
 	key.hierarchy = PODMAP_HIER_V1;
 	for (i = 0; i < PODMAP_MAX_CGROUP_DEPTH && cg; i++) {

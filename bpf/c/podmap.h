@@ -231,6 +231,7 @@ enum podmap_counter {
 	PODMAP_C_POLICY_DENY_AUDITED, /* deny rules without LSM and without fallback: audited */
 	PODMAP_C_OPEN_PATH_UNREADABLE,
 	PODMAP_C_POLICY_REFS_TRUNCATED,
+	PODMAP_C_V1_RECORDS, /* records keyed by a v1 id ever written: the programs skip v1 walks at 0 */
 	PODMAP_C_RECORDS_WRITTEN = 16,
 	PODMAP_C_RECORDS_REMOVED,
 	PODMAP_C_RECORDS_EXPIRED,

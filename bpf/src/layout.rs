@@ -226,6 +226,7 @@ pub enum Counter {
     PolicyDenyAudited = 10,
     OpenPathUnreadable = 11,
     PolicyRefsTruncated = 12,
+    V1Records = 13,
     RecordsWritten = 16,
     RecordsRemoved = 17,
     RecordsExpired = 18,
@@ -249,7 +250,7 @@ pub const LATENCY_BUCKET0: u32 = 64;
 pub const LATENCY_BUCKETS: u32 = 32;
 
 impl Counter {
-    pub const ALL: [Counter; 30] = [
+    pub const ALL: [Counter; 31] = [
         Counter::Exec,
         Counter::Exit,
         Counter::RingbufDropped,
@@ -263,6 +264,7 @@ impl Counter {
         Counter::PolicyDenyAudited,
         Counter::OpenPathUnreadable,
         Counter::PolicyRefsTruncated,
+        Counter::V1Records,
         Counter::RecordsWritten,
         Counter::RecordsRemoved,
         Counter::RecordsExpired,
@@ -298,6 +300,7 @@ impl Counter {
             Counter::PolicyDenyAudited => "kernel_policy_deny_audited",
             Counter::OpenPathUnreadable => "kernel_open_path_unreadable",
             Counter::PolicyRefsTruncated => "kernel_policy_refs_truncated",
+            Counter::V1Records => "v1_records",
             Counter::RecordsWritten => "records_written",
             Counter::RecordsRemoved => "records_removed",
             Counter::RecordsExpired => "records_expired",

@@ -60,6 +60,24 @@ pub enum MapsError {
     Mmap(std::io::Error),
 }
 
+#[derive(Clone, Copy)]
+enum PinKind {
+    Hash,
+    Array,
+    LpmTrie,
+}
+
+/// Every pinned map, with its type.
+const ALL_PINNED: [(&str, PinKind); 7] = [
+    (CONTAINERS_MAP, PinKind::Hash),
+    (META_MAP, PinKind::Hash),
+    (COUNTERS_MAP, PinKind::Array),
+    (MEMBERS_MAP, PinKind::Hash),
+    (EXEC_RULES_MAP, PinKind::LpmTrie),
+    (OPEN_RULES_MAP, PinKind::LpmTrie),
+    (POLICY_STATE_MAP, PinKind::Array),
+];
+
 /// What the record flags mean to the programs and podmapd.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RecordFlags {
@@ -115,20 +133,51 @@ pub struct SharedMaps {
 
 impl SharedMaps {
     /// Opens the pinned maps under `dir`, creating them (and mounting bpffs) when missing.
+    /// The pins already there are opened directly (cheap: no object to parse, no kernel BTF
+    /// to read, which matters on a container's critical path); otherwise the maps-only object
+    /// creates what is missing.
     pub fn open(dir: &Path) -> Result<Self, MapsError> {
+        mounts::ensure_bpffs(dir)?;
+        if let Some(maps) = Self::open_pins(dir)? {
+            return Ok(maps);
+        }
         let mut ebpf = load_pinned(objects::MAPS, dir, |_| {})?;
         Self::from_ebpf(&mut ebpf, dir)
     }
 
+    /// Opens every pin directly; `None` when any is missing.
+    fn open_pins(dir: &Path) -> Result<Option<Self>, MapsError> {
+        if ALL_PINNED.iter().any(|(name, _)| !dir.join(name).exists()) {
+            return Ok(None);
+        }
+        let mut opened = std::collections::HashMap::new();
+        for (name, kind) in ALL_PINNED {
+            let data = MapData::from_pin(dir.join(name))
+                .map_err(|source| MapsError::Map { name, source })?;
+            let map = match kind {
+                PinKind::Hash => Map::HashMap(data),
+                PinKind::Array => Map::Array(data),
+                PinKind::LpmTrie => Map::LpmTrie(data),
+            };
+            opened.insert(name, map);
+        }
+        Self::from_source(|name| opened.remove(name), dir).map(Some)
+    }
+
     /// Takes the shared maps out of a loaded object (the daemon's programs object).
     pub fn from_ebpf(ebpf: &mut Ebpf, dir: &Path) -> Result<Self, MapsError> {
-        let take = |ebpf: &mut Ebpf, name: &'static str| {
-            ebpf.take_map(name).ok_or(MapsError::Missing { name })
-        };
-        let containers = take(ebpf, CONTAINERS_MAP)?;
-        let meta = take(ebpf, META_MAP)?;
-        let counters = take(ebpf, COUNTERS_MAP)?;
-        let policy = crate::policy_maps::PolicyMaps::take(ebpf, dir)?;
+        Self::from_source(|name| ebpf.take_map(name), dir)
+    }
+
+    fn from_source(
+        mut source: impl FnMut(&'static str) -> Option<Map>,
+        dir: &Path,
+    ) -> Result<Self, MapsError> {
+        let mut take = |name: &'static str| source(name).ok_or(MapsError::Missing { name });
+        let containers = take(CONTAINERS_MAP)?;
+        let meta = take(META_MAP)?;
+        let counters = take(COUNTERS_MAP)?;
+        let policy = crate::policy_maps::PolicyMaps::take(&mut take, dir)?;
         check_map(
             &containers,
             dir,
@@ -202,6 +251,9 @@ impl SharedMaps {
             }
         }
         self.counters.add(Counter::RecordsWritten, 1);
+        if ids.v1.is_some() {
+            self.counters.add(Counter::V1Records, 1);
+        }
         Ok(())
     }
 

@@ -7,7 +7,6 @@ use std::path::Path;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, MapError};
-use aya::Ebpf;
 
 use crate::layout::{
     self, podmap_member_key, podmap_policy_state, podmap_rule_ref, podmap_rule_set, Counter,
@@ -27,9 +26,12 @@ pub(crate) struct PolicyMaps {
 }
 
 impl PolicyMaps {
-    pub(crate) fn take(ebpf: &mut Ebpf, dir: &Path) -> Result<Self, MapsError> {
+    pub(crate) fn take(
+        source: &mut impl FnMut(&'static str) -> Result<aya::maps::Map, MapsError>,
+        dir: &Path,
+    ) -> Result<Self, MapsError> {
         let mut take = |name: &'static str, key: usize, value: usize| {
-            let m = ebpf.take_map(name).ok_or(MapsError::Missing { name })?;
+            let m = source(name)?;
             check_map(&m, dir, name, key, value)?;
             Ok::<_, MapsError>(m)
         };

@@ -19,21 +19,34 @@ use tokio::sync::mpsc;
 /// to be scheduled loses nothing, while a stuck one costs at most this many `Arc`s.
 pub const DEFAULT_QUEUE_LEN: usize = 4096;
 
-/// An event ready for the wire: serialized once, shared by every client that receives it.
+/// An event ready for the wire: serialized at most once, when the first client takes it, and
+/// shared by every client that receives it. Events no client asked for are never encoded.
 #[derive(Debug)]
 pub struct Published {
     pub event: Event,
-    /// The event's JSON followed by `'\n'`.
-    pub line: Vec<u8>,
+    line: std::sync::OnceLock<Vec<u8>>,
 }
 
 impl Published {
     pub fn new(event: Event) -> Arc<Published> {
-        // Serializing an `Event` cannot fail: it has only string-keyed maps and no custom
-        // serializers, the only sources of serde_json errors when writing to a Vec.
-        let mut line = serde_json::to_vec(&event).expect("an Event always serializes to JSON");
-        line.push(b'\n');
-        Arc::new(Published { event, line })
+        Arc::new(Published {
+            event,
+            line: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// The event's JSON followed by `'\n'`.
+    pub fn line(&self) -> &[u8] {
+        self.line.get_or_init(|| {
+            // Sized for a typical event, so encoding does not reallocate on the way.
+            let mut line = Vec::with_capacity(1024);
+            // Serializing an `Event` cannot fail: it has only string-keyed maps and no custom
+            // serializers, the only sources of serde_json errors when writing to a Vec.
+            serde_json::to_writer(&mut line, &self.event)
+                .expect("an Event always serializes to JSON");
+            line.push(b'\n');
+            line
+        })
     }
 }
 
@@ -282,8 +295,8 @@ mod tests {
     #[test]
     fn published_line_is_the_json_and_a_newline() {
         let p = Published::new(event(EventType::Exec, Some("prod")));
-        assert_eq!(p.line.last(), Some(&b'\n'));
-        let back: Event = serde_json::from_slice(&p.line[..p.line.len() - 1]).unwrap();
+        assert_eq!(p.line().last(), Some(&b'\n'));
+        let back: Event = serde_json::from_slice(&p.line()[..p.line().len() - 1]).unwrap();
         assert_eq!(back, p.event);
     }
 

@@ -36,7 +36,13 @@ pub struct ProcTable {
 /// `base64("node:boot-ns:pid")`: unique per exec across nodes and pid reuse.
 pub fn exec_id(node: &str, ktime: u64, pid: u32) -> String {
     use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(format!("{node}:{ktime}:{pid}"))
+    use std::fmt::Write;
+    // On every exec: one small buffer for the raw id, one exactly sized for the encoding.
+    let mut raw = String::with_capacity(node.len() + 32);
+    let _ = write!(raw, "{node}:{ktime}:{pid}");
+    let mut out = String::with_capacity(raw.len().div_ceil(3) * 4);
+    base64::engine::general_purpose::STANDARD.encode_string(raw, &mut out);
+    out
 }
 
 impl ProcTable {

@@ -344,7 +344,7 @@ async fn stream_events(
                 // Everything queued goes out in one write: one syscall per wake-up, not per event.
                 out.clear();
                 for ev in batch.drain(..) {
-                    out.extend_from_slice(&ev.line);
+                    out.extend_from_slice(ev.line());
                 }
                 wr.write_all(&out).await.map_err(StreamError::Io)?;
             }

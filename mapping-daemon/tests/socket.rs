@@ -569,7 +569,7 @@ async fn the_podmap_client_streams_filters_and_stops_after_count() {
     let ev = event(EventType::Exec, 5, Some("prod"), &[]);
     let published = Published::new(ev);
     h.hub.publish(&published);
-    assert_eq!(run.await.as_bytes(), &published.line[..]);
+    assert_eq!(run.await.as_bytes(), published.line());
 
     // Status and containers through the client.
     let path = h.path.clone();
