@@ -11,6 +11,7 @@ PACKAGES=(
   util-linux       # unshare, for the pure-cgroup2 tests
   bpftrace         # the benchmark's reference tracers
   libbpf-tools
+  bpftool          # the benchmark reads BPF run time per program
   protobuf-compiler  # protoc, for the CRI client of the containerd suites
   runc             # real OCI runtimes for the hook and containerd suites
   crun
