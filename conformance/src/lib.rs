@@ -4,4 +4,5 @@
 
 pub mod bench;
 pub mod bins;
+pub mod containerd;
 pub mod daemon;

@@ -1,4 +1,5 @@
 //! Benchmarks: each prints its figures next to a reference measured in the same run.
 pub mod exec;
+pub mod nri;
 pub mod pod_cache;
 pub mod policies;
