@@ -14,8 +14,8 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 scripts/setup.sh
-cargo build --release -p podmap-daemon -p podmap-conformance \
-  --bin podmapd --bin podmap --bin podmap-bench
+cargo build --release -p podmap-daemon -p podmap-conformance -p podmap-nri -p podmap-oci-hook \
+  --bin podmapd --bin podmap --bin podmap-bench --bin podmap-nri --bin podmap-oci-hook --bin podmap-test-runc
 
 case "${1:-}" in
   exec | nri | hook | pod-cache | policies) sub=$1; shift ;;

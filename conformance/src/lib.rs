@@ -6,3 +6,4 @@ pub mod bench;
 pub mod bins;
 pub mod containerd;
 pub mod daemon;
+pub mod oci;

@@ -37,8 +37,8 @@ fn documents() -> Result<Vec<(String, Value)>> {
         let text = std::fs::read_to_string(&file)
             .with_context(|| format!("reading {}", file.display()))?;
         for doc in serde_yaml_ng::Deserializer::from_str(&text) {
-            let value =
-                serde_yaml_ng::Value::deserialize(doc).with_context(|| format!("parsing {name}"))?;
+            let value = serde_yaml_ng::Value::deserialize(doc)
+                .with_context(|| format!("parsing {name}"))?;
             if value.is_null() {
                 continue;
             }

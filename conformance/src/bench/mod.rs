@@ -1,5 +1,6 @@
 //! Benchmarks: each prints its figures next to a reference measured in the same run.
 pub mod exec;
+pub mod hook;
 pub mod nri;
 pub mod pod_cache;
 pub mod policies;

@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use podmap_conformance::bench::{exec, nri, pod_cache, policies};
+use podmap_conformance::bench::{exec, hook, nri, pod_cache, policies};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -23,6 +23,9 @@ enum Command {
     /// Exec storm from a fresh cgroup: no tracer vs podmapd + `podmap events` vs bpftrace vs
     /// libbpf-tools execsnoop (needs root).
     Exec(exec::ExecArgs),
+    /// The OCI hook with real runc: wall time p50/p99 one container at a time, 20 at once, and
+    /// container start with the hook vs without (needs root).
+    Hook(hook::HookArgs),
     /// NRI plugin with a real containerd: create-to-mapping-ready p50/p99, and CRI
     /// create+start latency with the plugin vs without, in one run (needs root).
     Nri(nri::NriArgs),
@@ -43,6 +46,7 @@ fn main() -> ExitCode {
         Command::Exec(args) => exec::run(args),
         Command::Policies(args) => policies::run(args),
         Command::Nri(args) => nri::run(args),
+        Command::Hook(args) => hook::run(args),
         Command::PodCache(args) => pod_cache::run(args),
         Command::StormChild(args) => exec::storm_child(args),
     };

@@ -1,0 +1,996 @@
+//! podmap-oci-hook with real runtimes from Debian: runc and crun bundles whose config.json lists
+//! the hook, and podman reading deploy/'s hooks.d file through `--hooks-dir`, each with
+//! CRI-O-style annotations, on this hybrid host (v1 only for crun) and in a pure cgroup2 mount
+//! namespace, with the real podmapd reporting what the kernel saw. Then the hook alone: 20
+//! containers at once, a corpus of broken inputs, fail-closed namespaces, the watchdog, and the
+//! grace period after poststop. Every test has its own pins, store, log, cgroup parent and
+//! runtime root; everything is removed on drop, also when an assertion fails. Runs as root.
+//!
+//! Timing words of the issue are bench targets (conformance/src/bench/hook.rs): these tests wait
+//! with generous timeouts and assert outcomes, and the hook's own hard bound.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use podmap_bpf::layout::Counter;
+use podmap_bpf::store::Store;
+use podmap_bpf::testing::{unique_name, TestCgroup};
+use podmap_bpf::Hierarchy;
+use podmap_conformance::daemon::{cgroup2_mount, Daemon, DaemonOptions, EventStream};
+use podmap_conformance::oci::{
+    container_id, hook_times_ms, path_str, Bundle, BundleSpec, CgroupParent, Cgroups, HookEnv,
+    OciRuntime, Pod, Podman, Rootfs, Runtime,
+};
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The bound of the tests of the bound itself (the watchdog, a locked store). The hook's default
+/// is 1 s, a bench figure (decisions.md 19); the debug build on this shared 2-core machine needs
+/// a few hundred ms just to open the maps when other suites run alongside.
+const LOCKED_BOUND: Duration = Duration::from_secs(3);
+
+fn daemon_for(hooks: &HookEnv, cgroups: Cgroups) -> Daemon {
+    Daemon::start_with(DaemonOptions {
+        pins: Some(hooks.pins.path.clone()),
+        pure_cgroup2: cgroups.daemon_pure_cgroup2(),
+        ..Default::default()
+    })
+}
+
+/// Waits for a matching event; on failure says what the hook and podmapd logged.
+fn wait_for(
+    stream: &mut EventStream,
+    daemon: &Daemon,
+    hooks: &HookEnv,
+    pred: impl FnMut(&Value) -> bool,
+) -> Value {
+    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stream.until(WAIT, pred)));
+    match res {
+        Ok(events) => events.last().expect("until returns the match").clone(),
+        Err(e) => {
+            let msg = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            let dlog = daemon.log_text();
+            let tail: Vec<&str> = dlog.lines().rev().take(40).collect();
+            panic!(
+                "{msg}\nhook log:\n{}\npodmapd log (last lines, newest first):\n{}",
+                hooks.log(),
+                tail.join("\n")
+            );
+        }
+    }
+}
+
+fn assert_ok(what: &str, out: &std::process::Output, hooks: &HookEnv) {
+    assert!(
+        out.status.success(),
+        "{what}: {:?}\nstdout: {}\nstderr: {}\nhook log:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        hooks.log()
+    );
+}
+
+/// No hook run of this test logged a problem.
+fn assert_clean_log(hooks: &HookEnv) {
+    let log = hooks.log();
+    let bad: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" ERROR ") || l.contains(" WARN "))
+        .collect();
+    assert!(bad.is_empty(), "the hook logged problems:\n{log}");
+}
+
+/// Asserts an event is attributed to container `cid` named `name` of `pod`, with the pod's uid,
+/// name, namespace and its own labels (the sandbox's, runtime keys stripped).
+fn assert_attributed(e: &Value, pod: &Pod, cid: &str, name: &str, runtime: &str) {
+    let ctx = || format!("event: {e:#}");
+    assert_eq!(e["attribution"], "container", "{}", ctx());
+    assert_eq!(e["container"]["id"], cid, "{}", ctx());
+    assert_eq!(e["container"]["name"], name, "{}", ctx());
+    assert_eq!(e["container"]["runtime"], runtime, "{}", ctx());
+    assert_eq!(e["pod"]["uid"], pod.uid.as_str(), "{}", ctx());
+    assert_eq!(e["pod"]["name"], pod.name.as_str(), "{}", ctx());
+    assert_eq!(e["pod"]["namespace"], pod.namespace.as_str(), "{}", ctx());
+    assert_eq!(e["pod"]["labels"], json!(pod.labels), "{}", ctx());
+}
+
+/// Which hierarchies a container's record must be keyed in under each layout.
+fn assert_keys(hooks: &HookEnv, id: &str, cgroups: Cgroups) {
+    let mut got: Vec<Hierarchy> = hooks
+        .mapped(id)
+        .into_iter()
+        .map(|(k, _)| k.hierarchy)
+        .collect();
+    got.sort();
+    let want = match cgroups {
+        Cgroups::Hybrid => vec![Hierarchy::V2, Hierarchy::V1],
+        Cgroups::V1Only => vec![Hierarchy::V1],
+        Cgroups::PureV2 => vec![Hierarchy::V2],
+    };
+    assert_eq!(got, want, "map keys of {id}; log:\n{}", hooks.log());
+}
+
+/// A CRI-O pod through runc or crun: the sandbox's createRuntime hook records the pod's labels,
+/// the workload's hook finds them by SandboxID, and the workload's entrypoint exec comes out of
+/// podmapd attributed.
+fn entrypoint_is_attributed(runtime: Runtime, cgroups: Cgroups) {
+    let hooks = HookEnv::new("podmap-oci");
+    let parent = CgroupParent::new("podmap-oci");
+    let rootfs = Rootfs::busybox();
+    // Dropped before the cgroup parent: containers go first.
+    let rt = OciRuntime::new(runtime, cgroups);
+    let daemon = daemon_for(&hooks, cgroups);
+    let pod = Pod::new("web", "prod");
+
+    let sandbox_id = container_id("sb");
+    let sandbox = Bundle::new(
+        &rootfs,
+        &BundleSpec {
+            cgroups_path: Some(parent.cgroups_path(&sandbox_id)),
+            annotations: pod.sandbox_annotations(&sandbox_id),
+            hooks: Some(hooks.oci_hooks()),
+            ..BundleSpec::new(&["/bin/sleep", "60"])
+        },
+    );
+    let (status, out) = rt.run_detached(&sandbox, &sandbox_id);
+    assert!(
+        status.success(),
+        "sandbox: {status:?} {out}\nhook log:\n{}",
+        hooks.log()
+    );
+
+    let mut stream = daemon.events(&json!({"pod": pod.name}).to_string());
+    let id = container_id("app");
+    let marker = unique_name("entry");
+    let app = Bundle::new(
+        &rootfs,
+        &BundleSpec {
+            cgroups_path: Some(parent.cgroups_path(&id)),
+            annotations: pod.container_annotations(&id, &sandbox_id, "app"),
+            hooks: Some(hooks.oci_hooks()),
+            ..BundleSpec::new(&["/bin/sh", "-c", "exit 0", &marker])
+        },
+    );
+    let out = rt.run(&app, &id);
+    assert_ok("the workload container", &out, &hooks);
+    assert_keys(&hooks, &id, cgroups);
+    assert_keys(&hooks, &sandbox_id, cgroups);
+
+    let exec = wait_for(&mut stream, &daemon, &hooks, |e| {
+        e["type"] == "exec" && e["process"]["args"].to_string().contains(&marker)
+    });
+    assert_eq!(exec["process"]["binary"], "/bin/sh", "{exec:#}");
+    assert_attributed(&exec, &pod, &id, "app", "cri-o");
+
+    let rec = hooks.record(&id).expect("the workload's store record");
+    assert_eq!(
+        rec.meta.labels, pod.labels,
+        "pod labels came from the sandbox's record"
+    );
+    assert!(
+        rec.removed_ns.is_some(),
+        "poststop started the grace period"
+    );
+    let sb = hooks
+        .record(&sandbox_id)
+        .expect("the sandbox's store record");
+    assert!(sb.meta.sandbox && sb.removed_ns.is_none());
+
+    let out = rt.delete(&sandbox_id);
+    assert_ok("deleting the sandbox", &out, &hooks);
+    assert!(
+        hooks.record(&sandbox_id).unwrap().removed_ns.is_some(),
+        "the sandbox's poststop ran; log:\n{}",
+        hooks.log()
+    );
+    assert_clean_log(&hooks);
+    // crun's poststop state has pid 0, runc's none: both were handled.
+    assert_eq!(
+        hook_times_ms(&hooks.log(), "poststop", &id).len(),
+        1,
+        "{}",
+        hooks.log()
+    );
+}
+
+#[test]
+fn runc_entrypoint_is_attributed_hybrid() {
+    entrypoint_is_attributed(Runtime::Runc, Cgroups::Hybrid);
+}
+
+#[test]
+fn runc_entrypoint_is_attributed_pure_cgroup2() {
+    entrypoint_is_attributed(Runtime::Runc, Cgroups::PureV2);
+}
+
+#[test]
+fn crun_entrypoint_is_attributed_v1_only() {
+    entrypoint_is_attributed(Runtime::Crun, Cgroups::V1Only);
+}
+
+#[test]
+fn crun_entrypoint_is_attributed_pure_cgroup2() {
+    entrypoint_is_attributed(Runtime::Crun, Cgroups::PureV2);
+}
+
+/// The same pod through podman, which reads deploy/'s hooks.d file (one entry, both stages,
+/// the stage taken from the state's status).
+fn podman_entrypoint_is_attributed(runtime: Runtime, cgroups: Cgroups, extra: &[&str]) {
+    let hooks = HookEnv::new("podmap-podman");
+    let parent = CgroupParent::new("podmap-podman");
+    let rootfs = Rootfs::busybox();
+    let podman = Podman::new(&hooks, runtime, cgroups, &parent);
+    let daemon = daemon_for(&hooks, cgroups);
+    let pod = Pod::new("web", "prod");
+    // podman makes the ids and marks its containers io.container.manager=libpod.
+    let strip = |mut a: BTreeMap<String, String>| {
+        for k in [
+            "io.container.manager",
+            "io.kubernetes.cri-o.ContainerID",
+            "io.kubernetes.cri-o.SandboxID",
+        ] {
+            a.remove(k);
+        }
+        a
+    };
+
+    let (out, sandbox_id) = podman.run(
+        &rootfs,
+        &strip(pod.sandbox_annotations("")),
+        true,
+        extra,
+        &["/bin/sleep", "60"],
+    );
+    assert_ok("the podman sandbox", &out, &hooks);
+    assert_eq!(sandbox_id.len(), 64, "podman's container id");
+
+    let mut stream = daemon.events(&json!({"pod": pod.name}).to_string());
+    let marker = unique_name("entry");
+    let mut ann = strip(pod.container_annotations("", &sandbox_id, "app"));
+    ann.insert("io.kubernetes.cri-o.SandboxID".into(), sandbox_id.clone());
+    let (out, id) = podman.run(
+        &rootfs,
+        &ann,
+        false,
+        extra,
+        &["/bin/sh", "-c", "exit 0", &marker],
+    );
+    assert_ok("the podman workload", &out, &hooks);
+
+    assert_keys(&hooks, &id, cgroups);
+    let exec = wait_for(&mut stream, &daemon, &hooks, |e| {
+        e["type"] == "exec" && e["process"]["args"].to_string().contains(&marker)
+    });
+    assert_attributed(&exec, &pod, &id, "app", "podman");
+    let rec = hooks.record(&id).expect("the workload's store record");
+    assert_eq!(
+        rec.meta.labels, pod.labels,
+        "pod labels came from the sandbox's record"
+    );
+    assert!(rec.removed_ns.is_some(), "podman ran the poststop stage");
+    assert_clean_log(&hooks);
+}
+
+#[test]
+fn podman_entrypoint_is_attributed_hybrid() {
+    podman_entrypoint_is_attributed(Runtime::Runc, Cgroups::Hybrid, &[]);
+}
+
+#[test]
+fn podman_entrypoint_is_attributed_pure_cgroup2() {
+    // crun: privileged, so it loads no device program (see Podman::new).
+    podman_entrypoint_is_attributed(Runtime::Crun, Cgroups::PureV2, &["--privileged"]);
+}
+
+/// A container without Kubernetes annotations is recorded as a plain container of the runtime
+/// that ran the hook.
+#[test]
+fn plain_containers_are_recorded_with_their_runtime() {
+    let hooks = HookEnv::new("podmap-plain");
+    let parent = CgroupParent::new("podmap-plain");
+    let rootfs = Rootfs::busybox();
+    for (runtime, cgroups) in [
+        (Runtime::Runc, Cgroups::Hybrid),
+        (Runtime::Crun, Cgroups::V1Only),
+    ] {
+        let rt = OciRuntime::new(runtime, cgroups);
+        let id = unique_name("plain");
+        let sleeper = Bundle::new(
+            &rootfs,
+            &BundleSpec {
+                cgroups_path: Some(parent.cgroups_path(&id)),
+                hooks: Some(hooks.oci_hooks()),
+                ..BundleSpec::new(&["/bin/sleep", "60"])
+            },
+        );
+        let (status, out) = rt.run_detached(&sleeper, &id);
+        assert!(status.success(), "{runtime:?}: {out}\n{}", hooks.log());
+        let mapped = hooks.mapped(&id);
+        assert!(
+            !mapped.is_empty(),
+            "{runtime:?} not mapped; log:\n{}",
+            hooks.log()
+        );
+        for (_, meta) in mapped {
+            assert_eq!(meta.runtime, runtime.binary());
+            assert!(
+                meta.pod_uid.is_none() && meta.pod_name.is_empty() && meta.namespace.is_empty()
+            );
+            assert_eq!(
+                meta.cgroup_path,
+                parent.cgroups_path(&id).trim_start_matches('/')
+            );
+        }
+        assert_ok("delete", &rt.delete(&id), &hooks);
+    }
+    assert_clean_log(&hooks);
+}
+
+/// A new container joins the policies that select it before its record is written
+/// (decisions.md 10), from the same policy directory podmap-nri and podmapd read.
+#[test]
+fn policy_memberships_are_written_at_creation() {
+    let hooks = HookEnv::new("podmap-policy");
+    let parent = CgroupParent::new("podmap-policy");
+    let rootfs = Rootfs::busybox();
+    let rt = OciRuntime::new(Runtime::Runc, Cgroups::Hybrid);
+    let pod = Pod::new("web", "prod");
+    let other = Pod::new("web", "dev");
+    let policy = unique_name("no-shell");
+    std::fs::create_dir_all(hooks.policy_dir()).unwrap();
+    std::fs::write(
+        hooks.policy_dir().join("web.yaml"),
+        format!(
+            "apiVersion: podmap.dev/v1alpha1\nkind: PodPolicy\nmetadata:\n  name: {policy}\n\
+             spec:\n  namespaces: [prod]\n  podSelector:\n    matchLabels: {{app: {app}}}\n\
+             \x20 rules:\n  - exec: {{paths: [/bin/nc]}}\n    action: audit\n",
+            app = pod.name
+        ),
+    )
+    .unwrap();
+    let policy_id = podmap_proto::policy::policy_id(&policy);
+    let mut selected = Vec::new();
+    for (p, joins) in [(&pod, true), (&other, false)] {
+        let id = container_id("pol");
+        let b = Bundle::new(
+            &rootfs,
+            &BundleSpec {
+                cgroups_path: Some(parent.cgroups_path(&id)),
+                annotations: p.sandbox_annotations(&id),
+                hooks: Some(hooks.oci_hooks()),
+                ..BundleSpec::new(&["/bin/sleep", "60"])
+            },
+        );
+        let (status, out) = rt.run_detached(&b, &id);
+        assert!(status.success(), "{out}\n{}", hooks.log());
+        let members = hooks.maps().memberships();
+        let keys: Vec<_> = hooks.mapped(&id).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys.len(), 2, "{}", hooks.log());
+        for k in keys {
+            assert_eq!(
+                members.contains(&(policy_id, k)),
+                joins,
+                "{} in {}: {members:?}",
+                p.name,
+                p.namespace
+            );
+        }
+        selected.push(id);
+    }
+    for id in &selected {
+        assert_ok("delete", &rt.delete(id), &hooks);
+    }
+    assert_clean_log(&hooks);
+}
+
+/// 20 containers started at once: all mapped, every hook exited 0 (runc fails a container
+/// whose hook fails) within its bound, and nothing was lost on the store's queue.
+#[test]
+fn twenty_containers_at_once_are_all_mapped() {
+    const N: usize = 20;
+    // decisions.md 19: the 1 s bound under a 20-container rush is a bench figure (bench/hook.rs,
+    // release build); this test runs the debug build on a shared machine with HookEnv's generous
+    // bound and asserts the outcomes: every container started (so every hook exited 0), every
+    // one mapped and recorded, no hook ended by its watchdog, nothing logged as a problem.
+    let hooks = HookEnv::new("podmap-many");
+    let parent = CgroupParent::new("podmap-many");
+    let rootfs = Rootfs::busybox();
+    let rt = OciRuntime::new(Runtime::Runc, Cgroups::Hybrid);
+    let pods: Vec<(Pod, String, Bundle)> = (0..N)
+        .map(|_| {
+            let pod = Pod::new("many", "prod");
+            let id = container_id("many");
+            let b = Bundle::new(
+                &rootfs,
+                &BundleSpec {
+                    cgroups_path: Some(parent.cgroups_path(&id)),
+                    annotations: pod.sandbox_annotations(&id),
+                    hooks: Some(hooks.oci_hooks()),
+                    ..BundleSpec::new(&["/bin/true"])
+                },
+            );
+            (pod, id, b)
+        })
+        .collect();
+    // The pins exist before the rush, as on a node where podmapd runs.
+    let mapped_before = hooks.counter(Counter::HookMapped);
+
+    let barrier = Barrier::new(N);
+    let outs: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = pods
+            .iter()
+            .map(|(_, id, b)| {
+                let (rt, barrier) = (&rt, &barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    rt.run(b, id)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (out, (_, id, _)) in outs.iter().zip(&pods) {
+        assert_ok(&format!("container {id}"), out, &hooks);
+    }
+
+    let log = hooks.log();
+    let records = hooks.records();
+    for (pod, id, _) in &pods {
+        let mapped = hooks.mapped(id);
+        assert_eq!(mapped.len(), 2, "{id} keyed by v2 and v1 ids; log:\n{log}");
+        assert!(mapped
+            .iter()
+            .all(|(_, m)| m.pod_name == pod.name && m.labels == pod.labels));
+        assert!(
+            records.iter().any(|r| r.meta.container_id.0 == *id),
+            "{id} not in the store; log:\n{log}"
+        );
+        for stage in ["create-runtime", "poststop"] {
+            let times = hook_times_ms(&log, stage, id);
+            assert_eq!(
+                times.len(),
+                1,
+                "{stage} of {id} ran to its end once: {times:?}\n{log}"
+            );
+        }
+    }
+    assert_eq!(hooks.counter(Counter::HookMapped) - mapped_before, N as u64);
+    assert_eq!(hooks.counter(Counter::HookTimeouts), 0);
+    assert_eq!(hooks.counter(Counter::StoreErrors), 0);
+    assert_clean_log(&hooks);
+}
+
+/// poststop starts the grace period: the container's last exit is still attributed, the record
+/// stays (flagged removing) through the grace, and the first hook run after it sweeps the record
+/// from map and store. The hook itself never waits the grace out.
+#[test]
+fn poststop_keeps_the_record_for_the_grace_then_a_later_run_sweeps_it() {
+    let mut hooks = HookEnv::new("podmap-grace");
+    let grace = Duration::from_secs(3);
+    hooks.grace = Some(grace.as_secs().to_string());
+    let parent = CgroupParent::new("podmap-grace");
+    let rootfs = Rootfs::busybox();
+    let rt = OciRuntime::new(Runtime::Runc, Cgroups::Hybrid);
+    let daemon = daemon_for(&hooks, Cgroups::Hybrid);
+    let pod = Pod::new("short", "prod");
+    let id = container_id("short");
+    let marker = unique_name("last");
+    let b = Bundle::new(
+        &rootfs,
+        &BundleSpec {
+            cgroups_path: Some(parent.cgroups_path(&id)),
+            annotations: pod.sandbox_annotations(&id),
+            hooks: Some(hooks.oci_hooks()),
+            ..BundleSpec::new(&["/bin/sh", "-c", "/bin/true; exit 3", &marker])
+        },
+    );
+    let mut stream = daemon.events(&json!({"pod": pod.name}).to_string());
+    let expired_before = hooks.counter(Counter::RecordsExpired);
+    let out = rt.run(&b, &id);
+    let stopped = Instant::now();
+    assert_eq!(out.status.code(), Some(3), "{out:?}\n{}", hooks.log());
+    let poststop_ms = hook_times_ms(&hooks.log(), "poststop", &id);
+    assert_eq!(poststop_ms.len(), 1, "{}", hooks.log());
+    assert!(
+        poststop_ms[0] < grace.as_secs_f64() * 1e3 / 2.0,
+        "poststop must not wait the grace out: {poststop_ms:?}"
+    );
+
+    let exit = wait_for(&mut stream, &daemon, &hooks, |e| {
+        e["type"] == "exit"
+            && e["process"]["binary"] == "/bin/sh"
+            && e["process"]["args"].to_string().contains(&marker)
+    });
+    assert_eq!(exit["exit"]["code"], 3, "{exit:#}");
+    assert_attributed(&exit, &pod, &id, "POD", "cri-o");
+
+    // Within the grace: mapped, flagged removing, kept by another hook run's sweep.
+    let maps = hooks.maps();
+    let keys: Vec<_> = hooks.mapped(&id).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys.len(), 2);
+    for k in &keys {
+        let r = maps.get(*k).unwrap().expect("mapped");
+        assert!(r.flags.removing && r.removed_ns != 0, "{r:?}");
+    }
+    let nothing = json!({"id": unique_name("nothing"), "status": "stopped"}).to_string();
+    assert!(hooks
+        .run(&["poststop"], nothing.as_bytes())
+        .status
+        .success());
+    if stopped.elapsed() < grace {
+        assert_eq!(hooks.mapped(&id).len(), 2, "swept before the grace ended");
+        assert!(hooks.record(&id).is_some_and(|r| r.removed_ns.is_some()));
+    }
+
+    // Past the grace: the next run sweeps map and store.
+    std::thread::sleep((grace + Duration::from_millis(300)).saturating_sub(stopped.elapsed()));
+    assert!(hooks
+        .run(&["poststop"], nothing.as_bytes())
+        .status
+        .success());
+    assert!(
+        hooks.mapped(&id).is_empty(),
+        "still mapped; log:\n{}",
+        hooks.log()
+    );
+    assert!(hooks.record(&id).is_none(), "still in the store");
+    assert!(hooks.counter(Counter::RecordsExpired) >= expired_before + 2);
+    assert_clean_log(&hooks);
+}
+
+/// A real container mapped by a direct hook run: a fresh cgroup2 cgroup and a bundle whose
+/// config.json names it.
+struct Baseline {
+    id: String,
+    _cg: TestCgroup,
+    _bundle: tempfile::TempDir,
+    state: String,
+}
+
+impl Baseline {
+    fn new(namespace: &str) -> Baseline {
+        let cg = TestCgroup::new(&cgroup2_mount(), "podmap-hook-base").unwrap();
+        let id = container_id("base");
+        let pod = Pod::new("base", namespace);
+        let bundle = tempfile::tempdir().unwrap();
+        let config = json!({
+            "ociVersion": "1.0.2",
+            "linux": {"cgroupsPath": format!("/{}", cg.rel.display())},
+            "annotations": pod.sandbox_annotations(&id),
+        });
+        std::fs::write(bundle.path().join("config.json"), config.to_string()).unwrap();
+        let state = json!({"ociVersion": "1.0.2-dev", "id": id, "status": "creating",
+                           "pid": 0, "bundle": path_str(bundle.path())})
+        .to_string();
+        Baseline {
+            id,
+            _cg: cg,
+            _bundle: bundle,
+            state,
+        }
+    }
+
+    fn map(&self, hooks: &HookEnv) {
+        let run = hooks.run(&["create-runtime"], self.state.as_bytes());
+        assert!(run.status.success());
+        assert!(
+            !hooks.mapped(&self.id).is_empty(),
+            "baseline not mapped:\n{}",
+            hooks.log()
+        );
+    }
+
+    fn assert_intact(&self, hooks: &HookEnv, case: &str) {
+        let mapped = hooks.mapped(&self.id);
+        assert_eq!(mapped.len(), 1, "{case}: the baseline's map entry is gone");
+        let rec = hooks
+            .record(&self.id)
+            .unwrap_or_else(|| panic!("{case}: baseline not in the store"));
+        assert_eq!(rec.meta, mapped[0].1, "{case}: the baseline record changed");
+        assert!(rec.removed_ns.is_none(), "{case}");
+    }
+}
+
+/// Whatever is wrong with the input, the hook exits 0 within its bound, logs one clear line,
+/// bumps a shared counter, and leaves every other record alone.
+#[test]
+fn broken_inputs_exit_0_with_a_log_line_and_a_counter() {
+    let mut hooks = HookEnv::new("podmap-broken");
+    let base = Baseline::new("prod");
+    base.map(&hooks);
+
+    let empty_bundle = tempfile::tempdir().unwrap();
+    let bad_config = tempfile::tempdir().unwrap();
+    std::fs::write(
+        bad_config.path().join("config.json"),
+        b"{\"linux\": {\"cgroupsPath\":",
+    )
+    .unwrap();
+    let nowhere = tempfile::tempdir().unwrap();
+    std::fs::write(
+        nowhere.path().join("config.json"),
+        json!({"linux": {"cgroupsPath": "/podmap-does-not-exist/x"}}).to_string(),
+    )
+    .unwrap();
+    let bad_notation = tempfile::tempdir().unwrap();
+    std::fs::write(
+        bad_notation.path().join("config.json"),
+        json!({"linux": {"cgroupsPath": "a:b"}}).to_string(),
+    )
+    .unwrap();
+    // Huge annotations: a labels annotation past Kubernetes' limits and hundreds of big ones.
+    let huge = tempfile::tempdir().unwrap();
+    let huge_cg = TestCgroup::new(&cgroup2_mount(), "podmap-hook-huge").unwrap();
+    let huge_id = container_id("huge");
+    let mut ann = Pod::new("huge", "prod").sandbox_annotations(&huge_id);
+    let labels: BTreeMap<String, String> = (0..20_000)
+        .map(|i| (format!("label-{i:05}"), "v".repeat(60)))
+        .collect();
+    ann.insert(
+        "io.kubernetes.cri-o.Labels".into(),
+        serde_json::to_string(&labels).unwrap(),
+    );
+    for i in 0..500 {
+        ann.insert(format!("example.com/big-{i}"), "x".repeat(2048));
+    }
+    std::fs::write(
+        huge.path().join("config.json"),
+        json!({"linux": {"cgroupsPath": format!("/{}", huge_cg.rel.display())}, "annotations": ann})
+            .to_string(),
+    )
+    .unwrap();
+    // A process in a real cgroup, for the bundle without config.json.
+    let sleeper_cg = TestCgroup::new(&cgroup2_mount(), "podmap-hook-sleeper").unwrap();
+    let mut sleeper = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec sleep 60",
+            sleeper_cg.path().display()
+        ))
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(sleeper_cg.path().join("cgroup.procs"))
+        .unwrap_or_default()
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "sleeper did not enter its cgroup"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let not_bpffs = tempfile::tempdir().unwrap();
+
+    let state = |id: &str, bundle: &std::path::Path, pid: u32| {
+        json!({"ociVersion": "1.0.2-dev", "id": id, "status": "creating", "pid": pid,
+               "bundle": path_str(bundle)})
+        .to_string()
+        .into_bytes()
+    };
+    let truncated = {
+        let s = state("trunc", empty_bundle.path(), 0);
+        s[..s.len() / 2].to_vec()
+    };
+    let no_config_id = container_id("noconfig");
+    struct Case {
+        name: &'static str,
+        args: Vec<&'static str>,
+        stdin: Vec<u8>,
+        env: Vec<(&'static str, String)>,
+        log: &'static str,
+        counter: Option<Counter>,
+    }
+    let case = |name, stdin: Vec<u8>, log, counter| Case {
+        name,
+        args: vec!["create-runtime"],
+        stdin,
+        env: vec![],
+        log,
+        counter: Some(counter),
+    };
+    let cases = vec![
+        case(
+            "truncated state",
+            truncated,
+            "is truncated",
+            Counter::HookBadInput,
+        ),
+        case(
+            "not JSON",
+            b"hello, runtime".to_vec(),
+            "is not JSON",
+            Counter::HookBadInput,
+        ),
+        case("empty state", Vec::new(), "is empty", Counter::HookBadInput),
+        case(
+            "JSON array",
+            b"[\"id\"]".to_vec(),
+            "is not a JSON object",
+            Counter::HookBadInput,
+        ),
+        case(
+            "no id",
+            br#"{"ociVersion":"1.0.2-dev","status":"creating","pid":0,"bundle":"/"}"#.to_vec(),
+            "has no container id",
+            Counter::HookBadInput,
+        ),
+        case(
+            "bad id",
+            br#"{"id":"../../etc","status":"creating"}"#.to_vec(),
+            "is not a valid id",
+            Counter::HookBadInput,
+        ),
+        Case {
+            args: vec![],
+            ..case(
+                "auto stage without a status",
+                br#"{"id":"nostatus","pid":0}"#.to_vec(),
+                "names no stage",
+                Counter::HookBadInput,
+            )
+        },
+        case(
+            "bundle without config.json (mapped from /proc)",
+            state(&no_config_id, empty_bundle.path(), sleeper.id()),
+            "has no config.json",
+            Counter::HookBadInput,
+        ),
+        case(
+            "bundle that does not exist",
+            state("gone", &empty_bundle.path().join("gone"), 0),
+            "has no config.json",
+            Counter::HookBadInput,
+        ),
+        case(
+            "config.json not JSON",
+            state("badconfig", bad_config.path(), 0),
+            "is not an OCI config",
+            Counter::HookBadInput,
+        ),
+        case(
+            "cgroupsPath that does not exist",
+            state("nowhere", nowhere.path(), 0),
+            "exists in no hierarchy",
+            Counter::CgroupUnresolved,
+        ),
+        case(
+            "cgroupsPath in a broken notation",
+            state("notation", bad_notation.path(), 0),
+            "is not of the form slice:prefix:name",
+            Counter::HookFailures,
+        ),
+        case(
+            "huge annotations",
+            state(&huge_id, huge.path(), 0),
+            "Kubernetes allows: its labels were dropped",
+            Counter::HookBadInput,
+        ),
+        Case {
+            args: vec!["--no-such-flag", "create-runtime"],
+            counter: None,
+            ..case(
+                "bad command line",
+                Vec::new(),
+                "bad command line",
+                Counter::HookBadInput,
+            )
+        },
+        Case {
+            env: vec![("PODMAP_BPFFS_DIR", path_str(&not_bpffs.path().join("pins")))],
+            counter: None,
+            ..case(
+                "no bpffs",
+                state("nobpffs", nowhere.path(), 0),
+                "is not on a bpf filesystem",
+                Counter::HookBadInput,
+            )
+        },
+    ];
+
+    for c in &cases {
+        let before_log = hooks.log().len();
+        let before = c.counter.map(|k| hooks.counter(k));
+        let env: Vec<(&str, &str)> = c.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let run = hooks.run_with(&c.args, &c.stdin, &env);
+        assert!(
+            run.status.success(),
+            "{}: {:?} {}",
+            c.name,
+            run.status,
+            run.stderr
+        );
+        assert!(run.elapsed < WAIT, "{}: {:?}", c.name, run.elapsed);
+        let log = hooks.log();
+        let new = &log[before_log..];
+        assert!(
+            new.lines()
+                .any(|l| (l.contains(" ERROR ") || l.contains(" WARN ")) && l.contains(c.log)),
+            "{}: no log line with {:?}; new lines:\n{new}",
+            c.name,
+            c.log
+        );
+        if let (Some(k), Some(b)) = (c.counter, before) {
+            assert!(
+                hooks.counter(k) > b,
+                "{}: counter {} not bumped",
+                c.name,
+                k.name()
+            );
+        }
+        base.assert_intact(&hooks, c.name);
+    }
+    // Inputs that still identify a container map what they can.
+    assert_eq!(
+        hooks.mapped(&no_config_id).len(),
+        1,
+        "mapped from /proc/<pid>/cgroup"
+    );
+    let huge_meta = hooks.mapped(&huge_id);
+    assert_eq!(huge_meta.len(), 1);
+    assert!(huge_meta[0].1.labels.is_empty() && huge_meta[0].1.pod_name.starts_with("huge"));
+
+    // A locked store. createRuntime writes the map and queues the record without waiting for
+    // the store; poststop, which applies the queue, waits its bound, logs, counts, starts the
+    // grace period in the map from the map's own data, and exits 0. Nothing is lost.
+    let locked_cg = TestCgroup::new(&cgroup2_mount(), "podmap-hook-locked").unwrap();
+    let locked_bundle = tempfile::tempdir().unwrap();
+    let locked_id = container_id("locked");
+    std::fs::write(
+        locked_bundle.path().join("config.json"),
+        json!({"linux": {"cgroupsPath": format!("/{}", locked_cg.rel.display())},
+               "annotations": Pod::new("locked", "prod").sandbox_annotations(&locked_id)})
+        .to_string(),
+    )
+    .unwrap();
+    // The bound under test: short enough to wait out, long enough for the debug build to
+    // open the maps on a busy machine first.
+    hooks.timeout = Some(format!("{}ms", LOCKED_BOUND.as_millis()));
+    let holder = Store::open_locked(&hooks.store_path(), Duration::from_secs(5)).unwrap();
+    let store_errors = hooks.counter(Counter::StoreErrors);
+    let run = hooks.run(
+        &["create-runtime"],
+        &state(&locked_id, locked_bundle.path(), 0),
+    );
+    assert!(run.status.success(), "{run:?}");
+    assert!(
+        run.elapsed < LOCKED_BOUND / 2,
+        "createRuntime does not wait for the store: {:?}",
+        run.elapsed
+    );
+    assert_eq!(
+        hooks.mapped(&locked_id).len(),
+        1,
+        "mapped; log:\n{}",
+        hooks.log()
+    );
+    let before_log = hooks.log().len();
+    let stopped = json!({"id": locked_id, "status": "stopped"}).to_string();
+    let run = hooks.run(&["poststop"], stopped.as_bytes());
+    assert!(run.status.success(), "{run:?}");
+    assert!(
+        run.elapsed < LOCKED_BOUND + Duration::from_millis(500),
+        "{:?}",
+        run.elapsed
+    );
+    let new = hooks.log()[before_log..].to_string();
+    assert!(
+        new.lines()
+            .any(|l| l.contains(" WARN ") && l.contains("is locked by another writer")),
+        "{new}"
+    );
+    assert!(hooks.counter(Counter::StoreErrors) > store_errors);
+    let maps = hooks.maps();
+    let (key, _) = hooks.mapped(&locked_id)[0].clone();
+    assert!(
+        maps.get(key).unwrap().unwrap().flags.removing,
+        "the grace period started in the map"
+    );
+    assert!(holder
+        .get(&podmap_bpf::ContainerId(locked_id.clone()))
+        .unwrap()
+        .is_none());
+    drop(holder);
+    base.assert_intact(&hooks, "locked store");
+    // Queued, not lost: the next run that applies the queue stores both changes, in order.
+    let rec = hooks
+        .record(&locked_id)
+        .expect("the queued record reached the store");
+    assert_eq!(rec.meta, hooks.mapped(&locked_id)[0].1);
+    assert!(rec.removed_ns.is_some());
+
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+}
+
+/// Fail-closed namespaces: an unmapped container there fails (non-zero exit), everywhere else
+/// it starts, and podmap's own namespace can never be failed, even when listed.
+#[test]
+fn fail_closed_only_for_listed_namespaces_never_podmaps_own() {
+    let mut hooks = HookEnv::new("podmap-failclosed");
+    hooks.extra = vec![
+        (
+            "PODMAP_FAIL_CLOSED_NAMESPACES".into(),
+            "prod,podmap-system".into(),
+        ),
+        ("POD_NAMESPACE".into(), "podmap-system".into()),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let unmappable = |ns: &str| {
+        let id = container_id("fc");
+        let bundle = dir.path().join(&id);
+        std::fs::create_dir_all(&bundle).unwrap();
+        std::fs::write(
+            bundle.join("config.json"),
+            json!({"linux": {"cgroupsPath": "/podmap-does-not-exist/x"},
+                   "annotations": Pod::new("fc", ns).sandbox_annotations(&id)})
+            .to_string(),
+        )
+        .unwrap();
+        json!({"id": id, "status": "creating", "pid": 0, "bundle": path_str(&bundle)})
+            .to_string()
+            .into_bytes()
+    };
+    let run = hooks.run(&["create-runtime"], &unmappable("prod"));
+    assert_eq!(run.status.code(), Some(1), "prod fails closed: {run:?}");
+    assert!(run.stderr.contains("fails closed"), "{}", run.stderr);
+    for ns in ["podmap-system", "dev"] {
+        let run = hooks.run(&["create-runtime"], &unmappable(ns));
+        assert!(run.status.success(), "{ns} must start: {run:?}");
+    }
+    // poststop never fails, and a mapped container in prod starts.
+    let run = hooks.run(&["poststop"], br#"{"id":"x","status":"stopped"}"#);
+    assert!(run.status.success());
+    let base = Baseline::new("prod");
+    base.map(&hooks);
+}
+
+/// The watchdog bounds a hook whose stdin never closes: it logs, counts, exits 0 in time.
+#[test]
+fn the_watchdog_ends_a_stuck_hook_within_its_bound() {
+    let mut hooks = HookEnv::new("podmap-watchdog");
+    hooks.timeout = Some(format!("{}ms", LOCKED_BOUND.as_millis()));
+    let timeouts = hooks.counter(Counter::HookTimeouts);
+    let started = Instant::now();
+    let mut child = Command::new(podmap_conformance::oci::hook_binary())
+        .arg("create-runtime")
+        .env_clear()
+        .envs(hooks.env())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Half a state, and the pipe held open: the hook is stuck reading.
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(br#"{"id":"stuck","#).unwrap();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > Duration::from_secs(5) {
+            let _ = child.kill();
+            panic!("the hook outlived its bound; log:\n{}", hooks.log());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let took = started.elapsed();
+    drop(stdin);
+    assert!(status.success(), "{status:?}");
+    assert!(
+        took >= LOCKED_BOUND / 2,
+        "it waited for its state: {took:?}"
+    );
+    assert!(took < LOCKED_BOUND + Duration::from_millis(500), "{took:?}");
+    assert!(hooks.log().contains("timed out after"), "{}", hooks.log());
+    assert_eq!(hooks.counter(Counter::HookTimeouts), timeouts + 1);
+}

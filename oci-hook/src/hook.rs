@@ -1,0 +1,579 @@
+//! What the hook does at each stage, and how each outcome is logged and counted.
+//!
+//! createRuntime: state -> config.json -> annotations -> cgroup -> the pod's labels (from the
+//! sandbox's record in the map) -> policy memberships -> the pinned map (before the store: that
+//! is what the kernel reads, and it needs no lock) -> the store, through its queue (records.rs).
+//! poststop: the record's grace period starts (store and map); a later run sweeps it.
+//!
+//! Nothing here fails the container: every problem is one log line and a shared counter, and
+//! the outcome only decides the exit code for fail-closed namespaces.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use podmap_bpf::cgroup::CgroupLayout;
+use podmap_bpf::layout::Counter;
+use podmap_bpf::maps::{now_ns, CONTAINERS_MAP};
+use podmap_bpf::store::ContainerRecord;
+use podmap_bpf::{
+    CgroupIds, ContainerId, ContainerMeta, Hierarchy, RecordFlags, SharedMaps, Writer,
+};
+
+use crate::annotations::{self, AnnotationProblem};
+use crate::bundle::{self, BundleConfig, BundleError};
+use crate::log::HookLog;
+use crate::membership::{self, ProcCgroups};
+use crate::meta::container_meta;
+use crate::options::{Level, Options, Stage};
+use crate::policies;
+use crate::records::{this_boot, Apply};
+use crate::sandbox::{self, fill_from_sandbox};
+use crate::spool::Entry;
+use crate::state::{State, StateError};
+
+/// How a run ended, for the exit code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The record is in the pinned map.
+    Mapped,
+    /// The container could not be mapped (logged and counted).
+    NotMapped { namespace: Option<String> },
+    /// poststop, or nothing to do.
+    Done,
+}
+
+/// What the watchdog needs to know if it fires.
+#[derive(Debug, Clone)]
+struct Progress {
+    stage: Stage,
+    step: &'static str,
+    container: Option<String>,
+    namespace: Option<String>,
+    mapped: bool,
+}
+
+pub struct Hook {
+    pub(crate) opts: Options,
+    pub(crate) log: HookLog,
+    started: Instant,
+    /// When the watchdog fires.
+    pub(crate) deadline: Instant,
+    // Shared with the watchdog thread, which counts a timeout through the same maps.
+    pub(crate) maps: Mutex<Option<SharedMaps>>,
+    progress: Mutex<Progress>,
+}
+
+impl Hook {
+    /// `started` is when the process started (the create-to-mapping-ready clock).
+    pub fn new(opts: Options, log: HookLog, started: Instant) -> Hook {
+        // The watchdog fires a little before the bound so the process is gone by then.
+        let margin = (opts.timeout / 20).min(Duration::from_millis(50));
+        let deadline = started + opts.timeout.saturating_sub(margin);
+        let stage = opts.stage;
+        Hook {
+            opts,
+            log,
+            started,
+            deadline,
+            maps: Mutex::new(None),
+            progress: Mutex::new(Progress {
+                stage,
+                step: "starting",
+                container: None,
+                namespace: None,
+                mapped: false,
+            }),
+        }
+    }
+
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    pub fn log(&self) -> &HookLog {
+        &self.log
+    }
+
+    /// Runs the stage on the state `read_state` returns (stdin). The maps are opened first, so
+    /// that even a run stuck reading its state is counted when the watchdog ends it.
+    pub fn run(&self, read_state: impl FnOnce() -> Result<Vec<u8>, StateError>) -> Outcome {
+        let pins_existed = self.open_maps();
+        self.count(Counter::HookRuns);
+        self.step("reading the state");
+        let Some(state) = self.parse_state(read_state()) else {
+            return match self.opts.stage {
+                Stage::Poststop => Outcome::Done,
+                _ => Outcome::NotMapped { namespace: None },
+            };
+        };
+        let stage = match self.opts.stage {
+            Stage::Auto => match Stage::from_status(&state.status) {
+                Some(s) => s,
+                None => {
+                    self.bad_input(
+                        Some(&state.id.0),
+                        &mut false,
+                        format_args!(
+                            "status {:?} names no stage this hook handles (does the hooks.d \
+                             entry list other stages?); nothing done",
+                            state.status
+                        ),
+                    );
+                    return Outcome::Done;
+                }
+            },
+            s => s,
+        };
+        self.log.set_stage(stage);
+        self.with_progress(|p| p.stage = stage);
+        match stage {
+            Stage::Poststop => self.poststop(state, pins_existed),
+            _ => self.create_runtime(state, pins_existed),
+        }
+    }
+
+    /// The process's exit code: non-zero only for an unmapped container in a fail-closed
+    /// namespace (never podmap's own).
+    pub fn exit_code(&self, outcome: &Outcome) -> i32 {
+        match outcome {
+            Outcome::NotMapped { namespace } if self.opts.fails_closed(namespace.as_deref()) => {
+                eprintln!(
+                    "podmap-oci-hook: the container could not be mapped and namespace {} fails \
+                     closed (see {})",
+                    namespace.as_deref().unwrap_or_default(),
+                    self.opts.log_file.display()
+                );
+                1
+            }
+            _ => 0,
+        }
+    }
+
+    /// Called by the watchdog at the deadline: logs, counts, and picks the exit code.
+    pub fn on_timeout(&self) -> i32 {
+        let p = self.progress.try_lock().map(|p| p.clone()).ok();
+        let p = p.unwrap_or(Progress {
+            stage: self.opts.stage,
+            step: "an unknown step",
+            container: None,
+            namespace: None,
+            mapped: false,
+        });
+        self.log.line(
+            Level::Error,
+            p.container.as_deref(),
+            format_args!(
+                "timed out after {} ms (--timeout {:?}) while {}; the container {} mapped; exiting",
+                self.started.elapsed().as_millis(),
+                self.opts.timeout,
+                p.step,
+                if p.mapped { "is" } else { "is not" }
+            ),
+        );
+        // The main thread may hold the maps (stuck in a map syscall): try briefly, then give up
+        // on the counter rather than on the bound.
+        for _ in 0..10 {
+            if let Ok(maps) = self.maps.try_lock() {
+                if let Some(m) = maps.as_ref() {
+                    m.counters().add(Counter::HookTimeouts, 1);
+                }
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let fail = p.stage != Stage::Poststop
+            && !p.mapped
+            && self.opts.fails_closed(p.namespace.as_deref());
+        i32::from(fail)
+    }
+
+    pub(crate) fn step(&self, step: &'static str) {
+        if let Ok(mut p) = self.progress.lock() {
+            p.step = step;
+        }
+    }
+
+    fn with_progress(&self, f: impl FnOnce(&mut Progress)) {
+        if let Ok(mut p) = self.progress.lock() {
+            f(&mut p);
+        }
+    }
+
+    pub(crate) fn count(&self, c: Counter) {
+        if let Ok(maps) = self.maps.lock() {
+            if let Some(m) = maps.as_ref() {
+                m.counters().add(c, 1);
+            }
+        }
+    }
+
+    /// Opens the pinned maps; returns whether they were there before (false: this run created
+    /// them, so the store's records are written back).
+    fn open_maps(&self) -> bool {
+        self.step("opening the pinned maps");
+        let existed = self.opts.bpffs_dir.join(CONTAINERS_MAP).exists();
+        match SharedMaps::open(&self.opts.bpffs_dir) {
+            Ok(m) => {
+                if let Ok(mut maps) = self.maps.lock() {
+                    *maps = Some(m);
+                }
+            }
+            Err(e) => self.log.line(
+                Level::Error,
+                None,
+                format_args!(
+                    "pinned maps under {}: {e}; nothing is mapped and no counter can be kept \
+                     (the store keeps the record for when the maps are back)",
+                    self.opts.bpffs_dir.display()
+                ),
+            ),
+        }
+        existed
+    }
+
+    pub(crate) fn has_maps(&self) -> bool {
+        self.maps.lock().map(|m| m.is_some()).unwrap_or(false)
+    }
+
+    fn bad_input(&self, id: Option<&str>, counted: &mut bool, msg: std::fmt::Arguments<'_>) {
+        self.log.line(Level::Error, id, msg);
+        if !*counted {
+            self.count(Counter::HookBadInput);
+            *counted = true;
+        }
+    }
+
+    /// The state, or the logged and counted reason there is none.
+    fn parse_state(&self, input: Result<Vec<u8>, StateError>) -> Option<State> {
+        match input.and_then(|bytes| State::parse(&bytes)) {
+            Ok(state) => {
+                let id = state.id.0.clone();
+                self.with_progress(|p| p.container = Some(id));
+                Some(state)
+            }
+            Err(e) => {
+                self.bad_input(None, &mut false, format_args!("{e}; nothing done"));
+                None
+            }
+        }
+    }
+
+    fn create_runtime(&self, state: State, pins_existed: bool) -> Outcome {
+        let id = state.id.0.as_str();
+        let mut counted_bad = false;
+
+        // config.json: the cgroup path and the annotations. Without it the state's copy of the
+        // annotations and the process's membership still map the container.
+        self.step("reading config.json");
+        let bundle_dir = state
+            .bundle
+            .clone()
+            .or_else(|| std::env::current_dir().ok());
+        let config = match bundle_dir
+            .as_deref()
+            .ok_or(BundleError::NoBundle)
+            .and_then(bundle::read_config)
+        {
+            Ok(c) => c,
+            Err(e) => {
+                self.bad_input(
+                    Some(id),
+                    &mut counted_bad,
+                    format_args!(
+                        "{e}; mapping from the state's annotations and /proc/{}/cgroup",
+                        state.pid.map_or("<no pid>".to_string(), |p| p.to_string())
+                    ),
+                );
+                BundleConfig::default()
+            }
+        };
+        let mut ann = state.annotations.clone();
+        // The config is what the runtime was asked to run; the state's copy fills gaps.
+        ann.extend(config.annotations.clone());
+        let (kube, problems) = annotations::kube_meta(&ann);
+        for p in &problems {
+            let level = match p {
+                AnnotationProblem::Incomplete { .. } => Level::Warn,
+                _ => Level::Error,
+            };
+            self.log.line(level, Some(id), format_args!("{p}"));
+            if !counted_bad {
+                self.count(Counter::HookBadInput);
+                counted_bad = true;
+            }
+        }
+        let namespace = kube.as_ref().map(|k| k.namespace.clone());
+        self.with_progress(|p| p.namespace = namespace.clone());
+        let not_mapped = || Outcome::NotMapped {
+            namespace: namespace.clone(),
+        };
+
+        self.step("resolving the cgroup");
+        let layout = match CgroupLayout::detect(&self.opts.cgroup_root, &self.opts.v1_controller) {
+            Ok(l) => l,
+            Err(e) => {
+                self.log
+                    .line(Level::Error, Some(id), format_args!("{e}; not mapped"));
+                self.count(Counter::HookFailures);
+                return not_mapped();
+            }
+        };
+        let proc = state.pid.and_then(|pid| match ProcCgroups::read(pid) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                self.log.line(
+                    Level::Warn,
+                    Some(id),
+                    format_args!("/proc/{pid}/cgroup: {e}; using linux.cgroupsPath alone"),
+                );
+                None
+            }
+        });
+        let own = std::fs::read_to_string("/proc/self/cgroup")
+            .ok()
+            .map(|t| ProcCgroups::parse(&t));
+        let found = match membership::resolve(
+            &layout,
+            config.cgroups_path.as_deref(),
+            proc.as_ref(),
+            own.as_ref(),
+        ) {
+            Ok(m) => m,
+            Err(e) => {
+                self.log
+                    .line(Level::Error, Some(id), format_args!("{e}; not mapped"));
+                self.count(Counter::CgroupUnresolved);
+                self.count(Counter::HookFailures);
+                return not_mapped();
+            }
+        };
+        for d in &found.disagreements {
+            self.log.line(
+                Level::Warn,
+                Some(id),
+                format_args!("cgroup disagreement, {d}"),
+            );
+        }
+
+        let mut meta = container_meta(&state, &ann, kube.as_ref(), &found.path);
+        let flags = RecordFlags {
+            sandbox: meta.sandbox,
+            removing: false,
+        };
+        // A workload container's pod labels come from its sandbox's record, before the one map
+        // write: podmapd reads a record once.
+        if let Some(sb) = kube.as_ref().and_then(|k| k.sandbox_id.as_ref()) {
+            self.step("looking up the sandbox");
+            let found_sb = self.maps.lock().ok().and_then(|maps| {
+                sandbox::find(maps.as_ref()?, &layout, &found.path, &state.id, sb)
+            });
+            match found_sb {
+                Some((sb_meta, how)) => {
+                    fill_from_sandbox(&mut meta, &sb_meta);
+                    if how == sandbox::Found::Scan {
+                        self.log.line(
+                            Level::Debug,
+                            Some(id),
+                            format_args!(
+                                "sandbox {sb} found by a scan of the map, not next to the \
+                                 container's cgroup"
+                            ),
+                        );
+                    }
+                }
+                None if self.has_maps() => self.log.line(
+                    Level::Warn,
+                    Some(id),
+                    format_args!(
+                        "sandbox {sb} is not in the pinned map (did its hook run?): pod labels \
+                         from this container's own annotations"
+                    ),
+                ),
+                None => {}
+            }
+        }
+
+        // Policy memberships before the record: not even the first exec escapes a policy.
+        self.step("selecting policies");
+        let (policy_ids, refused) = policies::selecting(&self.opts.policy_dir, &meta);
+        for r in &refused {
+            self.log
+                .line(Level::Debug, Some(id), format_args!("policy refused: {r}"));
+        }
+        if !policy_ids.is_empty() {
+            let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(m) = maps.as_mut() {
+                // Counted by bpf/ (membership_errors); podmapd's reconciliation repairs it.
+                if let Err(e) = m.add_memberships(&found.ids, &policy_ids) {
+                    self.log.line(
+                        Level::Error,
+                        Some(id),
+                        format_args!("writing policy memberships: {e}"),
+                    );
+                }
+            }
+        }
+
+        // The map: the kernel attributes from it, and it needs no lock.
+        self.step("writing the pinned maps");
+        let mut map_ms = None;
+        if self.has_maps() {
+            match self.insert(&found.ids, &meta, flags) {
+                Ok(()) => {
+                    let ready = self.started.elapsed();
+                    if let Ok(maps) = self.maps.lock() {
+                        if let Some(m) = maps.as_ref() {
+                            m.counters().add(Counter::HookMapped, 1);
+                            m.counters().record_latency(ready.as_micros() as u64);
+                        }
+                    }
+                    self.with_progress(|p| p.mapped = true);
+                    map_ms = Some(ready.as_secs_f64() * 1e3);
+                }
+                Err(e) => {
+                    self.log
+                        .line(Level::Error, Some(id), format_args!("{e}; not mapped"));
+                    self.count(Counter::HookFailures);
+                }
+            }
+        } else {
+            self.count(Counter::HookFailures);
+        }
+
+        // Then the store's queue, from which the map can be rebuilt (also when the map write
+        // failed); applying it is left to a later run unless it is due (records.rs).
+        self.step("queuing the record for the store");
+        let record = ContainerRecord {
+            meta,
+            ids: found.ids,
+            boot_id: this_boot(),
+            created_ns: now_ns(),
+            removed_ns: None,
+        };
+        let entry = Entry::Create {
+            record: Box::new(record),
+        };
+        let stored = self.store_change(id, &entry, Apply::WhenDue, pins_existed);
+        let Entry::Create { record } = entry else {
+            unreachable!("built above")
+        };
+
+        if self.log.enabled(Level::Debug) {
+            let m = &record.meta;
+            self.log.line(
+                Level::Debug,
+                Some(id),
+                format_args!(
+                    "{} {}/{}/{} ({}, runtime {}) cgroup {} v2={} v1={}: map ready in {}, \
+                     store {}, done in {:.2} ms",
+                    if map_ms.is_some() {
+                        "mapped"
+                    } else {
+                        "NOT mapped"
+                    },
+                    m.namespace,
+                    m.pod_name,
+                    m.name,
+                    if flags.sandbox {
+                        "sandbox"
+                    } else {
+                        "container"
+                    },
+                    m.runtime,
+                    m.cgroup_path,
+                    found.ids.v2.map_or(0, |i| i.0),
+                    found.ids.v1.map_or(0, |i| i.0),
+                    map_ms.map_or("-".to_string(), |ms| format!("{ms:.2} ms")),
+                    stored.describe(),
+                    self.started.elapsed().as_secs_f64() * 1e3
+                ),
+            );
+        }
+        if map_ms.is_some() {
+            Outcome::Mapped
+        } else {
+            not_mapped()
+        }
+    }
+
+    fn poststop(&self, state: State, pins_existed: bool) -> Outcome {
+        let id = state.id.0.as_str();
+        let entry = Entry::Remove {
+            id: state.id.clone(),
+            removed_ns: now_ns(),
+        };
+        // The run that applies the removal to the store starts the grace period in the map too.
+        self.step("queuing the removal for the store");
+        let stored = self.store_change(id, &entry, Apply::Always, pins_existed);
+        let how = if stored.applied() {
+            stored.describe()
+        } else {
+            // Still queued: start the grace period in the map now, from the map's own data.
+            self.step("scanning the pinned maps");
+            let Entry::Remove { removed_ns, .. } = entry else {
+                unreachable!("built above")
+            };
+            match self.find_in_map(&state.id) {
+                Some(ids) => {
+                    self.mark_removed(id, &ids, removed_ns);
+                    format!("{}; map marked from a scan", stored.describe())
+                }
+                None => format!("{}; not in the map", stored.describe()),
+            }
+        };
+        if self.log.enabled(Level::Debug) {
+            self.log.line(
+                Level::Debug,
+                Some(id),
+                format_args!(
+                    "removal {how}; kept {:?} for late events; done in {:.2} ms",
+                    self.opts.grace,
+                    self.started.elapsed().as_secs_f64() * 1e3
+                ),
+            );
+        }
+        Outcome::Done
+    }
+
+    fn insert(
+        &self,
+        ids: &CgroupIds,
+        meta: &ContainerMeta,
+        flags: RecordFlags,
+    ) -> Result<(), podmap_bpf::MapsError> {
+        let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+        match maps.as_mut() {
+            Some(m) => m.insert(ids, meta, flags, Writer::OciHook),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn mark_removed(&self, id: &str, ids: &CgroupIds, removed_ns: u64) {
+        let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = maps.as_mut() {
+            if let Err(e) = m.mark_removed(ids, removed_ns) {
+                self.log.line(
+                    Level::Error,
+                    Some(id),
+                    format_args!("starting the grace period in the map: {e}"),
+                );
+            }
+        }
+    }
+
+    /// The ids whose metadata names container `id`.
+    fn find_in_map(&self, id: &ContainerId) -> Option<CgroupIds> {
+        let maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+        let m = maps.as_ref()?;
+        let mut ids = CgroupIds::default();
+        for key in m.keys() {
+            if matches!(m.meta(key), Ok(Some(meta)) if meta.container_id == *id) {
+                match key.hierarchy {
+                    Hierarchy::V2 => ids.v2 = Some(key.id),
+                    Hierarchy::V1 => ids.v1 = Some(key.id),
+                }
+            }
+        }
+        (!ids.is_empty()).then_some(ids)
+    }
+}

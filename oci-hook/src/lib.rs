@@ -1,0 +1,24 @@
+//! podmap's OCI hook (`podmap-oci-hook`), for CRI-O and any runtime that runs OCI hooks: at
+//! createRuntime it records which pod and container a new cgroup belongs to in the pinned maps
+//! podmapd reads (and in its own store), at poststop it starts the record's grace period.
+//!
+//! It is on every container's critical path, so it is small (no async runtime), bounded by a
+//! watchdog, and never fails a container for its own problems: those go to a log file and the
+//! shared counters. The modules follow the run: `options` (command line), `state` (stdin),
+//! `bundle` (config.json), `annotations` (Kubernetes metadata), `membership` (the cgroup),
+//! `meta` (the record), `sandbox` (a workload's pod labels), `policies` (memberships), `hook`
+//! (the stages), `records` and `spool` (the store, queued), `log`, `watchdog`.
+
+pub mod annotations;
+pub mod bundle;
+pub mod hook;
+pub mod log;
+pub mod membership;
+pub mod meta;
+pub mod options;
+pub mod policies;
+pub mod records;
+pub mod sandbox;
+pub mod spool;
+pub mod state;
+pub mod watchdog;

@@ -1,0 +1,154 @@
+//! The hook's log file: one line per problem (and per mapping at `debug`), appended with a single
+//! write so lines of hooks running at once never interleave. A log that cannot be opened falls
+//! back to stderr, which runtimes keep; logging never fails the hook.
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::options::{Level, Stage};
+
+pub struct HookLog {
+    file: Option<File>,
+    level: Level,
+    /// The stage, known for `auto` only once the state is read.
+    stage: AtomicU8,
+    /// Why the file could not be opened (reported once, on stderr, with the first line).
+    open_error: Option<String>,
+}
+
+impl HookLog {
+    /// Opens `path` for appending, creating its directory.
+    pub fn open(path: &Path, level: Level, stage: Stage) -> HookLog {
+        let res = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| OpenOptions::new().create(true).append(true).open(path));
+        let (file, open_error) = match res {
+            Ok(f) => (Some(f), None),
+            Err(e) => (None, Some(format!("log file {}: {e}", path.display()))),
+        };
+        HookLog {
+            file,
+            level,
+            stage: AtomicU8::new(stage as u8),
+            open_error,
+        }
+    }
+
+    pub fn set_stage(&self, stage: Stage) {
+        self.stage.store(stage as u8, Ordering::Relaxed);
+    }
+
+    fn stage(&self) -> Stage {
+        match self.stage.load(Ordering::Relaxed) {
+            x if x == Stage::CreateRuntime as u8 => Stage::CreateRuntime,
+            x if x == Stage::Poststop as u8 => Stage::Poststop,
+            _ => Stage::Auto,
+        }
+    }
+
+    pub fn enabled(&self, level: Level) -> bool {
+        level <= self.level
+    }
+
+    /// Writes one line: `<time> <LEVEL> podmap-oci-hook[<pid>] <stage> id=<id>: <message>`.
+    pub fn line(&self, level: Level, container: Option<&str>, msg: fmt::Arguments<'_>) {
+        if !self.enabled(level) {
+            return;
+        }
+        let mut line = format!(
+            "{} {} podmap-oci-hook[{}] {}",
+            utc_timestamp(SystemTime::now()),
+            level.as_str(),
+            std::process::id(),
+            self.stage().as_str()
+        );
+        if let Some(id) = container {
+            line.push_str(" id=");
+            line.push_str(id);
+        }
+        line.push_str(": ");
+        // One line per entry, whatever the message holds.
+        let msg = msg.to_string();
+        line.extend(msg.chars().map(|c| if c == '\n' { ' ' } else { c }));
+        line.push('\n');
+        let written = self
+            .file
+            .as_ref()
+            .is_some_and(|mut f| f.write_all(line.as_bytes()).is_ok());
+        if !written {
+            if let Some(e) = &self.open_error {
+                eprintln!("podmap-oci-hook: {e}");
+            }
+            eprint!("{line}");
+        }
+    }
+}
+
+/// RFC 3339 UTC with milliseconds, computed here to keep a date crate off the hook's start-up.
+pub fn utc_timestamp(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, day) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(utc_timestamp(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_615_200_123);
+        assert_eq!(utc_timestamp(t), "2026-11-25T14:00:00.123Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
+        assert_eq!(utc_timestamp(leap), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn one_line_per_entry_appended() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/hook.log");
+        let log = HookLog::open(&path, Level::Info, Stage::Poststop);
+        log.line(Level::Error, Some("abc"), format_args!("bad\nthing"));
+        log.line(Level::Debug, None, format_args!("hidden"));
+        let log = HookLog::open(&path, Level::Debug, Stage::CreateRuntime);
+        log.line(Level::Debug, None, format_args!("shown"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<_> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(
+            lines[0].contains(" ERROR podmap-oci-hook[")
+                && lines[0].ends_with("poststop id=abc: bad thing")
+        );
+        assert!(lines[1].ends_with("create-runtime: shown"));
+    }
+}

@@ -1,0 +1,61 @@
+//! `podmap-oci-hook [flags] create-runtime|poststop`, the OCI state on stdin. Exits 0 whatever
+//! goes wrong, within --timeout, except for unmapped containers of fail-closed namespaces.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::Parser;
+use podmap_oci_hook::hook::Hook;
+use podmap_oci_hook::log::HookLog;
+use podmap_oci_hook::options::{Level, Options, Stage, DEFAULT_LOG_FILE};
+use podmap_oci_hook::{state, watchdog};
+
+fn main() -> ExitCode {
+    // The create-to-mapping-ready clock starts here.
+    let started = Instant::now();
+    match run(started) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            // Nothing is known yet, not even the log file's flag (a broken hooks.d entry): log
+            // where the environment or the default says, and let the container start.
+            let path = std::env::var_os("PODMAP_LOG_FILE").unwrap_or(DEFAULT_LOG_FILE.into());
+            HookLog::open(path.as_ref(), Level::Error, Stage::CreateRuntime).line(
+                Level::Error,
+                None,
+                format_args!("{e:#}; nothing done"),
+            );
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn run(started: Instant) -> anyhow::Result<u8> {
+    let opts = match Options::try_parse() {
+        Ok(o) => o,
+        Err(e) if !e.use_stderr() => {
+            // --help, --version.
+            let _ = e.print();
+            return Ok(0);
+        }
+        Err(e) => {
+            let _ = e.print();
+            let first = e.to_string().lines().next().unwrap_or_default().to_string();
+            anyhow::bail!("bad command line: {first}");
+        }
+    };
+    let log = HookLog::open(&opts.log_file, opts.log_level, opts.stage);
+    let hook = Arc::new(Hook::new(opts, log, started));
+
+    let on_fire = Arc::clone(&hook);
+    if !watchdog::arm(hook.deadline(), move || on_fire.on_timeout()) {
+        hook.log().line(
+            Level::Warn,
+            None,
+            format_args!("could not start the watchdog thread; running without the time bound"),
+        );
+    }
+    // Read under the watchdog: a runtime that never closes stdin is bounded too.
+    let outcome = hook.run(|| state::read_input(std::io::stdin().lock()));
+    Ok(hook.exit_code(&outcome) as u8)
+}

@@ -1,0 +1,57 @@
+//! Policy membership at creation (decisions.md 10 and 11): the container joins every policy of
+//! the node's policy directory that selects it, before its record is written, so not even its
+//! first exec escapes a policy. Selection is proto/'s, shared with podmap-nri and podmapd;
+//! podmapd keeps memberships right afterwards (relabels, removals, policy changes).
+
+use std::path::Path;
+
+use podmap_bpf::ContainerMeta;
+use podmap_proto::policy::{PolicySet, Target};
+
+/// The ids of the policies selecting `meta`, and the policy files that were refused (podmapd
+/// reports those; the hook only logs them at debug).
+pub fn selecting(dir: &Path, meta: &ContainerMeta) -> (Vec<u32>, Vec<String>) {
+    let set = PolicySet::load_dir(dir);
+    let target = Target {
+        namespace: &meta.namespace,
+        pod_labels: &meta.labels,
+        container_name: &meta.name,
+    };
+    let refused = set.errors.iter().map(|e| e.to_string()).collect();
+    (set.selecting(&target), refused)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use podmap_bpf::ContainerId;
+
+    #[test]
+    fn selects_by_namespace_labels_and_name() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("web.yaml"),
+            "apiVersion: podmap.dev/v1alpha1\nkind: PodPolicy\nmetadata:\n  name: no-shell-in-web\n\
+             spec:\n  namespaces: [prod]\n  podSelector:\n    matchLabels: {app: web}\n\
+             \x20 rules:\n  - exec: {paths: [/bin/sh]}\n    action: audit\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("broken.yaml"), "kind: [").unwrap();
+        let mut meta = ContainerMeta {
+            container_id: ContainerId("c".into()),
+            namespace: "prod".into(),
+            labels: [("app".to_string(), "web".to_string())].into(),
+            name: "nginx".into(),
+            ..Default::default()
+        };
+        let (ids, refused) = selecting(dir.path(), &meta);
+        assert_eq!(
+            ids,
+            vec![podmap_proto::policy::policy_id("no-shell-in-web")]
+        );
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        meta.namespace = "dev".into();
+        assert!(selecting(dir.path(), &meta).0.is_empty());
+        assert!(selecting(&dir.path().join("none"), &meta).0.is_empty());
+    }
+}

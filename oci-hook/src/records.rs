@@ -1,0 +1,350 @@
+//! The hook's durable side. The store (`state-dir/hook`, sled) exists to rebuild the pinned
+//! maps when their pins are lost within a boot; cgroup ids restart at every boot, so records of
+//! another boot are worthless. Every run drops its change into the spool (spool.rs), and a run
+//! holding the store's lock applies the whole queue: every poststop (off the start path), and a
+//! createRuntime only when the queue has grown long or the pins are new. Applying also starts
+//! the grace period in the map for removals, sweeps what expired (map and store), and writes
+//! records back into pins that were just created.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use podmap_bpf::cgroup::CgroupLayout;
+use podmap_bpf::layout::Counter;
+use podmap_bpf::maps::now_ns;
+use podmap_bpf::store::{boot_id, Store, StoreError};
+use podmap_bpf::{RecordFlags, Writer};
+
+use crate::hook::Hook;
+use crate::options::Level;
+use crate::spool::{Entry, Pending, Spool, StoreLock};
+
+/// A createRuntime applies the queue when it is this long: sled's open is the slowest step a
+/// run can take, so container starts pay it once in this many, and the queue stays small.
+pub const APPLY_AT: usize = 256;
+/// Time kept back before the watchdog for applying the queue once the lock is had.
+const APPLY_RESERVE: Duration = Duration::from_millis(150);
+/// How often a queued run checks whether its change was applied or the lock is free.
+const POLL: Duration = Duration::from_millis(2);
+
+/// Whether a run applies the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Apply {
+    /// Always (poststop).
+    Always,
+    /// When the queue is long or the pins are new (createRuntime).
+    WhenDue,
+}
+
+/// How a run's change to the store ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// Queued for a later run, as planned (the queue is durable: nothing is lost).
+    Deferred,
+    /// In the store: this run applied the queue (after waiting `waited`, holding `held`)...
+    AppliedHere { waited: Duration, held: Duration },
+    /// ... or another run applied it meanwhile.
+    AppliedElsewhere { waited: Duration },
+    /// Still queued past the bound (logged and counted): a later run applies it.
+    Late,
+    /// Could not even be queued (logged and counted).
+    Failed,
+}
+
+impl Stored {
+    pub fn applied(self) -> bool {
+        matches!(
+            self,
+            Stored::AppliedHere { .. } | Stored::AppliedElsewhere { .. }
+        )
+    }
+
+    pub fn describe(self) -> String {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        match self {
+            Stored::AppliedHere { waited, held } => format!(
+                "applied the queue here (lock after {:.1} ms, held {:.1} ms)",
+                ms(waited),
+                ms(held)
+            ),
+            Stored::AppliedElsewhere { waited } => {
+                format!("applied by another run after {:.1} ms", ms(waited))
+            }
+            Stored::Deferred => "queued".into(),
+            Stored::Late => "queued past the bound".into(),
+            Stored::Failed => "failed".into(),
+        }
+    }
+}
+
+pub fn this_boot() -> String {
+    boot_id().unwrap_or_else(|_| "unknown".to_string())
+}
+
+impl Hook {
+    pub(crate) fn store_path(&self) -> PathBuf {
+        self.opts.state_dir.join("hook")
+    }
+
+    /// Queues `entry` and, when `apply` says so, sees it into the store within the bound:
+    /// applied by this run if the lock comes free, or by whichever run holds it.
+    pub(crate) fn store_change(
+        &self,
+        id: &str,
+        entry: &Entry,
+        apply: Apply,
+        pins_existed: bool,
+    ) -> Stored {
+        let store_path = self.store_path();
+        let spool = Spool::new(&store_path);
+        let own = match spool.push(entry, now_ns()) {
+            Ok(p) => p,
+            Err(e) => {
+                self.log.line(
+                    Level::Error,
+                    Some(id),
+                    format_args!("{e}; the store misses this change"),
+                );
+                self.count(Counter::StoreErrors);
+                return Stored::Failed;
+            }
+        };
+        if apply == Apply::WhenDue && pins_existed && !spool.holds_at_least(APPLY_AT) {
+            return Stored::Deferred;
+        }
+        let asked = Instant::now();
+        let until = self
+            .deadline
+            .checked_sub(APPLY_RESERVE)
+            .unwrap_or(self.deadline);
+        loop {
+            if !own.exists() {
+                return Stored::AppliedElsewhere {
+                    waited: asked.elapsed(),
+                };
+            }
+            match StoreLock::try_take(&store_path) {
+                Ok(Some(lock)) => {
+                    let waited = asked.elapsed();
+                    self.step("applying the store's queue");
+                    let ok = self.apply_queue(&spool, &store_path, pins_existed);
+                    drop(lock);
+                    return if ok {
+                        Stored::AppliedHere {
+                            waited,
+                            held: asked.elapsed() - waited,
+                        }
+                    } else {
+                        Stored::Late
+                    };
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.log.line(
+                        Level::Error,
+                        Some(id),
+                        format_args!(
+                            "store lock {}: {e}; the change stays queued in {}",
+                            store_path.with_extension("lock").display(),
+                            spool.dir().display()
+                        ),
+                    );
+                    self.count(Counter::StoreErrors);
+                    return Stored::Late;
+                }
+            }
+            if Instant::now() >= until {
+                self.log.line(
+                    Level::Warn,
+                    Some(id),
+                    format_args!(
+                        "store {} is locked by another writer and did not apply this change \
+                         within {} ms: it stays queued in {} for a later run",
+                        store_path.display(),
+                        asked.elapsed().as_millis(),
+                        spool.dir().display()
+                    ),
+                );
+                self.count(Counter::StoreErrors);
+                return Stored::Late;
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Holding the lock: applies every queued change (removals also to the map), sweeps,
+    /// writes records back into new pins, flushes, then drops what was applied. Returns false
+    /// (logged and counted) when the store failed: the queue stays for the next run.
+    fn apply_queue(&self, spool: &Spool, store_path: &Path, pins_existed: bool) -> bool {
+        let res = (|| -> Result<Vec<PathBuf>, StoreError> {
+            let store = Store::open(store_path)?;
+            let mut applied: Vec<PathBuf> = Vec::new();
+            // Changes keep arriving while runs start at once: take them in a few rounds.
+            for _ in 0..4 {
+                let pending = spool.pending().unwrap_or_else(|e| {
+                    self.log.line(Level::Error, None, format_args!("{e}"));
+                    Vec::new()
+                });
+                let fresh: Vec<Pending> = pending
+                    .into_iter()
+                    .filter(|p| !applied.contains(&p.path))
+                    .collect();
+                if fresh.is_empty() {
+                    break;
+                }
+                for p in fresh {
+                    self.apply(&store, &p.path, p.entry)?;
+                    applied.push(p.path);
+                }
+                if Instant::now() + APPLY_RESERVE / 2 >= self.deadline {
+                    break;
+                }
+            }
+            self.sweep(&store);
+            if !pins_existed && self.has_maps() {
+                match CgroupLayout::detect(&self.opts.cgroup_root, &self.opts.v1_controller) {
+                    Ok(layout) => self.restore(&store, &layout),
+                    Err(e) => self.log.line(
+                        Level::Warn,
+                        None,
+                        format_args!("not writing records back into the new pins: {e}"),
+                    ),
+                }
+            }
+            store.flush()?;
+            Ok(applied)
+        })();
+        match res {
+            Ok(applied) => {
+                spool.done(&applied);
+                true
+            }
+            Err(e) => {
+                self.log.line(
+                    Level::Error,
+                    None,
+                    format_args!(
+                        "{e}; the queue in {} stays for the next run",
+                        spool.dir().display()
+                    ),
+                );
+                self.count(Counter::StoreErrors);
+                false
+            }
+        }
+    }
+
+    fn apply(
+        &self,
+        store: &Store,
+        path: &Path,
+        entry: Result<Entry, String>,
+    ) -> Result<(), StoreError> {
+        match entry {
+            Ok(Entry::Create { record }) => store.put(&record),
+            Ok(Entry::Remove { id, removed_ns }) => {
+                if let Some(mut rec) = store.get(&id)? {
+                    // A second poststop does not restart the grace period.
+                    let removed = *rec.removed_ns.get_or_insert(removed_ns);
+                    self.mark_removed(&id.0, &rec.ids, removed);
+                    store.put(&rec)?;
+                }
+                Ok(())
+            }
+            Err(reason) => {
+                self.log.line(
+                    Level::Warn,
+                    None,
+                    format_args!(
+                        "dropping a queued store change that does not parse ({}): {reason}",
+                        path.display()
+                    ),
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// Drops expired records: from the map (anyone's, past this hook's grace) and from the
+    /// store (expired, or from another boot: cgroup ids restart at every boot).
+    fn sweep(&self, store: &Store) {
+        let now = now_ns();
+        let grace = self.opts.grace.as_nanos() as u64;
+        if let Ok(mut maps) = self.maps.lock() {
+            if let Some(m) = maps.as_mut() {
+                m.sweep_expired(grace, now);
+            }
+        }
+        let boot = this_boot();
+        for rec in store.records() {
+            match rec {
+                Ok(rec) => {
+                    let expired = rec
+                        .removed_ns
+                        .is_some_and(|r| r.saturating_add(grace) <= now);
+                    if expired || rec.boot_id != boot {
+                        let _ = store.remove(&rec.meta.container_id);
+                    }
+                }
+                Err(StoreError::Corrupt { key, reason, .. }) => {
+                    self.log.line(
+                        Level::Warn,
+                        Some(&key),
+                        format_args!("dropping a store record that does not parse: {reason}"),
+                    );
+                    let _ = store.remove_key(&key);
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// This run created the pins (bpffs was emptied, e.g. by a reinstall): write back the
+    /// records of live containers from the store, which is what it is kept for.
+    fn restore(&self, store: &Store, layout: &CgroupLayout) {
+        let boot = this_boot();
+        let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(m) = maps.as_mut() else {
+            return;
+        };
+        let mut restored = 0;
+        for rec in store.records().into_iter().flatten() {
+            if rec.boot_id != boot {
+                continue;
+            }
+            let rel = rec.meta.cgroup_path.trim_start_matches('/');
+            if layout.resolve(Path::new(rel)) != rec.ids {
+                // The cgroup is gone or was recreated: the record is stale.
+                let _ = store.remove(&rec.meta.container_id);
+                continue;
+            }
+            let missing = rec.ids.keys().any(|k| matches!(m.get(k), Ok(None)));
+            if missing {
+                let flags = RecordFlags {
+                    sandbox: rec.meta.sandbox,
+                    removing: rec.removed_ns.is_some(),
+                };
+                if m.insert(&rec.ids, &rec.meta, flags, Writer::OciHook)
+                    .is_ok()
+                {
+                    if let Some(r) = rec.removed_ns {
+                        let _ = m.mark_removed(&rec.ids, r);
+                    }
+                    restored += 1;
+                }
+            }
+        }
+        drop(maps);
+        if restored > 0 {
+            self.log.line(
+                Level::Info,
+                None,
+                format_args!(
+                    "the pinned maps under {} were new: wrote back {restored} records from {}",
+                    self.opts.bpffs_dir.display(),
+                    store.path().display()
+                ),
+            );
+        }
+    }
+}
