@@ -374,3 +374,71 @@ fn the_harness_runs_pods_and_leaves_nothing_behind(pure: bool) -> Result<()> {
     Ok(())
 }
 on_both_layouts!(the_harness_runs_pods_and_leaves_nothing_behind);
+
+/// A policy naming a pod's entrypoint binary stops it at its first exec (the exec never
+/// completes and its policy event names the pod), while the same image in a namespace the policy
+/// does not select runs freely. Membership is written by podmap-nri before the container starts.
+fn a_policy_stops_the_entrypoint_only_in_selected_pods(pure: bool) -> Result<()> {
+    let node = Node::start(NodeOptions::new(pure, PluginMode::External))?;
+    let selected = pod_spec("guarded").label("app", "guarded");
+    let free = pod_spec("free").label("app", "guarded");
+    std::fs::write(
+        node.setup.policies.join("kill-sleep.yaml"),
+        format!(
+            "apiVersion: podmap.dev/v1alpha1\nkind: PodPolicy\nmetadata: {{name: kill-sleep}}\nspec:\n  namespaces: [{}]\n  podSelector: {{matchLabels: {{app: guarded}}}}\n  rules:\n  - exec: {{paths: [/bin/sleep]}}\n    action: deny\n    fallback: kill\n",
+            selected.namespace
+        ),
+    )?;
+    // podmapd loads the policy (and podmap-nri reads it at the next container).
+    let deadline = Instant::now() + WAIT;
+    while node.daemon.status()["policies"]["loaded"]
+        .as_array()
+        .map_or(0, Vec::len)
+        != 1
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "policy not loaded: {}",
+            node.daemon.status()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut stream = stream_of(&node, &selected);
+    let pod = node.ctrd.run_pod(selected)?;
+    let cid = pod.run(&ContainerSpec::new("app", &["/bin/sleep", "1000"]))?;
+    let events = stream.until(WAIT, |e| ev::is(e, "policy"));
+    let hit = events.last().expect("until returns the match");
+    assert_attributed(hit, &pod, &cid, "app");
+    assert_eq!(hit["policy"]["name"], "kill-sleep", "{hit:#}");
+    assert_eq!(hit["policy"]["path"], "/bin/sleep");
+    assert_eq!(hit["policy"]["action"], "deny");
+    assert!(
+        hit["policy"]["mode"] == "kill" || hit["policy"]["mode"] == "lsm",
+        "{hit:#}"
+    );
+    assert!(
+        !events.iter().any(|e| ev::is(e, "exec")
+            && ev::binary(e) == "/bin/sleep"
+            && e["container"]["id"] == cid.as_str()),
+        "the killed exec has no exec event: {events:#?}"
+    );
+    // The pod's sandbox runs the same binary and is never selected: it lives on.
+    assert!(
+        events
+            .iter()
+            .any(|e| ev::is(e, "exec") && e["container"]["name"] == "POD"),
+        "the pause process ran: {events:#?}"
+    );
+    // The same image where the policy does not select: runs (its exec of /bin/sleep appears).
+    let mut free_stream = stream_of(&node, &free);
+    let free_pod = node.ctrd.run_pod(free)?;
+    let free_cid = free_pod.run(&ContainerSpec::new("app", &["/bin/sleep", "1000"]))?;
+    let events = free_stream.until(WAIT, |e| {
+        ev::is(e, "exec")
+            && ev::binary(e) == "/bin/sleep"
+            && e["container"]["id"] == free_cid.as_str()
+    });
+    assert_attributed(events.last().unwrap(), &free_pod, &free_cid, "app");
+    Ok(())
+}
+on_both_layouts!(a_policy_stops_the_entrypoint_only_in_selected_pods);

@@ -338,58 +338,117 @@ fn plain_containers_are_recorded_with_their_runtime() {
 /// A new container joins the policies that select it before its record is written
 /// (decisions.md 10), from the same policy directory podmap-nri and podmapd read.
 #[test]
-fn policy_memberships_are_written_at_creation() {
+fn policies_selected_at_creation_stop_the_entrypoint_not_the_sandbox() {
     let hooks = HookEnv::new("podmap-policy");
     let parent = CgroupParent::new("podmap-policy");
     let rootfs = Rootfs::busybox();
     let rt = OciRuntime::new(Runtime::Runc, Cgroups::Hybrid);
     let pod = Pod::new("web", "prod");
     let other = Pod::new("web", "dev");
-    let policy = unique_name("no-shell");
+    let policy = unique_name("no-sleep");
     std::fs::create_dir_all(hooks.policy_dir()).unwrap();
     std::fs::write(
         hooks.policy_dir().join("web.yaml"),
         format!(
             "apiVersion: podmap.dev/v1alpha1\nkind: PodPolicy\nmetadata:\n  name: {policy}\n\
              spec:\n  namespaces: [prod]\n  podSelector:\n    matchLabels: {{app: {app}}}\n\
-             \x20 rules:\n  - exec: {{paths: [/bin/nc]}}\n    action: audit\n",
+             \x20 rules:\n  - exec: {{paths: [/bin/sleep]}}\n    action: kill\n",
             app = pod.name
         ),
     )
     .unwrap();
+    // podmapd holds the rule tables; the hook decides membership at creation.
+    let daemon = Daemon::start_with(DaemonOptions {
+        pins: Some(hooks.pins.path.clone()),
+        env: vec![(
+            "PODMAP_POLICY_DIR".into(),
+            hooks.policy_dir().display().to_string(),
+        )],
+        ..Default::default()
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while daemon.status()["policies"]["loaded"]
+        .as_array()
+        .map_or(0, Vec::len)
+        != 1
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "policy not loaded: {}",
+            daemon.status()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let policy_id = podmap_proto::policy::policy_id(&policy);
-    let mut selected = Vec::new();
-    for (p, joins) in [(&pod, true), (&other, false)] {
+    let mut stream = daemon.events(&json!({"types": ["policy"], "namespace": "prod"}).to_string());
+    let mut started = Vec::new();
+    for (p, selected) in [(&pod, true), (&other, false)] {
+        // The sandbox runs the same binary: a sandbox is never selected, it lives on.
+        let sandbox_id = container_id("pol-sb");
+        let sb = Bundle::new(
+            &rootfs,
+            &BundleSpec {
+                cgroups_path: Some(parent.cgroups_path(&sandbox_id)),
+                annotations: p.sandbox_annotations(&sandbox_id),
+                hooks: Some(hooks.oci_hooks()),
+                ..BundleSpec::new(&["/bin/sleep", "60"])
+            },
+        );
+        let (status, out) = rt.run_detached(&sb, &sandbox_id);
+        assert!(status.success(), "sandbox: {out}\n{}", hooks.log());
+        started.push(sandbox_id.clone());
+
         let id = container_id("pol");
         let b = Bundle::new(
             &rootfs,
             &BundleSpec {
                 cgroups_path: Some(parent.cgroups_path(&id)),
-                annotations: p.sandbox_annotations(&id),
+                annotations: p.container_annotations(&id, &sandbox_id, "app"),
                 hooks: Some(hooks.oci_hooks()),
-                ..BundleSpec::new(&["/bin/sleep", "60"])
+                ..BundleSpec::new(&["/bin/sleep", "0"])
             },
         );
-        let (status, out) = rt.run_detached(&b, &id);
-        assert!(status.success(), "{out}\n{}", hooks.log());
+        let out = rt.run(&b, &id);
         let members = hooks.maps().memberships();
         let keys: Vec<_> = hooks.mapped(&id).into_iter().map(|(k, _)| k).collect();
         assert_eq!(keys.len(), 2, "{}", hooks.log());
         for k in keys {
             assert_eq!(
                 members.contains(&(policy_id, k)),
-                joins,
+                selected,
                 "{} in {}: {members:?}",
                 p.name,
                 p.namespace
             );
         }
-        selected.push(id);
+        for k in hooks.mapped(&sandbox_id).into_iter().map(|(k, _)| k) {
+            assert!(
+                !members.contains(&(policy_id, k)),
+                "the sandbox is not a member"
+            );
+        }
+        if selected {
+            // Killed at its first exec: runc reports the signal death of the entrypoint.
+            assert!(
+                !out.status.success(),
+                "the selected container's entrypoint ran: {out:?}"
+            );
+            let hit = stream.until(Duration::from_secs(30), |e| {
+                e["container"]["id"] == id.as_str()
+            });
+            let hit = hit.last().unwrap();
+            assert_eq!(hit["policy"]["name"], policy.as_str(), "{hit:#}");
+            assert_eq!(hit["policy"]["mode"], "kill");
+            assert_eq!(hit["pod"]["namespace"], "prod");
+            assert_eq!(hit["attribution"], "container");
+        } else {
+            assert_ok("the unselected container", &out, &hooks);
+        }
+        started.push(id);
     }
-    for id in &selected {
-        assert_ok("delete", &rt.delete(id), &hooks);
+    for id in &started {
+        let _ = rt.delete(id);
     }
-    assert_clean_log(&hooks);
 }
 
 /// 20 containers started at once: all mapped, every hook exited 0 (runc fails a container

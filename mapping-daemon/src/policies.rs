@@ -45,6 +45,7 @@ struct Known {
     namespace: String,
     labels: BTreeMap<String, String>,
     name: String,
+    sandbox: bool,
 }
 
 fn kernel_action(a: Action, fallback_kill: bool) -> KernelAction {
@@ -228,6 +229,7 @@ impl PolicyManager {
                                 namespace: m.namespace,
                                 labels,
                                 name: m.name,
+                                sandbox: m.sandbox,
                             },
                         );
                         changed.push(*k);
@@ -252,6 +254,7 @@ impl PolicyManager {
                 namespace: &c.namespace,
                 pod_labels: &c.labels,
                 container_name: &c.name,
+                sandbox: c.sandbox,
             };
             for id in self.policies.set().selecting(&t) {
                 wanted.insert((id, *k));

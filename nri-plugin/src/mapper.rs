@@ -120,6 +120,7 @@ impl Backend {
             namespace: &meta.namespace,
             pod_labels: &meta.labels,
             container_name: &meta.name,
+            sandbox: meta.sandbox,
         };
         let selected = self.policies.set().selecting(&target);
         if selected.is_empty() {

@@ -16,6 +16,7 @@ pub fn selecting(dir: &Path, meta: &ContainerMeta) -> (Vec<u32>, Vec<String>) {
         namespace: &meta.namespace,
         pod_labels: &meta.labels,
         container_name: &meta.name,
+        sandbox: meta.sandbox,
     };
     let refused = set.errors.iter().map(|e| e.to_string()).collect();
     (set.selecting(&target), refused)

@@ -154,6 +154,9 @@ pub struct Target<'a> {
     pub namespace: &'a str,
     pub pod_labels: &'a BTreeMap<String, String>,
     pub container_name: &'a str,
+    /// The pod's sandbox (pause) container: never selected. It is the pod's plumbing, not a
+    /// container of its spec; killing it would take the whole pod down.
+    pub sandbox: bool,
 }
 
 impl LabelSelector {
@@ -186,7 +189,8 @@ impl PodPolicy {
     /// selector matches every container (never host processes: they are no target at all).
     pub fn selects(&self, t: &Target<'_>) -> bool {
         let s = &self.spec;
-        (s.namespaces.is_empty() || s.namespaces.iter().any(|n| n == t.namespace))
+        !t.sandbox
+            && (s.namespaces.is_empty() || s.namespaces.iter().any(|n| n == t.namespace))
             && s.pod_selector
                 .as_ref()
                 .is_none_or(|sel| sel.matches(t.pod_labels))
@@ -690,8 +694,14 @@ spec:
             namespace: ns,
             pod_labels: l,
             container_name: c,
+            sandbox: false,
         };
         assert!(p.selects(&t("prod", &web, "nginx")));
+        let pause = Target {
+            sandbox: true,
+            ..t("prod", &web, "nginx")
+        };
+        assert!(!p.selects(&pause), "sandboxes are never selected");
         assert!(!p.selects(&t("dev", &web, "nginx")), "namespace");
         assert!(!p.selects(&t("prod", &web, "sidecar")), "container name");
         let no_tier = labels(&[("app", "web")]);

@@ -3,9 +3,10 @@
 //! the plugin first (a hung plugin would slow containerd's teardown), then containerd with its
 //! pods, then podmapd.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use podmap_bpf::{CgroupKey, SharedMaps};
 
 use super::plugin::{NriPlugin, PluginSetup};
@@ -50,11 +51,19 @@ pub struct Node {
 
 impl Node {
     pub fn start(opts: NodeOptions) -> Result<Node> {
+        // The plugin's dirs first: podmapd and the plugin share one policy directory. The pins
+        // are podmapd's, set once it made them.
+        let mut setup = PluginSetup::new(Path::new(""))?;
+        std::fs::create_dir_all(&setup.policies).context("policy dir")?;
         let daemon = Daemon::start_with(DaemonOptions {
             pure_cgroup2: opts.pure_cgroup2,
+            env: vec![(
+                "PODMAP_POLICY_DIR".into(),
+                setup.policies.display().to_string(),
+            )],
             ..Default::default()
         });
-        let setup = PluginSetup::new(&daemon.pins.path)?;
+        setup.pins = daemon.pins.path.clone();
         let from_start = 0;
         let ctrd = Containerd::start(Options {
             pure_cgroup2: opts.pure_cgroup2,

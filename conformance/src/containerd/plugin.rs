@@ -22,6 +22,8 @@ pub struct PluginSetup {
     pub log: PathBuf,
     /// Seconds a removed container's record stays (`--grace`); None keeps the plugin's default.
     pub grace: Option<u64>,
+    /// The policy directory shared with podmapd (`--policy-dir`).
+    pub policies: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -36,6 +38,7 @@ impl PluginSetup {
             state: dir.path().join("state"),
             log: dir.path().join("nri.log"),
             grace: None,
+            policies: dir.path().join("policies"),
             _dir: dir,
         })
     }
@@ -65,6 +68,7 @@ impl PluginSetup {
         if let Some(g) = self.grace {
             config.push_str(&format!("grace: {g}\n"));
         }
+        config.push_str(&format!("policy-dir: {}\n", yaml_str(&self.policies)));
         Prelaunched {
             binary: Self::binary(),
             name: PLUGIN_NAME.to_string(),
@@ -101,7 +105,9 @@ impl NriPlugin {
             .arg(&setup.state)
             .args(["--cgroup-root", "/sys/fs/cgroup"])
             .arg("--log-file")
-            .arg(&setup.log);
+            .arg(&setup.log)
+            .arg("--policy-dir")
+            .arg(&setup.policies);
         if let Some(g) = setup.grace {
             cmd.arg("--grace").arg(g.to_string());
         }
