@@ -119,46 +119,16 @@ pub fn load(cfg: &ProgramConfig) -> Result<LoadedPrograms, ProgramsError> {
     })?;
 
     for (name, category, point) in TRACEPOINTS {
-        let prog: &mut TracePoint = ebpf
-            .program_mut(name)
-            .ok_or(ProgramsError::Missing { name })?
-            .try_into()
-            .map_err(|source| ProgramsError::Load {
-                kind: "tracepoint",
-                name,
-                source: Box::new(source),
-                hint: "",
-            })?;
-        prog.load().map_err(|source| ProgramsError::Load {
-            kind: "tracepoint",
-            name,
-            source: Box::new(source),
-            hint: " (the kernel needs tracepoint programs with BTF and bpf_loop, Linux 5.17 or newer)",
-        })?;
-        prog.attach(category, point)
-            .map_err(|source| ProgramsError::Attach {
-                name,
-                point,
-                source: Box::new(source),
-            })?;
+        attach_tracepoint(&mut ebpf, name, category, point)?;
     }
     let name = "podmap_fork";
     let prog: &mut RawTracePoint = ebpf
         .program_mut(name)
         .ok_or(ProgramsError::Missing { name })?
         .try_into()
-        .map_err(|source| ProgramsError::Load {
-            kind: "raw_tracepoint",
-            name,
-            source: Box::new(source),
-            hint: "",
-        })?;
-    prog.load().map_err(|source| ProgramsError::Load {
-        kind: "raw_tracepoint",
-        name,
-        source: Box::new(source),
-        hint: " (the kernel needs raw tracepoint programs)",
-    })?;
+        .map_err(|source| load_error("raw_tracepoint", name, source))?;
+    prog.load()
+        .map_err(|source| load_error("raw_tracepoint", name, source))?;
     prog.attach("sched_process_fork")
         .map_err(|source| ProgramsError::Attach {
             name,
@@ -172,32 +142,7 @@ pub fn load(cfg: &ProgramConfig) -> Result<LoadedPrograms, ProgramsError> {
         ("podmap_openat2", "sys_enter_openat2", false),
         ("podmap_open", "sys_enter_open", false),
     ] {
-        let prog: &mut TracePoint = ebpf
-            .program_mut(name)
-            .ok_or(ProgramsError::Missing { name })?
-            .try_into()
-            .map_err(|source| ProgramsError::Load {
-                kind: "tracepoint",
-                name,
-                source: Box::new(source),
-                hint: "",
-            })?;
-        let res = prog.load().map_err(|source| ProgramsError::Load {
-            kind: "tracepoint",
-            name,
-            source: Box::new(source),
-            hint: "",
-        });
-        let res = res.and_then(|()| {
-            prog.attach("syscalls", point)
-                .map(|_| ())
-                .map_err(|source| ProgramsError::Attach {
-                    name,
-                    point,
-                    source: Box::new(source),
-                })
-        });
-        match res {
+        match attach_tracepoint(&mut ebpf, name, "syscalls", point) {
             Ok(()) => {}
             Err(e) if !required => {
                 tracing::debug!(error = %e, "optional open tracepoint not attached")
@@ -229,6 +174,41 @@ pub fn load(cfg: &ProgramConfig) -> Result<LoadedPrograms, ProgramsError> {
         attached: Attached(ebpf),
         lsm,
     })
+}
+
+fn load_error(
+    kind: &'static str,
+    name: &'static str,
+    source: aya::programs::ProgramError,
+) -> ProgramsError {
+    ProgramsError::Load {
+        kind,
+        name,
+        source: Box::new(source),
+        hint: " (podmap needs tracepoint and raw tracepoint programs with BTF and bpf_loop: Linux 5.17 or newer)",
+    }
+}
+
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    category: &'static str,
+    point: &'static str,
+) -> Result<(), ProgramsError> {
+    let prog: &mut TracePoint = ebpf
+        .program_mut(name)
+        .ok_or(ProgramsError::Missing { name })?
+        .try_into()
+        .map_err(|source| load_error("tracepoint", name, source))?;
+    prog.load()
+        .map_err(|source| load_error("tracepoint", name, source))?;
+    prog.attach(category, point)
+        .map(|_| ())
+        .map_err(|source| ProgramsError::Attach {
+            name,
+            point,
+            source: Box::new(source),
+        })
 }
 
 /// Probes BPF-LSM by loading and attaching the deny programs. Any failure leaves deny rules to

@@ -1,7 +1,5 @@
 //! Kernel boot-time nanoseconds to wall-clock RFC 3339 strings.
 
-use std::fmt::Write;
-
 fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -42,51 +40,11 @@ impl WallClock {
     }
 }
 
-/// `2026-11-25T12:00:00.123456789Z`
-pub fn format_rfc3339(unix_ns: u64) -> String {
-    let secs = unix_ns / 1_000_000_000;
-    let nanos = unix_ns % 1_000_000_000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    let mut s = String::with_capacity(30);
-    let _ = write!(
-        s,
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    );
-    s
-}
+pub use podmap_proto::time::format_rfc3339;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn formats_known_instants() {
-        assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00.000000000Z");
-        // 2026-11-25T12:00:00.123456789Z
-        assert_eq!(
-            format_rfc3339(1_795_608_000_123_456_789),
-            "2026-11-25T12:00:00.123456789Z"
-        );
-        // Leap day.
-        assert_eq!(
-            format_rfc3339(951_782_400_000_000_000),
-            "2000-02-29T00:00:00.000000000Z"
-        );
-    }
 
     #[test]
     fn wall_clock_is_near_now() {

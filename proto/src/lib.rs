@@ -6,6 +6,7 @@
 pub mod event;
 pub mod policy;
 pub mod request;
+pub mod time;
 
 pub use event::{
     Attribution, ContainerInfo, Event, EventType, ExitInfo, PodInfo, PolicyInfo, Process,

@@ -1919,66 +1919,14 @@ fn percentiles_ms(sorted_ns: &[i64]) -> Option<Percentiles> {
     })
 }
 
-/// `2026-11-25T14:34:11.276295628Z` to unix ns (UTC only, as podmapd writes it).
+/// The event time in Unix ns (podmapd writes UTC with nanoseconds).
 fn parse_rfc3339_ns(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || b[10] != b'T'
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return None;
-    }
-    let num = |from: usize, to: usize| s.get(from..to)?.parse::<i64>().ok();
-    let days = days_from_civil(num(0, 4)?, num(5, 7)?, num(8, 10)?);
-    let secs = days * 86_400 + num(11, 13)? * 3600 + num(14, 16)? * 60 + num(17, 19)?;
-    let rest = &s[19..];
-    let (frac, zone) = match rest.strip_prefix('.') {
-        Some(r) => r.split_at(r.find(|c: char| !c.is_ascii_digit()).unwrap_or(r.len())),
-        None => ("", rest),
-    };
-    if zone != "Z" {
-        return None;
-    }
-    let nanos = frac
-        .bytes()
-        .chain(std::iter::repeat(b'0'))
-        .take(9)
-        .fold(0i64, |acc, d| acc * 10 + i64::from(d - b'0'));
-    Some(secs * 1_000_000_000 + nanos)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    podmap_proto::time::parse_rfc3339(s).and_then(|ns| i64::try_from(ns).ok())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_to_unix_ns() {
-        assert_eq!(parse_rfc3339_ns("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(
-            parse_rfc3339_ns("2026-11-25T14:34:11.276295628Z"),
-            Some(1_795_617_251_276_295_628)
-        );
-        assert_eq!(
-            parse_rfc3339_ns("2000-02-29T00:00:01.5Z"),
-            Some(951_782_401_500_000_000)
-        );
-        assert_eq!(parse_rfc3339_ns("2026-11-25T14:34:11+01:00"), None);
-        assert_eq!(parse_rfc3339_ns("garbage"), None);
-    }
 
     #[test]
     fn nearest_rank_percentiles_and_medians() {

@@ -258,55 +258,23 @@ fn event(
             })
         }
         KernelEvent::Exit(e) => {
-            let pid = e.ids.pid;
             // A process that never exec'd runs its parent's program.
-            let entry = procs.remove(pid).or_else(|| procs.get(e.ids.ppid).cloned());
-            let (binary, args, cwd, exec_id_s, start_time, mut fl) = match &entry {
-                Some(p) => (
-                    p.binary.clone(),
-                    p.args.clone(),
-                    p.cwd.clone(),
-                    p.exec_id.clone(),
-                    p.start_time,
-                    p.flags(),
-                ),
-                None => (
-                    Arc::from(""),
-                    Arc::from(Vec::new()),
-                    Arc::from(""),
-                    Arc::from(exec_id(node, e.exec_ktime, pid)),
-                    0,
-                    Vec::new(),
-                ),
-            };
+            let entry = procs
+                .remove(e.ids.pid)
+                .or_else(|| procs.get(e.ids.ppid).cloned());
+            let mut process =
+                process_of(node, entry.as_deref(), &e.ids, e.exec_ktime, layout, clock);
             for f in flags(e.flags) {
-                if !fl.contains(&f) {
-                    fl.push(f);
+                if !process.flags.contains(&f) {
+                    process.flags.push(f);
                 }
             }
-            let parent_exec_id = procs.get(e.ids.ppid).map(|p| p.exec_id.to_string());
+            process.parent_exec_id = procs.get(e.ids.ppid).map(|p| p.exec_id.to_string());
             Some(Event {
                 kind: EventType::Exit,
                 time: clock.format(e.ktime),
                 node: node.clone(),
-                process: Process {
-                    pid,
-                    tid: e.ids.tid,
-                    ppid: e.ids.ppid,
-                    uid: e.ids.uid,
-                    binary,
-                    args,
-                    cwd,
-                    exec_id: exec_id_s,
-                    parent_exec_id,
-                    start_time: if start_time != 0 {
-                        clock.format(start_time)
-                    } else {
-                        String::new()
-                    },
-                    cgroup_id: cgroup_id(&e.ids, layout),
-                    flags: fl,
-                },
+                process,
                 container,
                 pod,
                 attribution,
