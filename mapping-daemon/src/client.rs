@@ -528,11 +528,39 @@ pub fn status_table(r: &StatusReport) -> String {
         ("client errors", r.client_errors.to_string()),
         ("mapping latency", latency(&r.mapping_latency_us)),
         ("event latency", latency(&r.event_latency_us)),
+        (
+            "pod cache",
+            match &r.pod_cache {
+                None => "off (standalone)".to_string(),
+                Some(c) => format!(
+                    "{}, {} since last event, {} relists, {} watch restarts, {} objects skipped, {} errors",
+                    if c.synced { "synced" } else { "NOT synced" },
+                    c.staleness_seconds.map_or("-".to_string(), |s| format!("{s:.1}s")),
+                    c.relists,
+                    c.watch_restarts,
+                    c.objects_skipped,
+                    c.errors
+                ),
+            },
+        ),
+        (
+            "policies",
+            format!(
+                "{} loaded from {}, {} memberships, {} refused",
+                r.policies.loaded.len(),
+                if r.policies.dir.is_empty() { "-" } else { &r.policies.dir },
+                r.policies.memberships,
+                r.policies.errors.len()
+            ),
+        ),
     ];
     if r.shared_counters.is_empty() {
         rows.push(("shared counters", "-".to_string()));
     }
     let mut out = kv_rows(&rows);
+    for e in &r.policies.errors {
+        let _ = writeln!(out, "  refused: {e}");
+    }
     if !r.shared_counters.is_empty() {
         out.push_str("shared counters\n");
         let shared: Vec<(&str, String)> = r
