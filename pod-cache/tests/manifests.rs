@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Container, Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -89,6 +90,7 @@ fn missing_keys(original: &Value, decoded: &Value, path: String, out: &mut Vec<S
 }
 
 struct Manifests {
+    crds: Vec<CustomResourceDefinition>,
     namespaces: Vec<Namespace>,
     service_accounts: Vec<ServiceAccount>,
     cluster_roles: Vec<ClusterRole>,
@@ -98,6 +100,7 @@ struct Manifests {
 
 fn load() -> Result<Manifests> {
     let mut m = Manifests {
+        crds: vec![],
         namespaces: vec![],
         service_accounts: vec![],
         cluster_roles: vec![],
@@ -111,6 +114,9 @@ fn load() -> Result<Manifests> {
         );
         let context = || format!("{file}: {}/{}", kind.0, kind.1);
         match kind {
+            ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => {
+                m.crds.push(strict(&doc).with_context(context)?)
+            }
             ("v1", "Namespace") => m.namespaces.push(strict(&doc).with_context(context)?),
             ("v1", "ServiceAccount") => {
                 m.service_accounts.push(strict(&doc).with_context(context)?)
@@ -334,5 +340,35 @@ fn rbac_allows_reading_pods_and_pod_policies_only() {
     assert_eq!(
         (Some(subject.name.clone()), subject.namespace.clone()),
         (account.name.clone(), account.namespace.clone())
+    );
+}
+
+/// The PodPolicy resource matches the RBAC's podpolicies.podmap.dev and the policy format.
+#[test]
+fn the_podpolicy_crd_is_cluster_scoped_podmap_dev_v1alpha1() {
+    let m = load().unwrap();
+    let [crd] = &m.crds[..] else {
+        panic!("one CRD expected, found {}", m.crds.len())
+    };
+    assert_eq!(crd.metadata.name.as_deref(), Some("podpolicies.podmap.dev"));
+    assert_eq!(crd.spec.group, "podmap.dev");
+    assert_eq!(crd.spec.scope, "Cluster");
+    assert_eq!(crd.spec.names.kind, "PodPolicy");
+    assert_eq!(crd.spec.names.plural, "podpolicies");
+    let v = &crd.spec.versions[0];
+    assert_eq!(
+        (v.name.as_str(), v.served, v.storage),
+        ("v1alpha1", true, true)
+    );
+    let schema = serde_json::to_value(&v.schema).unwrap();
+    let rule = &schema["openAPIV3Schema"]["properties"]["spec"]["properties"]["rules"]["items"]
+        ["properties"];
+    assert_eq!(
+        rule["action"]["enum"],
+        serde_json::json!(["audit", "kill", "deny"])
+    );
+    assert_eq!(
+        rule["open"]["properties"]["access"]["enum"],
+        serde_json::json!(["read", "write", "any"])
     );
 }

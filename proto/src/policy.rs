@@ -844,6 +844,18 @@ spec:
     }
 
     #[test]
+    fn the_shipped_example_policy_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/policies");
+        let set = PolicySet::load_dir(&dir);
+        assert!(set.errors.is_empty(), "{:?}", set.errors);
+        assert_eq!(set.policies.len(), 1);
+        assert_eq!(
+            set.policies[0].policy,
+            parse_documents(EXAMPLE, "x").unwrap()[0]
+        );
+    }
+
+    #[test]
     fn a_policy_dir_loads_good_files_and_reports_bad_ones() {
         let dir = std::env::temp_dir().join(format!("podmap-policy-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
