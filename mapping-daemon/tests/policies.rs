@@ -163,9 +163,13 @@ fn open_rules_stop_reads_of_named_paths_in_selected_pods() {
     let mut f = start();
     let selected = container(&mut f, "prod", "app");
     let other_ns = container(&mut f, "dev", "app");
-    let secret = tempfile::NamedTempFile::new().unwrap();
-    let path = secret.path().display().to_string();
-    let dir = secret.path().parent().unwrap().display().to_string();
+    // A directory of its own: a prefix as broad as /tmp would also catch the dynamic loader
+    // probing library paths there (cargo's LD_LIBRARY_PATH), which is a real hit but not this one.
+    let secrets = tempfile::tempdir().unwrap();
+    let secret = secrets.path().join("secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let path = secret.display().to_string();
+    let dir = secrets.path().display().to_string();
     write_policy(
         f.policy_dir.path(),
         "open.yaml",
