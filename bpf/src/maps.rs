@@ -535,6 +535,24 @@ impl Counters {
     }
 }
 
+/// Percentile of a log2 histogram such as [`Counters::latency_histogram`] (bucket i counts
+/// values below 2^i): the matching bucket's upper bound, or None when it is empty.
+pub fn histogram_percentile(h: &[u64], p: f64) -> Option<u64> {
+    let total: u64 = h.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = ((total as f64) * p).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for (i, n) in h.iter().enumerate() {
+        seen += n;
+        if seen >= rank {
+            return Some(1u64 << i);
+        }
+    }
+    None
+}
+
 impl Drop for Counters {
     fn drop(&mut self) {
         let bytes = (self.len * 8).next_multiple_of(4096);

@@ -41,22 +41,7 @@ impl Stats {
     }
 }
 
-/// Percentile of a log2 histogram (bucket i holds values below 2^i): the bucket's upper bound.
-pub fn histogram_percentile(h: &[u64], p: f64) -> Option<u64> {
-    let total: u64 = h.iter().sum();
-    if total == 0 {
-        return None;
-    }
-    let rank = ((total as f64) * p).ceil().max(1.0) as u64;
-    let mut seen = 0;
-    for (i, n) in h.iter().enumerate() {
-        seen += n;
-        if seen >= rank {
-            return Some(1u64 << i);
-        }
-    }
-    None
-}
+pub use podmap_bpf::maps::histogram_percentile;
 
 #[cfg(test)]
 mod tests {

@@ -92,8 +92,8 @@ pub fn run(opts: &NriArgs) -> anyhow::Result<()> {
     println!(
         "  create-to-mapping-ready  p50 <= {}  p99 <= {}  ({samples} samples, log2 buckets; \
          target p99 <= 5 ms; NRI allows 2 s per call)",
-        fmt_us(bucket_percentile(&hist, 0.50)),
-        fmt_us(bucket_percentile(&hist, 0.99)),
+        fmt_us(podmap_bpf::maps::histogram_percentile(&hist, 0.50)),
+        fmt_us(podmap_bpf::maps::histogram_percentile(&hist, 0.99)),
     );
     println!(
         "  containers mapped {mapped} (of {} created with the plugin, plus their sandboxes), \
@@ -154,20 +154,6 @@ fn percentile(v: &[Duration], p: f64) -> Duration {
     s.get(rank - 1).copied().unwrap_or_default()
 }
 
-/// Percentile of a log2 histogram (bucket i counts values below 2^i us): the bucket's bound.
-fn bucket_percentile(h: &[u64], p: f64) -> Option<u64> {
-    let total: u64 = h.iter().sum();
-    let rank = ((total as f64) * p).ceil().max(1.0) as u64;
-    let mut seen = 0;
-    for (i, n) in h.iter().enumerate() {
-        seen += n;
-        if seen >= rank {
-            return Some(1u64 << i);
-        }
-    }
-    None
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -189,11 +175,5 @@ mod tests {
         let v: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
         assert_eq!(percentile(&v, 0.5), Duration::from_millis(50));
         assert_eq!(percentile(&v, 0.99), Duration::from_millis(99));
-        let mut h = vec![0u64; 32];
-        h[10] = 99;
-        h[13] = 1;
-        assert_eq!(bucket_percentile(&h, 0.5), Some(1024));
-        assert_eq!(bucket_percentile(&h, 0.995), Some(8192));
-        assert_eq!(bucket_percentile(&[0; 32], 0.5), None);
     }
 }
