@@ -442,3 +442,66 @@ fn a_policy_stops_the_entrypoint_only_in_selected_pods(pure: bool) -> Result<()>
     Ok(())
 }
 on_both_layouts!(a_policy_stops_the_entrypoint_only_in_selected_pods);
+
+/// An open rule stops a read of a named path inside selected pods only: the process is killed at
+/// its open, and the policy event names the pod; the same command elsewhere gets to open (and,
+/// the path being absent from the image, fails with an ordinary error).
+fn an_open_rule_stops_reads_only_in_selected_pods(pure: bool) -> Result<()> {
+    let node = Node::start(NodeOptions::new(pure, PluginMode::External))?;
+    let selected = pod_spec("reader").label("app", "reader");
+    let free = pod_spec("reader").label("app", "reader");
+    std::fs::write(
+        node.setup.policies.join("no-token.yaml"),
+        format!(
+            "apiVersion: podmap.dev/v1alpha1\nkind: PodPolicy\nmetadata: {{name: no-token}}\nspec:\n  namespaces: [{}]\n  rules:\n  - open: {{prefixes: [/secret], access: read}}\n    action: kill\n",
+            selected.namespace
+        ),
+    )?;
+    let deadline = Instant::now() + WAIT;
+    while node.daemon.status()["policies"]["loaded"]
+        .as_array()
+        .map_or(0, Vec::len)
+        != 1
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "policy not loaded: {}",
+            node.daemon.status()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let reader = ["/bin/cat", "/secret/token"];
+    let mut stream = stream_of(&node, &selected);
+    let pod = node.ctrd.run_pod(selected)?;
+    let cid = pod.run(&ContainerSpec::new("reader", &reader))?;
+    // The exit of cat itself (runc's own helpers exit in the container's cgroup first).
+    let events = stream.until(WAIT, |e| {
+        ev::is(e, "exit") && e["container"]["id"] == cid.as_str() && ev::binary(e) == "/bin/cat"
+    });
+    let hit = events
+        .iter()
+        .find(|e| ev::is(e, "policy"))
+        .with_context(|| format!("no policy event: {events:#?}"))?;
+    assert_attributed(hit, &pod, &cid, "reader");
+    assert_eq!(hit["policy"]["rule"], "open", "{hit:#}");
+    assert_eq!(hit["policy"]["path"], "/secret/token");
+    assert_eq!(events.last().unwrap()["exit"]["signal"], "SIGKILL");
+
+    let mut free_stream = stream_of(&node, &free);
+    let free_pod = node.ctrd.run_pod(free)?;
+    let free_cid = free_pod.run(&ContainerSpec::new("reader", &reader))?;
+    let events = free_stream.until(WAIT, |e| {
+        ev::is(e, "exit")
+            && e["container"]["id"] == free_cid.as_str()
+            && ev::binary(e) == "/bin/cat"
+    });
+    assert!(!events.iter().any(|e| ev::is(e, "policy")), "{events:#?}");
+    let exit = events.last().unwrap();
+    assert!(exit["exit"]["signal"].is_null(), "{exit:#}");
+    assert_eq!(
+        exit["exit"]["code"], 1,
+        "cat's own error for a missing file: {exit:#}"
+    );
+    Ok(())
+}
+on_both_layouts!(an_open_rule_stops_reads_only_in_selected_pods);
