@@ -29,7 +29,7 @@ int main(void)
 	F(podmap_exec_event, parent_exec_ktime); F(podmap_exec_event, filename_len); F(podmap_exec_event, cwd_len);
 	F(podmap_exec_event, args_len);
 	S(podmap_exit_event); F(podmap_exit_event, hdr); F(podmap_exit_event, ids); F(podmap_exit_event, exec_ktime);
-	F(podmap_exit_event, exit_code);
+	F(podmap_exit_event, exit_code); F(podmap_exit_event, comm);
 	S(podmap_cgroup_event); F(podmap_cgroup_event, hdr); F(podmap_cgroup_event, id);
 	F(podmap_cgroup_event, hierarchy_id); F(podmap_cgroup_event, level); F(podmap_cgroup_event, path_len);
 	C(PODMAP_FILENAME_MAX); C(PODMAP_CWD_MAX); C(PODMAP_ARGS_MAX); C(PODMAP_CGROUP_PATH_MAX);

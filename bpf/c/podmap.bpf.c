@@ -475,6 +475,7 @@ int podmap_exit(void *ctx)
 	if (!ev->exit_code)
 		ev->exit_code = BPF_CORE_READ(task, exit_code);
 	ev->_pad = 0;
+	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 	bpf_map_delete_elem(&podmap_procs, &tgid);
 	bpf_ringbuf_submit(ev, wakeup_flag());
 	return 0;

@@ -189,6 +189,7 @@ struct podmap_exit_event {
 	__u64 exec_ktime; /* this process's latest exec, 0 if unknown */
 	__s32 exit_code;  /* task->exit_code: wait(2) status layout */
 	__u32 _pad;
+	char comm[16];    /* names processes podmap never saw exec (runc's init helpers, forks) */
 };
 
 /* Followed by path_len bytes of the cgroup path (NUL-terminated). */

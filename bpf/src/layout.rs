@@ -174,6 +174,7 @@ pub struct podmap_exit_event {
     pub exec_ktime: u64,
     pub exit_code: i32,
     pub _pad: u32,
+    pub comm: [u8; 16],
 }
 
 #[repr(C)]
@@ -434,6 +435,7 @@ pub fn describe() -> Vec<String> {
     f!(podmap_exit_event, ids);
     f!(podmap_exit_event, exec_ktime);
     f!(podmap_exit_event, exit_code);
+    f!(podmap_exit_event, comm);
     s!(podmap_cgroup_event);
     f!(podmap_cgroup_event, hdr);
     f!(podmap_cgroup_event, id);

@@ -332,3 +332,35 @@ fn a_v1_only_cgroup_is_attributed_through_the_tracked_controller() {
         "the v1 id, where the container was found"
     );
 }
+
+/// A process that never exec'd is named after the program it was forked from while its parent
+/// is the one it was forked by; once reparented, after its command name, never after its new
+/// parent's program.
+#[test]
+fn exits_of_processes_that_never_exec_name_the_right_program() {
+    let daemon = Daemon::start();
+    let cg = TestCgroup::new(&cgroup2_mount(), "podmap-test-fork").unwrap();
+    let mut stream = daemon.events(r#"{"types": ["exit"]}"#);
+    // A subshell that exits while sh waits for it.
+    let (pid, _) = run_in_cgroup(&cg.path(), &["/bin/sh", "-c", "(exit 4); exit 0"]);
+    let events = stream.until(WAIT, |v| {
+        v["process"]["ppid"] == pid && v["exit"]["code"] == 4
+    });
+    let sub = events.last().unwrap();
+    assert_eq!(
+        sub["process"]["binary"], "/bin/sh",
+        "a subshell runs its parent's program: {sub}"
+    );
+    // A subshell that outlives sh: reparented before it exits.
+    let busy = "(i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; exit 6) & exit 0";
+    let (pid, _) = run_in_cgroup(&cg.path(), &["/bin/sh", "-c", busy]);
+    let events = stream.until(WAIT, |v| {
+        v["exit"]["code"] == 6 && v["process"]["cgroup_id"] == cg.id()
+    });
+    let orphan = events.last().unwrap();
+    assert_ne!(orphan["process"]["ppid"], pid, "reparented: {orphan}");
+    assert_eq!(
+        orphan["process"]["binary"], "[sh]",
+        "named by its command, not its new parent's program: {orphan}"
+    );
+}

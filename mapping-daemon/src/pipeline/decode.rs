@@ -80,6 +80,8 @@ pub struct ExitRecord {
     pub ids: podmap_task_ids,
     pub exec_ktime: u64,
     pub exit_code: i32,
+    /// The task's command name at exit.
+    pub comm: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,6 +192,7 @@ pub fn decode(buf: &[u8]) -> Result<KernelEvent, DecodeError> {
                 ids: ev.ids,
                 exec_ktime: ev.exec_ktime,
                 exit_code: ev.exit_code,
+                comm: c_str(&ev.comm),
             }))
         }
         t @ (layout::EV_CGROUP_MKDIR | layout::EV_CGROUP_RMDIR) => {

@@ -258,10 +258,15 @@ fn event(
             })
         }
         KernelEvent::Exit(e) => {
-            // A process that never exec'd runs its parent's program.
-            let entry = procs
-                .remove(e.ids.pid)
-                .or_else(|| procs.get(e.ids.ppid).cloned());
+            // A process that never exec'd runs the program of the parent it was forked from:
+            // the parent's entry counts only if its exec is the one the kernel copied at fork
+            // (after a reparent, the new parent's is another program).
+            let entry = procs.remove(e.ids.pid).or_else(|| {
+                procs
+                    .get(e.ids.ppid)
+                    .filter(|p| e.exec_ktime != 0 && p.exec_ktime == e.exec_ktime)
+                    .cloned()
+            });
             let mut process =
                 process_of(node, entry.as_deref(), &e.ids, e.exec_ktime, layout, clock);
             for f in flags(e.flags) {
@@ -270,6 +275,11 @@ fn event(
                 }
             }
             process.parent_exec_id = procs.get(e.ids.ppid).map(|p| p.exec_id.to_string());
+            if process.binary.is_empty() && !e.comm.is_empty() {
+                // Never seen exec'ing (forked before podmapd, or a runtime's own helper such as
+                // runc's init stages): name it like ps does.
+                process.binary = Arc::from(format!("[{}]", e.comm));
+            }
             Some(Event {
                 kind: EventType::Exit,
                 time: clock.format(e.ktime),
