@@ -7,11 +7,11 @@ use podmap_bpf::layout::{self, podmap_task_ids, HIER_V1};
 use podmap_proto::{
     ContainerInfo, Event, EventType, ExitInfo, PodInfo, PolicyInfo, Process, ProcessFlag,
 };
-use std::collections::HashMap;
 
 use super::decode::{KernelEvent, PolicyHit};
 use super::Owner;
 use crate::clock::WallClock;
+use crate::policies::PolicyNames;
 use crate::procs::{exec_id, ProcEntry, ProcTable};
 
 /// The process's cgroup id as design.md defines it: the id in the hierarchy its container was
@@ -72,12 +72,9 @@ fn owner_parts(owner: &Owner) -> (Option<Arc<ContainerInfo>>, Option<Arc<PodInfo
     }
 }
 
-fn policy_info(
-    names: &HashMap<u32, Arc<str>>,
-    hit: &PolicyHit,
-    rule: &str,
-    path: &str,
-) -> PolicyInfo {
+/// Names are looked up only for the rare policy events: the lock is not on the exec path.
+fn policy_info(names: &PolicyNames, hit: &PolicyHit, rule: &str, path: &str) -> PolicyInfo {
+    let names = names.read().unwrap_or_else(|p| p.into_inner());
     let name = names
         .get(&hit.policy_id)
         .map(|n| n.to_string())
@@ -108,7 +105,7 @@ pub(super) fn events(
     node: &Arc<str>,
     procs: &mut ProcTable,
     layout: &CgroupLayout,
-    names: &HashMap<u32, Arc<str>>,
+    names: &PolicyNames,
     ev: KernelEvent,
     owner: Owner,
     clock: &WallClock,

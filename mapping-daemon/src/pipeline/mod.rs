@@ -258,12 +258,11 @@ impl Pipeline {
         Stats::inc(counter);
         self.stats
             .record_latency(self.batch_now.saturating_sub(ev.ktime()) / 1000);
-        let names = self.policy_names.read().unwrap_or_else(|p| p.into_inner());
         enrich::events(
             &self.node,
             &mut self.procs,
             &self.layout,
-            &names,
+            &self.policy_names,
             ev,
             owner,
             clock,
