@@ -128,6 +128,22 @@ impl Daemon {
         serde_json::from_str(&line).unwrap()
     }
 
+    /// Waits until podmapd has loaded `n` policies, or panics with its status after 30 s.
+    pub fn wait_policies(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let st = self.status();
+            if st["policies"]["loaded"].as_array().map_or(0, Vec::len) == n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "podmapd did not load {n} policies: {st}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Opens an event stream and waits until it is subscribed (a status round-trip after the
     /// subscription proves the server has processed it).
     pub fn events(&self, filter: &str) -> EventStream {

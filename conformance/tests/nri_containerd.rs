@@ -389,20 +389,8 @@ fn a_policy_stops_the_entrypoint_only_in_selected_pods(pure: bool) -> Result<()>
             selected.namespace
         ),
     )?;
-    // podmapd loads the policy (and podmap-nri reads it at the next container).
-    let deadline = Instant::now() + WAIT;
-    while node.daemon.status()["policies"]["loaded"]
-        .as_array()
-        .map_or(0, Vec::len)
-        != 1
-    {
-        ensure!(
-            Instant::now() < deadline,
-            "policy not loaded: {}",
-            node.daemon.status()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // podmapd holds the rule tables; podmap-nri reads the policy at the next container.
+    node.daemon.wait_policies(1);
     let mut stream = stream_of(&node, &selected);
     let pod = node.ctrd.run_pod(selected)?;
     let cid = pod.run(&ContainerSpec::new("app", &["/bin/sleep", "1000"]))?;
@@ -457,19 +445,8 @@ fn an_open_rule_stops_reads_only_in_selected_pods(pure: bool) -> Result<()> {
             selected.namespace
         ),
     )?;
-    let deadline = Instant::now() + WAIT;
-    while node.daemon.status()["policies"]["loaded"]
-        .as_array()
-        .map_or(0, Vec::len)
-        != 1
-    {
-        ensure!(
-            Instant::now() < deadline,
-            "policy not loaded: {}",
-            node.daemon.status()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // podmapd holds the rule tables; podmap-nri reads the policy at the next container.
+    node.daemon.wait_policies(1);
     let reader = ["/bin/cat", "/secret/token"];
     let mut stream = stream_of(&node, &selected);
     let pod = node.ctrd.run_pod(selected)?;

@@ -366,19 +366,7 @@ fn policies_selected_at_creation_stop_the_entrypoint_not_the_sandbox() {
         )],
         ..Default::default()
     });
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while daemon.status()["policies"]["loaded"]
-        .as_array()
-        .map_or(0, Vec::len)
-        != 1
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "policy not loaded: {}",
-            daemon.status()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    daemon.wait_policies(1);
     let policy_id = podmap_proto::policy::policy_id(&policy);
     let mut stream = daemon.events(&json!({"types": ["policy"], "namespace": "prod"}).to_string());
     let mut started = Vec::new();

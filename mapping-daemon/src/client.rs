@@ -526,6 +526,8 @@ pub fn status_table(r: &StatusReport) -> String {
         ("attribution", counts(&r.attribution)),
         ("clients connected", r.clients_connected.to_string()),
         ("client errors", r.client_errors.to_string()),
+        ("records unreadable", r.records_unreadable.to_string()),
+        ("processes untracked", r.processes_untracked.to_string()),
         ("mapping latency", latency(&r.mapping_latency_us)),
         ("event latency", latency(&r.event_latency_us)),
         (

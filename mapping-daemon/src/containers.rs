@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::stats::Stats;
 use podmap_bpf::{CgroupKey, ContainerMeta, SharedMaps};
 use podmap_pod_cache::PodCache;
 use podmap_proto::{ContainerInfo, PodInfo};
@@ -66,14 +67,20 @@ struct Entry {
     checked: Instant,
 }
 
-#[derive(Default)]
 pub struct ContainerCache {
     entries: HashMap<CgroupKey, Entry>,
-    /// Metadata blobs that did not parse (a writer bug or version skew): counted, never silent.
-    pub corrupt: u64,
+    /// Where unreadable metadata is counted (never silent).
+    stats: Arc<Stats>,
 }
 
 impl ContainerCache {
+    pub fn new(stats: Arc<Stats>) -> Self {
+        ContainerCache {
+            entries: HashMap::new(),
+            stats,
+        }
+    }
+
     /// The container mapped at `key`, reading the map only for a new or stale key.
     pub fn get(
         &mut self,
@@ -101,7 +108,7 @@ impl ContainerCache {
             Ok(Some(m)) => m,
             Ok(None) => return None,
             Err(e) => {
-                self.corrupt += 1;
+                Stats::inc(&self.stats.meta_corrupt);
                 tracing::warn!(error = %e, "skipping a container record");
                 return None;
             }

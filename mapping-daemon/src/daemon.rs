@@ -112,11 +112,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let maps = Arc::new(maps);
     tracing::info!(active = lsm.active, detail = %lsm.detail, "BPF-LSM probe");
 
-    let mut table = ProcTable::default();
+    let stats = Arc::new(Stats::default());
+    let mut table = ProcTable::new(stats.clone());
     let scanned = table.scan(&node, &mut procs);
     tracing::info!(processes = scanned, "scanned /proc");
 
-    let stats = Arc::new(Stats::default());
     let hub = Hub::new();
     let state = Arc::new(DaemonState {
         node: node.to_string(),

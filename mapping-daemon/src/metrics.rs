@@ -99,6 +99,16 @@ pub fn render(report: &StatusReport) -> String {
             report.events_held_timed_out,
         ),
         (
+            "records_unreadable",
+            "Container records whose metadata did not parse",
+            report.records_unreadable,
+        ),
+        (
+            "processes_untracked",
+            "Execs the full process table could not keep",
+            report.processes_untracked,
+        ),
+        (
             "client_errors",
             "Socket requests refused (malformed, too long, silent, a second line)",
             report.client_errors,
@@ -341,6 +351,8 @@ mod tests {
             events_held: 4,
             events_held_timed_out: 1,
             clients_connected: 2,
+            records_unreadable: 0,
+            processes_untracked: 0,
             client_errors: 5,
             containers_mapped: 6,
             pods_cached: 3,

@@ -9,6 +9,8 @@ use aya::maps::{HashMap as BpfHashMap, MapData};
 use podmap_bpf::layout::{self, podmap_proc};
 use podmap_proto::ProcessFlag;
 
+use crate::stats::Stats;
+
 /// bpf(2)'s BPF_NOEXIST update flag.
 const BPF_NOEXIST: u64 = 1;
 
@@ -27,10 +29,10 @@ pub struct ProcEntry {
     pub procfs_scan: bool,
 }
 
-#[derive(Default)]
 pub struct ProcTable {
     by_pid: HashMap<u32, Arc<ProcEntry>>,
-    pub overflow: u64,
+    /// Where a full table is counted (never silent).
+    stats: Arc<Stats>,
 }
 
 /// `base64("node:boot-ns:pid")`: unique per exec across nodes and pid reuse.
@@ -46,9 +48,16 @@ pub fn exec_id(node: &str, ktime: u64, pid: u32) -> String {
 }
 
 impl ProcTable {
+    pub fn new(stats: Arc<Stats>) -> Self {
+        ProcTable {
+            by_pid: HashMap::new(),
+            stats,
+        }
+    }
+
     pub fn insert(&mut self, pid: u32, e: Arc<ProcEntry>) {
         if self.by_pid.len() >= MAX_PROCS && !self.by_pid.contains_key(&pid) {
-            self.overflow += 1;
+            Stats::inc(&self.stats.procs_untracked);
             return;
         }
         self.by_pid.insert(pid, e);

@@ -84,6 +84,8 @@ impl StatusSource for DaemonState {
             .collect(),
             events_held: Stats::get(&s.held),
             events_held_timed_out: Stats::get(&s.held_timed_out),
+            records_unreadable: Stats::get(&s.meta_corrupt),
+            processes_untracked: Stats::get(&s.procs_untracked),
             clients_connected: self.hub.clients(),
             client_errors: self.hub.client_errors(),
             containers_mapped: self.maps.keys().len() as u64,

@@ -14,7 +14,10 @@ pub struct Stats {
     pub attributed_unknown: AtomicU64,
     pub held: AtomicU64,
     pub held_timed_out: AtomicU64,
+    /// Container metadata blobs in the map that did not parse (a writer bug or version skew).
     pub meta_corrupt: AtomicU64,
+    /// Execs not kept in the process table because it was full (their exits lose the binary).
+    pub procs_untracked: AtomicU64,
     /// Kernel timestamp to hand-off to clients, microseconds, log2 buckets.
     pub latency_us: [AtomicU64; 32],
 }

@@ -28,6 +28,12 @@ pub struct StatusReport {
     /// Events held waiting for their mapping, and how many of those timed out as unknown.
     pub events_held: u64,
     pub events_held_timed_out: u64,
+    /// Container records whose metadata did not parse, and execs the full process table could
+    /// not keep: both counted, never silent.
+    #[serde(default)]
+    pub records_unreadable: u64,
+    #[serde(default)]
+    pub processes_untracked: u64,
     pub clients_connected: u64,
     pub client_errors: u64,
     pub containers_mapped: u64,

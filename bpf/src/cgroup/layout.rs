@@ -134,15 +134,6 @@ impl CgroupLayout {
             v1: self.v1.as_ref().and_then(|v| id(&v.path)),
         }
     }
-
-    /// The cgroup v2 path of a process (from /proc/<pid>/cgroup), relative to the root.
-    pub fn proc_cgroup_path(pid: u32) -> io::Result<Option<String>> {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
-        Ok(text
-            .lines()
-            .find_map(|l| l.strip_prefix("0::"))
-            .map(str::to_owned))
-    }
 }
 
 /// The kernel hierarchy id of a v1 controller, from /proc/cgroups (None if not mounted).

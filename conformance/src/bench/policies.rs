@@ -44,17 +44,17 @@ fn set_policies(dir: &Path, n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Policies loaded, then the storm container's memberships written (the storm must run policed).
 fn wait_loaded(daemon: &Daemon, n: usize) -> anyhow::Result<()> {
+    daemon.wait_policies(n);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let st = daemon.status();
-        let loaded = st["policies"]["loaded"].as_array().map_or(0, Vec::len);
-        let members = st["policies"]["memberships"].as_u64().unwrap_or(0) as usize;
-        if loaded == n && members == n {
+        if st["policies"]["memberships"].as_u64() == Some(n as u64) {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("podmapd did not load {n} policies: {st}");
+            bail!("the storm container is not in all {n} policies: {st}");
         }
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -82,40 +82,30 @@ pub fn signal(pid: u32, sig: i32) {
     unsafe { libc::kill(pid as i32, sig) };
 }
 
+/// Pids of the processes whose /proc directory satisfies `keep`.
+fn pids_where(keep: impl Fn(&Path) -> bool) -> Vec<u32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    rd.flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+            keep(&e.path()).then_some(pid)
+        })
+        .collect()
+}
+
 /// Pids of processes whose command line contains `needle` as one argument.
 pub fn pids_with_arg(needle: &str) -> Vec<u32> {
-    let mut out = vec![];
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
-            if cmd.split(|&b| b == 0).any(|a| a == needle.as_bytes()) {
-                out.push(pid);
-            }
-        }
-    }
-    out
+    pids_where(|proc| {
+        std::fs::read(proc.join("cmdline"))
+            .is_ok_and(|cmd| cmd.split(|&b| b == 0).any(|a| a == needle.as_bytes()))
+    })
 }
 
 /// Pids of processes whose executable lives under `dir`.
 pub fn pids_with_exe_under(dir: &Path) -> Vec<u32> {
-    let mut out = vec![];
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        if std::fs::read_link(e.path().join("exe")).is_ok_and(|x| x.starts_with(dir)) {
-            out.push(pid);
-        }
-    }
-    out
+    pids_where(|proc| std::fs::read_link(proc.join("exe")).is_ok_and(|x| x.starts_with(dir)))
 }
 
 /// One mount of the host's mount table.

@@ -78,7 +78,7 @@ impl Pipeline {
             maps,
             layout,
             cgroups,
-            containers: ContainerCache::default(),
+            containers: ContainerCache::new(stats.clone()),
             procs,
             held: VecDeque::new(),
             stats,
@@ -288,10 +288,6 @@ impl Pipeline {
             ..Default::default()
         };
         Some(Arc::new(Mapped::from_meta(meta, self.pods.as_ref())))
-    }
-
-    pub fn containers_cached(&self) -> usize {
-        self.containers.len()
     }
 }
 
