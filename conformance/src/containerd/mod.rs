@@ -293,13 +293,7 @@ impl Containerd {
             }
         }
         let shim_sockets = teardown::shim_sockets(&self.layout.state);
-        teardown::signal(self.pid(), libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        teardown::terminate(&mut self.child, Duration::from_secs(10));
         // Shims are started with `-address <our socket>`; pre-launched plugins run from our
         // plugin dir. Both outlive containerd.
         let socket = self.layout.socket.to_string_lossy().into_owned();

@@ -181,14 +181,9 @@ impl NriPlugin {
 
     /// A clean stop (SIGTERM), killed if it does not exit within 10 s.
     pub fn stop(&mut self) {
+        // A hung (stopped) plugin must run to see the SIGTERM.
         teardown::signal(self.pid(), libc::SIGCONT);
-        teardown::signal(self.pid(), libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        teardown::terminate(&mut self.child, Duration::from_secs(10));
     }
 
     pub fn is_running(&mut self) -> bool {

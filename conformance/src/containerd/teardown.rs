@@ -82,6 +82,17 @@ pub fn signal(pid: u32, sig: i32) {
     unsafe { libc::kill(pid as i32, sig) };
 }
 
+/// Stops a child: SIGTERM, up to `grace` to exit, then SIGKILL; always reaped.
+pub fn terminate(child: &mut std::process::Child, grace: std::time::Duration) {
+    signal(child.id(), libc::SIGTERM);
+    let deadline = std::time::Instant::now() + grace;
+    while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// Pids of the processes whose /proc directory satisfies `keep`.
 fn pids_where(keep: impl Fn(&Path) -> bool) -> Vec<u32> {
     let Ok(rd) = std::fs::read_dir("/proc") else {
