@@ -57,6 +57,24 @@ fn exec_and_exit_in_a_fresh_cgroup(daemon: &Daemon) {
     );
     assert_eq!(exit["process"]["binary"], "/bin/sh");
 
+    // A child's parent_exec_id is its parent's latest exec_id (the wrapper sh execs the
+    // script's sh in place, same pid).
+    let (pid, _) = run_in_cgroup(&cg.path(), &["/bin/sh", "-c", "/bin/true child; exit 0"]);
+    let events = stream.until(WAIT, |v| v["type"] == "exit" && pid_of(v) == pid as u64);
+    let parent = events
+        .iter()
+        .rfind(|v| v["type"] == "exec" && pid_of(v) == pid as u64)
+        .expect("the script's exec");
+    assert_eq!(parent["process"]["args"][1], "/bin/true child; exit 0");
+    let child = find(&events, |v| {
+        v["type"] == "exec" && v["process"]["ppid"] == pid && v["process"]["binary"] == "/bin/true"
+    })
+    .expect("the child's exec");
+    assert_eq!(
+        child["process"]["parent_exec_id"], parent["process"]["exec_id"],
+        "{child}"
+    );
+
     // A signal death: code null, the signal's name.
     let (pid, status) = run_in_cgroup(&cg.path(), &["/bin/sh", "-c", "kill -9 $$"]);
     assert!(status.code().is_none());

@@ -70,7 +70,7 @@ pub struct Process {
     pub args: Arc<[String]>,
     pub cwd: Arc<str>,
     pub exec_id: Arc<str>,
-    pub parent_exec_id: Option<String>,
+    pub parent_exec_id: Option<Arc<str>>,
     pub start_time: String,
     pub cgroup_id: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

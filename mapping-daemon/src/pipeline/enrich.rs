@@ -213,8 +213,14 @@ fn event(
         KernelEvent::Exec(e) => {
             let pid = e.ids.pid;
             let id: Arc<str> = exec_id(node, e.ktime, pid).into();
-            let parent_exec_id =
-                (e.parent_exec_ktime != 0).then(|| exec_id(node, e.parent_exec_ktime, e.ids.ppid));
+            // The parent's exec id is usually in the table already: shared, not encoded again.
+            let parent_exec_id = (e.parent_exec_ktime != 0).then(|| {
+                procs
+                    .get(e.ids.ppid)
+                    .filter(|p| p.exec_ktime == e.parent_exec_ktime)
+                    .map(|p| p.exec_id.clone())
+                    .unwrap_or_else(|| exec_id(node, e.parent_exec_ktime, e.ids.ppid).into())
+            });
             let (args, binary, cwd) = (e.args, e.filename, e.cwd);
             procs.insert(
                 pid,
@@ -271,7 +277,7 @@ fn event(
                     process.flags.push(f);
                 }
             }
-            process.parent_exec_id = procs.get(e.ids.ppid).map(|p| p.exec_id.to_string());
+            process.parent_exec_id = procs.get(e.ids.ppid).map(|p| p.exec_id.clone());
             if process.binary.is_empty() && !e.comm.is_empty() {
                 // Never seen exec'ing (forked before podmapd, or a runtime's own helper such as
                 // runc's init stages): name it like ps does.
