@@ -555,13 +555,32 @@ pub fn status_table(r: &StatusReport) -> String {
                 r.policies.errors.len()
             ),
         ),
+        (
+            "policy resources",
+            match &r.policies.resources {
+                None => "not mirrored".to_string(),
+                Some(m) => format!(
+                    "{}, {} resources, {} written, {} removed, {} refused, {} errors{}",
+                    if m.synced { "synced" } else { "NOT synced" },
+                    m.resources,
+                    m.writes,
+                    m.removals,
+                    m.refused.len(),
+                    m.errors,
+                    m.last_error
+                        .as_deref()
+                        .map_or(String::new(), |e| format!(" (last: {})", escape(e)))
+                ),
+            },
+        ),
     ];
     if r.shared_counters.is_empty() {
         rows.push(("shared counters", "-".to_string()));
     }
     let mut out = kv_rows(&rows);
-    for e in &r.policies.errors {
-        let _ = writeln!(out, "  refused: {e}");
+    let refused_resources = r.policies.resources.iter().flat_map(|m| &m.refused);
+    for e in r.policies.errors.iter().chain(refused_resources) {
+        let _ = writeln!(out, "  refused: {}", escape(e));
     }
     if !r.shared_counters.is_empty() {
         out.push_str("shared counters\n");

@@ -17,6 +17,7 @@ use podmap_bpf::SharedMaps;
 use crate::hub::Hub;
 use crate::pipeline::{reader, Pipeline};
 use crate::policies::PolicyManager;
+use crate::policy_mirror::{Mirror, MirrorHandle};
 use crate::procs::ProcTable;
 use crate::state::DaemonState;
 use crate::stats::Stats;
@@ -53,6 +54,10 @@ pub struct Args {
     /// Run standalone even inside a cluster: no API server, no pod cache.
     #[arg(long, env = "PODMAP_NO_KUBE")]
     pub no_kube: bool,
+    /// In Kubernetes mode, do not mirror the PodPolicy resources into --policy-dir (for
+    /// clusters without the CRD, or where the directory is managed by other means).
+    #[arg(long, env = "PODMAP_NO_POLICY_RESOURCES")]
+    pub no_policy_resources: bool,
     /// Where Prometheus metrics are served; "off" disables them.
     #[arg(long, env = "PODMAP_METRICS_ADDR", default_value = "127.0.0.1:9477")]
     pub metrics_addr: String,
@@ -118,6 +123,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(processes = scanned, "scanned /proc");
 
     let hub = Hub::new();
+    let kube = kube_client(&args).await?;
+    let mirror = match &kube {
+        Some(client) if !args.no_policy_resources => {
+            let handle = MirrorHandle::default();
+            let mirror = Mirror::new(&args.policy_dir, handle.clone());
+            tracing::info!(dir = %args.policy_dir.display(), "mirroring PodPolicy resources into the policy directory");
+            Some((tokio::spawn(mirror.run(client.clone())), handle))
+        }
+        _ => None,
+    };
     let state = Arc::new(DaemonState {
         node: node.to_string(),
         layout: layout.clone(),
@@ -132,8 +147,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         },
         policies: Default::default(),
         pods: Default::default(),
+        policy_resources: mirror.as_ref().map(|(_, handle)| handle.clone()),
     });
-    let pods = start_pod_cache(&args, &node).await?;
+    let pods = kube.map(|client| {
+        tracing::info!(node = %node, "starting the pod cache");
+        PodCache::start(client, &node)
+    });
     *state.pods.lock().unwrap_or_else(|p| p.into_inner()) = pods.clone();
     let policy_maps =
         SharedMaps::open(&args.bpffs_dir).context("opening the pinned maps for policies")?;
@@ -203,6 +222,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let _ = server_task.await;
     let _ = sweep_task.await;
     let _ = policy_task.await;
+    if let Some((task, _)) = mirror {
+        task.abort();
+    }
     if let Some(t) = metrics_task {
         t.await
             .context("metrics task")?
@@ -215,9 +237,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The pod cache, where there is an API server to ask: with --kubeconfig, or in a pod. A
+/// A client for the API server, where there is one to ask: with --kubeconfig, or in a pod. A
 /// kubeconfig that does not work is an error; no cluster at all is standalone mode.
-async fn start_pod_cache(args: &Args, node: &str) -> anyhow::Result<Option<PodCache>> {
+async fn kube_client(args: &Args) -> anyhow::Result<Option<kube::Client>> {
     if args.no_kube {
         return Ok(None);
     }
@@ -235,8 +257,7 @@ async fn start_pod_cache(args: &Args, node: &str) -> anyhow::Result<Option<PodCa
             return Ok(None);
         }
     };
-    tracing::info!(node, "starting the pod cache");
-    Ok(Some(PodCache::start(client, node)))
+    Ok(Some(client))
 }
 
 /// Drops records whose grace period ended (decisions.md 5): hooks never sleep out the grace,

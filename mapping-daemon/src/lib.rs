@@ -2,7 +2,9 @@
 //!
 //! The event path: `pipeline::reader` drains the ring buffer, `pipeline` decodes, attributes
 //! (`containers`, `cgroups`) and enriches (`procs`, `clock`), `hub` fans out to the clients that
-//! `server` accepts. `state` answers status requests for `server` and `metrics`.
+//! `server` accepts. `state` answers status requests for `server` and `metrics`. `policies` keeps
+//! the kernel's rule tables and memberships equal to the policy directory, which
+//! `policy_mirror` fills from the cluster's PodPolicy resources.
 
 pub mod cgroups;
 pub mod client;
@@ -13,6 +15,7 @@ pub mod hub;
 pub mod metrics;
 pub mod pipeline;
 pub mod policies;
+pub mod policy_mirror;
 pub mod procs;
 pub mod server;
 pub mod state;

@@ -145,10 +145,49 @@ pub fn render(report: &StatusReport) -> String {
             "Pods in the Kubernetes informer cache",
             report.pods_cached,
         ),
+        (
+            "policies_loaded",
+            "Policies active (kernel rule tables written)",
+            report.policies.loaded.len() as u64,
+        ),
+        (
+            "policies_refused",
+            "Policy files or documents refused now (see podmap status for why)",
+            report.policies.errors.len() as u64,
+        ),
+        (
+            "policy_memberships",
+            "(policy, container) pairs in the kernel's membership map",
+            report.policies.memberships,
+        ),
     ] {
         let g = Gauge::<u64, AtomicU64>::default();
         g.set(value);
         reg.register(name, help, g);
+    }
+
+    if let Some(m) = &report.policies.resources {
+        let g = Gauge::<u64, AtomicU64>::default();
+        g.set(m.resources);
+        reg.register(
+            "policy_resources",
+            "PodPolicy resources on the API server, mirrored into the policy directory",
+            g,
+        );
+        let g = Gauge::<u64, AtomicU64>::default();
+        g.set(m.refused.len() as u64);
+        reg.register(
+            "policy_resources_refused",
+            "PodPolicy resources refused now (see podmap status for why)",
+            g,
+        );
+        let c = Counter::<u64>::default();
+        c.inc_by(m.errors);
+        reg.register(
+            "policy_resource_errors",
+            "Failed watches of PodPolicy resources and failed writes of their files",
+            c,
+        );
     }
 
     reg.register(
@@ -370,7 +409,19 @@ mod tests {
                 p99: Some(300),
                 max: Some(1200),
             },
-            policies: Default::default(),
+            policies: crate::policies::PolicyStatus {
+                loaded: vec!["a (/p/a.yaml)".into(), "b (/p/b.yaml)".into()],
+                errors: vec!["/p/c.yaml: spec: bad".into()],
+                memberships: 4,
+                resources: Some(crate::policy_mirror::MirrorStatus {
+                    synced: true,
+                    resources: 1,
+                    refused: vec!["PodPolicy resource \"d\": spec: bad".into()],
+                    errors: 3,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
             pod_cache: None,
         }
     }
@@ -399,6 +450,12 @@ mod tests {
             r#"podmap_mapping_latency_seconds{quantile="0.99"} 0.0025"#,
             "podmap_event_latency_samples_total 100",
             r#"podmap_event_latency_seconds{quantile="1"} 0.0012"#,
+            "podmap_policies_loaded 2",
+            "podmap_policies_refused 1",
+            "podmap_policy_memberships 4",
+            "podmap_policy_resources 1",
+            "podmap_policy_resources_refused 1",
+            "podmap_policy_resource_errors_total 3",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -24,6 +24,9 @@ pub struct PolicyStatus {
     pub errors: Vec<String>,
     pub memberships: u64,
     pub reloads: u64,
+    /// The PodPolicy resources mirrored into the directory, in Kubernetes mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<crate::policy_mirror::MirrorStatus>,
 }
 
 pub struct PolicyManager {

@@ -24,6 +24,8 @@ pub struct DaemonState {
     pub policies: std::sync::Mutex<crate::policies::PolicyStatus>,
     /// Set once the pod cache started (Kubernetes mode).
     pub pods: std::sync::Mutex<Option<podmap_pod_cache::PodCache>>,
+    /// The PodPolicy mirror's status, in Kubernetes mode.
+    pub policy_resources: Option<crate::policy_mirror::MirrorHandle>,
 }
 
 fn summary(h: &[u64]) -> LatencySummary {
@@ -101,11 +103,14 @@ impl StatusSource for DaemonState {
                 errors: p.errors,
             }),
             enforcement_mode: self.enforcement.clone(),
-            policies: self
-                .policies
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+            policies: crate::policies::PolicyStatus {
+                resources: self.policy_resources.as_ref().map(|m| m.snapshot()),
+                ..self
+                    .policies
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone()
+            },
             shared_counters: shared,
             mapping_latency_us: summary(&c.latency_histogram()),
             event_latency_us: summary(&s.latency_histogram()),

@@ -10,6 +10,37 @@ use std::path::{Path, PathBuf};
 pub const API_VERSION: &str = "podmap.dev/v1alpha1";
 pub const KIND: &str = "PodPolicy";
 
+/// Files podmapd writes for the cluster's PodPolicy resources (decision 10) are named
+/// `podpolicy.<resource name>.yaml`...
+pub const MIRRORED_PREFIX: &str = "podpolicy.";
+/// ...and start with this line: podmapd only ever rewrites or removes files that carry it, so a
+/// hand-written file that happens to share the prefix is left alone.
+pub const MIRRORED_HEADER: &str =
+    "# Mirrored by podmapd from a PodPolicy resource: edit the resource, not this file.";
+
+/// Where a loaded policy came from, as errors name it: a mirrored file is named as the resource
+/// it stands for. Only called on the error path, so reading the file's first line is cheap.
+pub fn describe_source(src: &str) -> String {
+    if is_mirrored(Path::new(src)) {
+        format!("{src} (mirrored from a PodPolicy resource)")
+    } else {
+        src.to_string()
+    }
+}
+
+/// Whether a file of the policy directory is one podmapd mirrored: its name and first line say so.
+pub fn is_mirrored(path: &Path) -> bool {
+    use std::io::BufRead;
+    let named = path
+        .file_name()
+        .is_some_and(|f| f.to_string_lossy().starts_with(MIRRORED_PREFIX));
+    named
+        && std::fs::File::open(path)
+            .ok()
+            .and_then(|f| std::io::BufReader::new(f).lines().next()?.ok())
+            .is_some_and(|first| first == MIRRORED_HEADER)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PodPolicy {
@@ -434,7 +465,7 @@ impl PolicySet {
                         .chain(staged.iter())
                         .find(|l: &&Loaded| l.policy.name() == p.name())
                     {
-                        self.errors.push(err(src, "metadata.name", format!("policy {:?} is also defined in {}; both are refused until one is renamed", p.name(), prev.source)));
+                        self.errors.push(err(src, "metadata.name", format!("policy {:?} is also defined in {}; both are refused until one is renamed", p.name(), describe_source(&prev.source))));
                         let name = p.name().to_string();
                         self.policies.retain(|l| l.policy.name() != name);
                         staged.retain(|l: &Loaded| l.policy.name() != name);
