@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams, WatchEvent, WatchParams};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, WatchEvent, WatchParams};
 use kube::runtime::watcher;
 use podmap_pod_cache::testing::fixtures;
-use podmap_pod_cache::testing::{TestApiServer, TestApiServerConfig};
+use podmap_pod_cache::testing::{Resource, TestApiServer, TestApiServerConfig};
+use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -17,6 +18,26 @@ async fn next<S: futures::Stream + Unpin>(stream: &mut S) -> S::Item {
         .await
         .expect("timed out")
         .expect("stream ended")
+}
+
+/// The PodPolicy custom resource, as podmapd's client addresses it.
+fn pod_policies() -> ApiResource {
+    ApiResource {
+        group: "podmap.dev".into(),
+        version: "v1alpha1".into(),
+        api_version: "podmap.dev/v1alpha1".into(),
+        kind: "PodPolicy".into(),
+        plural: "podpolicies".into(),
+    }
+}
+
+fn policy(name: &str, mode: &str) -> Value {
+    json!({"apiVersion": "podmap.dev/v1alpha1", "kind": "PodPolicy",
+           "metadata": {"name": name}, "spec": {"mode": mode}})
+}
+
+fn named(object: &DynamicObject, name: &str) -> bool {
+    object.metadata.name.as_deref() == Some(name)
 }
 
 #[tokio::test]
@@ -185,4 +206,148 @@ async fn kube_runtime_watcher_runs_against_it() {
             _ => tokio::time::sleep(Duration::from_millis(10)).await,
         }
     }
+}
+
+#[tokio::test]
+async fn serves_cluster_scoped_pod_policies_apart_from_pods() {
+    let server = TestApiServer::start().await;
+    server.apply_object(Resource::PodPolicies, policy("audit", "Audit"));
+    server.apply_object(Resource::PodPolicies, policy("block", "Enforce"));
+    server.apply(&fixtures::pod("a", "p", "node-a", &[]));
+    let client = server.client();
+    let policies: Api<DynamicObject> = Api::all_with(client.clone(), &pod_policies());
+
+    let all = policies.list(&ListParams::default()).await.unwrap();
+    assert_eq!(all.types.kind, "PodPolicyList");
+    assert_eq!(all.types.api_version, "podmap.dev/v1alpha1");
+    let names: Vec<_> = all
+        .items
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    assert_eq!(names, ["audit", "block"]);
+    let one = policies
+        .list(&ListParams::default().fields("metadata.name=block"))
+        .await
+        .unwrap();
+    assert_eq!(one.items.len(), 1);
+    assert!(named(&one.items[0], "block"));
+    let audit = policies.get("audit").await.unwrap();
+    assert_eq!(audit.data["spec"]["mode"], "Audit");
+
+    // Only the metadata fields, as for every custom resource.
+    let err = policies
+        .list(&ListParams::default().fields("spec.nodeName=x"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 400
+            && s.message == "field label not supported: spec.nodeName"),
+        "{err:?}"
+    );
+    let err = policies.get("missing").await.unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 404
+            && s.message == r#"podpolicies.podmap.dev "missing" not found"#),
+        "{err:?}"
+    );
+    // Cluster-scoped: no namespaced path.
+    let namespaced = http::Request::get("/apis/podmap.dev/v1alpha1/namespaces/a/podpolicies")
+        .body(Vec::new())
+        .unwrap();
+    let err = client.request_text(namespaced).await.unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 404),
+        "{err:?}"
+    );
+
+    let pods: Api<Pod> = Api::all(client);
+    let pod_names: Vec<_> = pods
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    assert_eq!(pod_names, ["p"]);
+
+    // Bookmarks of a podpolicies watch are of its kind.
+    let mut events = policies
+        .watch(
+            &WatchParams::default(),
+            &server.resource_version().to_string(),
+        )
+        .await
+        .unwrap()
+        .boxed();
+    server.send_bookmarks();
+    match next(&mut events).await.unwrap() {
+        WatchEvent::Bookmark(bookmark) => {
+            assert_eq!(bookmark.types.kind, "PodPolicy");
+            assert_eq!(bookmark.types.api_version, "podmap.dev/v1alpha1");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn kube_runtime_watcher_over_pod_policies_sees_no_pods() {
+    let server = TestApiServer::start().await;
+    server.apply_object(Resource::PodPolicies, policy("audit", "Audit"));
+    server.apply_object(Resource::PodPolicies, policy("block", "Enforce"));
+    server.apply(&fixtures::pod("a", "p", "node-a", &[]));
+    let policies: Api<DynamicObject> = Api::all_with(server.client(), &pod_policies());
+    let mut events = watcher(policies, watcher::Config::default()).boxed();
+    assert!(matches!(
+        next(&mut events).await.unwrap(),
+        watcher::Event::Init
+    ));
+    for name in ["audit", "block"] {
+        assert!(
+            matches!(next(&mut events).await.unwrap(), watcher::Event::InitApply(ref p) if named(p, name))
+        );
+    }
+    assert!(matches!(
+        next(&mut events).await.unwrap(),
+        watcher::Event::InitDone
+    ));
+
+    // Pod changes interleaved with policy changes: only the policy ones arrive.
+    server.apply(&fixtures::pod("a", "q", "node-a", &[]));
+    server.apply_object(Resource::PodPolicies, policy("audit", "Enforce"));
+    server.delete("a", "p");
+    server.delete_object(Resource::PodPolicies, "", "audit");
+    server.apply(&fixtures::pod("a", "r", "node-a", &[]));
+    assert!(
+        matches!(next(&mut events).await.unwrap(), watcher::Event::Apply(ref p)
+            if named(p, "audit") && p.data["spec"]["mode"] == "Enforce")
+    );
+    assert!(
+        matches!(next(&mut events).await.unwrap(), watcher::Event::Delete(ref p) if named(p, "audit"))
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), events.next())
+            .await
+            .is_err(),
+        "no more events"
+    );
+
+    // An expired watch: the watcher relists, then watches on.
+    server.expire_watches();
+    let mut relisted = Vec::new();
+    loop {
+        match next(&mut events).await {
+            Ok(watcher::Event::Init) => relisted.clear(),
+            Ok(watcher::Event::InitApply(p)) => relisted.extend(p.metadata.name),
+            Ok(watcher::Event::InitDone) => break,
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(_) => continue, // the 410
+        }
+    }
+    assert_eq!(relisted, ["block"]);
+    server.apply_object(Resource::PodPolicies, policy("late", "Audit"));
+    assert!(
+        matches!(next(&mut events).await.unwrap(), watcher::Event::Apply(ref p) if named(p, "late"))
+    );
 }

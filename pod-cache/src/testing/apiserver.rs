@@ -1,24 +1,35 @@
-//! An in-process Kubernetes API server serving Pods over HTTP, faithful to the parts of the
-//! protocol an informer uses:
+//! An in-process Kubernetes API server serving Pods and podmap's PodPolicy custom resource over
+//! HTTP, faithful to the parts of the protocol an informer uses:
 //!
-//! - `GET /api/v1/pods` and `/api/v1/namespaces/<ns>/pods`: a `PodList` with
-//!   `metadata.resourceVersion`; `limit` and `continue` page through one consistent snapshot;
-//!   `resourceVersion` (`0` or empty: any/most recent; too new: 504; with `Exact` and too old:
-//!   410); an expired or unknown `continue` token: 410.
+//! - Routes (`GET` only). Pods, namespaced: `/api/v1/pods` and `/api/v1/namespaces/<ns>/pods`
+//!   (list, watch), `/api/v1/namespaces/<ns>/pods/<name>` (get). PodPolicies
+//!   (`podmap.dev/v1alpha1`), cluster-scoped: `/apis/podmap.dev/v1alpha1/podpolicies` (list,
+//!   watch) and `/apis/podmap.dev/v1alpha1/podpolicies/<name>` (get); like any cluster-scoped
+//!   resource they have no namespaced paths (404). A missing object: 404 (`pods "x" not found`,
+//!   `podpolicies.podmap.dev "x" not found`).
+//! - One resource version counter for all resources (etcd's revision), as on a real server; each
+//!   resource has its own objects, change history, continue snapshots and watches.
+//! - Lists: a `PodList` or `PodPolicyList` with `metadata.resourceVersion`; `limit` and
+//!   `continue` page through one consistent snapshot; `resourceVersion` (`0` or empty: any/most
+//!   recent; too new: 504; with `Exact` and too old: 410); an expired or unknown `continue`
+//!   token: 410.
 //! - `?watch=true`: chunked JSON lines `{"type":"ADDED|MODIFIED|DELETED|BOOKMARK|ERROR",
 //!   "object":...}` from `resourceVersion` on (replayed from a bounded history; older than the
 //!   history: one ERROR event with a 410 `Expired` Status, as the API server's watch cache sends);
 //!   without a version (or `0`): synthetic ADDED events for the current objects first. Objects that
 //!   start or stop matching the field selector arrive as ADDED or DELETED, as on a real server.
 //!   `timeoutSeconds` ends the watch (after a last bookmark); `allowWatchBookmarks` adds
-//!   bookmarks every `bookmark_interval` and on request.
-//! - `fieldSelector` on `metadata.name`, `metadata.namespace`, `spec.nodeName`, `status.phase`
-//!   (`=`, `==`, `!=`, comma-separated); any other field is refused with 400, as the API server
-//!   refuses unsupported field labels. Label selectors are refused (400): not implemented.
+//!   bookmarks (of the watched kind) every `bookmark_interval` and on request.
+//! - `fieldSelector` (`=`, `==`, `!=`, comma-separated) on the fields the API server supports:
+//!   for pods `metadata.name`, `metadata.namespace`, `spec.nodeName`, `status.phase`; for
+//!   podpolicies, as for every custom resource, `metadata.name` and `metadata.namespace` (empty
+//!   for a cluster-scoped object). Any other field is refused with 400, as the API server refuses
+//!   unsupported field labels. Label selectors are refused (400): not implemented.
 //! - Errors are `Status` objects with the real reasons and codes.
 //!
 //! And what tests need: mutations that emit events, forced 410s, a restart that drops every
-//! connection (state kept or reset), and faults (garbage bodies, hanging requests, 500s).
+//! connection (state kept or reset), and faults (garbage bodies, hanging requests, 500s), all of
+//! them for every resource.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
@@ -47,7 +58,7 @@ type Body = UnsyncBoxBody<Bytes, Infallible>;
 /// Settings of a test API server.
 #[derive(Clone, Debug)]
 pub struct TestApiServerConfig {
-    /// Changes kept for watches to resume from; older versions get 410 Gone.
+    /// Changes kept (per resource) for watches to resume from; older versions get 410 Gone.
     pub history: usize,
     /// How often watches that asked for bookmarks get one.
     pub bookmark_interval: Duration,
@@ -78,6 +89,60 @@ pub enum Fault {
     ServerError,
 }
 
+/// A resource the server serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Resource {
+    /// Core `v1` Pods, namespaced.
+    Pods,
+    /// podmap's `podmap.dev/v1alpha1` PodPolicy custom resource, cluster-scoped.
+    PodPolicies,
+}
+
+impl Resource {
+    const ALL: [Resource; 2] = [Resource::Pods, Resource::PodPolicies];
+
+    fn api_version(self) -> &'static str {
+        match self {
+            Resource::Pods => "v1",
+            Resource::PodPolicies => "podmap.dev/v1alpha1",
+        }
+    }
+
+    fn kind(self) -> &'static str {
+        match self {
+            Resource::Pods => "Pod",
+            Resource::PodPolicies => "PodPolicy",
+        }
+    }
+
+    fn namespaced(self) -> bool {
+        self == Resource::Pods
+    }
+
+    /// How the API server's messages name the resource: `<plural>.<group>`, the core group
+    /// being empty.
+    fn qualified_name(self) -> &'static str {
+        match self {
+            Resource::Pods => "pods",
+            Resource::PodPolicies => "podpolicies.podmap.dev",
+        }
+    }
+
+    /// The field labels selectors may use: a few per built-in type; only the metadata ones for
+    /// custom resources.
+    fn field_labels(self) -> &'static [&'static str] {
+        match self {
+            Resource::Pods => &[
+                "metadata.name",
+                "metadata.namespace",
+                "spec.nodeName",
+                "status.phase",
+            ],
+            Resource::PodPolicies => &["metadata.name", "metadata.namespace"],
+        }
+    }
+}
+
 /// Request counters, for assertions.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServerStats {
@@ -101,6 +166,7 @@ struct Stored {
     json: Bytes,
     namespace: String,
     name: String,
+    /// A pod's `spec.nodeName` and `status.phase`, for field selectors.
     node: String,
     phase: String,
 }
@@ -132,15 +198,24 @@ struct Snapshot {
     items: Arc<Vec<Arc<Stored>>>,
 }
 
-struct State {
-    config: TestApiServerConfig,
-    rv: u64,
+/// One resource's objects and watch cache (the API server has one per resource).
+#[derive(Default)]
+struct Store {
+    /// By namespace (empty for cluster-scoped objects) and name.
     objects: BTreeMap<(String, String), Arc<Stored>>,
     history: VecDeque<Change>,
     /// Watches may resume from this version on; older ones get 410.
     oldest_rv: u64,
     watchers: Vec<Watcher>,
     snapshots: HashMap<u64, Snapshot>,
+}
+
+struct State {
+    config: TestApiServerConfig,
+    /// The last resource version, of any resource.
+    rv: u64,
+    /// Every resource's, from the start: a compaction must reach those still unused too.
+    stores: BTreeMap<Resource, Store>,
     next_snapshot: u64,
     fault: Fault,
     stats: ServerStats,
@@ -164,11 +239,15 @@ impl TestApiServer {
         let state = State {
             config,
             rv: 1,
-            objects: BTreeMap::new(),
-            history: VecDeque::new(),
-            oldest_rv: 1,
-            watchers: Vec::new(),
-            snapshots: HashMap::new(),
+            stores: Resource::ALL
+                .map(|resource| {
+                    let store = Store {
+                        oldest_rv: 1,
+                        ..Store::default()
+                    };
+                    (resource, store)
+                })
+                .into(),
             next_snapshot: 1,
             fault: Fault::None,
             stats: ServerStats::default(),
@@ -199,41 +278,45 @@ impl TestApiServer {
     /// Creates or replaces a pod (by namespace and name); watchers get ADDED or MODIFIED.
     /// A pod without a uid gets one, as on create. Returns the new resource version.
     pub fn apply(&self, pod: &Pod) -> u64 {
-        let mut value = serde_json::to_value(pod).expect("serializing a Pod");
-        if value.pointer("/metadata/uid").is_none() {
-            let uid = format!("00000000-0000-4000-8000-{:012x}", self.state().rv + 1);
-            value["metadata"]["uid"] = json!(uid);
-        }
-        self.apply_raw(value)
+        let value = serde_json::to_value(pod).expect("serializing a Pod");
+        self.apply_object(Resource::Pods, value)
     }
 
     /// Stores any JSON object as a pod, as it is (for malformed objects); keyed by
     /// `metadata.namespace`/`metadata.name` where those are strings.
-    pub fn apply_raw(&self, mut value: Value) -> u64 {
+    pub fn apply_raw(&self, value: Value) -> u64 {
+        self.state().put(Resource::Pods, value)
+    }
+
+    /// Creates or replaces an object (a JSON object) of a resource, by namespace and name;
+    /// watchers get ADDED or MODIFIED. An object without a uid gets one, as on create; a
+    /// cluster-scoped one loses its namespace, as the API server clears it. Returns the new
+    /// resource version.
+    pub fn apply_object(&self, resource: Resource, mut value: Value) -> u64 {
         let mut state = self.state();
-        let rv = state.rv + 1;
-        let key = object_key(&value, rv);
-        if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
-            meta.insert("resourceVersion".into(), json!(rv.to_string()));
+        if !resource.namespaced() {
+            if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+                meta.remove("namespace");
+            }
         }
-        let new = Arc::new(Stored::new(&value, &key));
-        let old = state.objects.insert(key, new.clone());
-        let kind = if old.is_some() {
-            ChangeKind::Modified
-        } else {
-            ChangeKind::Added
-        };
-        state.record(Change { rv, kind, old, new });
-        rv
+        if value.pointer("/metadata/uid").is_none() {
+            let uid = format!("00000000-0000-4000-8000-{:012x}", state.rv + 1);
+            value["metadata"]["uid"] = json!(uid);
+        }
+        state.put(resource, value)
     }
 
     /// Deletes a pod; watchers get DELETED with its final state. Returns whether it existed.
     pub fn delete(&self, namespace: &str, name: &str) -> bool {
+        self.delete_object(Resource::Pods, namespace, name)
+    }
+
+    /// Deletes an object (`namespace` is empty for a cluster-scoped one); watchers get DELETED
+    /// with its final state. Returns whether it existed.
+    pub fn delete_object(&self, resource: Resource, namespace: &str, name: &str) -> bool {
         let mut state = self.state();
-        let Some(old) = state
-            .objects
-            .remove(&(namespace.to_owned(), name.to_owned()))
-        else {
+        let key = (namespace.to_owned(), name.to_owned());
+        let Some(old) = state.store(resource).objects.remove(&key) else {
             return false;
         };
         let rv = state.rv + 1;
@@ -241,20 +324,29 @@ impl TestApiServer {
         if let Some(meta) = last.get_mut("metadata").and_then(Value::as_object_mut) {
             meta.insert("resourceVersion".into(), json!(rv.to_string()));
         }
-        let new = Arc::new(Stored::new(&last, &(namespace.to_owned(), name.to_owned())));
-        state.record(Change {
-            rv,
-            kind: ChangeKind::Deleted,
-            old: Some(old),
-            new,
-        });
+        let new = Arc::new(Stored::new(&last, &key));
+        state.record(
+            resource,
+            Change {
+                rv,
+                kind: ChangeKind::Deleted,
+                old: Some(old),
+                new,
+            },
+        );
         true
     }
 
     /// The stored JSON of a pod.
     pub fn object(&self, namespace: &str, name: &str) -> Option<Value> {
-        let state = self.state();
+        self.object_of(Resource::Pods, namespace, name)
+    }
+
+    /// The stored JSON of an object (`namespace` is empty for a cluster-scoped one).
+    pub fn object_of(&self, resource: Resource, namespace: &str, name: &str) -> Option<Value> {
+        let mut state = self.state();
         let stored = state
+            .store(resource)
             .objects
             .get(&(namespace.to_owned(), name.to_owned()))?;
         serde_json::from_slice(&stored.json).ok()
@@ -268,9 +360,12 @@ impl TestApiServer {
     /// Forgets the change history: watches from an older version get 410 Gone.
     pub fn compact(&self) {
         let mut state = self.state();
-        state.history.clear();
-        state.oldest_rv = state.rv;
-        state.snapshots.clear();
+        let rv = state.rv;
+        for store in state.stores.values_mut() {
+            store.history.clear();
+            store.oldest_rv = rv;
+            store.snapshots.clear();
+        }
     }
 
     /// Compacts, and ends every open watch with an ERROR event carrying a 410 Status (what a
@@ -283,7 +378,7 @@ impl TestApiServer {
             "ERROR",
             &gone(&format!("too old resource version: {rv} ({})", rv + 1)),
         );
-        for watcher in state.watchers.drain(..) {
+        for watcher in state.watchers().flat_map(|watchers| watchers.drain(..)) {
             let _ = watcher.tx.send(line.clone());
         }
     }
@@ -296,9 +391,9 @@ impl TestApiServer {
     /// Sends a raw line (e.g. garbage) to every open watch.
     pub fn inject_watch_line(&self, line: &str) {
         let line = Bytes::from(format!("{line}\n"));
-        self.state()
-            .watchers
-            .retain(|w| w.tx.send(line.clone()).is_ok());
+        for watchers in self.state().watchers() {
+            watchers.retain(|w| w.tx.send(line.clone()).is_ok());
+        }
     }
 
     pub fn set_fault(&self, fault: Fault) {
@@ -309,8 +404,12 @@ impl TestApiServer {
     }
 
     pub fn stats(&self) -> ServerStats {
-        let state = self.state();
-        let open_watches = state.watchers.iter().filter(|w| !w.tx.is_closed()).count();
+        let mut state = self.state();
+        let open_watches = state
+            .watchers()
+            .flat_map(|watchers| watchers.iter())
+            .filter(|w| !w.tx.is_closed())
+            .count();
         ServerStats {
             open_watches,
             ..state.stats.clone()
@@ -334,7 +433,7 @@ impl TestApiServer {
         }
         let mut state = self.state();
         state.generation += 1;
-        state.watchers.clear();
+        state.watchers().for_each(Vec::clear);
     }
 
     /// Serves again on the same port, as a restarted API server: its watch cache starts at the
@@ -344,7 +443,9 @@ impl TestApiServer {
         {
             let mut state = self.state();
             if reset {
-                state.objects.clear();
+                for store in state.stores.values_mut() {
+                    store.objects.clear();
+                }
                 state.rv += 1;
             }
         }
@@ -470,24 +571,56 @@ impl Stored {
 }
 
 impl State {
-    /// Appends a change to the history and sends it to the watchers it concerns.
-    fn record(&mut self, change: Change) {
+    fn store(&mut self, resource: Resource) -> &mut Store {
+        self.stores.entry(resource).or_default()
+    }
+
+    /// The watches of every resource.
+    fn watchers(&mut self) -> impl Iterator<Item = &mut Vec<Watcher>> {
+        self.stores.values_mut().map(|store| &mut store.watchers)
+    }
+
+    /// Stores an object as it is, at the next version, keyed by its namespace and name.
+    fn put(&mut self, resource: Resource, mut value: Value) -> u64 {
+        let rv = self.rv + 1;
+        let key = object_key(&value, rv);
+        if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.insert("resourceVersion".into(), json!(rv.to_string()));
+        }
+        let new = Arc::new(Stored::new(&value, &key));
+        let old = self.store(resource).objects.insert(key, new.clone());
+        let kind = if old.is_some() {
+            ChangeKind::Modified
+        } else {
+            ChangeKind::Added
+        };
+        self.record(resource, Change { rv, kind, old, new });
+        rv
+    }
+
+    /// Appends a change to the resource's history and sends it to the watchers it concerns.
+    fn record(&mut self, resource: Resource, change: Change) {
         self.rv = change.rv;
-        self.watchers.retain(|w| match w.event_for(&change) {
+        let limit = self.config.history;
+        let store = self.store(resource);
+        store.watchers.retain(|w| match w.event_for(&change) {
             Some(line) => w.tx.send(line).is_ok(),
             None => !w.tx.is_closed(),
         });
-        self.history.push_back(change);
-        while self.history.len() > self.config.history {
-            let dropped = self.history.pop_front().expect("non-empty history");
-            self.oldest_rv = dropped.rv;
+        store.history.push_back(change);
+        while store.history.len() > limit {
+            let dropped = store.history.pop_front().expect("non-empty history");
+            store.oldest_rv = dropped.rv;
         }
     }
 
     fn bookmarks(&mut self) {
-        let line = bookmark_line(self.rv);
-        self.watchers
-            .retain(|w| !w.bookmarks || w.tx.send(line.clone()).is_ok());
+        for (resource, store) in &mut self.stores {
+            let line = bookmark_line(*resource, self.rv);
+            store
+                .watchers
+                .retain(|w| !w.bookmarks || w.tx.send(line.clone()).is_ok());
+        }
     }
 
     fn log_request(&mut self, uri: &str) {
@@ -596,10 +729,16 @@ impl Handler {
             return status_response(405, "MethodNotAllowed", "only GET is served");
         }
         let segments: Vec<&str> = uri.path().trim_matches('/').split('/').collect();
-        let namespace = match segments.as_slice() {
-            ["api", "v1", "pods"] => None,
-            ["api", "v1", "namespaces", ns, "pods"] => Some((*ns).to_owned()),
-            ["api", "v1", "namespaces", ns, "pods", name] => return self.get(ns, name),
+        let (resource, namespace) = match segments.as_slice() {
+            ["api", "v1", "pods"] => (Resource::Pods, None),
+            ["api", "v1", "namespaces", ns, "pods"] => (Resource::Pods, Some((*ns).to_owned())),
+            ["api", "v1", "namespaces", ns, "pods", name] => {
+                return self.get(Resource::Pods, ns, name)
+            }
+            ["apis", "podmap.dev", "v1alpha1", "podpolicies"] => (Resource::PodPolicies, None),
+            ["apis", "podmap.dev", "v1alpha1", "podpolicies", name] => {
+                return self.get(Resource::PodPolicies, "", name)
+            }
             _ => {
                 return status_response(
                     404,
@@ -626,33 +765,43 @@ impl Handler {
                 "label selectors are not implemented by the test API server",
             );
         }
-        let selector =
-            match FieldSelector::parse(query.field_selector.as_deref().unwrap_or_default()) {
-                Ok(selector) => selector,
-                Err(message) => return status_response(400, "BadRequest", &message),
-            };
+        let selector = match FieldSelector::parse(
+            query.field_selector.as_deref().unwrap_or_default(),
+            resource.field_labels(),
+        ) {
+            Ok(selector) => selector,
+            Err(message) => return status_response(400, "BadRequest", &message),
+        };
         if query.watch {
-            self.watch(namespace, selector, &query)
+            self.watch(resource, namespace, selector, &query)
         } else {
-            self.list(namespace, selector, &query)
+            self.list(resource, namespace, selector, &query)
         }
     }
 
-    fn get(&self, namespace: &str, name: &str) -> Response<Body> {
-        let state = self.state();
-        match state.objects.get(&(namespace.to_owned(), name.to_owned())) {
+    fn get(&self, resource: Resource, namespace: &str, name: &str) -> Response<Body> {
+        let mut state = self.state();
+        let key = (namespace.to_owned(), name.to_owned());
+        match state.store(resource).objects.get(&key) {
             Some(stored) => respond(StatusCode::OK, stored.json.clone()),
-            None => status_response(404, "NotFound", &format!("pods \"{name}\" not found")),
+            None => {
+                let message = format!("{} \"{name}\" not found", resource.qualified_name());
+                status_response(404, "NotFound", &message)
+            }
         }
     }
 
     fn list(
         &self,
+        resource: Resource,
         namespace: Option<String>,
         selector: FieldSelector,
         query: &Query,
     ) -> Response<Body> {
-        let mut state = self.state();
+        let mut guard = self.state();
+        // Borrowed field by field: the store and the shared counters at once.
+        let state = &mut *guard;
+        let store = state.stores.entry(resource).or_default();
         let (snapshot_id, rv, items, offset) = match &query.continue_token {
             Some(token) => {
                 let parsed = token
@@ -661,8 +810,8 @@ impl Handler {
                 let Some((id, offset)) = parsed else {
                     return status_response(400, "BadRequest", "invalid continue token");
                 };
-                match state.snapshots.get(&id) {
-                    Some(snapshot) if snapshot.rv >= state.oldest_rv => (id, snapshot.rv, snapshot.items.clone(), offset),
+                match store.snapshots.get(&id) {
+                    Some(snapshot) if snapshot.rv >= store.oldest_rv => (id, snapshot.rv, snapshot.items.clone(), offset),
                     _ => {
                         return status_response(
                             410,
@@ -704,7 +853,7 @@ impl Handler {
                         return status_response(410, "Expired", &message);
                     }
                 }
-                let items: Vec<Arc<Stored>> = state
+                let items: Vec<Arc<Stored>> = store
                     .objects
                     .values()
                     .filter(|o| {
@@ -728,7 +877,7 @@ impl Handler {
             metadata["remainingItemCount"] = json!(items.len() - end);
             if query.continue_token.is_none() {
                 state.next_snapshot += 1;
-                state.snapshots.insert(
+                store.snapshots.insert(
                     snapshot_id,
                     Snapshot {
                         rv,
@@ -736,13 +885,17 @@ impl Handler {
                     },
                 );
                 let keep = state.config.snapshots as u64;
-                state.snapshots.retain(|id, _| *id + keep > snapshot_id);
+                store.snapshots.retain(|id, _| *id + keep > snapshot_id);
             }
         }
         let mut body =
             Vec::with_capacity(page.iter().map(|o| o.json.len() + 1).sum::<usize>() + 128);
-        body.extend_from_slice(br#"{"kind":"PodList","apiVersion":"v1","metadata":"#);
-        body.extend_from_slice(metadata.to_string().as_bytes());
+        let head = format!(
+            r#"{{"kind":"{}List","apiVersion":"{}","metadata":{metadata}"#,
+            resource.kind(),
+            resource.api_version()
+        );
+        body.extend_from_slice(head.as_bytes());
         body.extend_from_slice(br#","items":["#);
         for (i, object) in page.iter().enumerate() {
             if i > 0 {
@@ -756,6 +909,7 @@ impl Handler {
 
     fn watch(
         &self,
+        resource: Resource,
         namespace: Option<String>,
         selector: FieldSelector,
         query: &Query,
@@ -768,10 +922,11 @@ impl Handler {
             tx,
         };
         let mut state = self.state();
+        let store = state.store(resource);
         match query.resource_version.as_deref() {
             None | Some("") | Some("0") => {
                 // Start at the current state: every matching object as ADDED first.
-                for object in state.objects.values().filter(|o| watcher.matches(o)) {
+                for object in store.objects.values().filter(|o| watcher.matches(o)) {
                     let _ = watcher.tx.send(event_bytes("ADDED", &object.json));
                 }
             }
@@ -783,13 +938,13 @@ impl Handler {
                         &format!("invalid resource version: {rv}"),
                     );
                 };
-                if from < state.oldest_rv {
+                if from < store.oldest_rv {
                     // Too old: the watch cache answers 200 with one ERROR event, then ends.
-                    let message = format!("too old resource version: {from} ({})", state.oldest_rv);
+                    let message = format!("too old resource version: {from} ({})", store.oldest_rv);
                     drop(state);
                     return respond(StatusCode::OK, event_line("ERROR", &gone(&message)));
                 }
-                for change in state.history.iter().filter(|c| c.rv > from) {
+                for change in store.history.iter().filter(|c| c.rv > from) {
                     if let Some(line) = watcher.event_for(change) {
                         let _ = watcher.tx.send(line);
                     }
@@ -797,7 +952,7 @@ impl Handler {
             }
         }
         let bookmarks = watcher.bookmarks;
-        state.watchers.push(watcher);
+        store.watchers.push(watcher);
         let state_for_timeout = self.state.clone();
         drop(state);
 
@@ -816,7 +971,7 @@ impl Handler {
                         line = rx.recv() => line,
                         _ = tokio::time::sleep_until(deadline) => {
                             let rv = state.lock().unwrap_or_else(|p| p.into_inner()).rv;
-                            return bookmarks.then(|| (bookmark_line(rv), (rx, true)));
+                            return bookmarks.then(|| (bookmark_line(resource, rv), (rx, true)));
                         }
                     },
                     None => rx.recv().await,
@@ -833,7 +988,8 @@ impl Handler {
     }
 }
 
-/// `metadata.namespace`/`metadata.name`, or a made-up key for an object without them.
+/// `metadata.namespace` (empty without one: cluster-scoped objects have none) and
+/// `metadata.name` (made up without one).
 fn object_key(value: &Value, rv: u64) -> (String, String) {
     let text = |pointer: &str| {
         value
@@ -841,10 +997,10 @@ fn object_key(value: &Value, rv: u64) -> (String, String) {
             .and_then(Value::as_str)
             .map(str::to_owned)
     };
-    match (text("/metadata/namespace"), text("/metadata/name")) {
-        (Some(ns), Some(name)) => (ns, name),
-        (ns, _) => (ns.unwrap_or_default(), format!("unnamed-{rv}")),
-    }
+    (
+        text("/metadata/namespace").unwrap_or_default(),
+        text("/metadata/name").unwrap_or_else(|| format!("unnamed-{rv}")),
+    )
 }
 
 fn parse_query(query: &str) -> Result<Query, String> {
@@ -916,12 +1072,12 @@ fn percent_decode(value: &str) -> Result<String, String> {
     String::from_utf8(out).map_err(|_| format!("not UTF-8: {value}"))
 }
 
-/// A field selector on the fields the API server supports for pods (a subset).
+/// A field selector on the fields the API server supports for a resource.
 #[derive(Default)]
 struct FieldSelector(Vec<(String, bool, String)>);
 
 impl FieldSelector {
-    fn parse(selector: &str) -> Result<FieldSelector, String> {
+    fn parse(selector: &str, supported: &[&str]) -> Result<FieldSelector, String> {
         let mut terms = Vec::new();
         for term in selector.split(',').map(str::trim).filter(|t| !t.is_empty()) {
             let (field, equal, value) = if let Some((f, v)) = term.split_once("!=") {
@@ -935,14 +1091,7 @@ impl FieldSelector {
                     "invalid selector: '{selector}'; can't understand '{term}'"
                 ));
             };
-            if ![
-                "metadata.name",
-                "metadata.namespace",
-                "spec.nodeName",
-                "status.phase",
-            ]
-            .contains(&field)
-            {
+            if !supported.contains(&field) {
                 return Err(format!("field label not supported: {field}"));
             }
             terms.push((field.to_owned(), equal, value.to_owned()));
@@ -979,10 +1128,11 @@ fn event_line(kind: &str, object: &Value) -> Bytes {
     event_bytes(kind, object.to_string().as_bytes())
 }
 
-fn bookmark_line(rv: u64) -> Bytes {
+fn bookmark_line(resource: Resource, rv: u64) -> Bytes {
     event_line(
         "BOOKMARK",
-        &json!({"kind": "Pod", "apiVersion": "v1", "metadata": {"resourceVersion": rv.to_string()}}),
+        &json!({"kind": resource.kind(), "apiVersion": resource.api_version(),
+                "metadata": {"resourceVersion": rv.to_string()}}),
     )
 }
 

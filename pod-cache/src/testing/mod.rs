@@ -1,5 +1,5 @@
-//! Test support (feature `testing`): an in-process Kubernetes API server for Pods, and pod
-//! fixtures. Used by this crate's tests, podmapd's tests and the bench.
+//! Test support (feature `testing`): an in-process Kubernetes API server for Pods and
+//! PodPolicies, and pod fixtures. Used by this crate's tests, podmapd's tests and the bench.
 //!
 //! The server speaks the protocol kube-rs and client-go speak to a real one (see
 //! [`apiserver`]), so the informer under test is the same code that runs against a cluster.
@@ -7,4 +7,4 @@
 pub mod apiserver;
 pub mod fixtures;
 
-pub use apiserver::{Fault, TestApiServer, TestApiServerConfig};
+pub use apiserver::{Fault, Resource, TestApiServer, TestApiServerConfig};
