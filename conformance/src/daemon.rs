@@ -130,15 +130,23 @@ impl Daemon {
 
     /// Waits until podmapd has loaded `n` policies, or panics with its status after 30 s.
     pub fn wait_policies(&self, n: usize) {
+        self.wait_status(&format!("{n} policies loaded"), |st| {
+            st["policies"]["loaded"].as_array().map_or(0, Vec::len) == n
+        });
+    }
+
+    /// Waits until podmapd's status satisfies `pred` and returns it, or panics after 30 s naming
+    /// `what` and showing the last status.
+    pub fn wait_status(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let st = self.status();
-            if st["policies"]["loaded"].as_array().map_or(0, Vec::len) == n {
-                return;
+            if pred(&st) {
+                return st;
             }
             assert!(
                 Instant::now() < deadline,
-                "podmapd did not load {n} policies: {st}"
+                "podmapd never reached: {what}; status: {st:#}"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -237,6 +245,20 @@ pub fn run_in_cgroup(cgroup_dir: &Path, argv: &[&str]) -> (u32, std::process::Ex
         cgroup_dir.display()
     );
     (pid, status)
+}
+
+/// A kubeconfig at `dir/kubeconfig` for an API server at `url` (no credentials: the test API
+/// server asks for none).
+pub fn kubeconfig(dir: &Path, url: &str) -> PathBuf {
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster: {{server: \"{url}\"}}\nusers:\n- name: test\n  user: {{}}\ncontexts:\n- name: test\n  context: {{cluster: test, user: test}}\ncurrent-context: test\n"
+        ),
+    )
+    .expect("writing a kubeconfig");
+    path
 }
 
 pub fn find(events: &[Value], pred: impl Fn(&Value) -> bool) -> Option<&Value> {

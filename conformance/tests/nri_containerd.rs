@@ -18,7 +18,8 @@ use podmap_conformance::containerd::{
     images, teardown, ContainerSpec, Containerd, Node, NodeOptions, NriPlugin, Options, PluginMode,
     Pod, PodSpec,
 };
-use podmap_conformance::daemon::EventStream;
+use podmap_conformance::daemon::{kubeconfig, EventStream};
+use podmap_pod_cache::testing::{Resource, TestApiServer};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -482,3 +483,117 @@ fn an_open_rule_stops_reads_only_in_selected_pods(pure: bool) -> Result<()> {
     Ok(())
 }
 on_both_layouts!(an_open_rule_stops_reads_only_in_selected_pods);
+
+/// The pod as the API server has it (what kubelet would have created the sandbox from): same
+/// uid, name, namespace and labels, on podmapd's node.
+fn api_pod(
+    pod: &Pod,
+    node: &str,
+    labels: &[(&str, &str)],
+    cid: &str,
+) -> k8s_openapi::api::core::v1::Pod {
+    let labels: serde_json::Map<String, Value> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect();
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": pod.spec.name, "namespace": pod.spec.namespace, "uid": pod.spec.uid,
+                     "labels": labels},
+        "spec": {"nodeName": node, "containers": [{"name": "app", "image": images::TEST_IMAGE}]},
+        "status": {"phase": "Running",
+                   "containerStatuses": [{"name": "app", "containerID": format!("containerd://{cid}"),
+                                          "image": images::TEST_IMAGE, "imageID": "", "ready": true,
+                                          "restartCount": 0}]}
+    }))
+    .expect("a valid Pod")
+}
+
+/// Runs `/bin/cat /dev/null` in the container (as `kubectl exec` does) until `killed` is the
+/// outcome, and returns how long that took from `since`.
+fn exec_until(ctrd: &Containerd, cid: &str, killed: bool, since: Instant) -> Result<Duration> {
+    loop {
+        let out = ctrd.cri().exec_sync(cid, &["/bin/cat", "/dev/null"], 10)?;
+        if (out.exit_code != 0) == killed {
+            return Ok(since.elapsed());
+        }
+        ensure!(
+            since.elapsed() < WAIT,
+            "exec still {} after {WAIT:?}: {out:?}",
+            if killed { "runs" } else { "killed" }
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Policy changes reach containers already running, through the cluster as a user makes them:
+/// a PodPolicy resource added on the API server (podmapd mirrors it into the policy directory),
+/// the pod's labels changed there (out of the selector and back in), and the resource removed.
+/// Each is seen by an exec into the running container.
+fn policy_changes_reach_running_containers(pure: bool) -> Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let server = runtime.block_on(TestApiServer::start());
+    let tmp = tempfile::tempdir()?;
+    let kc = kubeconfig(tmp.path(), &server.url());
+    let node = Node::start(
+        NodeOptions::new(pure, PluginMode::External)
+            .daemon_env("PODMAP_KUBECONFIG", &kc.display().to_string()),
+    )?;
+    let spec = pod_spec("shop").label("app", "shop");
+    let mut stream = stream_of(&node, &spec);
+    let pod = node.ctrd.run_pod(spec)?;
+    let cid = pod.run(&ContainerSpec::new(
+        "app",
+        &["/bin/sh", "-c", images::WAIT_FOR_TERM],
+    ))?;
+    let mut labels = vec![("app", "shop")];
+    server.apply(&api_pod(&pod, &node.daemon.node, &labels, &cid));
+    node.daemon
+        .wait_status("the pod cache holds the pod", |st| {
+            st["pods_cached"] == 1 && st["policies"]["resources"]["synced"] == true
+        });
+    exec_until(&node.ctrd, &cid, false, Instant::now())?;
+
+    // Added on the API server.
+    let policy = json!({
+        "apiVersion": "podmap.dev/v1alpha1", "kind": "PodPolicy",
+        "metadata": {"name": unique_name("no-cat")},
+        "spec": {"namespaces": [pod.spec.namespace], "podSelector": {"matchLabels": {"app": "shop"}},
+                 "rules": [{"exec": {"paths": ["/bin/cat"]}, "action": "kill"}]}
+    });
+    let name = policy["metadata"]["name"].as_str().unwrap().to_string();
+    let t = Instant::now();
+    server.apply_object(Resource::PodPolicies, policy);
+    let added = exec_until(&node.ctrd, &cid, true, t)?;
+    let events = stream.until(WAIT, |e| ev::is(e, "policy"));
+    let hit = events.last().expect("until returns the match");
+    assert_attributed(hit, &pod, &cid, "app");
+    assert_eq!(hit["policy"]["name"], name.as_str(), "{hit:#}");
+    assert_eq!(hit["policy"]["path"], "/bin/cat");
+    assert_eq!(hit["policy"]["mode"], "kill");
+
+    // Relabelled out of the selector, and back in.
+    labels[0].1 = "shop-canary";
+    let t = Instant::now();
+    server.apply(&api_pod(&pod, &node.daemon.node, &labels, &cid));
+    let relabelled_out = exec_until(&node.ctrd, &cid, false, t)?;
+    labels[0].1 = "shop";
+    let t = Instant::now();
+    server.apply(&api_pod(&pod, &node.daemon.node, &labels, &cid));
+    let relabelled_in = exec_until(&node.ctrd, &cid, true, t)?;
+
+    // Removed.
+    let t = Instant::now();
+    ensure!(server.delete_object(Resource::PodPolicies, "", &name));
+    let removed = exec_until(&node.ctrd, &cid, false, t)?;
+    let st = node.daemon.status();
+    assert_eq!(st["policies"]["memberships"], 0, "{st:#}");
+    eprintln!(
+        "policy changes took effect on the running container after: added {added:?}, \
+         relabelled out {relabelled_out:?}, relabelled in {relabelled_in:?}, removed {removed:?} \
+         (each including one exec round trip)"
+    );
+    Ok(())
+}
+on_both_layouts!(policy_changes_reach_running_containers);

@@ -9,24 +9,12 @@ use podmap_bpf::testing::TestCgroup;
 use podmap_bpf::{
     CgroupId, CgroupIds, ContainerId, ContainerMeta, PodUid, RecordFlags, SharedMaps, Writer,
 };
-use podmap_conformance::daemon::{cgroup2_mount, run_in_cgroup, Daemon, DaemonOptions};
+use podmap_conformance::daemon::{cgroup2_mount, kubeconfig, run_in_cgroup, Daemon, DaemonOptions};
 use podmap_pod_cache::testing::fixtures;
 use podmap_pod_cache::testing::TestApiServer;
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn kubeconfig(dir: &std::path::Path, url: &str) -> std::path::PathBuf {
-    let path = dir.join("kubeconfig");
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster: {{server: \"{url}\"}}\nusers:\n- name: test\n  user: {{}}\ncontexts:\n- name: test\n  context: {{cluster: test, user: test}}\ncurrent-context: test\n"
-        ),
-    )
-    .unwrap();
-    path
-}
 
 fn exec_event(
     stream: &mut podmap_conformance::daemon::EventStream,
@@ -68,18 +56,11 @@ async fn events_join_the_pod_cache_and_follow_relabels_and_deletion() {
             ],
             ..Default::default()
         });
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let st = daemon.status();
-            if st["mode"] == "kubernetes"
+        daemon.wait_status("the pod cache synced with the pod", |st| {
+            st["mode"] == "kubernetes"
                 && st["pods_cached"] == 1
                 && st["pod_cache"]["synced"] == true
-            {
-                break;
-            }
-            assert!(Instant::now() < deadline, "pod cache never synced: {st}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        });
 
         // The runtime plugin's record: creation-time labels only.
         let mut maps = SharedMaps::open(&daemon.pins.path).unwrap();
@@ -157,14 +138,9 @@ async fn events_join_the_pod_cache_and_follow_relabels_and_deletion() {
 
         // Deleted from the API server: late events keep the pod's data.
         assert!(server.delete("prod", &name));
-        let deadline = Instant::now() + WAIT;
-        while daemon.status()["pods_cached"] != 0 {
-            assert!(
-                Instant::now() < deadline,
-                "deletion never reached the cache"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        daemon.wait_status("the deletion reached the cache", |st| {
+            st["pods_cached"] == 0
+        });
         let ev = exec_event(&mut stream, &cg, "after-deletion");
         assert_eq!(ev["pod"]["workload"], "checkout", "{ev}");
         assert_eq!(ev["pod"]["name"], name.as_str());

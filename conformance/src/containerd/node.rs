@@ -28,6 +28,8 @@ pub struct NodeOptions {
     pub pure_cgroup2: bool,
     pub plugin: PluginMode,
     pub nri_request_timeout: Duration,
+    /// Extra environment of podmapd, e.g. a PODMAP_KUBECONFIG.
+    pub daemon_env: Vec<(String, String)>,
 }
 
 impl NodeOptions {
@@ -36,7 +38,13 @@ impl NodeOptions {
             pure_cgroup2,
             plugin,
             nri_request_timeout: Options::default().nri_request_timeout,
+            daemon_env: Vec::new(),
         }
+    }
+
+    pub fn daemon_env(mut self, key: &str, value: &str) -> Self {
+        self.daemon_env.push((key.to_string(), value.to_string()));
+        self
     }
 }
 
@@ -57,10 +65,13 @@ impl Node {
         std::fs::create_dir_all(&setup.policies).context("policy dir")?;
         let daemon = Daemon::start_with(DaemonOptions {
             pure_cgroup2: opts.pure_cgroup2,
-            env: vec![(
-                "PODMAP_POLICY_DIR".into(),
+            env: [(
+                "PODMAP_POLICY_DIR".to_string(),
                 setup.policies.display().to_string(),
-            )],
+            )]
+            .into_iter()
+            .chain(opts.daemon_env.iter().cloned())
+            .collect(),
             ..Default::default()
         });
         setup.pins = daemon.pins.path.clone();
