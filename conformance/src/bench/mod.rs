@@ -4,3 +4,4 @@ pub mod hook;
 pub mod nri;
 pub mod pod_cache;
 pub mod policies;
+pub mod policy_changes;

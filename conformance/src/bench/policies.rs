@@ -1,6 +1,6 @@
 //! `podmap-bench policies`: exec throughput inside a container selected by 0, 1, 10 and 100
 //! policies, against no podmap at all, in one run (rounds alternate so drift hits every setting
-//! alike). The policies' rules name paths the storm does not run, as most execs in a policed pod
+//! alike); then how long policy changes take to apply (`policy_changes`). The policies' rules name paths the storm does not run, as most execs in a policed pod
 //! are: each exec pays the rule lookup, membership checks only on a hit.
 
 use std::io::Write;
@@ -24,6 +24,10 @@ pub struct PolicyArgs {
     /// Rounds over all settings; medians are reported.
     #[arg(long, default_value_t = 3)]
     pub rounds: u32,
+    /// Rounds of timed policy changes (file, resource, relabel) after the throughput figures;
+    /// 0 skips them.
+    #[arg(long, default_value_t = 10)]
+    pub change_rounds: u32,
 }
 
 const SETTINGS: [Option<usize>; 5] = [None, Some(0), Some(1), Some(10), Some(100)];
@@ -178,6 +182,9 @@ pub fn run(args: &PolicyArgs) -> anyhow::Result<()> {
         ratio,
         if ratio >= 0.98 { "PASS" } else { "MISS" }
     );
+    if args.change_rounds > 0 {
+        super::policy_changes::run(args.change_rounds)?;
+    }
     Ok(())
 }
 
