@@ -336,9 +336,12 @@ fn plain_containers_are_recorded_with_their_runtime() {
 }
 
 /// A new container joins the policies that select it before its record is written
-/// (decisions.md 10), from the same policy directory podmap-nri and podmapd read.
+/// (decisions.md 10), from the same policy directory podmap-nri and podmapd read: its
+/// entrypoint is killed at its first exec, and a read of a named path is killed at its open,
+/// while the same commands in a pod the policy does not select run (and the sandbox is never
+/// selected).
 #[test]
-fn policies_selected_at_creation_stop_the_entrypoint_not_the_sandbox() {
+fn policies_selected_at_creation_stop_execs_and_opens_not_the_sandbox() {
     let hooks = HookEnv::new("podmap-policy");
     let parent = CgroupParent::new("podmap-policy");
     let rootfs = Rootfs::busybox();
@@ -352,7 +355,8 @@ fn policies_selected_at_creation_stop_the_entrypoint_not_the_sandbox() {
         format!(
             "apiVersion: podmap.dev/v1alpha1\nkind: PodPolicy\nmetadata:\n  name: {policy}\n\
              spec:\n  namespaces: [prod]\n  podSelector:\n    matchLabels: {{app: {app}}}\n\
-             \x20 rules:\n  - exec: {{paths: [/bin/sleep]}}\n    action: kill\n",
+             \x20 rules:\n  - exec: {{paths: [/bin/sleep]}}\n    action: kill\n\
+             \x20 - open: {{prefixes: [/secret], access: read}}\n    action: kill\n",
             app = pod.name
         ),
     )
@@ -433,6 +437,33 @@ fn policies_selected_at_creation_stop_the_entrypoint_not_the_sandbox() {
             assert_ok("the unselected container", &out, &hooks);
         }
         started.push(id);
+
+        let id = container_id("pol-read");
+        let b = Bundle::new(
+            &rootfs,
+            &BundleSpec {
+                cgroups_path: Some(parent.cgroups_path(&id)),
+                annotations: p.container_annotations(&id, &sandbox_id, "reader"),
+                hooks: Some(hooks.oci_hooks()),
+                ..BundleSpec::new(&["/bin/cat", "/secret/token"])
+            },
+        );
+        let out = rt.run(&b, &id);
+        started.push(id.clone());
+        if selected {
+            // runc reports a signal death as 128 + the signal.
+            assert_eq!(out.status.code(), Some(137), "{out:?}");
+            let hit = stream.until(Duration::from_secs(30), |e| {
+                e["container"]["id"] == id.as_str()
+            });
+            let hit = hit.last().unwrap();
+            assert_eq!(hit["policy"]["rule"], "open", "{hit:#}");
+            assert_eq!(hit["policy"]["path"], "/secret/token");
+            assert_eq!(hit["container"]["name"], "reader");
+        } else {
+            // The open happened: the file is not in the image, cat's own error.
+            assert_eq!(out.status.code(), Some(1), "{out:?}");
+        }
     }
     for id in &started {
         let _ = rt.delete(id);
