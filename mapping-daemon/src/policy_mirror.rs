@@ -431,6 +431,83 @@ mod tests {
         assert!(status.last_error.unwrap().contains("hand-written"));
     }
 
+    /// The CRD's schema, as the API server applies it.
+    fn crd_spec_schema() -> serde_json::Value {
+        let crd: serde_json::Value =
+            serde_yaml_ng::from_str(include_str!("../../deploy/kubernetes/crd-podpolicy.yaml"))
+                .unwrap();
+        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"].clone()
+    }
+
+    /// A value with every property the schema declares.
+    fn sample(schema: &serde_json::Value) -> serde_json::Value {
+        use serde_json::json;
+        match schema["type"].as_str() {
+            Some("object") => match schema["properties"].as_object() {
+                Some(props) => props
+                    .iter()
+                    .map(|(k, v)| (k.clone(), sample(v)))
+                    .collect::<serde_json::Map<_, _>>()
+                    .into(),
+                None => json!({"key": sample(&schema["additionalProperties"])}),
+            },
+            Some("array") => json!([sample(&schema["items"])]),
+            _ => match schema["enum"].get(0) {
+                Some(first) => first.clone(),
+                None => json!("/value"),
+            },
+        }
+    }
+
+    /// Every key of `value` is declared in `schema` (what is not, the API server prunes).
+    fn undeclared(value: &serde_json::Value, schema: &serde_json::Value, at: &str) -> Vec<String> {
+        match value {
+            serde_json::Value::Object(map) => map
+                .iter()
+                .flat_map(|(k, v)| {
+                    let field = format!("{at}.{k}");
+                    match (schema["properties"].get(k), &schema["additionalProperties"]) {
+                        (Some(s), _) => undeclared(v, s, &field),
+                        (None, s) if !s.is_null() => undeclared(v, s, &field),
+                        _ => vec![field],
+                    }
+                })
+                .collect(),
+            serde_json::Value::Array(items) => items
+                .iter()
+                .flat_map(|v| undeclared(v, &schema["items"], &format!("{at}[]")))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The API server prunes fields its schema does not declare, silently: the CRD and the
+    /// policy format must have the same fields, both ways.
+    #[test]
+    fn the_crd_schema_and_the_policy_format_have_the_same_fields() {
+        let schema = crd_spec_schema();
+        let every_declared = sample(&schema);
+        let spec: podmap_proto::policy::PolicySpec = serde_json::from_value(every_declared.clone())
+            .unwrap_or_else(|e| {
+                panic!("the format refuses a field the CRD declares: {e}\n{every_declared:#}")
+            });
+        let written = serde_json::to_value(&spec).unwrap();
+        assert_eq!(undeclared(&written, &schema, "spec"), Vec::<String>::new());
+        // And every field the format writes for the shipped example reaches the kernel intact.
+        let example: PodPolicy =
+            serde_yaml_ng::from_str(include_str!("../../deploy/policies/no-shell-in-web.yaml"))
+                .unwrap();
+        let written = serde_json::to_value(&example.spec).unwrap();
+        assert_eq!(undeclared(&written, &schema, "spec"), Vec::<String>::new());
+        // The check itself finds an undeclared field.
+        let mut extra = written.clone();
+        extra["rules"][0]["exec"]["globs"] = serde_json::json!(["/x*"]);
+        assert_eq!(
+            undeclared(&extra, &schema, "spec"),
+            ["spec.rules[].exec.globs"]
+        );
+    }
+
     #[test]
     fn long_names_fit_in_a_file_name() {
         let mirror = MirrorDir::new(Path::new("/p"));
