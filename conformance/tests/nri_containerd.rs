@@ -223,6 +223,26 @@ fn init_and_two_containers_and_the_pause_process_are_told_apart(pure: bool) -> R
         }
     }
 
+    // runc's own init stages run in each container's cgroup before its program: attributed
+    // there, and flagged as the runtime at work; the containers' own processes are not.
+    let runtime_init = |e: &Value| {
+        e["process"]["flags"]
+            .as_array()
+            .is_some_and(|f| f.contains(&json!("runtime_init")))
+    };
+    let looks_like_runc =
+        |e: &Value| ev::binary(e).starts_with("[runc:[") || e["process"]["args"] == json!(["init"]);
+    ensure!(
+        events.iter().any(runtime_init),
+        "no runtime init event: {events:#?}"
+    );
+    for e in &events {
+        ensure!(
+            runtime_init(e) == looks_like_runc(e),
+            "flagged wrongly: {e:#}"
+        );
+    }
+
     // The pause process execs before any NRI event names the pod; it is still attributed to
     // its pod (the sandbox's record).
     let pause = events

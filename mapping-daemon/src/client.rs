@@ -309,6 +309,7 @@ pub fn compact_line(ev: &Event) -> String {
             ProcessFlag::ArgsTruncated => " [args truncated]",
             ProcessFlag::ProcfsScan => " [procfs scan]",
             ProcessFlag::PathUnreadable => " [path unreadable]",
+            ProcessFlag::RuntimeInit => " [runtime init]",
         });
     }
     if let Some(exit) = &ev.exit {

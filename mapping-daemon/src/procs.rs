@@ -27,6 +27,31 @@ pub struct ProcEntry {
     pub uid: u32,
     pub start_time: u64,
     pub procfs_scan: bool,
+    /// See [`is_runtime_init`].
+    pub runtime_init: bool,
+}
+
+/// Whether an exec is a container runtime's own init: runc re-executes itself as `<self> init`
+/// (through /proc/self/exe, a cloned memfd, or a /dev/fd/N of one) and joins the container's
+/// cgroup before it execs the container's program; its helper stages run there too. Those are
+/// the runtime at work, not the workload (the peers' "runc matched as the container").
+pub fn is_runtime_init(binary: &str, args: &[String]) -> bool {
+    let is_init = matches!(args, [only] if only == "init");
+    let fd = binary
+        .strip_prefix("/dev/fd/")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    let itself = binary == "/proc/self/exe"
+        || fd
+        || binary.starts_with("/memfd:")
+        || binary.starts_with("memfd:")
+        || binary.rsplit('/').next() == Some("runc");
+    is_init && itself
+}
+
+/// Whether a process never seen exec'ing is one of runc's init stages, by the name runc gives
+/// them (`runc:[0:PARENT]`, `runc:[1:CHILD]`, `runc:[2:INIT]`).
+pub fn is_runtime_init_comm(comm: &str) -> bool {
+    comm.starts_with("runc:[")
 }
 
 pub struct ProcTable {
@@ -159,22 +184,26 @@ fn scan_one(node: &str, pid: u32, tick_ns: u64) -> Option<ProcEntry> {
     Some(ProcEntry {
         exec_id: exec_id(node, start_time, pid).into(),
         exec_ktime: start_time,
-        binary: binary.into(),
-        args: args.into(),
+        binary: binary.as_str().into(),
+        args: args.as_slice().into(),
         cwd: cwd.into(),
         uid,
         start_time,
         procfs_scan: true,
+        runtime_init: is_runtime_init(&binary, &args),
     })
 }
 
 impl ProcEntry {
     pub fn flags(&self) -> Vec<ProcessFlag> {
+        let mut flags = Vec::new();
         if self.procfs_scan {
-            vec![ProcessFlag::ProcfsScan]
-        } else {
-            Vec::new()
+            flags.push(ProcessFlag::ProcfsScan);
         }
+        if self.runtime_init {
+            flags.push(ProcessFlag::RuntimeInit);
+        }
+        flags
     }
 }
 
@@ -190,6 +219,27 @@ mod tests {
             .decode(id)
             .unwrap();
         assert_eq!(raw, b"node-a:123:42");
+    }
+
+    #[test]
+    fn runc_init_is_told_from_the_workload() {
+        let init = ["init".to_string()];
+        for binary in [
+            "/proc/self/exe",
+            "/dev/fd/6",
+            "/memfd:runc_cloned:/proc/self/exe (deleted)",
+            "/usr/sbin/runc",
+        ] {
+            assert!(is_runtime_init(binary, &init), "{binary}");
+        }
+        // A workload's own `init`, or runc doing something else, is not.
+        assert!(!is_runtime_init("/sbin/init", &init));
+        assert!(!is_runtime_init("/dev/fd/", &init));
+        assert!(!is_runtime_init("/dev/fd/6x", &init));
+        assert!(!is_runtime_init("/usr/sbin/runc", &["run".to_string()]));
+        assert!(!is_runtime_init("/usr/sbin/runc", &[]));
+        assert!(is_runtime_init_comm("runc:[1:CHILD]"));
+        assert!(!is_runtime_init_comm("runc"));
     }
 
     #[test]

@@ -56,6 +56,9 @@ pub enum ProcessFlag {
     ArgsTruncated,
     ProcfsScan,
     PathUnreadable,
+    /// The container runtime's own init (runc's `init` stages), in the container's cgroup
+    /// before it execs the container's program: the runtime at work, not the workload.
+    RuntimeInit,
 }
 
 /// A process. The strings an exec fixes (binary, args, cwd, exec id) are shared, so an exit

@@ -12,7 +12,7 @@ use super::decode::{KernelEvent, PolicyHit};
 use super::Owner;
 use crate::clock::WallClock;
 use crate::policies::PolicyNames;
-use crate::procs::{exec_id, ProcEntry, ProcTable};
+use crate::procs::{exec_id, is_runtime_init, is_runtime_init_comm, ProcEntry, ProcTable};
 
 /// The process's cgroup id as design.md defines it: the id in the hierarchy its container was
 /// found in, else cgroup2 wherever the host has it, else the tracked v1 controller's.
@@ -222,6 +222,11 @@ fn event(
                     .unwrap_or_else(|| exec_id(node, e.parent_exec_ktime, e.ids.ppid).into())
             });
             let (args, binary, cwd) = (e.args, e.filename, e.cwd);
+            let runtime_init = is_runtime_init(&binary, &args);
+            let mut flags = flags(e.flags);
+            if runtime_init {
+                flags.push(ProcessFlag::RuntimeInit);
+            }
             procs.insert(
                 pid,
                 Arc::new(ProcEntry {
@@ -233,6 +238,7 @@ fn event(
                     uid: e.ids.uid,
                     start_time: e.start_time,
                     procfs_scan: false,
+                    runtime_init,
                 }),
             );
             Some(Event {
@@ -251,7 +257,7 @@ fn event(
                     parent_exec_id,
                     start_time: clock.format(e.start_time),
                     cgroup_id: cgroup_id(&e.ids, layout),
-                    flags: flags(e.flags),
+                    flags,
                 },
                 container,
                 pod,
@@ -282,6 +288,11 @@ fn event(
                 // Never seen exec'ing (forked before podmapd, or a runtime's own helper such as
                 // runc's init stages): name it like ps does.
                 process.binary = Arc::from(format!("[{}]", e.comm));
+                if is_runtime_init_comm(&e.comm)
+                    && !process.flags.contains(&ProcessFlag::RuntimeInit)
+                {
+                    process.flags.push(ProcessFlag::RuntimeInit);
+                }
             }
             Some(Event {
                 kind: EventType::Exit,
