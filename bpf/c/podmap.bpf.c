@@ -34,6 +34,17 @@ struct {
 	__uint(max_entries, 2 * 1024 * 1024);
 } podmap_events SEC(".maps");
 
+/*
+ * Non-zero while podmapd's reader sleeps without a timer (nothing came for a while): the next
+ * record wakes it and clears this, so an idle node costs no periodic wake-ups.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} podmap_reader SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, PODMAP_MAX_PROCS);
@@ -99,12 +110,23 @@ static __always_inline int v1_records(void)
 	return v && *v;
 }
 
-/* Wake the reader only when enough is queued; otherwise it polls on a short timer. */
+/*
+ * Wake the reader when enough is queued, or when it sleeps without a timer; otherwise it polls
+ * on a short timer (a wake-up per record is most of a tracer's cost).
+ */
 static __always_inline __u64 wakeup_flag(void)
 {
-	return bpf_ringbuf_query(&podmap_events, BPF_RB_AVAIL_DATA) >= wakeup_bytes
-		       ? BPF_RB_FORCE_WAKEUP
-		       : BPF_RB_NO_WAKEUP;
+	__u32 zero = 0, *asleep;
+
+	if (bpf_ringbuf_query(&podmap_events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
+		return BPF_RB_FORCE_WAKEUP;
+	asleep = bpf_map_lookup_elem(&podmap_reader, &zero);
+	if (asleep && *asleep) {
+		/* Two CPUs racing here both wake it: harmless. */
+		*asleep = 0;
+		return BPF_RB_FORCE_WAKEUP;
+	}
+	return BPF_RB_NO_WAKEUP;
 }
 
 static __always_inline int v1_ssid(void)

@@ -367,6 +367,17 @@ impl SharedMaps {
     }
 
     /// Every mapped key.
+    /// Moves whenever any writer adds, replaces, removes or expires a record (every writer goes
+    /// through this type, and counts after writing): read it before walking the map, and an
+    /// unchanged value later means the walk's result still holds. Walking a hash map costs a
+    /// look at every bucket, however few records there are.
+    pub fn records_generation(&self) -> u64 {
+        let c = &self.counters;
+        c.get(Counter::RecordsWritten)
+            .wrapping_add(c.get(Counter::RecordsRemoved))
+            .wrapping_add(c.get(Counter::RecordsExpired))
+    }
+
     pub fn keys(&self) -> Vec<CgroupKey> {
         self.containers
             .keys()

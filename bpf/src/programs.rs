@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap, MapData, RingBuf};
+use aya::maps::{Array, HashMap, MapData, RingBuf};
 use aya::programs::{RawTracePoint, TracePoint};
 use aya::Ebpf;
 
@@ -91,10 +91,28 @@ pub struct LoadedPrograms {
     pub lsm: LsmStatus,
     pub maps: SharedMaps,
     pub events: RingBuf<MapData>,
+    /// The reader's sleep flag (see [`ReaderFlag`]).
+    pub reader: ReaderFlag,
     /// tgid -> latest exec; podmapd seeds it from /proc at start-up.
     pub procs: HashMap<MapData, u32, podmap_proc>,
     /// The programs stay attached as long as this lives.
     pub attached: Attached,
+}
+
+/// Tells the programs whether the event reader sleeps without a timer: set, the next record
+/// wakes it (and clears the flag); clear, records wake it only when much is queued, and the
+/// reader polls.
+pub struct ReaderFlag(Array<MapData, u32>);
+
+impl ReaderFlag {
+    pub fn set(&mut self, asleep: bool) -> Result<(), ProgramsError> {
+        self.0
+            .set(0, u32::from(asleep), 0)
+            .map_err(|source| ProgramsError::Map {
+                name: "podmap_reader",
+                source: Box::new(source),
+            })
+    }
 }
 
 /// Owns the loaded object: dropping it detaches every program.
@@ -159,6 +177,15 @@ pub fn load(cfg: &ProgramConfig) -> Result<LoadedPrograms, ProgramsError> {
         name: "podmap_events",
         source: Box::new(source),
     })?;
+    let reader = ebpf
+        .take_map("podmap_reader")
+        .ok_or(ProgramsError::MissingMap("podmap_reader"))?;
+    let reader = ReaderFlag(
+        Array::try_from(reader).map_err(|source| ProgramsError::Map {
+            name: "podmap_reader",
+            source: Box::new(source),
+        })?,
+    );
     let procs = ebpf
         .take_map("podmap_procs")
         .ok_or(ProgramsError::MissingMap("podmap_procs"))?;
@@ -170,6 +197,7 @@ pub fn load(cfg: &ProgramConfig) -> Result<LoadedPrograms, ProgramsError> {
     Ok(LoadedPrograms {
         maps,
         events,
+        reader,
         procs,
         attached: Attached(ebpf),
         lsm,

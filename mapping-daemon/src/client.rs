@@ -525,6 +525,16 @@ pub fn status_table(r: &StatusReport) -> String {
             format!("{} ({} timed out)", r.events_held, r.events_held_timed_out),
         ),
         ("attribution", counts(&r.attribution)),
+        (
+            "event reader",
+            format!(
+                "{}; slept {} times when idle, woken {} times by a record, {} late records",
+                if r.reader_asleep { "asleep" } else { "polling" },
+                r.reader_sleeps,
+                r.reader_woken,
+                r.reader_late
+            ),
+        ),
         ("clients connected", r.clients_connected.to_string()),
         ("client errors", r.client_errors.to_string()),
         ("records unreadable", r.records_unreadable.to_string()),

@@ -110,6 +110,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let programs::LoadedPrograms {
         maps,
         events,
+        reader: reader_flag,
         mut procs,
         attached,
         lsm,
@@ -165,7 +166,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         maps.clone(),
         layout,
         table,
-        stats,
+        stats.clone(),
         policy_names,
         pods,
     );
@@ -200,8 +201,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let policy_task = tokio::spawn(watch_policies(policies, state.clone(), stop_rx.clone()));
     let reader_task = tokio::spawn(reader::run(
         events,
+        reader_flag,
         pipeline,
         hub,
+        stats.clone(),
         Duration::from_millis(args.poll_ms.max(1)),
         stop_rx.clone(),
     ));

@@ -40,6 +40,8 @@ pub struct PolicyManager {
     /// Current pod labels from the API server, when podmapd runs in a cluster.
     pods: Option<PodCache>,
     pod_seq: u64,
+    /// The record map's generation at the last walk (see `SharedMaps::records_generation`).
+    walked_generation: Option<u64>,
 }
 
 /// What selectors look at, per container.
@@ -122,6 +124,7 @@ impl PolicyManager {
             },
             pods,
             pod_seq: 0,
+            walked_generation: None,
         }
     }
 
@@ -134,7 +137,7 @@ impl PolicyManager {
     }
 
     /// Reloads on a change of the directory, then reconciles membership. Cheap when nothing
-    /// changed: one directory listing and one walk of the container map.
+    /// changed: one directory listing and a look at the record map's generation.
     pub fn tick(&mut self) {
         let reloaded = self.policies.refresh();
         if reloaded {
@@ -191,8 +194,6 @@ impl PolicyManager {
     /// Makes membership match the policies for every mapped container. With `full`, every
     /// container is re-evaluated; otherwise only containers that appeared, went, or changed.
     fn reconcile(&mut self, full: bool) {
-        let keys: HashSet<CgroupKey> = self.maps.keys().into_iter().collect();
-        let mut changed: Vec<CgroupKey> = Vec::new();
         // Pods relabelled through the API server: their containers are evaluated again.
         let relabelled: HashSet<String> = match &self.pods {
             Some(p) => {
@@ -202,6 +203,15 @@ impl PolicyManager {
             }
             None => HashSet::new(),
         };
+        // Read before the walk: a record written during it moves the generation again, so
+        // the next tick walks once more.
+        let generation = self.maps.records_generation();
+        if !full && relabelled.is_empty() && self.walked_generation == Some(generation) {
+            return;
+        }
+        self.walked_generation = Some(generation);
+        let keys: HashSet<CgroupKey> = self.maps.keys().into_iter().collect();
+        let mut changed: Vec<CgroupKey> = Vec::new();
         let gone: Vec<CgroupKey> = self
             .known
             .keys()

@@ -1,6 +1,6 @@
 //! podmapd's own counters (the kernel's and the plugins' live in the pinned counters map).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -18,6 +18,13 @@ pub struct Stats {
     pub meta_corrupt: AtomicU64,
     /// Execs not kept in the process table because it was full (their exits lose the binary).
     pub procs_untracked: AtomicU64,
+    /// The event reader fell asleep (idle: no timer), was woken by a record, and found records
+    /// its slow look caught instead (submitted as it fell asleep: late, not lost).
+    pub reader_sleeps: AtomicU64,
+    pub reader_woken: AtomicU64,
+    pub reader_late: AtomicU64,
+    /// Whether the reader sleeps now.
+    pub reader_asleep: AtomicBool,
     /// Kernel timestamp to hand-off to clients, microseconds, log2 buckets.
     pub latency_us: [AtomicU64; 32],
 }

@@ -34,6 +34,16 @@ pub struct StatusReport {
     pub records_unreadable: u64,
     #[serde(default)]
     pub processes_untracked: u64,
+    /// The event reader: times it fell asleep when idle (no timer), times a record woke it,
+    /// and records its slow look found instead (late, not lost).
+    #[serde(default)]
+    pub reader_asleep: bool,
+    #[serde(default)]
+    pub reader_sleeps: u64,
+    #[serde(default)]
+    pub reader_woken: u64,
+    #[serde(default)]
+    pub reader_late: u64,
     pub clients_connected: u64,
     pub client_errors: u64,
     pub containers_mapped: u64,

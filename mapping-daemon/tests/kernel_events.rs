@@ -382,3 +382,25 @@ fn exits_of_processes_that_never_exec_name_the_right_program() {
         "named by its command, not its new parent's program: {orphan}"
     );
 }
+
+/// Idle, the event reader stops polling and the next record wakes it: events after a sleep are
+/// delivered, and status counts the sleeps and wake-ups. (Other processes on the host wake it
+/// too; what matters is that nothing waits for a timer that no longer runs.)
+#[test]
+fn an_idle_reader_sleeps_and_the_next_event_wakes_it() {
+    let daemon = Daemon::start();
+    let cg = TestCgroup::new(&cgroup2_mount(), "podmap-test-idle").unwrap();
+    let mut stream = daemon.events(r#"{"types": ["exec"]}"#);
+    for round in 0..3 {
+        let st = daemon.wait_status("the reader asleep", |st| st["reader_asleep"] == true);
+        let woken = st["reader_woken"].as_u64().unwrap();
+        let marker = format!("after-sleep-{round}");
+        let (pid, _) = run_in_cgroup(&cg.path(), &["/bin/echo", &marker]);
+        stream.until(WAIT, |v| {
+            pid_of(v) == u64::from(pid) && v["process"]["cgroup_id"] == cg.id()
+        });
+        let st = daemon.status();
+        assert!(st["reader_woken"].as_u64() > Some(woken), "{st:#}");
+        assert!(st["reader_sleeps"].as_u64() >= Some(round + 1), "{st:#}");
+    }
+}
