@@ -569,7 +569,8 @@ pub fn status_table(r: &StatusReport) -> String {
         (
             "policy resources",
             match &r.policies.resources {
-                None => "not mirrored".to_string(),
+                None if r.mode == "kubernetes" => "off (--no-policy-resources)".to_string(),
+                None => "off (standalone)".to_string(),
                 Some(m) => format!(
                     "{}, {} resources, {} written, {} removed, {} refused, {} errors{}",
                     if m.synced { "synced" } else { "NOT synced" },
