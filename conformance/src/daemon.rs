@@ -77,6 +77,10 @@ impl Daemon {
         let logf = std::fs::File::create(&log).unwrap();
         cmd.env("PODMAP_SOCKET", &socket)
             .env("PODMAP_BPFFS_DIR", &pins.path)
+            // Never the host's /etc/podmap/policies: a test sets its own (opts.env wins).
+            .env("PODMAP_POLICY_DIR", tmp.path().join("policies"))
+            // Nor a real cluster when the suite itself runs in a pod: a test passes a kubeconfig.
+            .env_remove("KUBERNETES_SERVICE_HOST")
             .env("PODMAP_METRICS_ADDR", "off")
             .env("NODE_NAME", &node)
             .env("PODMAP_LOG", "debug")
