@@ -20,6 +20,28 @@ pub struct HookLog {
     open_error: Option<String>,
 }
 
+/// A log past this size is moved to `<log>.1` (replacing the previous one) by the next run that
+/// opens it: at most twice this much on disk, however many containers a node runs.
+pub const MAX_LOG_BYTES: u64 = 8 * 1024 * 1024;
+
+fn open_append(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// Opens the log, rotating it first when it grew past [`MAX_LOG_BYTES`]. Two hooks crossing the
+/// limit together may both rotate: the second then replaces `<log>.1` with the few lines in
+/// between, never the lines of the current log.
+fn open_rotating(path: &Path) -> std::io::Result<File> {
+    let file = open_append(path)?;
+    if file.metadata()?.len() <= MAX_LOG_BYTES {
+        return Ok(file);
+    }
+    let mut old = path.as_os_str().to_owned();
+    old.push(".1");
+    std::fs::rename(path, &old)?;
+    open_append(path)
+}
+
 impl HookLog {
     /// Opens `path` for appending, creating its directory.
     pub fn open(path: &Path, level: Level, stage: Stage) -> HookLog {
@@ -27,7 +49,7 @@ impl HookLog {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| OpenOptions::new().create(true).append(true).open(path));
+            .and_then(|()| open_rotating(path));
         let (file, open_error) = match res {
             Ok(f) => (Some(f), None),
             Err(e) => (None, Some(format!("log file {}: {e}", path.display()))),
@@ -131,6 +153,32 @@ mod tests {
         assert_eq!(utc_timestamp(t), "2026-11-25T14:00:00.123Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
         assert_eq!(utc_timestamp(leap), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn a_log_past_its_size_is_rotated_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hook.log");
+        let big = vec![b'x'; MAX_LOG_BYTES as usize + 1];
+        std::fs::write(&path, &big).unwrap();
+        std::fs::write(dir.path().join("hook.log.1"), "older").unwrap();
+        let log = HookLog::open(&path, Level::Info, Stage::Poststop);
+        log.line(Level::Error, None, format_args!("fresh"));
+        let rotated = std::fs::read(dir.path().join("hook.log.1")).unwrap();
+        assert_eq!(rotated.len(), big.len(), "the full log moved aside");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.ends_with("poststop: fresh\n") && text.lines().count() == 1,
+            "{text}"
+        );
+        // Under the limit: appended, not rotated.
+        let log = HookLog::open(&path, Level::Info, Stage::Poststop);
+        log.line(Level::Error, None, format_args!("again"));
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 2);
+        assert_eq!(
+            std::fs::read(dir.path().join("hook.log.1")).unwrap().len(),
+            big.len()
+        );
     }
 
     #[test]
