@@ -57,6 +57,8 @@ pub async fn run(
     let mut out = Vec::with_capacity(4096);
     let mut empty_polls = 0u32;
     let mut asleep = false;
+    // Cleared for good if the flag cannot be written: the reader then polls, as it always could.
+    let mut can_sleep = true;
     loop {
         tokio::select! {
             r = fd.readable_mut() => {
@@ -78,7 +80,7 @@ pub async fn run(
                         asleep = false;
                         wake(&mut flag, &mut tick, &stats);
                     }
-                } else if read > 0 || pipeline.held() > 0 {
+                } else if read > 0 || pipeline.held() > 0 || !can_sleep {
                     // Held events are released by polls: no sleeping while any wait.
                     empty_polls = 0;
                 } else {
@@ -86,6 +88,7 @@ pub async fn run(
                     if empty_polls >= IDLE_POLLS {
                         empty_polls = 0;
                         asleep = fall_asleep(&mut flag);
+                        can_sleep = asleep;
                         // What came in before the programs saw the flag.
                         drain(fd.get_mut(), &mut pipeline, &mut out);
                         if asleep {
@@ -118,7 +121,7 @@ fn fall_asleep(flag: &mut ReaderFlag) -> bool {
     match flag.set(true) {
         Ok(()) => true,
         Err(e) => {
-            tracing::warn!(error = %e, "the event reader cannot sleep: it keeps polling");
+            tracing::warn!(error = %e, "the event reader cannot sleep: it polls from now on");
             false
         }
     }
