@@ -286,6 +286,27 @@ fn daemonset_runs_podmapd_and_podmap_nri_with_the_host_access_they_need() {
         .iter()
         .any(|m| m.mount_path == "/var/run/nri"));
 
+    // One node-local policy directory: podmapd mirrors the PodPolicy resources into it (so it
+    // writes), podmap-nri only reads it; both are told where it is.
+    for (c, writable) in [(podmapd, true), (nri, false)] {
+        let mount = c
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| volumes[m.name.as_str()] == "/etc/podmap/policies")
+            .unwrap_or_else(|| panic!("{} lacks the policy directory", c.name));
+        assert_eq!(mount.read_only.unwrap_or(false), !writable, "{}", c.name);
+        let dir = c
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == "PODMAP_POLICY_DIR")
+            .and_then(|e| e.value.as_deref());
+        assert_eq!(dir, Some(mount.mount_path.as_str()), "{}", c.name);
+    }
+
     // The installer puts the hook where CRI-O finds it.
     let init = container(pod.init_containers.as_ref().unwrap(), "install-oci-hook");
     let script = init.args.as_ref().unwrap().join("\n");
