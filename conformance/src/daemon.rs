@@ -132,6 +132,17 @@ impl Daemon {
         serde_json::from_str(&line).unwrap()
     }
 
+    /// The mapping table (`{"containers": {}}`), one JSON row per mapped cgroup.
+    pub fn containers(&self) -> Vec<Value> {
+        let mut r = self.request(r#"{"containers": {}}"#);
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        match serde_json::from_str(&line) {
+            Ok(Value::Array(rows)) => rows,
+            other => panic!("containers reply {line:?}: {other:?}"),
+        }
+    }
+
     /// Waits until podmapd has loaded `n` policies, or panics with its status after 30 s.
     pub fn wait_policies(&self, n: usize) {
         self.wait_status(&format!("{n} policies loaded"), |st| {

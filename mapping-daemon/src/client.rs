@@ -620,6 +620,7 @@ const COLUMNS: &[(&str, &[&str])] = &[
     ("RUNTIME", &["/container/runtime", "/runtime"]),
     ("SANDBOX", &["/sandbox"]),
     ("REMOVING", &["/removing"]),
+    ("POLICIES", &["/policies"]),
     ("MAPPED AT", &["/mapped_at"]),
     ("ERROR", &["/error"]),
 ];
@@ -854,18 +855,19 @@ mod tests {
              "container": {"id": "a".repeat(64), "name": "nginx", "image": "nginx:1.27",
                            "runtime": "containerd"},
              "pod": {"uid": "u1", "name": "web-7d9c", "namespace": "prod",
-                     "labels": {"app": "web"}}},
+                     "labels": {"app": "web"}},
+             "policies": ["no-shell", "no-nc"]},
             {"cgroup_id": 12, "hierarchy": "cgroup2", "sandbox": null, "removing": null,
-             "mapped_at": null, "error": "no metadata"},
+             "mapped_at": null, "policies": [], "error": "no metadata"},
         ]);
         let t = containers_table(&rows);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(
             lines,
             [
-                "NAMESPACE  POD       CONTAINER  CONTAINER ID  CGROUP ID  RUNTIME     SANDBOX  REMOVING  MAPPED AT             ERROR",
-                "prod       web-7d9c  nginx      aaaaaaaaaaaa  7311       containerd  false    false     2026-11-25T12:00:00Z  -",
-                "-          -         -          -             12         -           -        -         -                     no metadata",
+                "NAMESPACE  POD       CONTAINER  CONTAINER ID  CGROUP ID  RUNTIME     SANDBOX  REMOVING  POLICIES        MAPPED AT             ERROR",
+                "prod       web-7d9c  nginx      aaaaaaaaaaaa  7311       containerd  false    false     no-shell,no-nc  2026-11-25T12:00:00Z  -",
+                "-          -         -          -             12         -           -        -         -               -                     no metadata",
             ]
         );
         assert_eq!(

@@ -16,7 +16,7 @@ use podmap_bpf::SharedMaps;
 
 use crate::hub::Hub;
 use crate::pipeline::{reader, Pipeline};
-use crate::policies::PolicyManager;
+use crate::policies::{PolicyManager, PolicyNames};
 use crate::policy_mirror::{Mirror, MirrorHandle};
 use crate::procs::ProcTable;
 use crate::state::DaemonState;
@@ -125,6 +125,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let hub = Hub::new();
     let kube = kube_client(&args).await?;
+    let policy_names = PolicyNames::default();
     let mirror = match &kube {
         Some(client) if !args.no_policy_resources => {
             let handle = MirrorHandle::default();
@@ -149,6 +150,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         policies: Default::default(),
         pods: Default::default(),
         policy_resources: mirror.as_ref().map(|(_, handle)| handle.clone()),
+        policy_names: policy_names.clone(),
     });
     let pods = kube.map(|client| {
         tracing::info!(node = %node, "starting the pod cache");
@@ -157,9 +159,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     *state.pods.lock().unwrap_or_else(|p| p.into_inner()) = pods.clone();
     let policy_maps =
         SharedMaps::open(&args.bpffs_dir).context("opening the pinned maps for policies")?;
-    let mut policies = PolicyManager::new(&args.policy_dir, policy_maps, lsm.active, pods.clone());
+    let mut policies = PolicyManager::new(
+        &args.policy_dir,
+        policy_maps,
+        lsm.active,
+        pods.clone(),
+        policy_names.clone(),
+    );
     policies.tick();
-    let policy_names = policies.names();
     *state.policies.lock().unwrap_or_else(|p| p.into_inner()) = policies.status();
     let pipeline = Pipeline::new(
         node.clone(),

@@ -111,12 +111,19 @@ fn tables(rules: &[KernelRule]) -> (Vec<PathRule>, Vec<PathRule>) {
 }
 
 impl PolicyManager {
-    pub fn new(dir: &Path, maps: SharedMaps, lsm_active: bool, pods: Option<PodCache>) -> Self {
+    /// `names` is filled on every reload, for whoever shares it (events, the containers table).
+    pub fn new(
+        dir: &Path,
+        maps: SharedMaps,
+        lsm_active: bool,
+        pods: Option<PodCache>,
+        names: PolicyNames,
+    ) -> Self {
         PolicyManager {
             maps,
             lsm_active,
             policies: PolicyDir::new(dir),
-            names: PolicyNames::default(),
+            names,
             known: HashMap::new(),
             status: PolicyStatus {
                 dir: dir.display().to_string(),
@@ -126,10 +133,6 @@ impl PolicyManager {
             pod_seq: 0,
             walked_generation: None,
         }
-    }
-
-    pub fn names(&self) -> PolicyNames {
-        self.names.clone()
     }
 
     pub fn status(&self) -> PolicyStatus {

@@ -26,6 +26,8 @@ pub struct DaemonState {
     pub pods: std::sync::Mutex<Option<podmap_pod_cache::PodCache>>,
     /// The PodPolicy mirror's status, in Kubernetes mode.
     pub policy_resources: Option<crate::policy_mirror::MirrorHandle>,
+    /// Policy names by id, to name each container's policies.
+    pub policy_names: crate::policies::PolicyNames,
 }
 
 fn summary(h: &[u64]) -> LatencySummary {
@@ -122,6 +124,25 @@ impl StatusSource for DaemonState {
     }
 
     fn containers(&self) -> serde_json::Value {
+        let memberships = self.maps.memberships();
+        let names = self
+            .policy_names
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let policies_of = |key: podmap_bpf::CgroupKey| {
+            let mut of: Vec<String> = memberships
+                .iter()
+                .filter(|(_, k)| *k == key)
+                .map(|(id, _)| {
+                    names
+                        .get(id)
+                        .map_or_else(|| format!("policy-{id:08x}"), |n| n.to_string())
+                })
+                .collect();
+            of.sort();
+            of
+        };
         let mut rows: Vec<serde_json::Value> = self
             .maps
             .keys()
@@ -135,6 +156,7 @@ impl StatusSource for DaemonState {
                     "removing": rec.map(|r| r.flags.removing),
                     "sandbox": rec.map(|r| r.flags.sandbox),
                     "mapped_at": rec.map(|r| crate::clock::format_rfc3339(r.created_ns)),
+                    "policies": policies_of(key),
                 });
                 match meta {
                     Ok(Some(m)) => {

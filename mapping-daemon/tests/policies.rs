@@ -135,6 +135,16 @@ fn exec_kill_applies_to_selected_pods_only_and_follows_policy_changes() {
             && v["process"]["binary"] == "/bin/true"),
         "a killed exec has no exec event"
     );
+    // `podmap containers` names each container's policies.
+    let policies_of = |cg: &TestCgroup| {
+        f.daemon
+            .containers()
+            .into_iter()
+            .find(|r| r["cgroup_id"] == cg.id())
+            .map(|r| r["policies"].clone())
+    };
+    assert_eq!(policies_of(&selected), Some(serde_json::json!(["no-true"])));
+    assert_eq!(policies_of(&other_ns), Some(serde_json::json!([])));
     // The same binary in a namespace the policy does not select runs freely.
     assert!(run_in_cgroup(&other_ns.path(), &["/bin/true"]).1.success());
     // Other binaries in the selected pod run.
@@ -156,6 +166,7 @@ fn exec_kill_applies_to_selected_pods_only_and_follows_policy_changes() {
     std::fs::remove_file(f.policy_dir.path().join("p.yaml")).unwrap();
     eventually(&selected, &["/bin/true"], |s| s.success());
     eventually(&other_ns, &["/bin/true"], |s| s.success());
+    assert_eq!(policies_of(&selected), Some(serde_json::json!([])));
 }
 
 #[test]
