@@ -20,8 +20,8 @@ use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use podmap_proto::policy::{
-    is_mirrored, policy_id, PodPolicy, PolicyError, API_VERSION, KIND, MIRRORED_HEADER,
-    MIRRORED_PREFIX,
+    is_mirrored, policy_id, valid_dns_subdomain, PodPolicy, PolicyError, API_VERSION, KIND,
+    MIRRORED_HEADER, MIRRORED_PREFIX,
 };
 use serde::{Deserialize, Serialize};
 
@@ -73,6 +73,8 @@ pub enum MirrorError {
     },
     #[error("{0} is a hand-written file (it lacks the mirror's first line): not overwritten; rename the file or the resource")]
     HandWritten(PathBuf),
+    #[error("{0:?} is not a valid object name (a DNS subdomain): not written")]
+    BadName(String),
     #[error("serializing policy {name:?}: {source}")]
     Serialize {
         name: String,
@@ -140,21 +142,27 @@ impl MirrorDir {
         }
     }
 
-    /// The file standing for the resource `name`.
-    pub fn file_of(&self, name: &str) -> PathBuf {
+    /// The file standing for the resource `name`; none for a name that is not a valid object
+    /// name (the API server refuses those; checked again here because it becomes a path).
+    pub fn file_of(&self, name: &str) -> Option<PathBuf> {
+        if !valid_dns_subdomain(name) {
+            return None;
+        }
         let stem = if name.len() <= MAX_NAME_IN_FILE {
             name.to_string()
         } else {
             // Names are DNS subdomains (ASCII): any byte index is a character boundary.
             format!("{}.{:08x}", &name[..MAX_NAME_IN_FILE], policy_id(name))
         };
-        self.dir.join(format!("{MIRRORED_PREFIX}{stem}.yaml"))
+        Some(self.dir.join(format!("{MIRRORED_PREFIX}{stem}.yaml")))
     }
 
     /// Writes the policy's file unless it already holds exactly this; returns whether it wrote.
     /// A hand-written file in the way is left alone and reported.
     pub fn write(&self, policy: &PodPolicy) -> Result<bool, MirrorError> {
-        let path = self.file_of(policy.name());
+        let path = self
+            .file_of(policy.name())
+            .ok_or_else(|| MirrorError::BadName(policy.name().to_string()))?;
         let yaml = serde_yaml_ng::to_string(policy).map_err(|source| MirrorError::Serialize {
             name: policy.name().to_string(),
             source,
@@ -181,7 +189,9 @@ impl MirrorDir {
 
     /// Removes the file of the resource `name`, if it is a mirrored one; returns whether it did.
     pub fn remove(&self, name: &str) -> Result<bool, MirrorError> {
-        let path = self.file_of(name);
+        let Some(path) = self.file_of(name) else {
+            return Ok(false);
+        };
         if !is_mirrored(&path) {
             return Ok(false);
         }
@@ -254,8 +264,13 @@ impl Mirror {
         self.known.clear();
         let mut keep = HashSet::new();
         for object in &objects {
-            if let Some(name) = object.metadata.name.as_deref() {
-                keep.insert(self.files.file_of(name));
+            if let Some(file) = object
+                .metadata
+                .name
+                .as_deref()
+                .and_then(|n| self.files.file_of(n))
+            {
+                keep.insert(file);
             }
             self.applied(object);
         }
@@ -284,7 +299,7 @@ impl Mirror {
                 match self.files.write(&policy) {
                     Ok(true) => {
                         self.status.lock().writes += 1;
-                        tracing::info!(policy = %name, file = %self.files.file_of(&name).display(), "PodPolicy resource mirrored");
+                        tracing::info!(policy = %name, "PodPolicy resource mirrored");
                     }
                     Ok(false) => {}
                     Err(e) => self.failed(&e.to_string()),
@@ -383,7 +398,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut mirror = Mirror::new(dir.path(), MirrorHandle::default());
         mirror.resync(vec![object("no-sleep", kill_sleep())]);
-        let before = std::fs::read_to_string(mirror.files.file_of("no-sleep")).unwrap();
+        let before = std::fs::read_to_string(mirror.files.file_of("no-sleep").unwrap()).unwrap();
         mirror.applied(&object(
             "no-sleep",
             serde_json::json!({"rules": [{"exec": {"paths": ["bin/sleep"]}, "action": "kill"}]}),
@@ -396,7 +411,7 @@ mod tests {
                 && status.refused[0].contains("not an absolute path"),
             "{status:?}"
         );
-        let after = std::fs::read_to_string(mirror.files.file_of("no-sleep")).unwrap();
+        let after = std::fs::read_to_string(mirror.files.file_of("no-sleep").unwrap()).unwrap();
         assert_eq!(before, after);
         // Fixed: no longer refused.
         mirror.applied(&object("no-sleep", kill_sleep()));
@@ -412,10 +427,10 @@ mod tests {
         let mut mirror = Mirror::new(dir.path(), MirrorHandle::default());
         mirror.resync(vec![object("a", kill_sleep()), object("b", kill_sleep())]);
         mirror.deleted(&object("a", kill_sleep()));
-        assert!(!mirror.files.file_of("a").exists());
+        assert!(!mirror.files.file_of("a").unwrap().exists());
         // "b" was deleted while the watch was down: the next complete list removes it.
         mirror.resync(vec![]);
-        assert!(!mirror.files.file_of("b").exists());
+        assert!(!mirror.files.file_of("b").unwrap().exists());
         assert!(dir.path().join("mine.yaml").exists());
         assert!(dir.path().join("podpolicy.mine.yaml").exists());
         let status = mirror.status.snapshot();
@@ -512,11 +527,15 @@ mod tests {
     fn long_names_fit_in_a_file_name() {
         let mirror = MirrorDir::new(Path::new("/p"));
         let long = format!("{}.{}", "a".repeat(200), "b".repeat(52));
-        let file = mirror.file_of(&long);
+        let file = mirror.file_of(&long).unwrap();
         assert!(file.file_name().unwrap().len() <= 255, "{}", file.display());
         assert_ne!(
-            file,
+            Some(file),
             mirror.file_of(&format!("{}.{}", "a".repeat(200), "c".repeat(52)))
         );
+        // A name that is no object name never becomes a path.
+        for bad in ["../etc/x", "a/b", "..", "", "UPPER"] {
+            assert_eq!(mirror.file_of(bad), None, "{bad}");
+        }
     }
 }

@@ -250,7 +250,9 @@ fn err(source_name: &str, field: impl Into<String>, reason: impl Into<String>) -
     }
 }
 
-fn valid_dns_subdomain(s: &str) -> bool {
+/// Whether `s` is a valid policy name: a DNS subdomain, as Kubernetes object names are (so it is
+/// also a safe file name: no `/`, no `..`).
+pub fn valid_dns_subdomain(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
         && s.split('.').all(|l| {
