@@ -5,6 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use crate::maps::MapsError;
+use crate::{
+    CgroupId, CgroupIds, ContainerId, ContainerMeta, PodUid, RecordFlags, SharedMaps, Writer,
+};
+
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// A name unique to this process and call: `<prefix>-<pid>-<seq>`.
@@ -40,6 +45,16 @@ impl Drop for PinDir {
     }
 }
 
+/// The pod a test container belongs to, as the runtime knows it.
+#[derive(Debug, Clone, Copy)]
+pub struct TestPod<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub uid: &'a str,
+    /// The pod's labels at creation.
+    pub labels: &'a [(&'a str, &'a str)],
+}
+
 /// A private cgroup (with optional nested children) in one hierarchy mount, removed on drop after
 /// moving any process left in it to the hierarchy's root.
 pub struct TestCgroup {
@@ -66,6 +81,36 @@ impl TestCgroup {
     pub fn id(&self) -> u64 {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(self.path()).map(|m| m.ino()).unwrap_or(0)
+    }
+
+    /// Maps this cgroup, by its cgroup2 id, as container `name` of `pod`, as a runtime plugin
+    /// does (the container id is the cgroup id in hex). Returns the record written.
+    pub fn map_container(
+        &self,
+        maps: &mut SharedMaps,
+        pod: &TestPod<'_>,
+        name: &str,
+    ) -> Result<ContainerMeta, MapsError> {
+        let meta = ContainerMeta {
+            container_id: ContainerId(format!("{:064x}", self.id())),
+            name: name.into(),
+            pod_uid: Some(PodUid(pod.uid.into())),
+            pod_name: pod.name.into(),
+            namespace: pod.namespace.into(),
+            labels: pod
+                .labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            runtime: "test".into(),
+            ..Default::default()
+        };
+        let ids = CgroupIds {
+            v2: Some(CgroupId(self.id())),
+            v1: None,
+        };
+        maps.insert(&ids, &meta, RecordFlags::default(), Writer::Test)?;
+        Ok(meta)
     }
 
     /// Creates a child cgroup below this one.

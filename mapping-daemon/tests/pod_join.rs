@@ -5,10 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use podmap_bpf::testing::TestCgroup;
-use podmap_bpf::{
-    CgroupId, CgroupIds, ContainerId, ContainerMeta, PodUid, RecordFlags, SharedMaps, Writer,
-};
+use podmap_bpf::testing::{TestCgroup, TestPod};
+use podmap_bpf::SharedMaps;
 use podmap_conformance::daemon::{cgroup2_mount, kubeconfig, run_in_cgroup, Daemon, DaemonOptions};
 use podmap_pod_cache::testing::fixtures;
 use podmap_pod_cache::testing::TestApiServer;
@@ -65,26 +63,13 @@ async fn events_join_the_pod_cache_and_follow_relabels_and_deletion() {
         // The runtime plugin's record: creation-time labels only.
         let mut maps = SharedMaps::open(&daemon.pins.path).unwrap();
         let cg = TestCgroup::new(&cgroup2_mount(), "podmap-test-join").unwrap();
-        let meta = ContainerMeta {
-            container_id: ContainerId("f".repeat(64)),
-            name: "app".into(),
-            pod_uid: Some(PodUid(uid.clone())),
-            pod_name: name.clone(),
-            namespace: "prod".into(),
-            labels: [("app.kubernetes.io/name".to_string(), "checkout".to_string())].into(),
-            runtime: "test".into(),
-            ..Default::default()
+        let runtime_pod = TestPod {
+            namespace: "prod",
+            name: &name,
+            uid: &uid,
+            labels: &[("app.kubernetes.io/name", "checkout")],
         };
-        maps.insert(
-            &CgroupIds {
-                v2: Some(CgroupId(cg.id())),
-                v1: None,
-            },
-            &meta,
-            RecordFlags::default(),
-            Writer::Test,
-        )
-        .unwrap();
+        cg.map_container(&mut maps, &runtime_pod, "app").unwrap();
 
         let mut stream = daemon.events("{}");
         let ev = exec_event(&mut stream, &cg, "first");

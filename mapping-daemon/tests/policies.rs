@@ -6,10 +6,8 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use podmap_bpf::testing::TestCgroup;
-use podmap_bpf::{
-    CgroupId, CgroupIds, ContainerId, ContainerMeta, PodUid, RecordFlags, SharedMaps, Writer,
-};
+use podmap_bpf::testing::{TestCgroup, TestPod};
+use podmap_bpf::SharedMaps;
 use podmap_conformance::daemon::{cgroup2_mount, run_in_cgroup, Daemon, DaemonOptions};
 use serde_json::Value;
 
@@ -41,23 +39,13 @@ fn start() -> Fixture {
 /// A cgroup mapped as container `name` of a pod in `namespace` labelled app=web.
 fn container(f: &mut Fixture, namespace: &str, name: &str) -> TestCgroup {
     let cg = TestCgroup::new(&cgroup2_mount(), "podmap-test-pol").unwrap();
-    let meta = ContainerMeta {
-        container_id: ContainerId(format!("{:064x}", cg.id())),
-        name: name.into(),
-        pod_uid: Some(PodUid("11111111-2222-3333-4444-555555555555".into())),
-        pod_name: "web-1".into(),
-        namespace: namespace.into(),
-        labels: [("app".to_string(), "web".to_string())].into(),
-        runtime: "test".into(),
-        ..Default::default()
+    let pod = TestPod {
+        namespace,
+        name: "web-1",
+        uid: "11111111-2222-3333-4444-555555555555",
+        labels: &[("app", "web")],
     };
-    let ids = CgroupIds {
-        v2: Some(CgroupId(cg.id())),
-        v1: None,
-    };
-    f.maps
-        .insert(&ids, &meta, RecordFlags::default(), Writer::Test)
-        .unwrap();
+    cg.map_container(&mut f.maps, &pod, name).unwrap();
     cg
 }
 

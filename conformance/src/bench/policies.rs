@@ -9,10 +9,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use podmap_bpf::testing::TestCgroup;
-use podmap_bpf::{
-    CgroupId, CgroupIds, ContainerId, ContainerMeta, PodUid, RecordFlags, SharedMaps, Writer,
-};
+use podmap_bpf::testing::{TestCgroup, TestPod};
+use podmap_bpf::SharedMaps;
 
 use crate::daemon::{cgroup2_mount, Daemon, DaemonOptions};
 
@@ -29,6 +27,14 @@ pub struct PolicyArgs {
     #[arg(long, default_value_t = 10)]
     pub change_rounds: u32,
 }
+
+/// The pod of the storm's container: what the policies select.
+const BENCH_POD: TestPod<'static> = TestPod {
+    namespace: "bench",
+    name: "bench",
+    uid: "00000000-0000-0000-0000-00000000bec4",
+    labels: &[("app", "bench")],
+};
 
 const SETTINGS: [Option<usize>; 5] = [None, Some(0), Some(1), Some(10), Some(100)];
 
@@ -123,25 +129,7 @@ pub fn run(args: &PolicyArgs) -> anyhow::Result<()> {
                             ..Default::default()
                         });
                         let mut maps = SharedMaps::open(&d.pins.path)?;
-                        let meta = ContainerMeta {
-                            container_id: ContainerId("b".repeat(64)),
-                            name: "bench".into(),
-                            pod_uid: Some(PodUid("00000000-0000-0000-0000-00000000bec4".into())),
-                            pod_name: "bench".into(),
-                            namespace: "bench".into(),
-                            labels: [("app".to_string(), "bench".to_string())].into(),
-                            runtime: "bench".into(),
-                            ..Default::default()
-                        };
-                        maps.insert(
-                            &CgroupIds {
-                                v2: Some(CgroupId(cg.id())),
-                                v1: None,
-                            },
-                            &meta,
-                            RecordFlags::default(),
-                            Writer::Test,
-                        )?;
+                        cg.map_container(&mut maps, &BENCH_POD, "bench")?;
                         daemon = Some((d, maps));
                     }
                     set_policies(policy_dir.path(), *n)?;

@@ -8,11 +8,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use podmap_bpf::testing::TestCgroup;
-use podmap_bpf::{
-    CgroupId, CgroupIds, CgroupKey, ContainerId, ContainerMeta, PodUid, RecordFlags, SharedMaps,
-    Writer,
-};
+use podmap_bpf::testing::{TestCgroup, TestPod};
+use podmap_bpf::{CgroupKey, SharedMaps};
 use podmap_pod_cache::testing::{Resource, TestApiServer};
 use podmap_proto::policy::policy_id;
 use serde_json::{json, Value};
@@ -99,21 +96,13 @@ pub fn run(rounds: u32) -> anyhow::Result<()> {
     let cg = TestCgroup::new(&cgroup2_mount(), "podmap-bench-policy-changes")
         .context("creating the container's cgroup")?;
     let mut maps = SharedMaps::open(&daemon.pins.path)?;
-    let meta = ContainerMeta {
-        container_id: ContainerId("c".repeat(64)),
-        name: "bench".into(),
-        pod_uid: Some(PodUid(UID.into())),
-        pod_name: "bench".into(),
-        namespace: "bench".into(),
-        labels: [("app".to_string(), "bench".to_string())].into(),
-        runtime: "bench".into(),
-        ..Default::default()
+    let runtime_pod = TestPod {
+        namespace: "bench",
+        name: "bench",
+        uid: UID,
+        labels: &[("app", "bench")],
     };
-    let ids = CgroupIds {
-        v2: Some(CgroupId(cg.id())),
-        v1: None,
-    };
-    maps.insert(&ids, &meta, RecordFlags::default(), Writer::Test)?;
+    cg.map_container(&mut maps, &runtime_pod, "bench")?;
     let key = CgroupKey::v2(cg.id());
 
     let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); STEPS.len()];
