@@ -59,21 +59,7 @@ impl Daemon {
         };
         let node = unique_name("node");
         let exe = crate::bins::path("podmapd");
-        let mut cmd = if opts.pure_cgroup2 {
-            let mut c = Command::new("unshare");
-            c.args([
-                "-m",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                "mount -t cgroup2 none /sys/fs/cgroup && exec \"$0\"",
-            ])
-            .arg(&exe);
-            c
-        } else {
-            Command::new(&exe)
-        };
+        let mut cmd = crate::oci::Cgroups::pure_or_host(opts.pure_cgroup2).command(&exe);
         let logf = std::fs::File::create(&log).unwrap();
         cmd.env("PODMAP_SOCKET", &socket)
             .env("PODMAP_BPFFS_DIR", &pins.path)

@@ -405,25 +405,27 @@ pub enum Cgroups {
 }
 
 impl Cgroups {
-    /// Wraps a command in the mount namespace this layout needs.
-    pub fn command(self, program: &str) -> Command {
+    /// Wraps a command in the mount namespace this layout needs (the arguments the caller adds
+    /// go to `program`).
+    pub fn command(self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let setup = match self {
             Cgroups::Hybrid => return Command::new(program),
             Cgroups::V1Only => "umount /sys/fs/cgroup/unified 2>/dev/null; exec \"$@\"",
             Cgroups::PureV2 => "mount -t cgroup2 none /sys/fs/cgroup && exec \"$@\"",
         };
         let mut c = Command::new("unshare");
-        c.args([
-            "-m",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            setup,
-            "sh",
-            program,
-        ]);
+        c.args(["-m", "--propagation", "private", "sh", "-c", setup, "sh"])
+            .arg(program);
         c
+    }
+
+    /// Pure cgroup2 or the host's own layout.
+    pub fn pure_or_host(pure_cgroup2: bool) -> Cgroups {
+        if pure_cgroup2 {
+            Cgroups::PureV2
+        } else {
+            Cgroups::Hybrid
+        }
     }
 
     /// Whether podmapd should run in a pure cgroup2 namespace to see these containers' ids.

@@ -41,11 +41,7 @@ pub struct HookArgs {
 const BOUND: Duration = Duration::from_secs(1);
 
 pub fn run(opts: &HookArgs) -> anyhow::Result<()> {
-    let cgroups = if opts.pure_cgroup2 {
-        Cgroups::PureV2
-    } else {
-        Cgroups::Hybrid
-    };
+    let cgroups = Cgroups::pure_or_host(opts.pure_cgroup2);
     let hooks = HookEnv::new("podmap-bench-hook");
     let parent = CgroupParent::new("podmap-bench-hook");
     let rootfs = Rootfs::busybox();

@@ -120,15 +120,7 @@ impl Containerd {
             std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
         );
         let containerd = bin.join("containerd");
-        let mut cmd = if options.pure_cgroup2 {
-            let mut c = Command::new("unshare");
-            c.args(["-m", "--propagation", "private", "sh", "-c"])
-                .arg("mount -t cgroup2 none /sys/fs/cgroup && exec \"$0\" \"$@\"")
-                .arg(&containerd);
-            c
-        } else {
-            Command::new(&containerd)
-        };
+        let mut cmd = crate::oci::Cgroups::pure_or_host(options.pure_cgroup2).command(&containerd);
         let log = std::fs::File::create(&layout.log)?;
         cmd.arg("--config")
             .arg(&layout.config)
