@@ -14,13 +14,8 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// Formats Unix-epoch nanoseconds.
-pub fn format_rfc3339(unix_ns: u64) -> String {
-    let secs = unix_ns / 1_000_000_000;
-    let nanos = unix_ns % 1_000_000_000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil-from-days, the inverse of days_from_civil.
+/// (year, month, day) of days since 1970-01-01: the inverse of `days_from_civil`.
+fn civil_from_days(days: i64) -> (i64, u64, u64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -30,13 +25,32 @@ pub fn format_rfc3339(unix_ns: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m as u64, d as u64)
+}
+
+/// Formats Unix-epoch nanoseconds.
+pub fn format_rfc3339(unix_ns: u64) -> String {
+    format_with_fraction(unix_ns, 9)
+}
+
+/// Formats Unix-epoch nanoseconds to the millisecond (log lines).
+pub fn format_rfc3339_millis(unix_ns: u64) -> String {
+    format_with_fraction(unix_ns, 3)
+}
+
+fn format_with_fraction(unix_ns: u64, digits: u32) -> String {
+    let secs = unix_ns / 1_000_000_000;
+    let fraction = unix_ns % 1_000_000_000 / 10u64.pow(9 - digits);
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
     let mut s = String::with_capacity(30);
     let _ = write!(
         s,
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{fraction:0width$}Z",
         rem / 3600,
         rem / 60 % 60,
-        rem % 60
+        rem % 60,
+        width = digits as usize
     );
     s
 }
