@@ -524,6 +524,24 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_crd_or_rbac_rule_is_named_in_the_error() {
+        let status = |code: u16| -> Box<kube::core::Status> {
+            serde_json::from_value(serde_json::json!({
+                "status": "Failure", "message": "denied or missing", "reason": "x", "code": code
+            }))
+            .unwrap()
+        };
+        let list = |code| watcher::Error::InitialListFailed(kube::Error::Api(status(code)));
+        assert!(watch_error(&list(404)).contains("crd-podpolicy.yaml"));
+        assert!(watch_error(&list(403)).contains("rbac.yaml"));
+        let other = watch_error(&watcher::Error::WatchError(status(500)));
+        assert!(
+            !other.contains("crd-podpolicy") && !other.contains("rbac"),
+            "{other}"
+        );
+    }
+
+    #[test]
     fn long_names_fit_in_a_file_name() {
         let mirror = MirrorDir::new(Path::new("/p"));
         let long = format!("{}.{}", "a".repeat(200), "b".repeat(52));

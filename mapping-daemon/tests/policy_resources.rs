@@ -136,7 +136,7 @@ async fn resources_are_mirrored_into_the_policy_directory() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_missing_crd_is_reported_and_mirroring_can_be_turned_off() {
+async fn an_unreachable_api_server_is_reported_and_mirroring_can_be_turned_off() {
     // An API server podmapd cannot reach (nothing listens on port 9): the mirror's failures are
     // counted and shown, never silent. Turned off, the mirror does not run at all.
     let tmp = tempfile::tempdir().unwrap();
