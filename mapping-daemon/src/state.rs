@@ -124,22 +124,19 @@ impl StatusSource for DaemonState {
     }
 
     fn containers(&self) -> serde_json::Value {
-        let memberships = self.maps.memberships();
-        let names = self
-            .policy_names
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let policies_of = |key: podmap_bpf::CgroupKey| {
-            let mut of: Vec<String> = memberships
-                .iter()
-                .filter(|(_, k)| *k == key)
-                .map(|(id, _)| {
-                    names
-                        .get(id)
-                        .map_or_else(|| format!("policy-{id:08x}"), |n| n.to_string())
-                })
-                .collect();
+        // Each container's policy names, from one walk of the membership map.
+        let mut policies: BTreeMap<podmap_bpf::CgroupKey, Vec<String>> = BTreeMap::new();
+        {
+            let names = self.policy_names.read().unwrap_or_else(|p| p.into_inner());
+            for (id, key) in self.maps.memberships() {
+                let name = names
+                    .get(&id)
+                    .map_or_else(|| format!("policy-{id:08x}"), |n| n.to_string());
+                policies.entry(key).or_default().push(name);
+            }
+        }
+        let policies_of = |key| {
+            let mut of = policies.get(&key).cloned().unwrap_or_default();
             of.sort();
             of
         };
