@@ -39,6 +39,8 @@ pub struct DaemonOptions {
     pub pins: Option<PathBuf>,
     /// Extra environment, e.g. PODMAP_GRACE_SECONDS.
     pub env: Vec<(String, String)>,
+    /// The socket's path (default: `podmap.sock` in the daemon's private temporary directory).
+    pub socket: Option<PathBuf>,
 }
 
 impl Daemon {
@@ -48,7 +50,10 @@ impl Daemon {
 
     pub fn start_with(opts: DaemonOptions) -> Daemon {
         let tmp = tempfile::tempdir().unwrap();
-        let socket = tmp.path().join("podmap.sock");
+        let socket = opts
+            .socket
+            .clone()
+            .unwrap_or_else(|| tmp.path().join("podmap.sock"));
         let log = tmp.path().join("podmapd.log");
         let pins = match &opts.pins {
             Some(p) => PinDir {
@@ -178,7 +183,7 @@ pub struct EventStream {
 impl EventStream {
     /// Reads events until `pred` matches one, within `timeout`; returns every event read.
     pub fn until(&mut self, timeout: Duration, mut pred: impl FnMut(&Value) -> bool) -> Vec<Value> {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::deadline::after(timeout);
         let mut seen = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());

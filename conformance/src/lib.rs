@@ -6,4 +6,5 @@ pub mod bench;
 pub mod bins;
 pub mod containerd;
 pub mod daemon;
+pub mod deadline;
 pub mod oci;

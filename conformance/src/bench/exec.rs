@@ -255,7 +255,7 @@ fn wait_for(
     timeout: Duration,
     mut ready: impl FnMut() -> anyhow::Result<bool>,
 ) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
+    let deadline = crate::deadline::after(timeout);
     loop {
         check_interrupted()?;
         if ready()? {

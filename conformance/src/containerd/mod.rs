@@ -224,7 +224,7 @@ impl Containerd {
 
     /// Waits until a line written after `from` contains every one of `needles`.
     pub fn wait_log(&self, from: u64, needles: &[&str], timeout: Duration) -> Result<String> {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::deadline::after(timeout);
         loop {
             if let Some(l) = self.log_line_after(from, needles) {
                 return Ok(l);
@@ -355,7 +355,7 @@ impl Pod<'_> {
 
     /// Waits until the container exited; returns its exit code.
     pub fn wait_exited(&self, id: &str, timeout: Duration) -> Result<i32> {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::deadline::after(timeout);
         loop {
             let s = self.ctrd.cri.container_status(id)?;
             if s.state == k8s_cri::v1::ContainerState::ContainerExited {
@@ -380,7 +380,7 @@ impl Pod<'_> {
         let procs = crate::daemon::cgroup2_mount()
             .join(self.cgroup_of(id).trim_start_matches('/'))
             .join("cgroup.procs");
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::deadline::after(timeout);
         loop {
             let n = std::fs::read_to_string(&procs)
                 .map(|s| s.lines().count())

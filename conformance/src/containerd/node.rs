@@ -3,7 +3,7 @@
 //! the plugin first (a hung plugin would slow containerd's teardown), then containerd with its
 //! pods, then podmapd.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -30,6 +30,8 @@ pub struct NodeOptions {
     pub nri_request_timeout: Duration,
     /// Extra environment of podmapd, e.g. a PODMAP_KUBECONFIG.
     pub daemon_env: Vec<(String, String)>,
+    /// podmapd's socket (default: one in its private temporary directory).
+    pub daemon_socket: Option<PathBuf>,
 }
 
 impl NodeOptions {
@@ -39,6 +41,7 @@ impl NodeOptions {
             plugin,
             nri_request_timeout: Options::default().nri_request_timeout,
             daemon_env: Vec::new(),
+            daemon_socket: None,
         }
     }
 
@@ -72,6 +75,7 @@ impl Node {
             .into_iter()
             .chain(opts.daemon_env.iter().cloned())
             .collect(),
+            socket: opts.daemon_socket.clone(),
             ..Default::default()
         });
         setup.pins = daemon.pins.path.clone();
@@ -115,7 +119,7 @@ impl Node {
     /// Waits until the cgroup v2 id is mapped in the shared maps.
     pub fn wait_mapped(&self, cgroup_id: u64, timeout: Duration) -> Result<()> {
         let maps = self.maps()?;
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::deadline::after(timeout);
         loop {
             if maps.get(CgroupKey::v2(cgroup_id))?.is_some() {
                 return Ok(());

@@ -23,7 +23,13 @@ pub fn write_owner(work: &Path, cgroup_base: &str) -> std::io::Result<()> {
 /// Tears down instances whose owning process is gone (a test binary killed by a timeout, a
 /// bench killed outright): their containerd, shims, plugins, cgroups, mounts and work dir.
 pub fn sweep_stale_instances() {
-    let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) else {
+    sweep_stale_instances_in(&std::env::temp_dir());
+}
+
+/// [`sweep_stale_instances`] for instances made under `dir` (a process started with its own
+/// TMPDIR).
+pub fn sweep_stale_instances_in(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
         return;
     };
     for e in rd.flatten() {
@@ -85,7 +91,7 @@ pub fn signal(pid: u32, sig: i32) {
 /// Stops a child: SIGTERM, up to `grace` to exit, then SIGKILL; always reaped.
 pub fn terminate(child: &mut std::process::Child, grace: std::time::Duration) {
     signal(child.id(), libc::SIGTERM);
-    let deadline = std::time::Instant::now() + grace;
+    let deadline = crate::deadline::after(grace);
     while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }

@@ -167,7 +167,7 @@ impl Pipeline {
             Attributed::Now(owner) => self.emit(ev, owner, clock, out),
             Attributed::Hold(shape) => {
                 Stats::inc(&self.stats.held);
-                let deadline = ev.ktime() + HOLD_NS;
+                let deadline = ev.ktime().saturating_add(HOLD_NS);
                 self.held.push_back(Held {
                     event: ev,
                     key: leaf,
