@@ -351,3 +351,33 @@ async fn kube_runtime_watcher_over_pod_policies_sees_no_pods() {
         matches!(next(&mut events).await.unwrap(), watcher::Event::Apply(ref p) if named(p, "late"))
     );
 }
+
+#[tokio::test]
+async fn a_watch_timeout_past_the_end_of_time_is_served_not_a_panic() {
+    // timeoutSeconds is the client's to choose; the largest u64 once overflowed the deadline
+    // (`Instant + Duration`) and killed the request.
+    let server = TestApiServer::start().await;
+    let rv = server.apply(&fixtures::pod("a", "p", "node-a", &[]));
+    let uri = format!(
+        "/api/v1/pods?watch=true&resourceVersion={}&timeoutSeconds={}",
+        rv - 1,
+        u64::MAX
+    );
+    let request = http::Request::get(uri)
+        .body(kube::client::Body::empty())
+        .unwrap();
+    let response = tokio::time::timeout(WAIT, server.client().send(request))
+        .await
+        .expect("timed out")
+        .expect("the watch is served");
+    assert_eq!(response.status(), http::StatusCode::OK);
+    let mut body = http_body_util::BodyExt::into_data_stream(response.into_body());
+    let chunk = tokio::time::timeout(WAIT, body.next())
+        .await
+        .expect("timed out")
+        .expect("a first event")
+        .unwrap();
+    let line = chunk.split(|&b| b == b'\n').next().unwrap();
+    let first: Value = serde_json::from_slice(line).unwrap();
+    assert_eq!(first["type"], "ADDED", "{first}");
+}

@@ -959,7 +959,8 @@ impl Handler {
         // Server-side timeout: a last bookmark (as the API server sends), then the end.
         let deadline = query
             .timeout
-            .map(|secs| tokio::time::Instant::now() + Duration::from_secs(secs));
+            // A timeout past the end of time is no timeout (and no overflow panic).
+            .and_then(|secs| tokio::time::Instant::now().checked_add(Duration::from_secs(secs)));
         let lines = futures::stream::unfold((rx, false), move |(mut rx, done)| {
             let state = state_for_timeout.clone();
             async move {
