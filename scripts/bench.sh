@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Builds the release binaries and runs the benchmark command: by default the exec storm
 # (`podmap-bench exec`: no tracer vs podmapd + client vs bpftrace vs libbpf-tools execsnoop, side
-# by side, with the targets of targets.md). Arguments go to podmap-bench, e.g.
+# by side, with the targets of docs/performance.md). Arguments go to podmap-bench, e.g.
 #   scripts/bench.sh --execs 20000 --rounds 5
 #   scripts/bench.sh --tracers none,podmap --json
 # A first argument naming a podmap-bench subcommand selects it instead of exec. Run as root; a
-# full exec run takes a few minutes on 2 cores. Not part of the tests (decisions.md 22).
+# full exec run takes a few minutes on 2 cores. Not part of the tests (docs/decisions.md #22).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

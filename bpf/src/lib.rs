@@ -20,5 +20,5 @@ pub mod testing;
 pub use maps::{Counters, MapsError, Record, RecordFlags, SharedMaps, Writer};
 pub use record::{CgroupId, CgroupIds, CgroupKey, ContainerId, ContainerMeta, Hierarchy, PodUid};
 
-/// Where the pinned maps live unless told otherwise (design.md).
+/// Where the pinned maps live unless told otherwise (docs/decisions.md #23).
 pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/podmap";

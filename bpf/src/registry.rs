@@ -10,7 +10,7 @@ use crate::maps::{now_ns, MapsError, RecordFlags, SharedMaps, Writer};
 use crate::record::{CgroupIds, ContainerId, ContainerMeta};
 use crate::store::{ContainerRecord, Store, StoreError};
 
-/// Default grace period after removal (decisions.md: 30 s, flag `--grace`).
+/// Default grace period after removal (docs/decisions.md #5: 30 s, flag `--grace`).
 pub const DEFAULT_GRACE_NS: u64 = 30_000_000_000;
 
 #[derive(Debug, thiserror::Error)]

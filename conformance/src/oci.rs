@@ -34,7 +34,7 @@ pub struct HookEnv {
     /// PODMAP_GRACE_SECONDS (default: the hook's own 30 s).
     pub grace: Option<String>,
     /// PODMAP_TIMEOUT. Tests of outcomes give the debug build a generous bound on this shared
-    /// machine (decisions.md 19: the 1 s figure is the bench's); tests of the bound set "1s".
+    /// machine (docs/decisions.md #19: the 1 s figure is the bench's); tests of the bound set "1s".
     pub timeout: Option<String>,
     /// More flags as environment, e.g. PODMAP_FAIL_CLOSED_NAMESPACES.
     pub extra: Vec<(String, String)>,
@@ -765,7 +765,7 @@ impl Pod {
         a
     }
 
-    /// A workload container's annotations: its labels are the container's (decisions.md 7).
+    /// A workload container's annotations: its labels are the container's (docs/decisions.md #7).
     pub fn container_annotations(
         &self,
         id: &str,

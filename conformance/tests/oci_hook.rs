@@ -29,8 +29,8 @@ use serde_json::{json, Value};
 const WAIT: Duration = Duration::from_secs(30);
 
 /// The bound of the tests of the bound itself (the watchdog, a locked store). The hook's default
-/// is 1 s, a bench figure (decisions.md 19); the debug build on this shared 2-core machine needs
-/// a few hundred ms just to open the maps when other suites run alongside.
+/// is 1 s, a bench figure (docs/decisions.md #19); the debug build on this shared 2-core machine
+/// needs a few hundred ms just to open the maps when other suites run alongside.
 const LOCKED_BOUND: Duration = Duration::from_secs(3);
 
 fn daemon_for(hooks: &HookEnv, cgroups: Cgroups) -> Daemon {
@@ -336,7 +336,7 @@ fn plain_containers_are_recorded_with_their_runtime() {
 }
 
 /// A new container joins the policies that select it before its record is written
-/// (decisions.md 10), from the same policy directory podmap-nri and podmapd read: its
+/// (docs/decisions.md #10, #11), from the same policy directory podmap-nri and podmapd read: its
 /// entrypoint is killed at its first exec, and a read of a named path is killed at its open,
 /// while the same commands in a pod the policy does not select run (and the sandbox is never
 /// selected).
@@ -475,10 +475,11 @@ fn policies_selected_at_creation_stop_execs_and_opens_not_the_sandbox() {
 #[test]
 fn twenty_containers_at_once_are_all_mapped() {
     const N: usize = 20;
-    // decisions.md 19: the 1 s bound under a 20-container rush is a bench figure (bench/hook.rs,
-    // release build); this test runs the debug build on a shared machine with HookEnv's generous
-    // bound and asserts the outcomes: every container started (so every hook exited 0), every
-    // one mapped and recorded, no hook ended by its watchdog, nothing logged as a problem.
+    // docs/decisions.md #19: the 1 s bound under a 20-container rush is a bench figure
+    // (bench/hook.rs, release build); this test runs the debug build on a shared machine with
+    // HookEnv's generous bound and asserts the outcomes: every container started (so every
+    // hook exited 0), every one mapped and recorded, no hook ended by its watchdog, nothing
+    // logged as a problem.
     let hooks = HookEnv::new("podmap-many");
     let parent = CgroupParent::new("podmap-many");
     let rootfs = Rootfs::busybox();

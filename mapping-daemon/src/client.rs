@@ -1,4 +1,4 @@
-//! `podmap`, the command-line client of podmapd's socket (design.md, "The command-line client").
+//! `podmap`, the command-line client of podmapd's socket (docs/interfaces.md, "podmap").
 //!
 //! Blocking std I/O on purpose: the client does one thing at a time, and a runtime would only add
 //! start-up cost. This module owns the command line, the request it sends and the output formats

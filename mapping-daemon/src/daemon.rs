@@ -270,7 +270,7 @@ async fn kube_client(args: &Args) -> anyhow::Result<Option<kube::Client>> {
     Ok(Some(client))
 }
 
-/// Drops records whose grace period ended (decisions.md 5): hooks never sleep out the grace,
+/// Drops records whose grace period ended (docs/decisions.md #5): hooks never sleep out the grace,
 /// so someone else must sweep.
 async fn sweep(mut maps: SharedMaps, grace_s: u64, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(grace_s.clamp(1, 5)));

@@ -1,4 +1,4 @@
-//! Prometheus metrics on `--metrics-addr` (design.md, "Daemon flags"): the same counters as
+//! Prometheus metrics on `--metrics-addr` (docs/interfaces.md, "Metrics"): the same counters as
 //! status, rendered from one [`StatusReport`] snapshot per scrape so the two never disagree.
 //!
 //! The HTTP side is deliberately tiny (one GET route, `Connection: close`), written on a tokio

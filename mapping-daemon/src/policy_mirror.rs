@@ -1,7 +1,7 @@
 //! Mirrors the cluster's PodPolicy resources (podpolicies.podmap.dev, cluster-scoped) into the
-//! node's policy directory (decisions.md 10). The runtime plugins never talk to the API server:
-//! a resource becomes a file there, and from then on it is a policy like any hand-written one,
-//! applied by podmap-nri and the OCI hook at container creation and by podmapd to running
+//! node's policy directory (docs/decisions.md #10). The runtime plugins never talk to the API
+//! server: a resource becomes a file there, and from then on it is a policy like any hand-written
+//! one, applied by podmap-nri and the OCI hook at container creation and by podmapd to running
 //! containers.
 //!
 //! Mirrored files are `podpolicy.<name>.yaml` starting with [`MIRRORED_HEADER`]; only those are

@@ -1,4 +1,4 @@
-//! The event socket (design.md, "The event socket"; decisions.md 16).
+//! The event socket (docs/interfaces.md, "The event socket"; docs/decisions.md #16).
 //!
 //! Newline-delimited JSON both ways: a client sends exactly one request line and then reads. A
 //! `status` or `containers` request gets one JSON line and the close; an `events` request gets a
@@ -55,7 +55,7 @@ const HANGUP_PROBE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// How long a new connection has to send its request line (design: 5 s).
+    /// How long a new connection has to send its request line (docs/decisions.md #16: 5 s).
     pub request_timeout: Duration,
     /// Most events written to one client in one write.
     pub max_batch: usize,

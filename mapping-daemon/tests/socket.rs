@@ -20,7 +20,7 @@ use tokio::net::UnixStream;
 use tokio::sync::oneshot;
 use tokio::time::{sleep, timeout, Instant};
 
-/// Generous bound for anything that should happen "at once" (decisions.md 19).
+/// Generous bound for anything that should happen "at once" (docs/decisions.md #19).
 const WAIT: Duration = Duration::from_secs(10);
 
 struct FakeSource;

@@ -1,6 +1,7 @@
-//! podmap-nri's settings: flags and PODMAP_* environment variables (design.md), the
-//! NRI_PLUGIN_* environment of a pre-launched plugin, and the YAML configuration the runtime
-//! hands a pre-launched plugin in Configure (the same keys as the flags, decisions.md #21).
+//! podmap-nri's settings: flags and PODMAP_* environment variables (docs/interfaces.md,
+//! "podmap-nri"), the NRI_PLUGIN_* environment of a pre-launched plugin, and the YAML
+//! configuration the runtime hands a pre-launched plugin in Configure (the same keys as the
+//! flags, docs/decisions.md #21).
 
 use std::collections::BTreeMap;
 use std::os::fd::RawFd;
@@ -17,7 +18,7 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/podmap";
 pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
 pub const DEFAULT_LOG_FILE: &str = "/var/log/podmap/nri.log";
 pub const DEFAULT_GRACE_SECONDS: u64 = 30;
-/// The store lives here under the state directory (decisions.md #2).
+/// The store lives here under the state directory (docs/decisions.md #2).
 pub const STORE_SUBDIR: &str = "nri";
 
 #[derive(Debug, Clone, Parser)]
@@ -186,7 +187,8 @@ impl Settings {
     }
 
     /// A pre-launched plugin's fallback when its command line or environment cannot be used:
-    /// it must still register (decisions.md #21), so it runs on defaults and says so in the log.
+    /// it must still register (docs/decisions.md #21), so it runs on defaults and says so in
+    /// the log.
     pub fn prelaunched_defaults(env: &PreLaunchEnv) -> Settings {
         let args = Args::parse_from(["podmap-nri"]);
         let fd = env

@@ -45,8 +45,8 @@ pub enum ConnectError {
 }
 
 /// One connection's life: serve the `Plugin` service, register, serve until the runtime goes
-/// away. Registration comes first, before anything that can fail (decisions.md #21); a call that
-/// arrives while registering (Configure often does) is served concurrently.
+/// away. Registration comes first, before anything that can fail (docs/decisions.md #21); a call
+/// that arrives while registering (Configure often does) is served concurrently.
 pub async fn session<S>(
     socket: S,
     plugin: Arc<PodmapPlugin>,

@@ -1,6 +1,6 @@
 //! What podmap-nri does with the runtime's events: remember a container's metadata when it is
-//! created, map its cgroup when it starts (decisions.md #1), map pod sandboxes, start the grace
-//! period when the runtime removes them, rebuild and clean up at Synchronize.
+//! created, map its cgroup when it starts (docs/decisions.md #1), map pod sandboxes, start the
+//! grace period when the runtime removes them, rebuild and clean up at Synchronize.
 //!
 //! Synchronous and single-threaded (plugin.rs runs it on blocking threads, one call at a time,
 //! under one lock). Every outcome is counted in the shared counters, so `podmap status` shows

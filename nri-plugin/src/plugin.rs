@@ -1,10 +1,10 @@
 //! The `Plugin` service podmap-nri serves to the runtime.
 //!
-//! Every call is answered with success within [`REPLY_BOUND`] whatever happens (decisions.md
-//! #20): the work (map and store writes, cgroup lookups) runs on a blocking thread under the
-//! mapper's lock; a call whose work outlasts the bound is answered anyway and counted as a slow
-//! reply, and the work finishes in the background. Failures are logged and counted, never
-//! returned: an error status would fail the user's container.
+//! Every call is answered with success within [`REPLY_BOUND`] whatever happens
+//! (docs/decisions.md #20): the work (map and store writes, cgroup lookups) runs on a blocking
+//! thread under the mapper's lock; a call whose work outlasts the bound is answered anyway and
+//! counted as a slow reply, and the work finishes in the background. Failures are logged and
+//! counted, never returned: an error status would fail the user's container.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
@@ -28,7 +28,7 @@ use crate::logging::LogSink;
 use crate::mapper::Mapper;
 
 /// How long a call's work may take before the call is answered anyway. The runtime waits up to
-/// 2 s; podmap promises 50 ms (decisions.md #20). The rest of the 50 ms is for the transport
+/// 2 s; podmap promises 50 ms (docs/decisions.md #20). The rest of the 50 ms is for the transport
 /// and the scheduler of a busy node (seen: 11 ms on two cores both saturated). The work itself
 /// takes well under a millisecond when nothing is stuck.
 pub const REPLY_BOUND: Duration = Duration::from_millis(30);

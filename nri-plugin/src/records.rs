@@ -11,7 +11,7 @@ use podmap_bpf::cgroup::{parse_cgroups_path, CgroupLayout, NotationError};
 use podmap_bpf::{CgroupIds, ContainerId, ContainerMeta, PodUid};
 use podmap_proto::nri::api::{Container, PodSandbox};
 
-/// Label keys the runtime adds to a pod's own labels (decisions.md #8).
+/// Label keys the runtime adds to a pod's own labels (docs/decisions.md #8).
 const RUNTIME_LABEL_PREFIXES: [&str; 2] = ["io.kubernetes.", "io.cri-containerd."];
 
 /// Where containerd (and CRI-O) put a container's image name.

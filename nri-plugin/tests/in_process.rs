@@ -21,7 +21,7 @@ use podmap_proto::nri::api::{ContainerState, Event};
 use podmap_proto::nri::MAX_CHUNK_PAYLOAD;
 use std::sync::atomic::Ordering;
 
-/// What the runtime may wait for an answer, as podmap promises it (decisions.md #20).
+/// What the runtime may wait for an answer, as podmap promises it (docs/decisions.md #20).
 const ANSWER_BOUND: Duration = Duration::from_millis(50);
 
 fn meta_of(maps: &SharedMaps, id: u64) -> Option<ContainerMeta> {

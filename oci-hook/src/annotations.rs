@@ -251,7 +251,7 @@ fn labels_annotation(
 }
 
 /// The pod's own labels: keys the kubelet and runtimes add (`io.kubernetes.*`,
-/// `io.cri-containerd.*`) are not the user's (decisions.md 8).
+/// `io.cri-containerd.*`) are not the user's (docs/decisions.md #8).
 pub fn strip_runtime_labels(mut labels: BTreeMap<String, String>) -> BTreeMap<String, String> {
     labels.retain(|k, _| !k.starts_with("io.kubernetes.") && !k.starts_with("io.cri-containerd."));
     labels

@@ -1,6 +1,7 @@
-//! The hook's command line (design.md): every flag also comes from a PODMAP_* environment
-//! variable, because a runtime gives a hook no environment but the `env` list of its hooks.d
-//! entry, and tests and installers point all of podmap's binaries at one set of directories.
+//! The hook's command line (docs/interfaces.md): every flag also comes from an environment
+//! variable (PODMAP_*, and POD_NAMESPACE for `--own-namespace`), because a runtime gives a hook
+//! no environment but the `env` list of its hooks.d entry, and tests and installers point all
+//! of podmap's binaries at one set of directories.
 
 use std::path::PathBuf;
 use std::time::Duration;

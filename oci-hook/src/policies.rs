@@ -1,4 +1,4 @@
-//! Policy membership at creation (decisions.md 10 and 11): the container joins every policy of
+//! Policy membership at creation (docs/decisions.md #10, #11): the container joins every policy of
 //! the node's policy directory that selects it, before its record is written, so not even its
 //! first exec escapes a policy. Selection is proto/'s, shared with podmap-nri and podmapd;
 //! podmapd keeps memberships right afterwards (relabels, removals, policy changes).

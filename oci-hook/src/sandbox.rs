@@ -1,9 +1,9 @@
-//! A workload container's pod labels come from its sandbox (decisions.md 7: on CRI-O a workload
-//! container's annotations carry container labels). The sandbox's own createRuntime hook ran
-//! first and mapped it with the pod's labels, so its record is found, without any lock, in the
-//! pinned map: at the cgroup next to the container's (same parent, the sandbox's id in place of
-//! the container's), else by a scan of the map. The hook's store (behind its lock) is the last
-//! resort, after the map write.
+//! A workload container's pod labels come from its sandbox (docs/decisions.md #7: on CRI-O a
+//! workload container's annotations carry container labels). The sandbox's own createRuntime hook
+//! ran first and mapped it with the pod's labels, so its record is found, without any lock, in the
+//! pinned map: at the cgroup next to the container's (same parent, the sandbox's id in place of the
+//! container's), else by a scan of the map. The hook's store (behind its lock) is the last resort,
+//! after the map write.
 //!
 //! The record must be complete at the first map write: podmapd reads a cgroup's metadata once
 //! and re-validates it only every few seconds, so a rewrite would not be seen at once.

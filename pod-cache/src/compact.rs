@@ -1,9 +1,10 @@
 //! The cached form of a pod: only what events need, with repeated strings shared.
 //!
-//! Memory is the point (targets.md: at most 2 KiB per cached pod, against ~35 KiB for informers
-//! holding whole objects). Strings that repeat across pods (namespaces, label keys and values,
-//! images, container names, workload names and kinds) are interned: every pod of a Deployment
-//! shares one copy. Strings unique to a pod (uid, name, container ids) are stored once, unshared.
+//! Memory is the point (docs/performance.md: at most 2 KiB per cached pod, against ~35 KiB for
+//! informers holding whole objects). Strings that repeat across pods (namespaces, label keys and
+//! values, images, container names, workload names and kinds) are interned: every pod of a
+//! Deployment shares one copy. Strings unique to a pod (uid, name, container ids) are stored
+//! once, unshared.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;

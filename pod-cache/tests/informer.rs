@@ -2,7 +2,7 @@
 //! Gone, API server restarts, bad objects, garbage and hanging answers, bookmarks and watch
 //! timeouts. Every test runs on a current-thread runtime, as podmapd does.
 //!
-//! Timing: assertions wait with generous timeouts and check the outcome (decision 19).
+//! Timing: assertions wait with generous timeouts and check the outcome (docs/decisions.md #19).
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! Shared wire types of podmap: the events podmapd serves, the requests its socket accepts.
 //!
-//! This crate owns the JSON shape users and programs see (design.md, "Events" and "The event
-//! socket"). It knows nothing of eBPF, runtimes or Kubernetes clients.
+//! This crate owns the JSON shape users and programs see (docs/interfaces.md, "Events" and "The
+//! event socket"). It knows nothing of eBPF, runtimes or Kubernetes clients.
 
 pub mod event;
 pub mod policy;

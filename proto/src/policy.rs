@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 pub const API_VERSION: &str = "podmap.dev/v1alpha1";
 pub const KIND: &str = "PodPolicy";
 
-/// Files podmapd writes for the cluster's PodPolicy resources (decision 10) are named
+/// Files podmapd writes for the cluster's PodPolicy resources (docs/decisions.md #10) are named
 /// `podpolicy.<resource name>.yaml`...
 pub const MIRRORED_PREFIX: &str = "podpolicy.";
 /// ...and start with this line: podmapd only ever rewrites or removes files that carry it, so a
@@ -169,7 +169,7 @@ impl Action {
 }
 
 /// A policy's stable id: FNV-1a of its name, so every process computes the same id without
-/// talking to the others (decisions.md 11).
+/// talking to the others (docs/decisions.md #11).
 pub fn policy_id(name: &str) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
     for b in name.bytes() {

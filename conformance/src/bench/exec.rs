@@ -1,7 +1,7 @@
 //! `podmap-bench exec`: an exec storm from a fresh cgroup, measured with no tracer, with podmapd
 //! and one `podmap events` client, with a bpftrace one-liner printing each exec, and with
 //! libbpf-tools execsnoop (BCC's CO-RE port; BCC's Python tools cannot run here), side by side in
-//! one run (targets.md, "exec events").
+//! one run (docs/performance.md, "Exec events").
 //!
 //! One round runs every tracer once, in the order given (none, podmap, bpftrace, execsnoop by
 //! default), and the figures are medians over rounds, so drift over the run (other builds on the
@@ -1564,7 +1564,7 @@ impl Report {
         out += "\n";
         out += &render_bpf(&self.rows);
         out += &render_notes(&self.rows);
-        out += "\ntargets (targets.md, exec events):\n";
+        out += "\ntargets (docs/performance.md, exec events):\n";
         for t in &self.targets {
             let verdict = match t.pass {
                 Some(true) => "PASS",

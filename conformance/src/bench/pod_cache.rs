@@ -1,6 +1,6 @@
 //! Pod cache bench: memory per cached pod and relist time, at 1,000 and 10,000 pods, beside the
-//! reference of informers that hold whole Pod objects (targets.md: <= 2 KiB per pod against
-//! ~35 KiB; a relist of 10,000 pods in <= 1 s).
+//! reference of informers that hold whole Pod objects (docs/performance.md: <= 2 KiB per pod
+//! against ~35 KiB; a relist of 10,000 pods in <= 1 s).
 //!
 //! The pods are realistic Deployment pods (labels, annotations, owner reference, an init
 //! container and two containers, managed fields, conditions: ~7 KiB of JSON each) served by the

@@ -1,6 +1,6 @@
 //! `podmap-bench`: podmap's benchmark command (never a timed test). Each subcommand prints its
 //! figures next to a reference measured in the same run and the targets of
-//! /work/shared/targets.md; the work is in `podmap_conformance::bench`.
+//! docs/performance.md; the work is in `podmap_conformance::bench`.
 
 use std::process::ExitCode;
 

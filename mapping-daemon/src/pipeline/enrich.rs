@@ -14,7 +14,7 @@ use crate::clock::WallClock;
 use crate::policies::PolicyNames;
 use crate::procs::{exec_id, is_runtime_init, is_runtime_init_comm, ProcEntry, ProcTable};
 
-/// The process's cgroup id as design.md defines it: the id in the hierarchy its container was
+/// The process's cgroup id (docs/decisions.md #24): the id in the hierarchy its container was
 /// found in, else cgroup2 wherever the host has it, else the tracked v1 controller's.
 fn cgroup_id(ids: &podmap_task_ids, layout: &CgroupLayout) -> u64 {
     if ids.container_cgid != 0 {
