@@ -62,7 +62,13 @@ impl Daemon {
             },
             None => PinDir::new("podmap-test-daemon"),
         };
-        let node = unique_name("node");
+        // A name of the test's own unless the caller gives one (the demo gives the host's).
+        let node = opts
+            .env
+            .iter()
+            .find(|(k, _)| k == "NODE_NAME")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| unique_name("node"));
         let exe = crate::bins::path("podmapd");
         let mut cmd = crate::oci::Cgroups::pure_or_host(opts.pure_cgroup2).command(&exe);
         let logf = std::fs::File::create(&log).unwrap();
@@ -95,7 +101,9 @@ impl Daemon {
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            if UnixStream::connect(&self.socket).is_ok() {
+            // A real request: a bare connect-and-close counts as a client error in podmapd's
+            // status, which the demo shows to users.
+            if self.try_status().is_some() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -114,6 +122,15 @@ impl Daemon {
         s.write_all(b"\n").unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         BufReader::new(s)
+    }
+
+    fn try_status(&self) -> Option<Value> {
+        let mut s = UnixStream::connect(&self.socket).ok()?;
+        s.write_all(b"{\"status\": {}}\n").ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).ok()?;
+        serde_json::from_str(&line).ok()
     }
 
     pub fn status(&self) -> Value {

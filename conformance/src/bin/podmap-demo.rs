@@ -77,6 +77,7 @@ fn run_host(cli: &Cli) -> anyhow::Result<()> {
     let daemon = Daemon::start_with(DaemonOptions {
         pure_cgroup2: cli.pure_cgroup2,
         socket: Some(cli.socket.clone()),
+        env: vec![("NODE_NAME".into(), node_name())],
         ..Default::default()
     });
     interrupt::check()?;
@@ -96,7 +97,8 @@ fn run_host(cli: &Cli) -> anyhow::Result<()> {
 /// podmapd, a private containerd with podmap-nri, and a demo pod.
 fn run_pod(cli: &Cli) -> anyhow::Result<()> {
     eprintln!("podmap-demo: starting podmapd, containerd 1.7 (private) and podmap-nri ...");
-    let mut options = NodeOptions::new(cli.pure_cgroup2, PluginMode::External);
+    let mut options = NodeOptions::new(cli.pure_cgroup2, PluginMode::External)
+        .daemon_env("NODE_NAME", &node_name());
     options.daemon_socket = Some(cli.socket.clone());
     let node = Node::start(options)?;
     interrupt::check()?;
@@ -143,6 +145,15 @@ fn run_pod(cli: &Cli) -> anyhow::Result<()> {
     drop(pod);
     drop(node);
     Ok(())
+}
+
+/// Events and status name this host, as podmapd on a node names the node.
+fn node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 fn stop_hint(cli: &Cli) -> String {
