@@ -104,10 +104,13 @@ impl HookLog {
             .as_ref()
             .is_some_and(|mut f| f.write_all(line.as_bytes()).is_ok());
         if !written {
+            // Not eprint!: it panics when stderr is a closed pipe, and logging never fails the
+            // hook.
+            let mut err = std::io::stderr().lock();
             if let Some(e) = &self.open_error {
-                eprintln!("podmap-oci-hook: {e}");
+                let _ = writeln!(err, "podmap-oci-hook: {e}");
             }
-            eprint!("{line}");
+            let _ = err.write_all(line.as_bytes());
         }
     }
 }

@@ -17,7 +17,10 @@ pub fn arm(deadline: Instant, fire: impl FnOnce() -> i32 + Send + 'static) -> bo
             if deadline > now {
                 std::thread::sleep(deadline - now);
             }
-            let code = fire();
+            // `fire` decides the code before it logs, and catches its own panics; should it
+            // panic all the same, the process still ends now, and as a successful hook: nothing
+            // is known of the container then, so nothing says to fail it.
+            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(fire)).unwrap_or(0);
             // Ends every thread, including a main thread stuck in a system call.
             std::process::exit(code);
         })
