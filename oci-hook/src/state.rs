@@ -101,7 +101,12 @@ impl State {
         let id = match raw.remove("id") {
             Some(Value::String(s)) => s,
             Some(Value::Null) | None => return Err(StateError::MissingId),
-            Some(other) => return Err(StateError::BadId(other.to_string())),
+            Some(other) => {
+                // Shown in one log line: bounded like an invalid string id.
+                let mut shown = other.to_string();
+                podmap_bpf::truncate_str(&mut shown, 80);
+                return Err(StateError::BadId(shown));
+            }
         };
         if !valid_id(&id) {
             let mut shown = id;
@@ -230,6 +235,14 @@ mod tests {
                 }
                 other => panic!("shift {shift}: {other:?}"),
             }
+        }
+        // A non-string id is shown as its JSON, bounded the same way.
+        let input = serde_json::json!({"id": ["é".repeat(500)]}).to_string();
+        match State::parse(input.as_bytes()) {
+            Err(StateError::BadId(shown)) => {
+                assert!(shown.len() <= 80 && shown.starts_with("[\"éé"), "{shown:?}")
+            }
+            other => panic!("{other:?}"),
         }
     }
 
