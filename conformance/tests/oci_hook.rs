@@ -1253,3 +1253,52 @@ fn a_panic_exits_0_or_1_only_when_failing_closed_with_a_log_line_and_a_counter()
     assert_eq!(panic_lines(before).len(), 1, "{}", &hooks.log()[before..]);
     assert_eq!(hooks.counter(Counter::HookFailures), 2);
 }
+
+/// A log that would block (here a FIFO nobody reads in the log's place; in production a hung
+/// /var/log) never holds the hook past its bound: it exits 0 in time and the mapping is made.
+#[test]
+fn a_log_that_blocks_does_not_hold_the_hook_past_its_bound() {
+    let hooks = HookEnv::new("podmap-fifolog");
+    let fifo = hooks.scratch().join("fifo.log");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let cg = TestCgroup::new(&cgroup2_mount(), "podmap-hook-fifolog").unwrap();
+    let bundle = tempfile::tempdir().unwrap();
+    let (id, state) = sandbox_state(&Pod::new("fifolog", "prod"), &cg, bundle.path(), &[]);
+    let started = Instant::now();
+    let mut child = Command::new(podmap_conformance::oci::hook_binary())
+        .arg("create-runtime")
+        .env_clear()
+        .envs(hooks.env())
+        .env("PODMAP_TIMEOUT", format!("{}ms", LOCKED_BOUND.as_millis()))
+        .env("PODMAP_LOG_FILE", &fifo)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let _ = stdin.write_all(&state);
+    drop(stdin);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > LOCKED_BOUND + Duration::from_secs(2) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the hook outlived its bound, stuck on its log");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let took = started.elapsed();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{status:?}: {stderr}");
+    assert!(took < LOCKED_BOUND + Duration::from_millis(500), "{took:?}");
+    assert_eq!(hooks.mapped(&id).len(), 1, "mapped; stderr: {stderr}");
+    assert!(
+        stderr.contains("fifo.log"),
+        "the log's problem on stderr: {stderr}"
+    );
+}

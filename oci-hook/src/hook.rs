@@ -10,7 +10,7 @@
 
 use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use podmap_bpf::cgroup::CgroupLayout;
@@ -33,6 +33,7 @@ use crate::records::{this_boot, Apply};
 use crate::sandbox::{self, fill_from_sandbox};
 use crate::spool::Entry;
 use crate::state::{State, StateError};
+use crate::watchdog;
 
 /// How a run ended, for the exit code.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +62,8 @@ pub struct Hook {
     started: Instant,
     /// When the watchdog fires.
     pub(crate) deadline: Instant,
+    /// Between the deadline and the bound: the watchdog's report gets half of it.
+    margin: Duration,
     // Shared with the watchdog thread, which counts a timeout through the same maps.
     pub(crate) maps: Mutex<Option<SharedMaps>>,
     progress: Mutex<Progress>,
@@ -78,6 +81,7 @@ impl Hook {
             log,
             started,
             deadline,
+            margin,
             maps: Mutex::new(None),
             progress: Mutex::new(Progress {
                 stage,
@@ -209,8 +213,9 @@ impl Hook {
         i32::from(fail)
     }
 
-    /// Called by the watchdog at the deadline: logs, counts, and picks the exit code.
-    pub fn on_timeout(&self) -> i32 {
+    /// Called by the watchdog at the deadline: picks the exit code, then logs and counts, but
+    /// waits for that at most half the margin left before the bound (a hung log).
+    pub fn on_timeout(self: &Arc<Self>) -> i32 {
         // try_lock: the main thread may be stuck holding it.
         let p = self.progress.try_lock().map(|p| p.clone()).ok();
         let p = p.unwrap_or(Progress {
@@ -221,7 +226,8 @@ impl Hook {
             mapped: false,
         });
         let fail = self.fails_at(&p);
-        let _ = catch_unwind(AssertUnwindSafe(|| self.report_timeout(&p)));
+        let hook = Arc::clone(self);
+        watchdog::within(self.margin / 2, move || hook.report_timeout(&p));
         i32::from(fail)
     }
 

@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use podmap_oci_hook::hook::Hook;
@@ -28,7 +28,9 @@ fn main() -> ExitCode {
         ),
     };
     // Nothing is known yet, not even the log file's flag (a broken hooks.d entry): log where
-    // the environment or the default says, and let the container start.
+    // the environment or the default says, and let the container start, within the default
+    // bound (a hung /var/log).
+    watchdog::arm(started + DEFAULT_BOUND, || 0);
     let _ = std::panic::catch_unwind(|| {
         let path = std::env::var_os("PODMAP_LOG_FILE").unwrap_or(DEFAULT_LOG_FILE.into());
         HookLog::open(path.as_ref(), Level::Error, Stage::CreateRuntime).line(
@@ -39,6 +41,10 @@ fn main() -> ExitCode {
     });
     ExitCode::SUCCESS
 }
+
+/// The bound of a run whose --timeout is unknown (a bad command line), less the watchdog's
+/// margin.
+const DEFAULT_BOUND: Duration = Duration::from_millis(950);
 
 fn run(started: Instant) -> anyhow::Result<u8> {
     let opts = match Options::try_parse() {
@@ -54,11 +60,13 @@ fn run(started: Instant) -> anyhow::Result<u8> {
             anyhow::bail!("bad command line: {first}");
         }
     };
-    let log = HookLog::open(&opts.log_file, opts.log_level, opts.stage);
+    // The watchdog first, then the log: opening it can block on a hung filesystem.
+    let log = HookLog::new(&opts.log_file, opts.log_level, opts.stage);
     let hook = Arc::new(Hook::new(opts, log, started));
-
     let on_fire = Arc::clone(&hook);
-    if !watchdog::arm(hook.deadline(), move || on_fire.on_timeout()) {
+    let armed = watchdog::arm(hook.deadline(), move || on_fire.on_timeout());
+    hook.log().open_file();
+    if !armed {
         hook.log().line(
             Level::Warn,
             None,
