@@ -10,7 +10,7 @@
 
 use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
 use podmap_bpf::cgroup::CgroupLayout;
@@ -217,7 +217,7 @@ impl Hook {
     /// waits for that at most half the margin left before the bound (a hung log).
     pub fn on_timeout(self: &Arc<Self>) -> i32 {
         // try_lock: the main thread may be stuck holding it.
-        let p = self.progress.try_lock().map(|p| p.clone()).ok();
+        let p = try_lock(&self.progress).map(|p| p.clone());
         let p = p.unwrap_or(Progress {
             stage: self.opts.stage,
             step: "an unknown step",
@@ -246,20 +246,11 @@ impl Hook {
         // The main thread may hold the maps (stuck in a map syscall): try briefly, then give up
         // on the counter rather than on the bound.
         for _ in 0..10 {
-            match self.maps.try_lock() {
-                Ok(maps) => {
-                    if let Some(m) = maps.as_ref() {
-                        m.counters().add(Counter::HookTimeouts, 1);
-                    }
-                    break;
+            if let Some(maps) = try_lock(&self.maps) {
+                if let Some(m) = maps.as_ref() {
+                    m.counters().add(Counter::HookTimeouts, 1);
                 }
-                Err(std::sync::TryLockError::Poisoned(maps)) => {
-                    if let Some(m) = maps.into_inner().as_ref() {
-                        m.counters().add(Counter::HookTimeouts, 1);
-                    }
-                    break;
-                }
-                Err(std::sync::TryLockError::WouldBlock) => {}
+                break;
             }
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -653,6 +644,16 @@ impl Hook {
             }
         }
         (!ids.is_empty()).then_some(ids)
+    }
+}
+
+/// The lock unless another thread holds it; a poisoned one too (a panic mid-update leaves
+/// the data as usable as the edge needs it).
+fn try_lock<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
+    match m.try_lock() {
+        Ok(g) => Some(g),
+        Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
     }
 }
 
