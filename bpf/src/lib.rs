@@ -18,7 +18,9 @@ pub mod store;
 pub mod testing;
 
 pub use maps::{Counters, MapsError, Record, RecordFlags, SharedMaps, Writer};
-pub use record::{CgroupId, CgroupIds, CgroupKey, ContainerId, ContainerMeta, Hierarchy, PodUid};
+pub use record::{
+    truncate_str, CgroupId, CgroupIds, CgroupKey, ContainerId, ContainerMeta, Hierarchy, PodUid,
+};
 
 /// Where the pinned maps live unless told otherwise (docs/decisions.md #23).
 pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/podmap";

@@ -1073,3 +1073,233 @@ fn the_watchdog_ends_a_stuck_hook_within_its_bound() {
     assert!(hooks.log().contains("timed out after"), "{}", hooks.log());
     assert_eq!(hooks.counter(Counter::HookTimeouts), timeouts + 1);
 }
+
+/// A sandbox with a working cgroup and `pod`'s annotations; returns its id and state.
+fn sandbox_state(
+    pod: &Pod,
+    cg: &TestCgroup,
+    bundle: &std::path::Path,
+    extra: &[(&str, String)],
+) -> (String, Vec<u8>) {
+    let id = container_id("pod");
+    let mut ann = pod.sandbox_annotations(&id);
+    ann.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    std::fs::write(
+        bundle.join("config.json"),
+        json!({"linux": {"cgroupsPath": format!("/{}", cg.rel.display())}, "annotations": ann})
+            .to_string(),
+    )
+    .unwrap();
+    let state = json!({"ociVersion": "1.0.2-dev", "id": id, "status": "creating", "pid": 0,
+                       "bundle": path_str(bundle)});
+    (id, state.to_string().into_bytes())
+}
+
+/// Names of multi-byte characters too long for the map's record (issue 12, item 9): before,
+/// cutting them split a character, the hook panicked and exited 101, which runc and crun take
+/// as a failed createRuntime. Now the record is cut at character boundaries and mapped.
+#[test]
+fn multi_byte_names_past_the_record_limit_are_cut_and_mapped() {
+    let hooks = HookEnv::new("podmap-multibyte");
+    let cg = TestCgroup::new(&cgroup2_mount(), "podmap-hook-multibyte").unwrap();
+    let bundle = tempfile::tempdir().unwrap();
+    // 253 bytes (the cut of a pod name) falls inside an 'é'.
+    let pod = Pod {
+        name: "é".repeat(3_000),
+        ..Pod::new("multibyte", "prod")
+    };
+    let image = "é".repeat(3_000);
+    let (id, state) = sandbox_state(
+        &pod,
+        &cg,
+        bundle.path(),
+        &[("io.kubernetes.cri-o.ImageName", image.clone())],
+    );
+    let run = hooks.run(&["create-runtime"], &state);
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "{run:?}\nhook log:\n{}",
+        hooks.log()
+    );
+    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+    let mapped = hooks.mapped(&id);
+    assert_eq!(mapped.len(), 1, "mapped; log:\n{}", hooks.log());
+    let meta = &mapped[0].1;
+    assert_eq!(
+        meta.pod_name,
+        "é".repeat(126),
+        "cut to 252 bytes, whole characters"
+    );
+    assert_eq!(meta.namespace, "prod");
+    assert!(image.starts_with(&meta.image) && meta.image.len() <= 256);
+    assert!(!hooks.log().contains("panicked"), "{}", hooks.log());
+}
+
+/// A hook's store (sled) whose blob files are gone: sled panics in `open`, which every poststop
+/// and the first createRuntime on new pins reach.
+fn corrupt_store(hooks: &HookEnv) {
+    let store = Store::open(&hooks.store_path()).unwrap();
+    // Small and large values in turn: the large ones go to sled's blob files, and with enough
+    // of them (40 here, found by trying) some of the tree's own pages do too.
+    for i in 0..60 {
+        let mut meta = podmap_bpf::ContainerMeta {
+            container_id: podmap_bpf::ContainerId(container_id("big")),
+            ..Default::default()
+        };
+        let size = if i % 2 == 0 { 300 } else { 200_000 };
+        meta.labels.insert("big".into(), "x".repeat(size));
+        store
+            .put(&podmap_bpf::store::ContainerRecord {
+                meta,
+                ids: Default::default(),
+                boot_id: "b".into(),
+                created_ns: 1,
+                removed_ns: None,
+            })
+            .unwrap();
+    }
+    store.flush().unwrap();
+    drop(store);
+    let blobs = hooks.store_path().join("blobs");
+    let mut removed = 0;
+    for f in std::fs::read_dir(&blobs).unwrap() {
+        std::fs::remove_file(f.unwrap().path()).unwrap();
+        removed += 1;
+    }
+    assert!(
+        removed > 0,
+        "sled wrote no blob file under {}",
+        blobs.display()
+    );
+}
+
+/// A panic anywhere in the hook (here sled's, on a corrupt store) is caught at its edge: exit 0,
+/// or 1 only for an unmapped container of a fail-closed namespace; one log line names the panic;
+/// hook_failures counts it; nothing on stderr but the fail-closed notice.
+#[test]
+fn a_panic_exits_0_or_1_only_when_failing_closed_with_a_log_line_and_a_counter() {
+    let mut hooks = HookEnv::new("podmap-panic");
+    hooks.extra = vec![("PODMAP_FAIL_CLOSED_NAMESPACES".into(), "prod".into())];
+    corrupt_store(&hooks);
+    let not_bpffs = tempfile::tempdir().unwrap();
+    let cg = TestCgroup::new(&cgroup2_mount(), "podmap-hook-panic").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let panic_lines = |from: usize| {
+        hooks.log()[from..]
+            .lines()
+            .filter(|l| l.contains(" ERROR ") && l.contains("panicked"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+
+    // New pins: createRuntime maps, then applies the store's queue and sled panics. Mapped, so
+    // it starts even in a fail-closed namespace. (No counter read before: that would make the
+    // pins.)
+    let bundle = dir.path().join("mapped");
+    std::fs::create_dir_all(&bundle).unwrap();
+    let (id, state) = sandbox_state(&Pod::new("panic", "prod"), &cg, &bundle, &[]);
+    let run = hooks.run(&["create-runtime"], &state);
+    assert_eq!(run.status.code(), Some(0), "{run:?}\n{}", hooks.log());
+    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+    assert_eq!(hooks.mapped(&id).len(), 1, "{}", hooks.log());
+    let lines = panic_lines(0);
+    assert_eq!(lines.len(), 1, "one line names the panic:\n{}", hooks.log());
+    assert!(
+        lines[0].contains("tried to serialize Uninitialized") && lines[0].contains("is mapped"),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(hooks.counter(Counter::HookFailures), 1);
+
+    // No maps (not bpffs), so nothing is mapped, and the store panics: only the fail-closed
+    // namespace fails.
+    for (ns, code) in [("prod", 1), ("dev", 0)] {
+        let before = hooks.log().len();
+        let bundle = dir.path().join(ns);
+        std::fs::create_dir_all(&bundle).unwrap();
+        let (_, state) = sandbox_state(&Pod::new("panic", ns), &cg, &bundle, &[]);
+        let run = hooks.run_with(
+            &["create-runtime"],
+            &state,
+            &[(
+                "PODMAP_BPFFS_DIR",
+                &path_str(&not_bpffs.path().join("pins")),
+            )],
+        );
+        assert_eq!(
+            run.status.code(),
+            Some(code),
+            "{ns}: {run:?}\n{}",
+            hooks.log()
+        );
+        assert!(!run.stderr.contains("panicked"), "{ns}: {}", run.stderr);
+        assert_eq!(
+            run.stderr.contains("fails closed"),
+            code == 1,
+            "{}",
+            run.stderr
+        );
+        let lines = panic_lines(before);
+        assert_eq!(lines.len(), 1, "{ns}:\n{}", &hooks.log()[before..]);
+        assert!(lines[0].contains("is not mapped"), "{}", lines[0]);
+    }
+
+    // poststop always applies the queue: sled panics again, and the run still exits 0.
+    let before = hooks.log().len();
+    let stopped = json!({"id": id, "status": "stopped"}).to_string();
+    let run = hooks.run(&["poststop"], stopped.as_bytes());
+    assert_eq!(run.status.code(), Some(0), "{run:?}\n{}", hooks.log());
+    assert!(run.stderr.is_empty(), "{}", run.stderr);
+    assert_eq!(panic_lines(before).len(), 1, "{}", &hooks.log()[before..]);
+    assert_eq!(hooks.counter(Counter::HookFailures), 2);
+}
+
+/// A log that would block (here a FIFO nobody reads in the log's place; in production a hung
+/// /var/log) never holds the hook past its bound: it exits 0 in time and the mapping is made.
+#[test]
+fn a_log_that_blocks_does_not_hold_the_hook_past_its_bound() {
+    let hooks = HookEnv::new("podmap-fifolog");
+    let fifo = hooks.scratch().join("fifo.log");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let cg = TestCgroup::new(&cgroup2_mount(), "podmap-hook-fifolog").unwrap();
+    let bundle = tempfile::tempdir().unwrap();
+    let (id, state) = sandbox_state(&Pod::new("fifolog", "prod"), &cg, bundle.path(), &[]);
+    let started = Instant::now();
+    let mut child = Command::new(podmap_conformance::oci::hook_binary())
+        .arg("create-runtime")
+        .env_clear()
+        .envs(hooks.env())
+        .env("PODMAP_TIMEOUT", format!("{}ms", LOCKED_BOUND.as_millis()))
+        .env("PODMAP_LOG_FILE", &fifo)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let _ = stdin.write_all(&state);
+    drop(stdin);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > LOCKED_BOUND + Duration::from_secs(2) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the hook outlived its bound, stuck on its log");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let took = started.elapsed();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{status:?}: {stderr}");
+    assert!(took < LOCKED_BOUND + Duration::from_millis(500), "{took:?}");
+    assert_eq!(hooks.mapped(&id).len(), 1, "mapped; stderr: {stderr}");
+    assert!(
+        stderr.contains("fifo.log"),
+        "the log's problem on stderr: {stderr}"
+    );
+}

@@ -8,7 +8,9 @@
 //! Nothing here fails the container: every problem is one log line and a shared counter, and
 //! the outcome only decides the exit code for fail-closed namespaces.
 
-use std::sync::Mutex;
+use std::io::Write;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
 use podmap_bpf::cgroup::CgroupLayout;
@@ -25,11 +27,13 @@ use crate::log::HookLog;
 use crate::membership::{self, ProcCgroups};
 use crate::meta::container_meta;
 use crate::options::{Level, Options, Stage};
+use crate::panics;
 use crate::policies;
 use crate::records::{this_boot, Apply};
 use crate::sandbox::{self, fill_from_sandbox};
 use crate::spool::Entry;
 use crate::state::{State, StateError};
+use crate::watchdog;
 
 /// How a run ended, for the exit code.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +62,8 @@ pub struct Hook {
     started: Instant,
     /// When the watchdog fires.
     pub(crate) deadline: Instant,
+    /// Between the deadline and the bound: the watchdog's report gets half of it.
+    margin: Duration,
     // Shared with the watchdog thread, which counts a timeout through the same maps.
     pub(crate) maps: Mutex<Option<SharedMaps>>,
     progress: Mutex<Progress>,
@@ -75,6 +81,7 @@ impl Hook {
             log,
             started,
             deadline,
+            margin,
             maps: Mutex::new(None),
             progress: Mutex::new(Progress {
                 stage,
@@ -132,26 +139,85 @@ impl Hook {
         }
     }
 
+    /// Runs `run` (the stage, [`Hook::run`]) and returns the process's exit code. A panic in it
+    /// ends here as a failure like any other: one log line, counted, and the exit code of
+    /// a container in the state the run reached (non-zero only for an unmapped container of a
+    /// fail-closed namespace at createRuntime).
+    pub fn guard(&self, run: impl FnOnce() -> Outcome) -> i32 {
+        match catch_unwind(AssertUnwindSafe(run)) {
+            Ok(outcome) => self.exit_code(&outcome),
+            Err(payload) => self.on_panic(&panics::describe(&*payload)),
+        }
+    }
+
     /// The process's exit code: non-zero only for an unmapped container in a fail-closed
     /// namespace (never podmap's own).
     pub fn exit_code(&self, outcome: &Outcome) -> i32 {
         match outcome {
             Outcome::NotMapped { namespace } if self.opts.fails_closed(namespace.as_deref()) => {
-                eprintln!(
-                    "podmap-oci-hook: the container could not be mapped and namespace {} fails \
-                     closed (see {})",
-                    namespace.as_deref().unwrap_or_default(),
-                    self.opts.log_file.display()
-                );
+                self.fail_closed_notice(namespace.as_deref());
                 1
             }
             _ => 0,
         }
     }
 
-    /// Called by the watchdog at the deadline: logs, counts, and picks the exit code.
-    pub fn on_timeout(&self) -> i32 {
-        let p = self.progress.try_lock().map(|p| p.clone()).ok();
+    /// The runtime shows a failed hook's stderr with the container's error. Written without
+    /// `eprintln!`, which panics when stderr is a closed pipe.
+    fn fail_closed_notice(&self, namespace: Option<&str>) {
+        let _ = writeln!(
+            std::io::stderr(),
+            "podmap-oci-hook: the container could not be mapped and namespace {} fails closed \
+             (see {})",
+            namespace.unwrap_or_default(),
+            self.opts.log_file.display()
+        );
+    }
+
+    /// Where the run got to, also after a panic in the middle of an update.
+    fn progress(&self) -> Progress {
+        self.progress
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Whether a run that stopped at `p` (a timeout, a panic) fails the container: only an
+    /// unmapped one at createRuntime in a fail-closed namespace.
+    fn fails_at(&self, p: &Progress) -> bool {
+        p.stage != Stage::Poststop && !p.mapped && self.opts.fails_closed(p.namespace.as_deref())
+    }
+
+    /// A panic caught at the edge: logs, counts, and picks the exit code.
+    fn on_panic(&self, what: &str) -> i32 {
+        let p = self.progress();
+        let fail = self.fails_at(&p);
+        // The code is decided; nothing below may change it, not even a second panic.
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            self.log.line(
+                Level::Error,
+                p.container.as_deref(),
+                format_args!(
+                    "panicked while {}: {what}; the container {} mapped; exiting {} (a bug in \
+                     podmap-oci-hook or what it links: please report it with this line)",
+                    p.step,
+                    if p.mapped { "is" } else { "is not" },
+                    i32::from(fail)
+                ),
+            );
+            self.count(Counter::HookFailures);
+            if fail {
+                self.fail_closed_notice(p.namespace.as_deref());
+            }
+        }));
+        i32::from(fail)
+    }
+
+    /// Called by the watchdog at the deadline: picks the exit code, then logs and counts, but
+    /// waits for that at most half the margin left before the bound (a hung log).
+    pub fn on_timeout(self: &Arc<Self>) -> i32 {
+        // try_lock: the main thread may be stuck holding it.
+        let p = try_lock(&self.progress).map(|p| p.clone());
         let p = p.unwrap_or(Progress {
             stage: self.opts.stage,
             step: "an unknown step",
@@ -159,6 +225,13 @@ impl Hook {
             namespace: None,
             mapped: false,
         });
+        let fail = self.fails_at(&p);
+        let hook = Arc::clone(self);
+        watchdog::within(self.margin / 2, move || hook.report_timeout(&p));
+        i32::from(fail)
+    }
+
+    fn report_timeout(&self, p: &Progress) {
         self.log.line(
             Level::Error,
             p.container.as_deref(),
@@ -173,7 +246,7 @@ impl Hook {
         // The main thread may hold the maps (stuck in a map syscall): try briefly, then give up
         // on the counter rather than on the bound.
         for _ in 0..10 {
-            if let Ok(maps) = self.maps.try_lock() {
+            if let Some(maps) = try_lock(&self.maps) {
                 if let Some(m) = maps.as_ref() {
                     m.counters().add(Counter::HookTimeouts, 1);
                 }
@@ -181,29 +254,22 @@ impl Hook {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        let fail = p.stage != Stage::Poststop
-            && !p.mapped
-            && self.opts.fails_closed(p.namespace.as_deref());
-        i32::from(fail)
     }
 
+    // Locks below take over a poisoned lock: after a panic the edge still logs where the run
+    // was and counts it.
     pub(crate) fn step(&self, step: &'static str) {
-        if let Ok(mut p) = self.progress.lock() {
-            p.step = step;
-        }
+        self.with_progress(|p| p.step = step);
     }
 
     fn with_progress(&self, f: impl FnOnce(&mut Progress)) {
-        if let Ok(mut p) = self.progress.lock() {
-            f(&mut p);
-        }
+        f(&mut self.progress.lock().unwrap_or_else(PoisonError::into_inner));
     }
 
     pub(crate) fn count(&self, c: Counter) {
-        if let Ok(maps) = self.maps.lock() {
-            if let Some(m) = maps.as_ref() {
-                m.counters().add(c, 1);
-            }
+        let maps = self.maps.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(m) = maps.as_ref() {
+            m.counters().add(c, 1);
         }
     }
 
@@ -232,7 +298,10 @@ impl Hook {
     }
 
     pub(crate) fn has_maps(&self) -> bool {
-        self.maps.lock().map(|m| m.is_some()).unwrap_or(false)
+        self.maps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
     }
 
     fn bad_input(&self, id: Option<&str>, counted: &mut bool, msg: std::fmt::Arguments<'_>) {
@@ -575,5 +644,122 @@ impl Hook {
             }
         }
         (!ids.is_empty()).then_some(ids)
+    }
+}
+
+/// The lock unless another thread holds it; a poisoned one too (a panic mid-update leaves
+/// the data as usable as the edge needs it).
+fn try_lock<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
+    match m.try_lock() {
+        Ok(g) => Some(g),
+        Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// A hook whose maps cannot open (no bpffs under a temp dir) and whose log is a temp file.
+    fn hook(dir: &std::path::Path, args: &[&str]) -> Hook {
+        let mut argv = vec!["podmap-oci-hook".to_string()];
+        for (flag, sub) in [
+            ("--bpffs-dir", "pins"),
+            ("--state-dir", "state"),
+            ("--log-file", "hook.log"),
+        ] {
+            argv.push(flag.into());
+            argv.push(dir.join(sub).display().to_string());
+        }
+        argv.extend(
+            [
+                "--fail-closed-namespaces",
+                "prod,podmap",
+                "--own-namespace",
+                "podmap",
+            ]
+            .map(String::from),
+        );
+        argv.extend(args.iter().map(|a| a.to_string()));
+        let opts = Options::try_parse_from(argv).unwrap();
+        let log = HookLog::open(&opts.log_file, Level::Info, opts.stage);
+        Hook::new(opts, log, Instant::now())
+    }
+
+    /// A panic ends at the edge with the exit code of a failure at the same point: non-zero
+    /// only for an unmapped container of a fail-closed namespace at createRuntime (never
+    /// podmap's own namespace), one log line naming the panic and where the run was.
+    #[test]
+    fn a_panic_exits_like_a_failure_at_the_same_point() {
+        let cases = [
+            ("create-runtime", Some("prod"), false, 1),
+            ("create-runtime", Some("prod"), true, 0),
+            ("create-runtime", Some("dev"), false, 0),
+            ("create-runtime", Some("podmap"), false, 0),
+            ("create-runtime", None, false, 0),
+            ("poststop", Some("prod"), false, 0),
+        ];
+        for (i, (stage, ns, mapped, want)) in cases.into_iter().enumerate() {
+            let dir = tempfile::tempdir().unwrap();
+            let h = hook(dir.path(), &[stage]);
+            let code = h.guard(|| {
+                h.with_progress(|p| {
+                    p.container = Some(format!("c{i}"));
+                    p.namespace = ns.map(str::to_owned);
+                    p.mapped = mapped;
+                });
+                h.step("testing the edge");
+                panic!("boom {i}")
+            });
+            let case = format!("{stage} {ns:?} mapped={mapped}");
+            assert_eq!(code, want, "{case}");
+            let log = std::fs::read_to_string(dir.path().join("hook.log")).unwrap();
+            let lines: Vec<&str> = log.lines().filter(|l| l.contains("panicked")).collect();
+            assert_eq!(lines.len(), 1, "{case}: {log}");
+            assert!(
+                lines[0].contains(" ERROR ")
+                    && lines[0].contains(&format!("id=c{i}: panicked while testing the edge"))
+                    && lines[0].contains(&format!("\"boom {i}\""))
+                    && lines[0].contains(if mapped { "is mapped" } else { "is not mapped" })
+                    && lines[0].contains(&format!("exiting {want}")),
+                "{case}: {}",
+                lines[0]
+            );
+        }
+    }
+
+    /// A panic in the middle of an update of the run's progress (its lock poisoned) still ends
+    /// as a logged failure with the right code.
+    #[test]
+    fn a_panic_holding_the_progress_lock_is_still_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = hook(dir.path(), &["create-runtime"]);
+        let code = h.guard(|| {
+            let mut p = h.progress.lock().unwrap();
+            p.namespace = Some("prod".into());
+            p.step = "half way";
+            panic!("while holding the lock")
+        });
+        assert_eq!(code, 1);
+        let log = std::fs::read_to_string(dir.path().join("hook.log")).unwrap();
+        assert!(
+            log.contains("panicked while half way: \"while holding the lock\""),
+            "{log}"
+        );
+    }
+
+    /// No panic: the outcome's own exit code.
+    #[test]
+    fn an_outcome_passes_through_the_edge() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = hook(dir.path(), &["create-runtime"]);
+        let not_mapped = |ns: &str| Outcome::NotMapped {
+            namespace: Some(ns.into()),
+        };
+        assert_eq!(h.guard(|| not_mapped("prod")), 1);
+        assert_eq!(h.guard(|| not_mapped("dev")), 0);
+        assert_eq!(h.guard(|| Outcome::Mapped), 0);
     }
 }

@@ -7,7 +7,8 @@
 //! shared counters. The modules follow the run: `options` (command line), `state` (stdin),
 //! `bundle` (config.json), `annotations` (Kubernetes metadata), `membership` (the cgroup),
 //! `meta` (the record), `sandbox` (a workload's pod labels), `policies` (memberships), `hook`
-//! (the stages), `records` and `spool` (the store, queued), `log`, `watchdog`.
+//! (the stages), `records` and `spool` (the store, queued), `log`, `watchdog` (the time bound)
+//! and `panics` (a panic ends at the edge, not as exit status 101).
 
 pub mod annotations;
 pub mod bundle;
@@ -16,6 +17,7 @@ pub mod log;
 pub mod membership;
 pub mod meta;
 pub mod options;
+pub mod panics;
 pub mod policies;
 pub mod records;
 pub mod sandbox;

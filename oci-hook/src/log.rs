@@ -1,31 +1,50 @@
 //! The hook's log file: one line per problem (and per mapping at `debug`), appended with a single
 //! write so lines of hooks running at once never interleave. A log that cannot be opened falls
-//! back to stderr, which runtimes keep; logging never fails the hook.
+//! back to stderr, which runtimes keep; logging never fails the hook, nor holds it past its
+//! bound: the file is opened after the watchdog is armed, never through a symbolic link, and
+//! never as something an open or a write could block on (a FIFO).
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::Path;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::options::{Level, Stage};
 
 pub struct HookLog {
-    file: Option<File>,
+    path: PathBuf,
+    /// Set once opened ([`HookLog::open_file`]); lines before, or after a failed open, go to
+    /// stderr. A cell, so that the watchdog can log while the main thread is stuck opening.
+    file: OnceLock<File>,
     level: Level,
     /// The stage, known for `auto` only once the state is read.
     stage: AtomicU8,
-    /// Why the file could not be opened (reported once, on stderr, with the first line).
-    open_error: Option<String>,
+    /// Why the file could not be opened (on stderr, with each line).
+    open_error: OnceLock<String>,
 }
 
 /// A log past this size is moved to `<log>.1` (replacing the previous one) by the next run that
 /// opens it: at most twice this much on disk, however many containers a node runs.
 pub const MAX_LOG_BYTES: u64 = 8 * 1024 * 1024;
 
+/// Opens the log file itself: not a symbolic link (whoever can write the log's directory must
+/// not be able to point the hook's writes at another host file) and not a FIFO or device, which
+/// could block the hook or be written to no purpose. O_NONBLOCK makes opening a FIFO fail
+/// rather than wait for a reader; on a regular file it changes nothing.
 fn open_append(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path)
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    Ok(file)
 }
 
 /// Opens the log, rotating it first when it grew past [`MAX_LOG_BYTES`]. Two hooks crossing the
@@ -43,22 +62,42 @@ fn open_rotating(path: &Path) -> std::io::Result<File> {
 }
 
 impl HookLog {
+    /// A log to `path`, not opened yet: lines go to stderr until [`HookLog::open_file`].
+    pub fn new(path: &Path, level: Level, stage: Stage) -> HookLog {
+        HookLog {
+            path: path.to_owned(),
+            file: OnceLock::new(),
+            level,
+            stage: AtomicU8::new(stage as u8),
+            open_error: OnceLock::new(),
+        }
+    }
+
     /// Opens `path` for appending, creating its directory.
     pub fn open(path: &Path, level: Level, stage: Stage) -> HookLog {
+        let log = HookLog::new(path, level, stage);
+        log.open_file();
+        log
+    }
+
+    /// Opens the file (creating its directory, rotating it). Can block on a hung filesystem:
+    /// the hook calls it once its watchdog runs.
+    pub fn open_file(&self) {
+        let path = &self.path;
         let res = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .map_or(Ok(()), std::fs::create_dir_all)
             .and_then(|()| open_rotating(path));
-        let (file, open_error) = match res {
-            Ok(f) => (Some(f), None),
-            Err(e) => (None, Some(format!("log file {}: {e}", path.display()))),
-        };
-        HookLog {
-            file,
-            level,
-            stage: AtomicU8::new(stage as u8),
-            open_error,
+        match res {
+            Ok(f) => {
+                let _ = self.file.set(f);
+            }
+            Err(e) => {
+                let _ = self
+                    .open_error
+                    .set(format!("log file {}: {e}", path.display()));
+            }
         }
     }
 
@@ -101,13 +140,16 @@ impl HookLog {
         line.push('\n');
         let written = self
             .file
-            .as_ref()
+            .get()
             .is_some_and(|mut f| f.write_all(line.as_bytes()).is_ok());
         if !written {
-            if let Some(e) = &self.open_error {
-                eprintln!("podmap-oci-hook: {e}");
+            // Not eprint!: it panics when stderr is a closed pipe, and logging never fails the
+            // hook.
+            let mut err = std::io::stderr().lock();
+            if let Some(e) = self.open_error.get() {
+                let _ = writeln!(err, "podmap-oci-hook: {e}");
             }
-            eprint!("{line}");
+            let _ = err.write_all(line.as_bytes());
         }
     }
 }
@@ -156,6 +198,47 @@ mod tests {
             std::fs::read(dir.path().join("hook.log.1")).unwrap().len(),
             big.len()
         );
+    }
+
+    /// A writable log directory must not let anyone point the log at another file: a symlink
+    /// in the log's place is not followed (the line goes to stderr), nor moved aside.
+    #[test]
+    fn a_symlinked_log_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let host_file = dir.path().join("host-file");
+        std::fs::write(&host_file, "precious\n").unwrap();
+        let path = dir.path().join("hook.log");
+        std::os::unix::fs::symlink(&host_file, &path).unwrap();
+        let log = HookLog::open(&path, Level::Info, Stage::Poststop);
+        log.line(Level::Error, None, format_args!("not for the host file"));
+        assert_eq!(std::fs::read_to_string(&host_file).unwrap(), "precious\n");
+        assert!(std::fs::symlink_metadata(&path).unwrap().is_symlink());
+        assert!(!dir.path().join("hook.log.1").exists());
+        let err = log.open_error.get().cloned().unwrap_or_default();
+        assert!(err.contains("symbolic links"), "{err}");
+    }
+
+    /// Something in the log's place that would block the open (a FIFO nobody reads) is
+    /// refused at once: the hook's bound does not depend on the log.
+    #[test]
+    fn a_log_that_would_block_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hook.log");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let log = HookLog::open(&path, Level::Info, Stage::Poststop);
+            log.line(Level::Error, None, format_args!("to stderr"));
+            let _ = tx.send(log.open_error.get().cloned());
+        });
+        let err = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("opening a FIFO as the log blocked");
+        assert!(err.is_some_and(|e| e.contains("hook.log")));
     }
 
     #[test]

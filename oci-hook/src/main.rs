@@ -1,34 +1,50 @@
 //! `podmap-oci-hook [flags] create-runtime|poststop`, the OCI state on stdin. Exits 0 whatever
-//! goes wrong, within --timeout, except for unmapped containers of fail-closed namespaces.
+//! goes wrong, within --timeout, except for unmapped containers of fail-closed namespaces. A
+//! panic is no exception: it is caught here, never the runtime's exit status 101.
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use podmap_oci_hook::hook::Hook;
 use podmap_oci_hook::log::HookLog;
 use podmap_oci_hook::options::{Level, Options, Stage, DEFAULT_LOG_FILE};
-use podmap_oci_hook::{state, watchdog};
+use podmap_oci_hook::{panics, state, watchdog};
 
 fn main() -> ExitCode {
     // The create-to-mapping-ready clock starts here.
     let started = Instant::now();
-    match run(started) {
-        Ok(code) => ExitCode::from(code),
-        Err(e) => {
-            // Nothing is known yet, not even the log file's flag (a broken hooks.d entry): log
-            // where the environment or the default says, and let the container start.
-            let path = std::env::var_os("PODMAP_LOG_FILE").unwrap_or(DEFAULT_LOG_FILE.into());
-            HookLog::open(path.as_ref(), Level::Error, Stage::CreateRuntime).line(
-                Level::Error,
-                None,
-                format_args!("{e:#}; nothing done"),
-            );
-            ExitCode::SUCCESS
-        }
-    }
+    panics::install_quiet_hook();
+    // The run catches panics of the stage itself (it knows the container then); this catches
+    // the rest: the command line, opening the log, starting the watchdog.
+    let res = std::panic::catch_unwind(|| run(started));
+    let failure = match res {
+        Ok(Ok(code)) => return ExitCode::from(code),
+        Ok(Err(e)) => format!("{e:#}; nothing done"),
+        Err(payload) => format!(
+            "panicked before the run started: {}; nothing done",
+            panics::describe(&*payload)
+        ),
+    };
+    // Nothing is known yet, not even the log file's flag (a broken hooks.d entry): log where
+    // the environment or the default says, and let the container start, within the default
+    // bound (a hung /var/log).
+    watchdog::arm(started + DEFAULT_BOUND, || 0);
+    let _ = std::panic::catch_unwind(|| {
+        let path = std::env::var_os("PODMAP_LOG_FILE").unwrap_or(DEFAULT_LOG_FILE.into());
+        HookLog::open(path.as_ref(), Level::Error, Stage::CreateRuntime).line(
+            Level::Error,
+            None,
+            format_args!("{failure}"),
+        );
+    });
+    ExitCode::SUCCESS
 }
+
+/// The bound of a run whose --timeout is unknown (a bad command line), less the watchdog's
+/// margin.
+const DEFAULT_BOUND: Duration = Duration::from_millis(950);
 
 fn run(started: Instant) -> anyhow::Result<u8> {
     let opts = match Options::try_parse() {
@@ -44,11 +60,13 @@ fn run(started: Instant) -> anyhow::Result<u8> {
             anyhow::bail!("bad command line: {first}");
         }
     };
-    let log = HookLog::open(&opts.log_file, opts.log_level, opts.stage);
+    // The watchdog first, then the log: opening it can block on a hung filesystem.
+    let log = HookLog::new(&opts.log_file, opts.log_level, opts.stage);
     let hook = Arc::new(Hook::new(opts, log, started));
-
     let on_fire = Arc::clone(&hook);
-    if !watchdog::arm(hook.deadline(), move || on_fire.on_timeout()) {
+    let armed = watchdog::arm(hook.deadline(), move || on_fire.on_timeout());
+    hook.log().open_file();
+    if !armed {
         hook.log().line(
             Level::Warn,
             None,
@@ -56,6 +74,6 @@ fn run(started: Instant) -> anyhow::Result<u8> {
         );
     }
     // Read under the watchdog: a runtime that never closes stdin is bounded too.
-    let outcome = hook.run(|| state::read_input(std::io::stdin().lock()));
-    Ok(hook.exit_code(&outcome) as u8)
+    let code = hook.guard(|| hook.run(|| state::read_input(std::io::stdin().lock())));
+    Ok(u8::try_from(code).unwrap_or(1))
 }

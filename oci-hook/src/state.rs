@@ -101,11 +101,16 @@ impl State {
         let id = match raw.remove("id") {
             Some(Value::String(s)) => s,
             Some(Value::Null) | None => return Err(StateError::MissingId),
-            Some(other) => return Err(StateError::BadId(other.to_string())),
+            Some(other) => {
+                // Shown in one log line: bounded like an invalid string id.
+                let mut shown = other.to_string();
+                podmap_bpf::truncate_str(&mut shown, 80);
+                return Err(StateError::BadId(shown));
+            }
         };
         if !valid_id(&id) {
             let mut shown = id;
-            shown.truncate(80);
+            podmap_bpf::truncate_str(&mut shown, 80);
             return Err(StateError::BadId(shown));
         }
         Ok(State {
@@ -214,6 +219,30 @@ mod tests {
                 "{:?}: {e:?} lacks {want:?}",
                 String::from_utf8_lossy(input)
             );
+        }
+    }
+
+    /// An invalid id is shown cut to 80 bytes, at a character boundary whatever it holds.
+    #[test]
+    fn a_multi_byte_invalid_id_is_shown_cut() {
+        for shift in 0..4 {
+            let id = format!("/{}{}", "x".repeat(shift), "😀é€".repeat(100));
+            let input = serde_json::json!({"id": id}).to_string();
+            match State::parse(input.as_bytes()) {
+                Err(StateError::BadId(shown)) => {
+                    assert!(shown.len() <= 80 && shown.len() > 76, "{shown:?}");
+                    assert!(id.starts_with(&shown), "{shown:?}");
+                }
+                other => panic!("shift {shift}: {other:?}"),
+            }
+        }
+        // A non-string id is shown as its JSON, bounded the same way.
+        let input = serde_json::json!({"id": ["é".repeat(500)]}).to_string();
+        match State::parse(input.as_bytes()) {
+            Err(StateError::BadId(shown)) => {
+                assert!(shown.len() <= 80 && shown.starts_with("[\"éé"), "{shown:?}")
+            }
+            other => panic!("{other:?}"),
         }
     }
 
