@@ -1,17 +1,30 @@
 #!/usr/bin/env bash
-# Fetches containerd 1.7 (the NRI-capable release) from Debian trixie into a private prefix and
-# prints the prefix. bookworm's own containerd is 1.6, which has no ttrpc NRI. Nothing
-# system-wide changes: apt runs with its own sources list, lists and cache under the cache dir,
-# only downloads, and the package is unpacked with `dpkg -x`. runc stays bookworm's (trixie's
-# needs a newer glibc). Cached: a second run prints the prefix without touching the network.
+# Fetches containerd with NRI from Debian into a private prefix and prints the prefix: the 1.7
+# series from trixie (the default) or the 2.1 series from forky. bookworm's own containerd is
+# 1.6, which has no ttrpc NRI. Nothing system-wide changes: apt runs with its own sources list,
+# lists and cache under the cache dir, only downloads, and the package is unpacked with
+# `dpkg -x`. runc stays bookworm's (trixie's and forky's need glibc 2.38; bookworm has 2.36).
+# Cached: a second run prints the prefix without touching the network.
 #
-# Usage: scripts/fetch-containerd.sh [CACHE_DIR]   (default $PODMAP_CONTAINERD_CACHE, else
-# /var/cache/podmap-conformance: outside the repository, so `git clean` keeps it). Needs root.
+# Usage: scripts/fetch-containerd.sh [--series 1.7|2.1] [CACHE_DIR]
+#   CACHE_DIR defaults to $PODMAP_CONTAINERD_CACHE, else /var/cache/podmap-conformance: outside
+#   the repository, so `git clean` keeps it. Needs root.
 set -euo pipefail
 
-cache="${1:-${PODMAP_CONTAINERD_CACHE:-/var/cache/podmap-conformance}}"
 series=1.7
-suite=trixie
+if [ "${1:-}" = "--series" ]; then
+  series="${2:?--series takes 1.7 or 2.1}"
+  shift 2
+fi
+case "$series" in
+  1.7) suite=trixie ;;
+  2.1) suite=forky ;;
+  *)
+    echo "fetch-containerd: series $series is not one of 1.7 (trixie) and 2.1 (forky)" >&2
+    exit 2
+    ;;
+esac
+cache="${1:-${PODMAP_CONTAINERD_CACHE:-/var/cache/podmap-conformance}}"
 mirror="${PODMAP_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 prefix="$cache/containerd-$series"
 

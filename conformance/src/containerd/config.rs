@@ -1,11 +1,14 @@
-//! containerd's configuration (version 2) for one private instance: its own root, state,
-//! sockets, NRI socket and plugin dirs, CNI dirs and runc root, so instances run side by side
-//! and beside a system containerd. Everything in it was checked against containerd 1.7.24 on
-//! these hosts (Debian bookworm, no systemd, root without CAP_SYS_RESOURCE); the comments say why.
+//! containerd's configuration for one private instance: its own root, state, sockets, NRI socket
+//! and plugin dirs, CNI dirs and runc root, so instances run side by side and beside a system
+//! containerd. Version 2 for containerd 1.7, version 3 (the CRI plugin split into `images` and
+//! `runtime`) for 2.1, each read natively, with the same settings. Everything in them was checked
+//! against containerd 1.7.24 and 2.1.9 on these hosts (Debian bookworm, no systemd, root without
+//! CAP_SYS_RESOURCE); the comments say why.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::fetch::Series;
 use super::images::PAUSE_IMAGE;
 
 /// Where one instance keeps everything, all under its work dir.
@@ -66,6 +69,7 @@ impl Layout {
 /// What varies between instances besides paths.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    pub series: Series,
     /// The runc binary containerd's shim runs (bookworm's, or the pure-cgroup2 wrapper).
     pub runc: PathBuf,
     pub nri_registration_timeout: Duration,
@@ -83,6 +87,118 @@ fn go_duration(d: Duration) -> String {
 }
 
 pub fn render(l: &Layout, s: &Settings) -> String {
+    match s.series {
+        Series::V1_7 => render_v2(l, s),
+        Series::V2_1 => render_v3(l, s),
+    }
+}
+
+/// The NRI section: the same keys in both versions.
+fn nri(l: &Layout, s: &Settings) -> String {
+    format!(
+        r#"  disable = false
+  disable_connections = false
+  socket_path = {nri_socket}
+  plugin_path = {nri_plugins}
+  plugin_config_path = {nri_conf}
+  plugin_registration_timeout = "{reg}"
+  plugin_request_timeout = "{req}"
+"#,
+        nri_socket = q(&l.nri_socket),
+        nri_plugins = q(&l.nri_plugins),
+        nri_conf = q(&l.nri_conf),
+        reg = go_duration(s.nri_registration_timeout),
+        req = go_duration(s.nri_request_timeout),
+    )
+}
+
+/// containerd 2.1: version 3. NRI is on by default there; it is set as for 1.7 all the same.
+fn render_v3(l: &Layout, s: &Settings) -> String {
+    format!(
+        r#"version = 3
+root = {root}
+state = {state}
+# Plugins these tests never use, or that cannot work here (no btrfs, zfs, devmapper, erofs):
+# skipping them keeps start-up short and avoids /opt/containerd.
+disabled_plugins = [
+  "io.containerd.internal.v1.opt",
+  "io.containerd.internal.v1.tracing",
+  "io.containerd.tracing.processor.v1.otlp",
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.snapshotter.v1.blockfile",
+  "io.containerd.snapshotter.v1.erofs",
+  "io.containerd.differ.v1.erofs",
+]
+
+[grpc]
+  address = {socket}
+
+[ttrpc]
+  address = {ttrpc}
+
+[debug]
+  level = "info"
+
+[plugins."io.containerd.nri.v1.nri"]
+{nri}
+# The transfer service, which CRI's image and sandbox plugins need, needs a verifier plugin:
+# pointed at an empty private dir, it verifies nothing and touches nothing outside the work dir.
+[plugins."io.containerd.image-verifier.v1.bindir"]
+  bin_dir = {verifiers}
+
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "overlayfs"
+
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = "{PAUSE_IMAGE}"
+
+[plugins."io.containerd.cri.v1.runtime"]
+  # Required here: without it the sandbox fails with runc's "can't get final child's PID
+  # from pipe: EOF" (no CAP_SYS_RESOURCE).
+  restrict_oom_score_adj = true
+  disable_apparmor = true
+  enable_selinux = false
+  enable_cdi = false
+
+  # Host-network pods only: an empty CNI configuration is enough.
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = [{cni_bin}]
+    conf_dir = {cni_conf}
+
+  [plugins."io.containerd.cri.v1.runtime".containerd]
+    default_runtime_name = "runc"
+
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+        BinaryName = {runc}
+        Root = {runc_root}
+        # No systemd on these hosts: cgroupfs paths.
+        SystemdCgroup = false
+
+[plugins."io.containerd.grpc.v1.cri"]
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+"#,
+        root = q(&l.root),
+        state = q(&l.state),
+        socket = q(&l.socket),
+        ttrpc = q(l.socket.with_extension("sock.ttrpc")),
+        nri = nri(l, s),
+        verifiers = q(l.work.join("image-verifiers")),
+        cni_bin = q(&l.cni_bin),
+        cni_conf = q(&l.cni_conf),
+        runc = q(&s.runc),
+        runc_root = q(&l.runc_root),
+    )
+}
+
+/// containerd 1.7: version 2.
+fn render_v2(l: &Layout, s: &Settings) -> String {
     format!(
         r#"version = 2
 root = {root}
@@ -110,14 +226,7 @@ disabled_plugins = [
 
 # 1.7 ships NRI disabled.
 [plugins."io.containerd.nri.v1.nri"]
-  disable = false
-  disable_connections = false
-  socket_path = {nri_socket}
-  plugin_path = {nri_plugins}
-  plugin_config_path = {nri_conf}
-  plugin_registration_timeout = "{reg}"
-  plugin_request_timeout = "{req}"
-
+{nri}
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{PAUSE_IMAGE}"
   # Required here: without it the sandbox fails with runc's "can't get final child's PID
@@ -150,11 +259,7 @@ disabled_plugins = [
         state = q(&l.state),
         socket = q(&l.socket),
         ttrpc = q(l.socket.with_extension("sock.ttrpc")),
-        nri_socket = q(&l.nri_socket),
-        nri_plugins = q(&l.nri_plugins),
-        nri_conf = q(&l.nri_conf),
-        reg = go_duration(s.nri_registration_timeout),
-        req = go_duration(s.nri_request_timeout),
+        nri = nri(l, s),
         cni_bin = q(&l.cni_bin),
         cni_conf = q(&l.cni_conf),
         runc = q(&s.runc),

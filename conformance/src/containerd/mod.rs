@@ -1,5 +1,5 @@
-//! A real containerd 1.7 with NRI, private to one test: fetched from Debian trixie into a cached
-//! prefix ([`fetch`]), configured with its own root, state, sockets, NRI socket and plugin dirs
+//! A real containerd with NRI (1.7 or 2.1, [`Series`]), private to one test: fetched from Debian
+//! into a cached prefix ([`fetch`]), configured with its own root, state, sockets, NRI socket and plugin dirs
 //! and runc root ([`config`]), fed locally built images ([`images`]), driven through CRI as
 //! kubelet drives it ([`cri`]), with podmap-nri beside it ([`plugin`]), and torn down with
 //! everything it left ([`teardown`]) even when the test fails.
@@ -32,6 +32,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use podmap_bpf::testing::unique_name;
 
 pub use cri::{ContainerSpec, Cri, PodSpec};
+pub use fetch::Series;
 pub use node::{Node, NodeOptions, PluginMode};
 pub use plugin::{NriPlugin, PluginSetup};
 
@@ -51,6 +52,8 @@ pub struct Prelaunched {
 
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// Which containerd.
+    pub series: Series,
     /// Run in a private mount namespace with cgroup2 mounted at /sys/fs/cgroup.
     pub pure_cgroup2: bool,
     /// NRI's per-call deadline (containerd's default: 2 s).
@@ -63,6 +66,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
+            series: Series::default(),
             pure_cgroup2: false,
             nri_request_timeout: Duration::from_secs(2),
             nri_registration_timeout: Duration::from_secs(5),
@@ -89,7 +93,7 @@ impl Containerd {
     pub fn start(options: Options) -> Result<Containerd> {
         static SWEEP: std::sync::Once = std::sync::Once::new();
         SWEEP.call_once(teardown::sweep_stale_instances);
-        let prefix = fetch::prefix()?;
+        let prefix = fetch::prefix(options.series)?;
         let work = tempfile::Builder::new()
             .prefix(teardown::WORK_PREFIX)
             .tempdir()
@@ -104,6 +108,7 @@ impl Containerd {
             PathBuf::from("/usr/sbin/runc")
         };
         let settings = config::Settings {
+            series: options.series,
             runc,
             nri_registration_timeout: options.nri_registration_timeout,
             nri_request_timeout: options.nri_request_timeout,
@@ -162,6 +167,20 @@ impl Containerd {
                 bail!("containerd exited ({status}); log:\n{}", self.log_text());
             }
             match self.cri.version() {
+                // A test named for a series runs that series, or fails saying which it got.
+                Ok(v)
+                    if !v
+                        .runtime_version
+                        .starts_with(&format!("{}.", self.options.series)) =>
+                {
+                    bail!(
+                        "asked for containerd {}, {} answers as {} {}",
+                        self.options.series,
+                        self.prefix.display(),
+                        v.runtime_name,
+                        v.runtime_version
+                    )
+                }
                 Ok(_) => return Ok(()),
                 Err(e) if Instant::now() > deadline => {
                     bail!(

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use podmap_bpf::{CgroupKey, SharedMaps};
 
 use super::plugin::{NriPlugin, PluginSetup};
-use super::{Containerd, Options};
+use super::{Containerd, Options, Series};
 use crate::daemon::{Daemon, DaemonOptions};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +25,7 @@ pub enum PluginMode {
 
 #[derive(Debug, Clone)]
 pub struct NodeOptions {
+    pub series: Series,
     pub pure_cgroup2: bool,
     pub plugin: PluginMode,
     pub nri_request_timeout: Duration,
@@ -37,12 +38,18 @@ pub struct NodeOptions {
 impl NodeOptions {
     pub fn new(pure_cgroup2: bool, plugin: PluginMode) -> Self {
         NodeOptions {
+            series: Series::default(),
             pure_cgroup2,
             plugin,
             nri_request_timeout: Options::default().nri_request_timeout,
             daemon_env: Vec::new(),
             daemon_socket: None,
         }
+    }
+
+    pub fn series(mut self, series: Series) -> Self {
+        self.series = series;
+        self
     }
 
     pub fn daemon_env(mut self, key: &str, value: &str) -> Self {
@@ -81,6 +88,7 @@ impl Node {
         setup.pins = daemon.pins.path.clone();
         let from_start = 0;
         let ctrd = Containerd::start(Options {
+            series: opts.series,
             pure_cgroup2: opts.pure_cgroup2,
             nri_request_timeout: opts.nri_request_timeout,
             prelaunched: (opts.plugin == PluginMode::Prelaunched)
