@@ -1,8 +1,10 @@
-//! podmap-nri against a real containerd 1.7 with NRI, driven through CRI as kubelet drives it,
-//! with the real podmapd reporting what the kernel saw. Each test runs its own podmapd (private
-//! pins and socket), its own containerd (own root, state, sockets, runc root, cgroup parent) and
-//! its own plugin state, on this hybrid host and in a pure cgroup2 mount namespace; everything
-//! is torn down on drop, also when an assertion fails. Runs as root.
+//! podmap-nri against a real containerd with NRI, driven through CRI as kubelet drives it, with
+//! the real podmapd reporting what the kernel saw. Every test runs four times: on containerd 1.7
+//! (Debian trixie, NRI v0.6, config version 2) and 2.1 (Debian forky, its bundled NRI, config
+//! version 3), each on this hybrid host and in a pure cgroup2 mount namespace; both series run
+//! bookworm's runc. Each test runs its own podmapd (private pins and socket), its own containerd
+//! (own root, state, sockets, runc root, cgroup parent) and its own plugin state; everything is
+//! torn down on drop, also when an assertion fails. Runs as root.
 //!
 //! Timing words of the issue ("within a second") are bench targets: these tests wait with
 //! generous timeouts and assert outcomes.
@@ -16,7 +18,7 @@ use podmap_bpf::CgroupKey;
 use podmap_conformance::containerd::events as ev;
 use podmap_conformance::containerd::{
     images, teardown, ContainerSpec, Containerd, Node, NodeOptions, NriPlugin, Options, PluginMode,
-    Pod, PodSpec,
+    Pod, PodSpec, Series,
 };
 use podmap_conformance::daemon::{kubeconfig, EventStream};
 use podmap_pod_cache::testing::{Resource, TestApiServer};
@@ -27,17 +29,28 @@ const WAIT: Duration = Duration::from_secs(30);
 /// Slack on top of the runtime's own NRI timeout for a create+start on a busy 2-core machine.
 const SLACK: Duration = Duration::from_secs(10);
 
-/// Runs a suite on this host's hybrid layout and in a pure cgroup2 mount namespace.
+/// Runs a suite on containerd 1.7 and 2.1, each on this host's hybrid layout and in a pure
+/// cgroup2 mount namespace.
 macro_rules! on_both_layouts {
     ($suite:ident) => {
         mod $suite {
+            use podmap_conformance::containerd::Series;
+
             #[test]
-            fn hybrid() -> anyhow::Result<()> {
-                super::$suite(false)
+            fn containerd_1_7_hybrid() -> anyhow::Result<()> {
+                super::$suite(Series::V1_7, false)
             }
             #[test]
-            fn pure_cgroup2() -> anyhow::Result<()> {
-                super::$suite(true)
+            fn containerd_1_7_pure_cgroup2() -> anyhow::Result<()> {
+                super::$suite(Series::V1_7, true)
+            }
+            #[test]
+            fn containerd_2_1_hybrid() -> anyhow::Result<()> {
+                super::$suite(Series::V2_1, false)
+            }
+            #[test]
+            fn containerd_2_1_pure_cgroup2() -> anyhow::Result<()> {
+                super::$suite(Series::V2_1, true)
             }
         }
     };
@@ -123,14 +136,14 @@ fn entrypoint_exec_checked(node: &Node, pod_name: &str) -> Result<()> {
     Ok(())
 }
 
-fn entrypoint_exec_is_attributed(pure: bool) -> Result<()> {
-    let node = Node::start(NodeOptions::new(pure, PluginMode::External))?;
+fn entrypoint_exec_is_attributed(series: Series, pure: bool) -> Result<()> {
+    let node = Node::start(NodeOptions::new(pure, PluginMode::External).series(series))?;
     entrypoint_exec_checked(&node, "web-7d9c")
 }
 on_both_layouts!(entrypoint_exec_is_attributed);
 
-fn two_hundred_short_lived_processes_are_all_attributed(pure: bool) -> Result<()> {
-    let node = Node::start(NodeOptions::new(pure, PluginMode::External))?;
+fn two_hundred_short_lived_processes_are_all_attributed(series: Series, pure: bool) -> Result<()> {
+    let node = Node::start(NodeOptions::new(pure, PluginMode::External).series(series))?;
     let spec = pod_spec("burst").label("app", "burst");
     let mut stream = stream_of(&node, &spec);
     let pod = node.ctrd.run_pod(spec)?;
@@ -175,8 +188,11 @@ fn two_hundred_short_lived_processes_are_all_attributed(pure: bool) -> Result<()
 }
 on_both_layouts!(two_hundred_short_lived_processes_are_all_attributed);
 
-fn init_and_two_containers_and_the_pause_process_are_told_apart(pure: bool) -> Result<()> {
-    let node = Node::start(NodeOptions::new(pure, PluginMode::External))?;
+fn init_and_two_containers_and_the_pause_process_are_told_apart(
+    series: Series,
+    pure: bool,
+) -> Result<()> {
+    let node = Node::start(NodeOptions::new(pure, PluginMode::External).series(series))?;
     let spec = pod_spec("multi-5f6b").label("app", "multi");
     let mut stream = stream_of(&node, &spec);
     let pod = node.ctrd.run_pod(spec)?;
@@ -259,8 +275,11 @@ fn init_and_two_containers_and_the_pause_process_are_told_apart(pure: bool) -> R
 }
 on_both_layouts!(init_and_two_containers_and_the_pause_process_are_told_apart);
 
-fn containers_created_before_the_plugin_are_mapped_through_synchronize(pure: bool) -> Result<()> {
-    let mut node = Node::start(NodeOptions::new(pure, PluginMode::Later))?;
+fn containers_created_before_the_plugin_are_mapped_through_synchronize(
+    series: Series,
+    pure: bool,
+) -> Result<()> {
+    let mut node = Node::start(NodeOptions::new(pure, PluginMode::Later).series(series))?;
     let pod = node
         .ctrd
         .run_pod(pod_spec("early-1").label("app", "early"))?;
@@ -298,8 +317,8 @@ fn timed_pod<'a>(ctrd: &'a Containerd, name: &str) -> Result<(Pod<'a>, Duration)
     Ok((pod, t.elapsed()))
 }
 
-fn creation_survives_a_stopped_hung_or_crashing_plugin(pure: bool) -> Result<()> {
-    let mut node = Node::start(NodeOptions::new(pure, PluginMode::External))?;
+fn creation_survives_a_stopped_hung_or_crashing_plugin(series: Series, pure: bool) -> Result<()> {
+    let mut node = Node::start(NodeOptions::new(pure, PluginMode::External).series(series))?;
     let budget = node.ctrd.options.nri_request_timeout + SLACK;
 
     // Stopped.
@@ -347,16 +366,17 @@ fn creation_survives_a_stopped_hung_or_crashing_plugin(pure: bool) -> Result<()>
 }
 on_both_layouts!(creation_survives_a_stopped_hung_or_crashing_plugin);
 
-fn prelaunched_plugin_registers_and_maps(pure: bool) -> Result<()> {
-    let node = Node::start(NodeOptions::new(pure, PluginMode::Prelaunched))?;
+fn prelaunched_plugin_registers_and_maps(series: Series, pure: bool) -> Result<()> {
+    let node = Node::start(NodeOptions::new(pure, PluginMode::Prelaunched).series(series))?;
     entrypoint_exec_checked(&node, "prelaunched")
 }
 on_both_layouts!(prelaunched_plugin_registers_and_maps);
 
 /// The harness itself, without the plugin: pods run in the layout asked for, and nothing of a
 /// containerd instance survives it.
-fn the_harness_runs_pods_and_leaves_nothing_behind(pure: bool) -> Result<()> {
+fn the_harness_runs_pods_and_leaves_nothing_behind(series: Series, pure: bool) -> Result<()> {
     let ctrd = Containerd::start(Options {
+        series,
         pure_cgroup2: pure,
         ..Default::default()
     })?;
@@ -399,8 +419,8 @@ on_both_layouts!(the_harness_runs_pods_and_leaves_nothing_behind);
 /// A policy naming a pod's entrypoint binary stops it at its first exec (the exec never
 /// completes and its policy event names the pod), while the same image in a namespace the policy
 /// does not select runs freely. Membership is written by podmap-nri before the container starts.
-fn a_policy_stops_the_entrypoint_only_in_selected_pods(pure: bool) -> Result<()> {
-    let node = Node::start(NodeOptions::new(pure, PluginMode::External))?;
+fn a_policy_stops_the_entrypoint_only_in_selected_pods(series: Series, pure: bool) -> Result<()> {
+    let node = Node::start(NodeOptions::new(pure, PluginMode::External).series(series))?;
     let selected = pod_spec("guarded").label("app", "guarded");
     let free = pod_spec("free").label("app", "guarded");
     std::fs::write(
@@ -455,8 +475,8 @@ on_both_layouts!(a_policy_stops_the_entrypoint_only_in_selected_pods);
 /// An open rule stops a read of a named path inside selected pods only: the process is killed at
 /// its open, and the policy event names the pod; the same command elsewhere gets to open (and,
 /// the path being absent from the image, fails with an ordinary error).
-fn an_open_rule_stops_reads_only_in_selected_pods(pure: bool) -> Result<()> {
-    let node = Node::start(NodeOptions::new(pure, PluginMode::External))?;
+fn an_open_rule_stops_reads_only_in_selected_pods(series: Series, pure: bool) -> Result<()> {
+    let node = Node::start(NodeOptions::new(pure, PluginMode::External).series(series))?;
     let selected = pod_spec("reader").label("app", "reader");
     let free = pod_spec("reader").label("app", "reader");
     std::fs::write(
@@ -551,13 +571,14 @@ fn exec_until(ctrd: &Containerd, cid: &str, killed: bool, since: Instant) -> Res
 /// a PodPolicy resource added on the API server (podmapd mirrors it into the policy directory),
 /// the pod's labels changed there (out of the selector and back in), and the resource removed.
 /// Each is seen by an exec into the running container.
-fn policy_changes_reach_running_containers(pure: bool) -> Result<()> {
+fn policy_changes_reach_running_containers(series: Series, pure: bool) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     let server = runtime.block_on(TestApiServer::start());
     let tmp = tempfile::tempdir()?;
     let kc = kubeconfig(tmp.path(), &server.url());
     let node = Node::start(
         NodeOptions::new(pure, PluginMode::External)
+            .series(series)
             .daemon_env("PODMAP_KUBECONFIG", &kc.display().to_string()),
     )?;
     let spec = pod_spec("shop").label("app", "shop");
