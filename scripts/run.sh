@@ -5,11 +5,12 @@
 #
 #   scripts/run.sh          the real thing: podmapd, a private containerd 1.7 with NRI (fetched once
 #                           from Debian trixie into /var/cache/podmap-conformance, nothing
-#                           system-wide replaced), podmap-nri, and a demo pod driven through CRI as
+#                           system-wide replaced; --containerd 2.1: Debian forky's 2.1), podmap-nri, and a demo pod driven through CRI as
 #                           kubelet would; the pod's enriched events stream
 #   scripts/run.sh --host   podmapd alone on this host: every exec and exit, attributed
 #
-# More options (--duration SECONDS, --pure-cgroup2, --socket PATH): target/release/podmap-demo --help
+# More options (--containerd 1.7|2.1, --duration SECONDS, --pure-cgroup2, --socket PATH):
+# target/release/podmap-demo --help
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,10 +27,7 @@ if [ ! -x target/release/podmap-demo ]; then
 fi
 cargo build --release $(printf -- '--bin %s ' "${bins[@]}")
 
-case " $* " in
-  *" --host "*) ;;
-  *) scripts/fetch-containerd.sh >/dev/null ;;
-esac
+# The demo fetches the containerd it runs on first use (scripts/fetch-containerd.sh), cached.
 # The end-to-end test of this command (conformance/tests/first_run.rs) runs this binary with
 # the same arguments.
 exec target/release/podmap-demo "$@"

@@ -48,7 +48,17 @@ fn run_sh_execs_the_demo_with_its_own_arguments() {
 
 #[test]
 fn demo_pod_streams_until_ctrl_c_then_leaves_nothing() {
-    let mut demo = Demo::start(&[]);
+    demo_pod(&[], "containerd 1.7.");
+}
+
+#[test]
+fn demo_pod_on_containerd_2_1_streams_until_ctrl_c_then_leaves_nothing() {
+    demo_pod(&["--containerd", "2.1"], "containerd 2.1.");
+}
+
+/// The demo pod's run, with `args`, on the containerd that stderr names as `runtime`.
+fn demo_pod(args: &[&str], runtime: &str) {
+    let mut demo = Demo::start(args);
     let lines = demo.stdout_until(START, 3, |l| {
         l.split_whitespace()
             .nth(2)
@@ -68,6 +78,8 @@ fn demo_pod_streams_until_ctrl_c_then_leaves_nothing() {
     );
     let status = run_hint(hints.iter().find(|h| h.contains(" status ")).unwrap());
     assert_status_of_this_host(&status);
+    let stderr = demo.stderr_text();
+    assert!(stderr.contains(runtime), "not on {runtime}: {stderr}");
 
     let outcome = demo.interrupt();
     outcome.assert_clean(&lines);

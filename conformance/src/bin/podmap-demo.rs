@@ -1,5 +1,5 @@
 //! `podmap-demo`: the real thing in one command (`scripts/run.sh` runs it). Starts podmapd, a
-//! private containerd 1.7 with NRI, and podmap-nri; streams the demo namespace's enriched events
+//! private containerd with NRI (1.7 unless `--containerd 2.1`), and podmap-nri; streams the demo namespace's enriched events
 //! with `podmap events -o compact`; then runs a demo pod through CRI, as kubelet would, whose
 //! containers exec a few programs every few seconds. With `--host`, podmapd alone streams every
 //! exec and exit on the host. Ctrl-C (or SIGTERM, or --duration) tears all of it down: pod,
@@ -14,7 +14,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use podmap_conformance::bins;
 use podmap_conformance::containerd::{
-    interrupt, ContainerSpec, Node, NodeOptions, PluginMode, PodSpec,
+    interrupt, ContainerSpec, Node, NodeOptions, PluginMode, PodSpec, Series,
 };
 use podmap_conformance::daemon::{Daemon, DaemonOptions};
 
@@ -33,6 +33,9 @@ struct Cli {
     /// No containerd: podmapd alone, streaming every exec and exit on this host.
     #[arg(long)]
     host: bool,
+    /// The containerd series to run: 1.7 (Debian trixie) or 2.1 (Debian forky).
+    #[arg(long, default_value = "1.7", conflicts_with = "host")]
+    containerd: Series,
     /// podmapd's socket for the demo: `podmap status --socket PATH` reaches it from another shell.
     /// Its own directory, so the demo never touches an installed podmapd's socket.
     #[arg(
@@ -96,8 +99,12 @@ fn run_host(cli: &Cli) -> anyhow::Result<()> {
 
 /// podmapd, a private containerd with podmap-nri, and a demo pod.
 fn run_pod(cli: &Cli) -> anyhow::Result<()> {
-    eprintln!("podmap-demo: starting podmapd, containerd 1.7 (private) and podmap-nri ...");
+    eprintln!(
+        "podmap-demo: starting podmapd, containerd {} (private) and podmap-nri ...",
+        cli.containerd
+    );
     let mut options = NodeOptions::new(cli.pure_cgroup2, PluginMode::External)
+        .series(cli.containerd)
         .daemon_env("NODE_NAME", &node_name());
     options.daemon_socket = Some(cli.socket.clone());
     let node = Node::start(options)?;
