@@ -223,7 +223,7 @@ fn probes(files: &[(String, String)]) -> BTreeSet<String> {
     let mut out = BTreeSet::from(["/".to_string(), "/zz".to_string()]);
     let mut base = BTreeSet::new();
     for (_, text) in files {
-        for token in text.split(|c| matches!(c, '[' | ']' | ',' | ' ' | '\n')) {
+        for token in text.split(['[', ']', ',', ' ', '\n']) {
             if token.starts_with('/') {
                 base.insert(token.to_string());
             }
