@@ -264,7 +264,13 @@ fn over_limits(rules: &[KernelRule], limits: Limits) -> bool {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(400))]
+    // Failures are reported with their minimal input; an integration test has no source file
+    // proptest could keep them next to.
+    #![proptest_config(ProptestConfig {
+        cases: 400,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn the_compiled_tables_match_the_longest_prefix_oracle(files in files(), limits in limits()) {
