@@ -315,4 +315,97 @@ mod tests {
         assert_eq!(KERNEL_RULE_REFS, RULE_REFS);
         assert_eq!(KERNEL_MAX_ENTRIES, MAX_RULES as usize);
     }
+
+    /// What the kernel's own longest-prefix lookup finds in the tables podmapd writes is what
+    /// the compiler's model says (proto/tests/policy_compiler.rs checks the compiler against
+    /// that model): exact keys end with the NUL, prefixes are component-wise, open rules of
+    /// every access kind share an entry.
+    #[test]
+    fn the_kernel_finds_every_rule_that_names_a_path() {
+        use podmap_bpf::policy_maps::RuleTable;
+        use podmap_proto::policy::{policy_id, Candidates, Limits};
+        let mut c = Candidates::default();
+        let doc = |name: &str, rules: &str| {
+            format!("apiVersion: podmap.dev/v1alpha1\nkind: PodPolicy\nmetadata: {{name: {name}}}\nspec: {{rules: [{rules}]}}\n")
+        };
+        c.add(
+            &doc("sh", "{exec: {paths: [/bin/sh, /tmp/x/]}, action: kill}"),
+            "a.yaml",
+        );
+        c.add(
+            &doc("tmp", "{exec: {prefixes: [/tmp]}, action: audit}"),
+            "b.yaml",
+        );
+        c.add(
+            &doc(
+                "tmpx",
+                "{exec: {prefixes: [/tmp/x/]}, action: deny, fallback: kill}",
+            ),
+            "c.yaml",
+        );
+        c.add(
+            &doc(
+                "etc-read",
+                "{open: {prefixes: [/etc/], access: read}, action: audit}",
+            ),
+            "d.yaml",
+        );
+        c.add(
+            &doc(
+                "shadow-write",
+                "{open: {paths: [/etc/shadow], access: write}, action: kill}",
+            ),
+            "e.yaml",
+        );
+        let set = c.resolve(&Default::default(), Limits::KERNEL);
+        assert!(set.errors.is_empty(), "{:?}", set.errors);
+        let (exec, open) = super::tables(&set.compile());
+        let pins = podmap_bpf::testing::PinDir::new("podmap-test-tables");
+        let mut maps = podmap_bpf::SharedMaps::open(&pins.path).unwrap();
+        assert!(maps.replace_rules(RuleTable::Exec, &exec).is_empty());
+        assert!(maps.replace_rules(RuleTable::Open, &open).is_empty());
+        let found = |table, path: &str, read: bool, write: bool| -> Vec<u32> {
+            let mut ids: Vec<u32> = maps
+                .match_rules(table, path)
+                .unwrap()
+                .map(|m| m.refs)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|r| table == RuleTable::Exec || (read && r.read) || (write && r.write))
+                .map(|r| r.policy_id)
+                .collect();
+            ids.sort();
+            ids.dedup();
+            ids
+        };
+        let ids = |names: &[&str]| {
+            let mut v: Vec<u32> = names.iter().map(|n| policy_id(n)).collect();
+            v.sort();
+            v
+        };
+        let exec = |p| found(RuleTable::Exec, p, false, false);
+        assert_eq!(exec("/bin/sh"), ids(&["sh"]));
+        assert_eq!(exec("/bin/shx"), ids(&[]));
+        assert_eq!(exec("/tmp"), ids(&["tmp"]));
+        assert_eq!(exec("/tmpx"), ids(&[]), "prefixes are component-wise");
+        assert_eq!(exec("/tmp/y"), ids(&["tmp"]));
+        assert_eq!(
+            exec("/tmp/x"),
+            ids(&["tmp"]),
+            "/tmp/x/ does not cover /tmp/x"
+        );
+        assert_eq!(exec("/tmp/x/"), ids(&["sh", "tmp", "tmpx"]));
+        assert_eq!(exec("/tmp/x/y"), ids(&["tmp", "tmpx"]));
+        let read = |p| found(RuleTable::Open, p, true, false);
+        let write = |p| found(RuleTable::Open, p, false, true);
+        assert_eq!(
+            read("/etc/shadow"),
+            ids(&["etc-read"]),
+            "the write entry keeps the read prefix"
+        );
+        assert_eq!(write("/etc/shadow"), ids(&["shadow-write"]));
+        assert_eq!(read("/etc/passwd"), ids(&["etc-read"]));
+        assert_eq!(write("/etc/passwd"), ids(&[]));
+        assert_eq!(read("/etc"), ids(&[]));
+    }
 }

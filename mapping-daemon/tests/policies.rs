@@ -495,3 +495,39 @@ fn a_policy_dir_that_cannot_be_read_keeps_the_policies_in_force() {
     );
     assert!(killed(run_in_cgroup(&cg.path(), &["/bin/true"]).1));
 }
+
+/// A prefix for reads and an exact path under it for writes, in two policies: the kernel finds
+/// the exact entry for that path, so it must carry the read prefix's rule too (it did not when
+/// open entries were closed over prefixes per access kind).
+#[test]
+fn a_read_prefix_still_acts_on_a_path_another_policy_names_for_writes() {
+    let mut f = start();
+    let cg = container(&mut f, "prod", "app");
+    let secrets = tempfile::tempdir().unwrap();
+    let secret = secrets.path().join("secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let (dir, path) = (
+        secrets.path().display().to_string(),
+        secret.display().to_string(),
+    );
+    write_policy(
+        f.policy_dir.path(),
+        "read.yaml",
+        &policy(
+            "no-reads",
+            "prod",
+            &format!("  - open: {{prefixes: [{dir}], access: read}}\n    action: kill\n"),
+        ),
+    );
+    write_policy(
+        f.policy_dir.path(),
+        "write.yaml",
+        &policy(
+            "audit-writes",
+            "prod",
+            &format!("  - open: {{paths: [{path}], access: write}}\n    action: audit\n"),
+        ),
+    );
+    f.daemon.wait_policies(2);
+    eventually(&cg, &["/bin/cat", &path], killed);
+}
