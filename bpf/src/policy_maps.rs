@@ -85,6 +85,38 @@ pub struct PathRule {
     pub refs: Vec<RuleRef>,
 }
 
+/// What the kernel's lookup of a path finds in a rule table: the entry's references, and its
+/// count (more than the references when the entry was cut to fit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MatchedRules {
+    pub count: u32,
+    pub refs: Vec<RuleRef>,
+}
+
+fn decode(set: &podmap_rule_set) -> MatchedRules {
+    let n = (set.count as usize).min(layout::RULE_REFS);
+    let refs = set.refs[..n]
+        .iter()
+        .map(|r| RuleRef {
+            policy_id: r.policy_id,
+            rule_index: r.rule_index,
+            action: match r.action {
+                layout::ACT_KILL => KernelAction::Kill,
+                layout::ACT_DENY => KernelAction::Deny {
+                    fallback_kill: r.flags & layout::RF_FALLBACK_KILL != 0,
+                },
+                _ => KernelAction::Audit,
+            },
+            read: r.flags & layout::RF_READ != 0,
+            write: r.flags & layout::RF_WRITE != 0,
+        })
+        .collect();
+    MatchedRules {
+        count: set.count,
+        refs,
+    }
+}
+
 fn path_key(path: &str, exact: bool) -> Option<PathKey> {
     let b = path.as_bytes();
     // An exact key includes the NUL, so it only matches the whole string.
@@ -98,8 +130,9 @@ fn path_key(path: &str, exact: bool) -> Option<PathKey> {
 }
 
 fn rule_set(refs: &[RuleRef]) -> podmap_rule_set {
+    // The true count, even past what fits: the programs count hits on a cut entry.
     let mut set = podmap_rule_set {
-        count: refs.len().min(layout::RULE_REFS) as u32,
+        count: u32::try_from(refs.len()).unwrap_or(u32::MAX),
         ..Default::default()
     };
     for (slot, r) in set.refs.iter_mut().zip(refs) {
@@ -135,10 +168,14 @@ fn rule_set(refs: &[RuleRef]) -> podmap_rule_set {
 pub enum RulesError {
     #[error("path {0:?} is too long or holds a NUL")]
     BadPath(String),
-    #[error("path {path:?} is matched by {n} rules; at most {max} fit one entry", max = layout::RULE_REFS)]
+    #[error("path {path:?} is matched by {n} rules; at most {max} fit one entry: written with the first {max}, hits counted as kernel_policy_refs_truncated", max = layout::RULE_REFS)]
     TooManyRefs { path: String, n: usize },
-    #[error("{0}")]
-    Maps(#[from] MapsError),
+    #[error("writing the entry of {path:?}: {source}")]
+    Write {
+        path: String,
+        #[source]
+        source: MapsError,
+    },
 }
 
 impl SharedMaps {
@@ -195,35 +232,42 @@ impl SharedMaps {
     }
 
     /// Replaces a rule table with `rules`: new entries first, then stale ones go, so a path that
-    /// stays covered is never uncovered in between.
-    pub fn replace_rules(
-        &mut self,
-        table: RuleTable,
-        rules: &[PathRule],
-    ) -> Result<(), RulesError> {
+    /// stays covered is never uncovered in between. Never gives up on the table: an entry with
+    /// more references than fit is written with the first [`layout::RULE_REFS`] and its true
+    /// count (the programs count every hit on it, `kernel_policy_refs_truncated`); a path that
+    /// cannot be a key is left out; when the table is full, stale entries go first and the
+    /// entries that did not fit are tried again. Returns what could not be written as asked,
+    /// one problem per entry (the policy compiler keeps within the limits, so these are the
+    /// exception, reported by the caller).
+    pub fn replace_rules(&mut self, table: RuleTable, rules: &[PathRule]) -> Vec<RulesError> {
+        let mut problems = Vec::new();
         let mut keep = Vec::with_capacity(rules.len());
         for r in rules {
+            let Some(key) = path_key(&r.path, r.exact) else {
+                problems.push(RulesError::BadPath(r.path.clone()));
+                continue;
+            };
             if r.refs.len() > layout::RULE_REFS {
-                return Err(RulesError::TooManyRefs {
+                problems.push(RulesError::TooManyRefs {
                     path: r.path.clone(),
                     n: r.refs.len(),
                 });
             }
-            let key =
-                path_key(&r.path, r.exact).ok_or_else(|| RulesError::BadPath(r.path.clone()))?;
-            keep.push((key, rule_set(&r.refs)));
+            keep.push((key, rule_set(&r.refs), &r.path));
         }
         let (trie, name) = match table {
             RuleTable::Exec => (&mut self.policy.exec_rules, EXEC_RULES_MAP),
             RuleTable::Open => (&mut self.policy.open_rules, OPEN_RULES_MAP),
         };
-        for (key, set) in &keep {
-            trie.insert(key, set, 0)
-                .map_err(|source| MapsError::Map { name, source })?;
+        let mut missed = Vec::new();
+        for (i, (key, set, _)) in keep.iter().enumerate() {
+            if trie.insert(key, set, 0).is_err() {
+                missed.push(i);
+            }
         }
         let wanted: HashSet<(u32, [u8; layout::POLICY_PATH_MAX])> = keep
             .iter()
-            .map(|(k, _)| (k.prefix_len(), k.data()))
+            .map(|(k, _, _)| (k.prefix_len(), k.data()))
             .collect();
         let stale: Vec<PathKey> = trie
             .keys()
@@ -231,9 +275,44 @@ impl SharedMaps {
             .filter(|k| !wanted.contains(&(k.prefix_len(), k.data())))
             .collect();
         for k in stale {
+            // Already gone (a racing delete) is what was wanted.
             let _ = trie.remove(&k);
         }
-        Ok(())
+        // A full table has room now that the stale entries are gone.
+        for i in missed {
+            let (key, set, path) = &keep[i];
+            if let Err(source) = trie.insert(key, set, 0) {
+                problems.push(RulesError::Write {
+                    path: (*path).clone(),
+                    source: MapsError::Map { name, source },
+                });
+            }
+        }
+        problems
+    }
+
+    /// Looks `path` up as the programs do (the path and its NUL, longest prefix wins).
+    pub fn match_rules(
+        &self,
+        table: RuleTable,
+        path: &str,
+    ) -> Result<Option<MatchedRules>, MapsError> {
+        let Some(key) = path_key(path, true) else {
+            return Ok(None);
+        };
+        let key = Key::new((layout::POLICY_PATH_MAX * 8) as u32, key.data());
+        let (trie, name) = match table {
+            RuleTable::Exec => (&self.policy.exec_rules, EXEC_RULES_MAP),
+            RuleTable::Open => (&self.policy.open_rules, OPEN_RULES_MAP),
+        };
+        match trie.get(&key, 0) {
+            Ok(set) => Ok(Some(decode(&set))),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(None)
+            }
+            Err(source) => Err(MapsError::Map { name, source }),
+        }
     }
 
     /// Tells the programs whether there are rules to match and whether LSM enforces deny.

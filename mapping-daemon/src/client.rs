@@ -559,11 +559,13 @@ pub fn status_table(r: &StatusReport) -> String {
         (
             "policies",
             format!(
-                "{} loaded from {}, {} memberships, {} refused",
+                "{} loaded from {}, {} memberships, {} refused, {} failed reads, {} rule entries not written",
                 r.policies.loaded.len(),
                 if r.policies.dir.is_empty() { "-" } else { &r.policies.dir },
                 r.policies.memberships,
-                r.policies.errors.len()
+                r.policies.errors.len(),
+                r.policies.read_failures,
+                r.policies.rule_write_failures
             ),
         ),
         (
@@ -845,6 +847,38 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("shared counters\n  hook_mapped  2\n"), "{t}");
+    }
+
+    #[test]
+    fn status_table_names_refused_policies_and_counts_failed_reads() {
+        let report = StatusReport {
+            policies: crate::policies::PolicyStatus {
+                dir: "/p".into(),
+                loaded: vec!["a (/p/a.yaml)".into()],
+                errors: vec![
+                    "/p/b.yaml: metadata.name: policy \"p179bb\" has the same id (0xf52b9f2e) as policy \"p54848\" in /p/c.yaml; all are refused until they are renamed".into(),
+                    "/p: : reading the directory: Not a directory (os error 20); the 1 policies last loaded stay active".into(),
+                ],
+                memberships: 3,
+                read_failures: 7,
+                rule_write_failures: 2,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let t = status_table(&report);
+        assert!(
+            t.contains("1 loaded from /p, 3 memberships, 2 refused, 7 failed reads, 2 rule entries not written\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("  refused: /p/b.yaml: metadata.name: policy \"p179bb\" has the same id"),
+            "{t}"
+        );
+        assert!(
+            t.contains("  refused: /p: : reading the directory: Not a directory"),
+            "{t}"
+        );
     }
 
     #[test]

@@ -180,6 +180,22 @@ pub fn render(report: &StatusReport) -> String {
         g.set(value);
         reg.register(name, help, g);
     }
+    for (name, help, value) in [
+        (
+            "policy_dir_read_failures",
+            "Failed reads of the policy directory or its files (the policies last loaded stayed in force)",
+            report.policies.read_failures,
+        ),
+        (
+            "policy_rule_write_failures",
+            "Kernel rule table entries that could not be written as asked (see podmap status)",
+            report.policies.rule_write_failures,
+        ),
+    ] {
+        let c = Counter::<u64>::default();
+        c.inc_by(value);
+        reg.register(name, help, c);
+    }
 
     if let Some(m) = &report.policies.resources {
         let g = Gauge::<u64, AtomicU64>::default();
@@ -432,6 +448,8 @@ mod tests {
                 loaded: vec!["a (/p/a.yaml)".into(), "b (/p/b.yaml)".into()],
                 errors: vec!["/p/c.yaml: spec: bad".into()],
                 memberships: 4,
+                read_failures: 5,
+                rule_write_failures: 1,
                 resources: Some(crate::policy_mirror::MirrorStatus {
                     synced: true,
                     resources: 1,
@@ -475,6 +493,8 @@ mod tests {
             "podmap_policies_loaded 2",
             "podmap_policies_refused 1",
             "podmap_policy_memberships 4",
+            "podmap_policy_dir_read_failures_total 5",
+            "podmap_policy_rule_write_failures_total 1",
             "podmap_policy_resources 1",
             "podmap_policy_resources_refused 1",
             "podmap_policy_resource_errors_total 3",

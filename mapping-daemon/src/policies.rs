@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 use podmap_bpf::policy_maps::{KernelAction, PathRule, RuleRef, RuleTable};
 use podmap_bpf::{CgroupKey, SharedMaps};
 use podmap_pod_cache::PodCache;
-use podmap_proto::policy::{Access, Action, KernelRule, PolicyDir, RuleKind, Target};
+use podmap_proto::policy::{Access, Action, KernelRule, PolicyDir, Table, Target};
 
 /// Policy names by id, for policy events (read by the pipeline, written on reload).
 pub type PolicyNames = Arc<RwLock<HashMap<u32, Arc<str>>>>;
@@ -20,10 +20,20 @@ pub type PolicyNames = Arc<RwLock<HashMap<u32, Arc<str>>>>;
 pub struct PolicyStatus {
     pub dir: String,
     pub loaded: Vec<String>,
-    /// Refused files and documents, each naming file, field and reason.
+    /// Refused files, documents and policies (duplicate names, colliding ids, rules over the
+    /// kernel's limits), each naming file, field and reason; a directory that cannot be read;
+    /// rule table entries that could not be written as asked.
     pub errors: Vec<String>,
     pub memberships: u64,
     pub reloads: u64,
+    /// Failed reads of the policy directory or of one of its files since podmapd started (the
+    /// policies last loaded stayed in force).
+    #[serde(default)]
+    pub read_failures: u64,
+    /// Rule table entries that could not be written as asked, since podmapd started (each also
+    /// in `errors` while it lasts).
+    #[serde(default)]
+    pub rule_write_failures: u64,
     /// The PodPolicy resources mirrored into the directory, in Kubernetes mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<crate::policy_mirror::MirrorStatus>,
@@ -61,52 +71,39 @@ fn kernel_action(a: Action, fallback_kill: bool) -> KernelAction {
     }
 }
 
-/// Splits the compiled rules into the exec and open tables; open entries of one path with
-/// different access kinds share one kernel entry, each rule carrying its access.
+/// The compiled rules as the kernel tables take them.
 fn tables(rules: &[KernelRule]) -> (Vec<PathRule>, Vec<PathRule>) {
-    let mut exec = Vec::new();
-    let mut open: BTreeMap<(String, bool), Vec<RuleRef>> = BTreeMap::new();
+    let (mut exec, mut open) = (Vec::new(), Vec::new());
     for r in rules {
         let refs = r
             .refs
             .iter()
-            .map(|x| (x, kernel_action(x.action, x.fallback_kill)));
-        match r.kind {
-            RuleKind::Exec => exec.push(PathRule {
-                path: r.path.clone(),
-                exact: r.exact,
-                refs: refs
-                    .map(|(x, action)| RuleRef {
-                        policy_id: x.policy_id,
-                        rule_index: x.rule_index,
-                        action,
-                        read: false,
-                        write: false,
-                    })
-                    .collect(),
-            }),
-            RuleKind::Open(access) => {
-                let (read, write) = match access {
-                    Access::Read => (true, false),
-                    Access::Write => (false, true),
-                    Access::Any => (true, true),
+            .map(|x| {
+                let (read, write) = match x.access {
+                    None => (false, false),
+                    Some(Access::Read) => (true, false),
+                    Some(Access::Write) => (false, true),
+                    Some(Access::Any) => (true, true),
                 };
-                open.entry((r.path.clone(), r.exact))
-                    .or_default()
-                    .extend(refs.map(|(x, action)| RuleRef {
-                        policy_id: x.policy_id,
-                        rule_index: x.rule_index,
-                        action,
-                        read,
-                        write,
-                    }));
-            }
+                RuleRef {
+                    policy_id: x.policy_id,
+                    rule_index: x.rule_index,
+                    action: kernel_action(x.action, x.fallback_kill),
+                    read,
+                    write,
+                }
+            })
+            .collect();
+        let entry = PathRule {
+            path: r.path.clone(),
+            exact: r.exact,
+            refs,
+        };
+        match r.table {
+            Table::Exec => exec.push(entry),
+            Table::Open => open.push(entry),
         }
     }
-    let open = open
-        .into_iter()
-        .map(|((path, exact), refs)| PathRule { path, exact, refs })
-        .collect();
     (exec, open)
 }
 
@@ -146,32 +143,38 @@ impl PolicyManager {
         if reloaded {
             self.apply();
         }
+        // A directory that stays unreadable fails every look without changing the set.
+        self.status.read_failures = self.policies.read_failures();
         self.reconcile(reloaded);
     }
 
-    /// Writes the kernel tables and names for the freshly loaded policies.
+    /// Writes the kernel tables and names for the freshly loaded policies. Never gives up part
+    /// way: an entry that cannot be written as asked is reported and counted, and everything
+    /// else (the other entries, the other table, names, status) still goes out.
     fn apply(&mut self) {
         let next = self.policies.set();
-        for e in &next.errors {
-            tracing::warn!(error = %e, "policy refused");
-        }
-        let (exec, open) = tables(&next.compile());
-        let mut ok = true;
-        for (table, rules) in [(RuleTable::Exec, &exec), (RuleTable::Open, &open)] {
-            if let Err(e) = self.maps.replace_rules(table, rules) {
-                tracing::error!(error = %e, "writing the policy rule tables");
-                self.status.errors.push(format!("rule tables: {e}"));
-                ok = false;
+        let mut errors: Vec<String> = next.errors.iter().map(ToString::to_string).collect();
+        for e in &errors {
+            // Only what is new: a directory that stays unreadable is looked at every tick.
+            if !self.status.errors.contains(e) {
+                tracing::warn!(error = %e, "policy refused");
             }
         }
-        if !ok {
-            return;
+        let (exec, open) = tables(&next.compile());
+        for (table, rules) in [(RuleTable::Exec, &exec), (RuleTable::Open, &open)] {
+            for e in self.maps.replace_rules(table, rules) {
+                tracing::error!(error = %e, "writing the policy rule tables");
+                self.status.rule_write_failures += 1;
+                errors.push(format!("rule tables: {e}"));
+            }
         }
         if let Err(e) =
             self.maps
                 .set_policy_state(exec.len() as u32, open.len() as u32, self.lsm_active)
         {
             tracing::error!(error = %e, "writing the policy state");
+            self.status.rule_write_failures += 1;
+            errors.push(format!("policy state: {e}"));
         }
         *self.names.write().unwrap_or_else(|p| p.into_inner()) = next
             .policies
@@ -183,8 +186,9 @@ impl PolicyManager {
             .iter()
             .map(|l| format!("{} ({})", l.policy.name(), l.source))
             .collect();
-        self.status.errors = next.errors.iter().map(ToString::to_string).collect();
+        self.status.errors = errors;
         self.status.reloads = self.policies.reloads();
+        self.status.read_failures = self.policies.read_failures();
         tracing::info!(
             policies = next.policies.len(),
             refused = next.errors.len(),
@@ -297,5 +301,111 @@ impl PolicyManager {
             }
         }
         self.status.memberships = self.maps.memberships().len() as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// proto refuses what would not fit the kernel's tables; it keeps its own copy of their
+    /// sizes (it does not depend on the bpf crate).
+    #[test]
+    fn the_compilers_limits_are_the_kernels() {
+        use podmap_bpf::layout::{MAX_RULES, RULE_REFS};
+        use podmap_proto::policy::{KERNEL_MAX_ENTRIES, KERNEL_RULE_REFS};
+        assert_eq!(KERNEL_RULE_REFS, RULE_REFS);
+        assert_eq!(KERNEL_MAX_ENTRIES, MAX_RULES as usize);
+    }
+
+    /// What the kernel's own longest-prefix lookup finds in the tables podmapd writes is what
+    /// the compiler's model says (proto/tests/policy_compiler.rs checks the compiler against
+    /// that model): exact keys end with the NUL, prefixes are component-wise, open rules of
+    /// every access kind share an entry.
+    #[test]
+    fn the_kernel_finds_every_rule_that_names_a_path() {
+        use podmap_bpf::policy_maps::RuleTable;
+        use podmap_proto::policy::{policy_id, Candidates, Limits};
+        let mut c = Candidates::default();
+        let doc = |name: &str, rules: &str| {
+            format!("apiVersion: podmap.dev/v1alpha1\nkind: PodPolicy\nmetadata: {{name: {name}}}\nspec: {{rules: [{rules}]}}\n")
+        };
+        c.add(
+            &doc("sh", "{exec: {paths: [/bin/sh, /tmp/x/]}, action: kill}"),
+            "a.yaml",
+        );
+        c.add(
+            &doc("tmp", "{exec: {prefixes: [/tmp]}, action: audit}"),
+            "b.yaml",
+        );
+        c.add(
+            &doc(
+                "tmpx",
+                "{exec: {prefixes: [/tmp/x/]}, action: deny, fallback: kill}",
+            ),
+            "c.yaml",
+        );
+        c.add(
+            &doc(
+                "etc-read",
+                "{open: {prefixes: [/etc/], access: read}, action: audit}",
+            ),
+            "d.yaml",
+        );
+        c.add(
+            &doc(
+                "shadow-write",
+                "{open: {paths: [/etc/shadow], access: write}, action: kill}",
+            ),
+            "e.yaml",
+        );
+        let set = c.resolve(&Default::default(), Limits::KERNEL);
+        assert!(set.errors.is_empty(), "{:?}", set.errors);
+        let (exec, open) = super::tables(&set.compile());
+        let pins = podmap_bpf::testing::PinDir::new("podmap-test-tables");
+        let mut maps = podmap_bpf::SharedMaps::open(&pins.path).unwrap();
+        assert!(maps.replace_rules(RuleTable::Exec, &exec).is_empty());
+        assert!(maps.replace_rules(RuleTable::Open, &open).is_empty());
+        let found = |table, path: &str, read: bool, write: bool| -> Vec<u32> {
+            let mut ids: Vec<u32> = maps
+                .match_rules(table, path)
+                .unwrap()
+                .map(|m| m.refs)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|r| table == RuleTable::Exec || (read && r.read) || (write && r.write))
+                .map(|r| r.policy_id)
+                .collect();
+            ids.sort();
+            ids.dedup();
+            ids
+        };
+        let ids = |names: &[&str]| {
+            let mut v: Vec<u32> = names.iter().map(|n| policy_id(n)).collect();
+            v.sort();
+            v
+        };
+        let exec = |p| found(RuleTable::Exec, p, false, false);
+        assert_eq!(exec("/bin/sh"), ids(&["sh"]));
+        assert_eq!(exec("/bin/shx"), ids(&[]));
+        assert_eq!(exec("/tmp"), ids(&["tmp"]));
+        assert_eq!(exec("/tmpx"), ids(&[]), "prefixes are component-wise");
+        assert_eq!(exec("/tmp/y"), ids(&["tmp"]));
+        assert_eq!(
+            exec("/tmp/x"),
+            ids(&["tmp"]),
+            "/tmp/x/ does not cover /tmp/x"
+        );
+        assert_eq!(exec("/tmp/x/"), ids(&["sh", "tmp", "tmpx"]));
+        assert_eq!(exec("/tmp/x/y"), ids(&["tmp", "tmpx"]));
+        let read = |p| found(RuleTable::Open, p, true, false);
+        let write = |p| found(RuleTable::Open, p, false, true);
+        assert_eq!(
+            read("/etc/shadow"),
+            ids(&["etc-read"]),
+            "the write entry keeps the read prefix"
+        );
+        assert_eq!(write("/etc/shadow"), ids(&["shadow-write"]));
+        assert_eq!(read("/etc/passwd"), ids(&["etc-read"]));
+        assert_eq!(write("/etc/passwd"), ids(&[]));
+        assert_eq!(read("/etc"), ids(&[]));
     }
 }

@@ -316,3 +316,218 @@ fn a_malformed_policy_is_refused_by_name_and_active_ones_stay() {
         "the valid version stays active"
     );
 }
+
+fn policy_errors(st: &Value) -> Vec<String> {
+    st["policies"]["errors"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A cgroup mapped as container `name` of a pod in `namespace`, pod uid of its own.
+fn container_in(f: &mut Fixture, namespace: &str, uid: &str) -> TestCgroup {
+    let cg = TestCgroup::new(&cgroup2_mount(), "podmap-test-pol").unwrap();
+    let pod = TestPod {
+        namespace,
+        name: "web-1",
+        uid,
+        labels: &[("app", "web")],
+    };
+    cg.map_container(&mut f.maps, &pod, "app").unwrap();
+    cg
+}
+
+/// Issue 12, item 1: one path with more rule references than a kernel entry holds used to make
+/// podmapd give up on the whole rule table, so no policy change reached the kernel again. Now the
+/// policy that overflows is refused (and named), the others act, and later changes still apply.
+#[test]
+fn seventeen_policies_on_one_path_refuse_one_and_the_others_act() {
+    let mut f = start();
+    let first = container_in(&mut f, "ns-01", "00000000-0000-0000-0000-000000000001");
+    let last = container_in(&mut f, "ns-17", "00000000-0000-0000-0000-000000000017");
+    for i in 1..=17 {
+        let name = format!("ns-{i:02}");
+        write_policy(
+            f.policy_dir.path(),
+            &format!("{name}.yaml"),
+            &policy(
+                &name,
+                &name,
+                "  - exec: {paths: [/bin/true]}\n    action: kill\n",
+            ),
+        );
+    }
+    eventually(&first, &["/bin/true"], killed);
+    let st = f
+        .daemon
+        .wait_status("16 policies loaded, ns-17 refused", |st| {
+            st["policies"]["loaded"].as_array().map_or(0, Vec::len) == 16
+                && !policy_errors(st).is_empty()
+        });
+    let errors = policy_errors(&st);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("ns-17.yaml")
+            && errors[0].contains("\"/bin/true\"")
+            && errors[0].contains("17 rules")
+            && errors[0].contains("holds 16"),
+        "{errors:?}"
+    );
+    // The refused policy does not act (and status said so); the others do.
+    assert!(run_in_cgroup(&last.path(), &["/bin/true"]).1.success());
+    // A later change still reaches the kernel.
+    write_policy(
+        f.policy_dir.path(),
+        "later.yaml",
+        &policy(
+            "later",
+            "ns-17",
+            "  - exec: {paths: [/bin/echo]}\n    action: kill\n",
+        ),
+    );
+    eventually(&last, &["/bin/echo", "x"], killed);
+}
+
+/// Sets podmapd's soft limit on open files to 0: every open fails (EMFILE: the lowest free fd
+/// is never below the limit) until [`restore_fds`] puts back what this returns. The hard limit
+/// stays.
+fn starve_fds(pid: u32) -> libc::rlimit {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscall on another process; `old` is a valid out-pointer.
+    let rc = unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    let none = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: as above; `none` is a valid in-pointer.
+    let rc = unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, &none, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    old
+}
+
+fn restore_fds(pid: u32, old: libc::rlimit) {
+    // SAFETY: plain syscall on another process; `old` is a valid in-pointer.
+    let rc = unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, &old, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+}
+
+/// Issue 12, item 2: a policy directory that cannot be read (replaced by a file, too many open
+/// files) used to read as an empty one: podmapd cleared the rule tables and every membership.
+/// Now the last good set stays in force, and the failure is shown and counted.
+#[test]
+fn a_policy_dir_that_cannot_be_read_keeps_the_policies_in_force() {
+    let mut f = start();
+    let cg = container(&mut f, "prod", "app");
+    let dir = f.policy_dir.path().to_path_buf();
+    write_policy(
+        &dir,
+        "p.yaml",
+        &policy(
+            "no-true",
+            "prod",
+            "  - exec: {paths: [/bin/true]}\n    action: kill\n",
+        ),
+    );
+    eventually(&cg, &["/bin/true"], killed);
+    f.daemon.wait_policies(1);
+
+    // The directory replaced by a file.
+    let aside = dir.with_extension("aside");
+    std::fs::rename(&dir, &aside).unwrap();
+    std::fs::write(&dir, "not a directory").unwrap();
+    // Several reload ticks later, the policy still acts.
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(
+        killed(run_in_cgroup(&cg.path(), &["/bin/true"]).1),
+        "the policy stopped acting when its directory became a file"
+    );
+    let st = f
+        .daemon
+        .wait_status("the unreadable directory reported", |st| {
+            policy_errors(st)
+                .iter()
+                .any(|e| e.contains("Not a directory") && e.contains("stay active"))
+        });
+    assert!(
+        st["policies"]["read_failures"].as_u64().unwrap() >= 1,
+        "{st}"
+    );
+    assert_eq!(
+        st["policies"]["loaded"].as_array().unwrap().len(),
+        1,
+        "{st}"
+    );
+    assert!(st["policies"]["memberships"].as_u64().unwrap() >= 1, "{st}");
+    std::fs::remove_file(&dir).unwrap();
+    std::fs::rename(&aside, &dir).unwrap();
+    f.daemon.wait_status("the directory read again", |st| {
+        policy_errors(st).is_empty()
+    });
+
+    // Too many open files: podmapd cannot even open the directory.
+    let pid = f.daemon.child.id();
+    let before = f.daemon.status()["policies"]["read_failures"]
+        .as_u64()
+        .unwrap();
+    let old = starve_fds(pid);
+    std::thread::sleep(Duration::from_millis(1500));
+    let still_killed = killed(run_in_cgroup(&cg.path(), &["/bin/true"]).1);
+    restore_fds(pid, old);
+    assert!(
+        still_killed,
+        "the policy stopped acting while podmapd could not read its directory"
+    );
+    let st = f.daemon.wait_status("the failed reads counted", |st| {
+        st["policies"]["read_failures"].as_u64().unwrap_or(0) > before
+    });
+    assert_eq!(
+        st["policies"]["loaded"].as_array().unwrap().len(),
+        1,
+        "{st}"
+    );
+    assert!(killed(run_in_cgroup(&cg.path(), &["/bin/true"]).1));
+}
+
+/// A prefix for reads and an exact path under it for writes, in two policies: the kernel finds
+/// the exact entry for that path, so it must carry the read prefix's rule too (it did not when
+/// open entries were closed over prefixes per access kind).
+#[test]
+fn a_read_prefix_still_acts_on_a_path_another_policy_names_for_writes() {
+    let mut f = start();
+    let cg = container(&mut f, "prod", "app");
+    let secrets = tempfile::tempdir().unwrap();
+    let secret = secrets.path().join("secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let (dir, path) = (
+        secrets.path().display().to_string(),
+        secret.display().to_string(),
+    );
+    write_policy(
+        f.policy_dir.path(),
+        "read.yaml",
+        &policy(
+            "no-reads",
+            "prod",
+            &format!("  - open: {{prefixes: [{dir}], access: read}}\n    action: kill\n"),
+        ),
+    );
+    write_policy(
+        f.policy_dir.path(),
+        "write.yaml",
+        &policy(
+            "audit-writes",
+            "prod",
+            &format!("  - open: {{paths: [{path}], access: write}}\n    action: audit\n"),
+        ),
+    );
+    f.daemon.wait_policies(2);
+    eventually(&cg, &["/bin/cat", &path], killed);
+}

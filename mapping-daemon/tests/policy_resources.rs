@@ -107,16 +107,51 @@ async fn resources_are_mirrored_into_the_policy_directory() {
         assert!(mirrored(dir, "added").unwrap().contains("/bin/cat"));
         assert_eq!(loaded(&st), ["added", "before-start", "local"], "{st:#}");
 
-        // A resource with a hand-written policy's name: both refused, naming both places.
+        // A resource with a hand-written policy's name, and one whose name's id collides with a
+        // hand-written policy's: the node's own files win (a cluster resource must not displace
+        // them), the resources are refused, each named in status with the winner.
+        std::fs::write(
+            dir.join("node.yaml"),
+            "apiVersion: podmap.dev/v1alpha1\nkind: PodPolicy\nmetadata: {name: p54848}\nspec:\n  rules: [{exec: {paths: [/bin/ed]}, action: audit}]\n",
+        )
+        .unwrap();
         server.apply_object(Resource::PodPolicies, policy("local", "/bin/ls"));
-        let st = daemon.wait_status("the duplicate name refused", |st| {
-            !loaded(st).contains(&"local".to_string())
+        server.apply_object(Resource::PodPolicies, policy("p179bb", "/bin/ls"));
+        let st = daemon.wait_status("the resources that clash refused", |st| {
+            let errors = st["policies"]["errors"].to_string();
+            errors.contains("podpolicy.local.yaml") && errors.contains("podpolicy.p179bb.yaml")
         });
-        let errors = st["policies"]["errors"].to_string();
-        assert!(
-            errors.contains("local.yaml") && errors.contains("podpolicy.local.yaml"),
-            "{errors}"
+        assert_eq!(
+            loaded(&st),
+            ["added", "before-start", "local", "p54848"],
+            "{st:#}"
         );
+        assert!(
+            st["policies"]["loaded"]
+                .to_string()
+                .contains(&format!("local ({})", dir.join("local.yaml").display())),
+            "{st:#}"
+        );
+        let errors: Vec<&str> = st["policies"]["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e.as_str())
+            .collect();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        for (file, winner) in [
+            ("podpolicy.local.yaml", "local.yaml"),
+            ("podpolicy.p179bb.yaml", "node.yaml"),
+        ] {
+            let e = errors.iter().find(|e| e.contains(file)).unwrap();
+            assert!(
+                e.contains("mirrored from a PodPolicy resource")
+                    && e.contains(&format!("hand-written file {}", dir.join(winner).display())),
+                "{e}"
+            );
+        }
+        assert!(server.delete_object(Resource::PodPolicies, "", "p179bb"));
+        std::fs::remove_file(dir.join("node.yaml")).unwrap();
 
         // The watch expires (the API server compacted): relist, and changes still arrive.
         server.expire_watches();

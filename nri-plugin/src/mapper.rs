@@ -113,7 +113,13 @@ impl Backend {
             .policies_checked
             .is_none_or(|t| t.elapsed() >= POLICY_RECHECK)
         {
-            self.policies.refresh();
+            // Refusals and an unreadable directory are podmapd's to show in status (it reads the
+            // same directory); the plugin keeps the last good set and says so in its log.
+            if self.policies.refresh() {
+                for e in &self.policies.set().errors {
+                    tracing::warn!(error = %e, "policy refused");
+                }
+            }
             self.policies_checked = Some(Instant::now());
         }
         let target = Target {

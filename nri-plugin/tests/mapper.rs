@@ -245,3 +245,37 @@ fn memberships_of_selecting_policies_are_written_with_the_record() {
     );
     assert!(!members.contains(&(podmap_proto::policy::policy_id("selects-db"), key)));
 }
+
+/// Issue 12, item 2: a policy directory that cannot be read is not an empty one: containers
+/// created meanwhile still join the policies last read.
+#[test]
+fn an_unreadable_policy_dir_keeps_the_last_policies_for_new_containers() {
+    let env = Env::new();
+    let dir = env.state.path().join("policies");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("a.yaml"), "apiVersion: podmap.dev/v1alpha1\nkind: PodPolicy\nmetadata: {name: selects-web}\nspec:\n  namespaces: [prod]\n  podSelector: {matchLabels: {app: web}}\n  rules: [{exec: {paths: [/bin/sh]}, action: kill}]\n").unwrap();
+    let mut m = mapper(&env, Duration::from_secs(30));
+    m.set_runtime("containerd");
+    let pod = TestPod::new("web");
+    let member = |m: &mut Mapper, name: &str| {
+        let c = pod.container(name);
+        m.created(&pod.pod, &c);
+        let id = pod.run(&c);
+        m.started(&pod.pod, &c, Instant::now()).unwrap();
+        let members = m.backend().unwrap().registry.maps().memberships();
+        members.contains(&(
+            podmap_proto::policy::policy_id("selects-web"),
+            CgroupKey::v2(id),
+        ))
+    };
+    assert!(member(&mut m, "first"));
+    // The directory replaced by a file; the plugin looks again after its recheck interval.
+    std::fs::rename(&dir, dir.with_extension("aside")).unwrap();
+    std::fs::write(&dir, "not a directory").unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(
+        member(&mut m, "second"),
+        "a container created while the directory was unreadable joined no policy"
+    );
+    assert_eq!(m.backend().unwrap().policies.read_failures(), 1);
+}

@@ -4,7 +4,7 @@
 //! membership the same way.
 
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 pub const API_VERSION: &str = "podmap.dev/v1alpha1";
@@ -17,16 +17,6 @@ pub const MIRRORED_PREFIX: &str = "podpolicy.";
 /// hand-written file that happens to share the prefix is left alone.
 pub const MIRRORED_HEADER: &str =
     "# Mirrored by podmapd from a PodPolicy resource: edit the resource, not this file.";
-
-/// Where a loaded policy came from, as errors name it: a mirrored file is named as the resource
-/// it stands for. Only called on the error path, so reading the file's first line is cheap.
-pub fn describe_source(src: &str) -> String {
-    if is_mirrored(Path::new(src)) {
-        format!("{src} (mirrored from a PodPolicy resource)")
-    } else {
-        src.to_string()
-    }
-}
 
 /// Whether a file of the policy directory is one podmapd mirrored: its name and first line say so.
 pub fn is_mirrored(path: &Path) -> bool {
@@ -410,95 +400,377 @@ pub fn parse_documents(text: &str, src: &str) -> Result<Vec<PodPolicy>, PolicyEr
     Ok(out)
 }
 
+/// How many rule references one kernel entry holds, and how many entries each rule table holds:
+/// bpf/c/podmap.h's PODMAP_RULE_REFS and PODMAP_MAX_RULES (podmapd's tests check they agree;
+/// proto does not depend on the bpf crate so that the OCI hook's policy code stays small).
+pub const KERNEL_RULE_REFS: usize = 16;
+pub const KERNEL_MAX_ENTRIES: usize = 8192;
+
+/// What one kernel rule table can hold. A policy that would not fit is refused whole, so a
+/// loaded policy always acts on every path it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub refs_per_entry: usize,
+    pub entries_per_table: usize,
+}
+
+impl Limits {
+    pub const KERNEL: Limits = Limits {
+        refs_per_entry: KERNEL_RULE_REFS,
+        entries_per_table: KERNEL_MAX_ENTRIES,
+    };
+}
+
 /// A policy and where it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Loaded {
     pub policy: PodPolicy,
     pub source: String,
+    /// The file is one podmapd mirrored from a PodPolicy resource (its name and first line say
+    /// so): a hand-written file wins any conflict with it.
+    pub mirrored: bool,
 }
 
-/// The outcome of reading a policy directory: what loaded, and what was refused (and why).
-/// Refused files do not take the others down.
+impl Loaded {
+    /// Where the policy came from, as errors name it.
+    fn describe(&self) -> String {
+        if self.mirrored {
+            format!("{} (mirrored from a PodPolicy resource)", self.source)
+        } else {
+            self.source.clone()
+        }
+    }
+}
+
+/// The policies in force, and what was refused (and why). Refused files do not take the others
+/// down.
 #[derive(Debug, Default, Clone)]
 pub struct PolicySet {
     pub policies: Vec<Loaded>,
     pub errors: Vec<PolicyError>,
 }
 
-impl PolicySet {
-    /// Reads every `*.yaml` (and `*.yml`) file of `dir`, in name order. A missing directory is
-    /// an empty set.
-    pub fn load_dir(dir: &Path) -> PolicySet {
-        let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
-            Ok(rd) => rd
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => {
-                return PolicySet {
-                    policies: Vec::new(),
-                    errors: vec![err(&dir.display().to_string(), "", e.to_string())],
-                };
-            }
+/// Policies as read from files, before names, ids and the kernel's limits are checked
+/// ([`Candidates::resolve`]).
+#[derive(Debug, Default, Clone)]
+pub struct Candidates {
+    loaded: Vec<Loaded>,
+    errors: Vec<PolicyError>,
+    /// Files refused whole (unreadable, unparsable, invalid): a [`PolicyDir`] keeps their last
+    /// valid policies active.
+    failed_files: HashSet<String>,
+    /// A file could not be read (I/O, not content): worth reading again even if the listing
+    /// stays the same.
+    unreadable: bool,
+}
+
+fn dir_error(dir: &Path, e: &std::io::Error) -> PolicyError {
+    err(
+        &dir.display().to_string(),
+        "",
+        format!("reading the directory: {e}"),
+    )
+}
+
+impl Candidates {
+    /// Reads every `*.yaml` (and `*.yml`) file of `dir`, in name order. A missing directory has
+    /// no policies; a directory that cannot be listed is an error, so that a caller can keep
+    /// what it had instead of taking it for an empty one.
+    pub fn read_dir(dir: &Path) -> Result<Candidates, PolicyError> {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Candidates::default()),
+            Err(e) => return Err(dir_error(dir, &e)),
         };
+        let mut files = Vec::new();
+        for entry in entries {
+            // An error mid-listing would silently leave files out: the listing fails whole.
+            let path = entry.map_err(|e| dir_error(dir, &e))?.path();
+            if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                files.push(path);
+            }
+        }
         files.sort();
-        let mut set = PolicySet::default();
+        let mut c = Candidates::default();
         for f in files {
             let src = f.display().to_string();
             match std::fs::read_to_string(&f) {
-                Ok(text) => set.add(&text, &src),
-                Err(e) => set.errors.push(err(&src, "", e.to_string())),
+                Ok(text) => c.add(&text, &src),
+                // Removed since the listing: it is simply gone.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    c.errors.push(err(&src, "", format!("reading: {e}")));
+                    c.failed_files.insert(src);
+                    c.unreadable = true;
+                }
             }
         }
-        set
+        Ok(c)
     }
 
-    /// Adds the policies of one text; a file with any bad document is refused whole.
+    /// Adds the policies of one file's text; a file with any bad document is refused whole.
     pub fn add(&mut self, text: &str, src: &str) {
+        let mirrored = Path::new(src)
+            .file_name()
+            .is_some_and(|f| f.to_string_lossy().starts_with(MIRRORED_PREFIX))
+            && text.lines().next() == Some(MIRRORED_HEADER);
         match parse_documents(text, src) {
-            Ok(ps) => {
-                let mut staged = Vec::new();
-                for p in ps {
-                    if let Some(prev) = self
-                        .policies
-                        .iter()
-                        .chain(staged.iter())
-                        .find(|l: &&Loaded| l.policy.name() == p.name())
-                    {
-                        self.errors.push(err(src, "metadata.name", format!("policy {:?} is also defined in {}; both are refused until one is renamed", p.name(), describe_source(&prev.source))));
-                        let name = p.name().to_string();
-                        self.policies.retain(|l| l.policy.name() != name);
-                        staged.retain(|l: &Loaded| l.policy.name() != name);
-                        continue;
-                    }
-                    if let Some(prev) = self
-                        .policies
-                        .iter()
-                        .chain(staged.iter())
-                        .find(|l: &&Loaded| l.policy.id() == p.id())
-                    {
-                        self.errors.push(err(
-                            src,
-                            "metadata.name",
-                            format!(
-                                "policy {:?} hashes to the same id as {:?} from {}; rename one",
-                                p.name(),
-                                prev.policy.name(),
-                                prev.source
-                            ),
-                        ));
-                        continue;
-                    }
-                    staged.push(Loaded {
-                        policy: p,
-                        source: src.to_string(),
-                    });
-                }
-                self.policies.extend(staged);
+            Ok(ps) => self.loaded.extend(ps.into_iter().map(|policy| Loaded {
+                policy,
+                source: src.to_string(),
+                mirrored,
+            })),
+            Err(e) => {
+                self.errors.push(e);
+                self.failed_files.insert(src.to_string());
             }
-            Err(e) => self.errors.push(e),
+        }
+    }
+
+    /// Decides what is in force. Policies sharing an id (the same name twice, or two names whose
+    /// ids collide) are all refused, each naming the others, except that one hand-written file
+    /// wins over mirrored resources: a cluster resource must not displace a node's own policy.
+    /// Then each policy must fit the kernel's tables: one that would overflow an entry or a table
+    /// is refused whole, naming the path. `first` (name and file of the policies active so far)
+    /// are fitted first, so a newcomer never displaces an active policy; the rest go in name
+    /// order.
+    pub fn resolve(self, first: &HashSet<(String, String)>, limits: Limits) -> PolicySet {
+        let Candidates {
+            loaded, mut errors, ..
+        } = self;
+        let mut by_id: BTreeMap<u32, Vec<Loaded>> = BTreeMap::new();
+        for l in loaded {
+            by_id.entry(l.policy.id()).or_default().push(l);
+        }
+        let mut survivors = Vec::new();
+        for (_, mut group) in by_id {
+            if group.len() == 1 {
+                survivors.extend(group);
+                continue;
+            }
+            let hand: Vec<usize> = (0..group.len()).filter(|&i| !group[i].mirrored).collect();
+            if let [winner] = hand[..] {
+                let w = group.remove(winner);
+                for l in &group {
+                    errors.push(err(
+                        &l.describe(),
+                        "metadata.name",
+                        format!(
+                            "policy {:?} {} the hand-written file {}, which wins over a mirrored resource; rename the resource",
+                            l.policy.name(),
+                            clash(&l.policy, &w.policy),
+                            w.source
+                        ),
+                    ));
+                }
+                survivors.push(w);
+                continue;
+            }
+            for (i, l) in group.iter().enumerate() {
+                let others: Vec<String> = group
+                    .iter()
+                    .enumerate()
+                    .filter(|&(j, _)| j != i)
+                    .map(|(_, o)| format!("{} {}", clash(&l.policy, &o.policy), o.describe()))
+                    .collect();
+                errors.push(err(
+                    &l.describe(),
+                    "metadata.name",
+                    format!(
+                        "policy {:?} {}; all are refused until they are renamed",
+                        l.policy.name(),
+                        others.join(", and ")
+                    ),
+                ));
+            }
+        }
+        survivors.sort_by(|a, b| {
+            let active =
+                |l: &Loaded| first.contains(&(l.policy.name().to_string(), l.source.clone()));
+            let (fa, fb) = (active(a), active(b));
+            fb.cmp(&fa)
+                .then_with(|| a.policy.name().cmp(b.policy.name()))
+        });
+        let mut fit = Fitter {
+            limits,
+            direct: BTreeMap::new(),
+            names: HashMap::new(),
+        };
+        let mut policies = Vec::new();
+        for l in survivors {
+            match fit.try_add(&l.policy) {
+                Ok(()) => policies.push(l),
+                Err((field, reason)) => errors.push(err(&l.describe(), field, reason)),
+            }
+        }
+        // Back to file order, as listed in status.
+        policies.sort_by(|a, b| a.source.cmp(&b.source));
+        PolicySet { policies, errors }
+    }
+}
+
+/// How `p` clashes with `other`, which shares its id.
+fn clash(p: &PodPolicy, other: &PodPolicy) -> String {
+    if p.name() == other.name() {
+        "is also defined in".to_string()
+    } else {
+        format!(
+            "has the same id ({:#010x}) as policy {:?} in",
+            p.id(),
+            other.name()
+        )
+    }
+}
+
+type EntryKey = (Table, String, bool);
+
+/// Every rule reference `p` puts straight on an entry (before prefixes are closed over).
+fn direct_refs(p: &PodPolicy) -> Vec<(EntryKey, RuleRef)> {
+    let mut out = Vec::new();
+    for (idx, r) in p.spec.rules.iter().enumerate() {
+        let (table, access, paths, prefixes) = match (&r.exec, &r.open) {
+            (Some(m), _) => (Table::Exec, None, &m.paths, &m.prefixes),
+            (None, Some(o)) => (Table::Open, Some(o.access), &o.paths, &o.prefixes),
+            (None, None) => continue,
+        };
+        let rr = RuleRef {
+            policy_id: p.id(),
+            rule_index: idx as u16,
+            action: r.action,
+            fallback_kill: r.fallback == Some(Action::Kill),
+            access,
+        };
+        for path in paths {
+            out.push(((table, path.clone(), true), rr));
+        }
+        for prefix in prefixes {
+            // Component prefixes: "/etc/ssl" covers "/etc/ssl" itself and "/etc/ssl/...".
+            let trimmed = prefix.trim_end_matches('/');
+            if !trimmed.is_empty() && !prefix.ends_with('/') {
+                out.push(((table, trimmed.to_string(), true), rr));
+            }
+            out.push(((table, format!("{trimmed}/"), false), rr));
+        }
+    }
+    out
+}
+
+type Direct = BTreeMap<EntryKey, BTreeSet<RuleRef>>;
+
+/// The references the kernel must find at `key`: its own, and those of every prefix entry it
+/// lies under (the longest-prefix lookup finds only the one entry). Prefix entries end in '/',
+/// so they are the path up to each of its '/'.
+fn closure(key: &EntryKey, layers: &[&Direct]) -> BTreeSet<RuleRef> {
+    let (table, path, _) = key;
+    let mut refs = BTreeSet::new();
+    let mut add = |k: &EntryKey| {
+        for d in layers {
+            if let Some(r) = d.get(k) {
+                refs.extend(r.iter().copied());
+            }
+        }
+    };
+    add(key);
+    for (i, _) in path.match_indices('/') {
+        add(&(*table, path[..=i].to_string(), false));
+    }
+    refs
+}
+
+/// The tables as policies are added, refusing what would not fit.
+struct Fitter {
+    limits: Limits,
+    direct: Direct,
+    names: HashMap<u32, String>,
+}
+
+impl Fitter {
+    /// Adds `p` if the tables still fit afterwards; otherwise the field and reason of the refusal.
+    fn try_add(&mut self, p: &PodPolicy) -> Result<(), (String, String)> {
+        let mut mine: Direct = BTreeMap::new();
+        for (k, r) in direct_refs(p) {
+            mine.entry(k).or_default().insert(r);
+        }
+        for table in [Table::Exec, Table::Open] {
+            let count = |d: &Direct| d.keys().filter(|k| k.0 == table).count();
+            let new = mine
+                .keys()
+                .filter(|k| k.0 == table && !self.direct.contains_key(*k))
+                .count();
+            let total = count(&self.direct) + new;
+            if new > 0 && total > self.limits.entries_per_table {
+                return Err((
+                    "spec.rules".into(),
+                    format!(
+                        "policy {:?}: the kernel's {} rule table would need {total} entries and holds {}: the policy is refused, the others stay",
+                        p.name(),
+                        table.as_str(),
+                        self.limits.entries_per_table
+                    ),
+                ));
+            }
+        }
+        // Entries whose references change: this policy's, and those under its prefixes.
+        let mut affected: BTreeSet<&EntryKey> = mine.keys().collect();
+        for k in mine.keys().filter(|k| !k.2) {
+            affected.extend(
+                self.direct
+                    .range(k.clone()..)
+                    .map(|(k2, _)| k2)
+                    .take_while(|k2| k2.0 == k.0 && k2.1.starts_with(&k.1)),
+            );
+        }
+        for key in affected {
+            let refs = closure(key, &[&self.direct, &mine]);
+            if refs.len() <= self.limits.refs_per_entry {
+                continue;
+            }
+            let id = p.id();
+            let rule = refs
+                .iter()
+                .filter(|r| r.policy_id == id)
+                .map(|r| r.rule_index)
+                .min()
+                .unwrap_or(0);
+            let others: BTreeSet<&str> = refs
+                .iter()
+                .filter(|r| r.policy_id != id)
+                .filter_map(|r| self.names.get(&r.policy_id).map(String::as_str))
+                .collect();
+            let others: Vec<&str> = others.into_iter().collect();
+            let (table, path, exact) = key;
+            return Err((
+                format!("spec.rules[{rule}]"),
+                format!(
+                    "policy {:?}: {} {}{path:?} would be matched by {} rules ({} of this policy, the others of {}); one kernel entry holds {}: the policy is refused, the others stay",
+                    p.name(),
+                    table.as_str(),
+                    if *exact { "path " } else { "prefix " },
+                    refs.len(),
+                    refs.iter().filter(|r| r.policy_id == id).count(),
+                    if others.is_empty() { "none".to_string() } else { others.join(", ") },
+                    self.limits.refs_per_entry
+                ),
+            ));
+        }
+        for (k, r) in mine {
+            self.direct.entry(k).or_default().extend(r);
+        }
+        self.names.insert(p.id(), p.name().to_string());
+        Ok(())
+    }
+}
+
+impl PolicySet {
+    /// Reads `dir` and decides what is in force, with no history (the OCI hook looks once per
+    /// container). A directory that cannot be read is an error of the set, not an empty one.
+    pub fn load_dir(dir: &Path) -> PolicySet {
+        match Candidates::read_dir(dir) {
+            Ok(c) => c.resolve(&HashSet::new(), Limits::KERNEL),
+            Err(e) => PolicySet {
+                policies: Vec::new(),
+                errors: vec![e],
+            },
         }
     }
 
@@ -515,64 +787,24 @@ impl PolicySet {
         self.policies.iter().find(|l| l.policy.id() == id)
     }
 
-    /// The kernel's rule tables: one entry per distinct (rule kind, path, exact/prefix), listing
-    /// every policy rule that applies to that path. A prefix entry also lists the rules of every
-    /// shorter prefix it lies under, because the kernel's longest-prefix lookup finds one entry.
+    /// The kernel's rule tables: one entry per distinct (table, path, exact/prefix), listing
+    /// every policy rule that applies to that path (open rules of every access kind share an
+    /// entry, each reference carrying its access). An entry also lists the rules of every
+    /// prefix it lies under, because the kernel's longest-prefix lookup finds one entry.
     pub fn compile(&self) -> Vec<KernelRule> {
-        let mut table: BTreeMap<(RuleKind, String, bool), BTreeSet<RuleRef>> = BTreeMap::new();
+        let mut direct: Direct = BTreeMap::new();
         for l in &self.policies {
-            let id = l.policy.id();
-            for (idx, r) in l.policy.spec.rules.iter().enumerate() {
-                let rr = RuleRef {
-                    policy_id: id,
-                    rule_index: idx as u16,
-                    action: r.action,
-                    fallback_kill: r.fallback == Some(Action::Kill),
-                };
-                let (kind, paths, prefixes) = match (&r.exec, &r.open) {
-                    (Some(m), _) => (RuleKind::Exec, &m.paths, &m.prefixes),
-                    (None, Some(o)) => (RuleKind::Open(o.access), &o.paths, &o.prefixes),
-                    (None, None) => continue,
-                };
-                for p in paths {
-                    table.entry((kind, p.clone(), true)).or_default().insert(rr);
-                }
-                for p in prefixes {
-                    // Component prefixes: "/etc/ssl" covers "/etc/ssl" itself and "/etc/ssl/...".
-                    let trimmed = p.trim_end_matches('/');
-                    if !trimmed.is_empty() && !p.ends_with('/') {
-                        table
-                            .entry((kind, trimmed.to_string(), true))
-                            .or_default()
-                            .insert(rr);
-                    }
-                    table
-                        .entry((kind, format!("{trimmed}/"), false))
-                        .or_default()
-                        .insert(rr);
-                }
+            for (k, r) in direct_refs(&l.policy) {
+                direct.entry(k).or_default().insert(r);
             }
         }
-        // Close prefix entries (and exact entries) over the shorter prefixes they lie under.
-        let prefixes: Vec<((RuleKind, String), BTreeSet<RuleRef>)> = table
-            .iter()
-            .filter(|((_, _, exact), _)| !exact)
-            .map(|((k, p, _), v)| ((*k, p.clone()), v.clone()))
-            .collect();
-        for ((kind, path, _), refs) in table.iter_mut() {
-            for ((pk, pp), prefs) in &prefixes {
-                if pk == kind && path.starts_with(pp.as_str()) && path != pp {
-                    refs.extend(prefs.iter().copied());
-                }
-            }
-        }
-        table
-            .into_iter()
-            .map(|((kind, path, exact), refs)| KernelRule {
-                kind,
-                path,
-                exact,
-                refs: refs.into_iter().collect(),
+        direct
+            .keys()
+            .map(|key| KernelRule {
+                table: key.0,
+                path: key.1.clone(),
+                exact: key.2,
+                refs: closure(key, &[&direct]).into_iter().collect(),
             })
             .collect()
     }
@@ -580,13 +812,17 @@ impl PolicySet {
 
 /// A policy directory kept current: reloaded when its listing (names, sizes, times) changes.
 /// A file that stops loading keeps its last valid policies active; only a file that is gone
-/// takes its policies with it (the refusal is still reported).
+/// takes its policies with it (the refusal is still reported). A directory that cannot be read
+/// (anything but "does not exist") keeps the whole last good set, and is reported and counted.
 #[derive(Debug)]
 pub struct PolicyDir {
     dir: PathBuf,
     fingerprint: Option<Vec<(PathBuf, Option<std::time::SystemTime>, u64)>>,
     set: PolicySet,
     reloads: u64,
+    read_failures: u64,
+    /// The current failure to read the directory, also among `set.errors`.
+    dir_error: Option<PolicyError>,
 }
 
 impl PolicyDir {
@@ -596,6 +832,8 @@ impl PolicyDir {
             fingerprint: None,
             set: PolicySet::default(),
             reloads: 0,
+            read_failures: 0,
+            dir_error: None,
         }
     }
 
@@ -611,58 +849,116 @@ impl PolicyDir {
         self.reloads
     }
 
-    fn listing(&self) -> Vec<(PathBuf, Option<std::time::SystemTime>, u64)> {
-        let mut v: Vec<_> = std::fs::read_dir(&self.dir)
-            .map(|rd| {
-                rd.flatten()
-                    .filter_map(|e| {
-                        let md = e.metadata().ok()?;
-                        Some((e.path(), md.modified().ok(), md.len()))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+    /// Failed reads of the directory or of one of its files, since this started.
+    pub fn read_failures(&self) -> u64 {
+        self.read_failures
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn listing(&self) -> std::io::Result<Vec<(PathBuf, Option<std::time::SystemTime>, u64)>> {
+        let rd = match std::fs::read_dir(&self.dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut v = Vec::new();
+        for e in rd {
+            let e = e?;
+            // A file removed since the listing has no metadata: it is gone.
+            if let Ok(md) = e.metadata() {
+                v.push((e.path(), md.modified().ok(), md.len()));
+            }
+        }
         v.sort();
-        v
+        Ok(v)
     }
 
     /// Reloads if the directory changed since the last look (or was never read); returns
-    /// whether it did.
+    /// whether the set or its errors changed.
     pub fn refresh(&mut self) -> bool {
-        let fp = self.listing();
+        let fp = match self.listing() {
+            Ok(fp) => fp,
+            Err(e) => return self.unreadable(dir_error(&self.dir, &e)),
+        };
         if self.fingerprint.as_ref() == Some(&fp) {
             return false;
         }
-        self.fingerprint = Some(fp);
-        let mut next = PolicySet::load_dir(&self.dir);
-        let refused: std::collections::HashSet<&str> = next
-            .errors
-            .iter()
-            .map(|e| e.source_name.split(" (document").next().unwrap_or(""))
-            .collect();
+        let mut next = match Candidates::read_dir(&self.dir) {
+            Ok(c) => c,
+            Err(e) => return self.unreadable(e),
+        };
+        // A file that could not be read is read again at the next look, even if the listing
+        // stays the same.
+        if next.unreadable {
+            self.read_failures += 1;
+            self.fingerprint = None;
+        } else {
+            self.fingerprint = Some(fp);
+        }
         let carried: Vec<Loaded> = self
             .set
             .policies
             .iter()
-            .filter(|l| refused.contains(l.source.as_str()) && Path::new(&l.source).exists())
+            .filter(|l| next.failed_files.contains(&l.source) && Path::new(&l.source).exists())
             .filter(|l| {
-                next.policies
+                next.loaded
                     .iter()
                     .all(|n| n.policy.name() != l.policy.name())
             })
             .cloned()
             .collect();
-        next.policies.extend(carried);
-        self.set = next;
+        next.loaded.extend(carried);
+        let active: HashSet<(String, String)> = self
+            .set
+            .policies
+            .iter()
+            .map(|l| (l.policy.name().to_string(), l.source.clone()))
+            .collect();
+        self.set = next.resolve(&active, Limits::KERNEL);
+        self.dir_error = None;
         self.reloads += 1;
+        true
+    }
+
+    /// The directory could not be read: the last good set stays, with the error among its own.
+    fn unreadable(&mut self, e: PolicyError) -> bool {
+        self.read_failures += 1;
+        // Read again as soon as it can be, whatever the listing then looks like.
+        self.fingerprint = None;
+        let e = PolicyError {
+            reason: format!(
+                "{}; the {} policies last loaded stay active",
+                e.reason,
+                self.set.policies.len()
+            ),
+            ..e
+        };
+        if self.dir_error.as_ref() == Some(&e) {
+            return false;
+        }
+        if let Some(old) = self.dir_error.take() {
+            self.set.errors.retain(|x| *x != old);
+        }
+        self.set.errors.push(e.clone());
+        self.dir_error = Some(e);
         true
     }
 }
 
+/// Which kernel rule table an entry belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum RuleKind {
+pub enum Table {
     Exec,
-    Open(Access),
+    Open,
+}
+
+impl Table {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Table::Exec => "exec",
+            Table::Open => "open",
+        }
+    }
 }
 
 /// One policy rule, as the kernel tables reference it.
@@ -672,12 +968,14 @@ pub struct RuleRef {
     pub rule_index: u16,
     pub action: Action,
     pub fallback_kill: bool,
+    /// Open rules: which opens the rule is for; none for exec rules.
+    pub access: Option<Access>,
 }
 
 /// One entry of the kernel's rule tables.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelRule {
-    pub kind: RuleKind,
+    pub table: Table,
     /// An exact path, or a prefix ending in '/'.
     pub path: String,
     pub exact: bool,
@@ -823,35 +1121,227 @@ spec:
         assert!(refused("{{{").source_name.starts_with("bad.yaml"));
     }
 
+    fn named(name: &str, rules: &str) -> String {
+        format!("apiVersion: podmap.dev/v1alpha1\nkind: PodPolicy\nmetadata: {{name: {name}}}\nspec: {{rules: [{rules}]}}\n")
+    }
+
+    fn active(set: &PolicySet) -> Vec<(&str, &str)> {
+        set.policies
+            .iter()
+            .map(|l| (l.policy.name(), l.source.as_str()))
+            .collect()
+    }
+
     #[test]
-    fn a_name_given_twice_is_refused_naming_both_places() {
-        let p = "apiVersion: podmap.dev/v1alpha1\nkind: PodPolicy\nmetadata: {name: dup}\nspec: {rules: [{exec: {paths: [/x]}, action: audit}]}\n";
-        let other = p.replace("dup", "other");
-        let mut set = PolicySet::default();
-        set.add(p, "a.yaml");
-        set.add(&other, "b.yaml");
-        set.add(p, "c.yaml");
-        assert_eq!(
-            set.policies.len(),
-            1,
-            "the duplicate is refused, the others stay"
+    fn three_copies_of_a_name_are_all_refused_each_naming_the_others() {
+        let p = named("dup", "{exec: {paths: [/x]}, action: audit}");
+        let mut set = Candidates::default();
+        for src in ["a.yaml", "b.yaml", "c.yaml"] {
+            set.add(&p, src);
+        }
+        set.add(
+            &named("other", "{exec: {paths: [/x]}, action: audit}"),
+            "d.yaml",
         );
-        assert_eq!(set.policies[0].policy.name(), "other");
-        assert_eq!(set.errors.len(), 1);
-        let msg = set.errors[0].to_string();
-        assert!(msg.contains("c.yaml") && msg.contains("a.yaml"), "{msg}");
+        let set = set.resolve(&HashSet::new(), Limits::KERNEL);
+        assert_eq!(active(&set), [("other", "d.yaml")], "{:?}", set.errors);
+        assert_eq!(set.errors.len(), 3, "one error per party: {:?}", set.errors);
+        for (src, others) in [
+            ("a.yaml", ["b.yaml", "c.yaml"]),
+            ("b.yaml", ["a.yaml", "c.yaml"]),
+            ("c.yaml", ["a.yaml", "b.yaml"]),
+        ] {
+            let e = set
+                .errors
+                .iter()
+                .find(|e| e.source_name == src)
+                .unwrap_or_else(|| panic!("{src} not named: {:?}", set.errors));
+            assert_eq!(e.field, "metadata.name");
+            assert!(others.iter().all(|o| e.reason.contains(o)), "{e}");
+        }
+    }
+
+    #[test]
+    fn names_whose_ids_collide_are_all_refused_and_say_so() {
+        assert_eq!(
+            policy_id("p179bb"),
+            policy_id("p54848"),
+            "a known collision"
+        );
+        let mut set = Candidates::default();
+        set.add(
+            &named("p179bb", "{exec: {paths: [/x]}, action: kill}"),
+            "a.yaml",
+        );
+        set.add(
+            &named("p54848", "{exec: {paths: [/y]}, action: audit}"),
+            "b.yaml",
+        );
+        let set = set.resolve(&HashSet::new(), Limits::KERNEL);
+        assert_eq!(active(&set), [], "{:?}", set.errors);
+        assert_eq!(set.errors.len(), 2, "{:?}", set.errors);
+        for (src, other) in [("a.yaml", "p54848"), ("b.yaml", "p179bb")] {
+            let e = set.errors.iter().find(|e| e.source_name == src).unwrap();
+            assert!(
+                e.reason.contains("same id") && e.reason.contains(other),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_hand_written_file_wins_over_a_mirrored_resource() {
+        let dir = tempfile::tempdir().unwrap();
+        let mirrored =
+            |name: &str, rules: &str| format!("{MIRRORED_HEADER}\n{}", named(name, rules));
+        // Same name: the hand-written file sorts after the mirrored one and still wins.
+        std::fs::write(
+            dir.path().join("zz-web.yaml"),
+            named("web", "{exec: {paths: [/x]}, action: kill}"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("podpolicy.web.yaml"),
+            mirrored("web", "{exec: {paths: [/x]}, action: audit}"),
+        )
+        .unwrap();
+        // Colliding ids: a resource cannot displace a node policy by choosing a colliding name.
+        std::fs::write(
+            dir.path().join("zz-node.yaml"),
+            named("p54848", "{exec: {paths: [/y]}, action: kill}"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("podpolicy.p179bb.yaml"),
+            mirrored("p179bb", "{exec: {paths: [/y]}, action: audit}"),
+        )
+        .unwrap();
+        let set = PolicySet::load_dir(dir.path());
+        let names: BTreeSet<&str> = set.policies.iter().map(|l| l.policy.name()).collect();
+        assert_eq!(names, ["p54848", "web"].into(), "{:?}", set.errors);
+        assert!(
+            set.policies.iter().all(|l| l.source.contains("zz-")),
+            "{:?}",
+            active(&set)
+        );
+        assert_eq!(set.errors.len(), 2, "{:?}", set.errors);
+        for (file, winner) in [
+            ("podpolicy.web.yaml", "zz-web.yaml"),
+            ("podpolicy.p179bb.yaml", "zz-node.yaml"),
+        ] {
+            let e = set
+                .errors
+                .iter()
+                .find(|e| e.source_name.contains(file))
+                .unwrap_or_else(|| panic!("{file} not named: {:?}", set.errors));
+            assert!(
+                e.source_name.contains("mirrored from a PodPolicy resource"),
+                "{e}"
+            );
+            assert!(
+                e.reason.contains(winner) && e.reason.contains("hand-written"),
+                "{e}"
+            );
+        }
+    }
+
+    fn seventeen_shell_killers(dir: &Path) {
+        for i in 1..=17 {
+            let name = format!("ns-{i:02}");
+            let text = format!("apiVersion: podmap.dev/v1alpha1\nkind: PodPolicy\nmetadata: {{name: {name}}}\nspec: {{namespaces: [{name}], rules: [{{exec: {{paths: [/bin/sh]}}, action: kill}}]}}\n");
+            std::fs::write(dir.join(format!("{name}.yaml")), text).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_policy_that_overflows_a_kernel_entry_is_refused_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        seventeen_shell_killers(dir.path());
+        let mut pd = PolicyDir::new(dir.path());
+        pd.refresh();
+        let set = pd.set();
+        assert_eq!(set.policies.len(), 16, "{:?}", set.errors);
+        assert_eq!(set.errors.len(), 1, "{:?}", set.errors);
+        let e = &set.errors[0];
+        assert!(e.source_name.contains("ns-17.yaml"), "{e}");
+        assert!(
+            e.reason.contains("\"/bin/sh\"") && e.reason.contains("17") && e.reason.contains("16"),
+            "{e}"
+        );
+        let tables = set.compile();
+        assert!(tables.iter().all(|r| r.refs.len() <= 16), "{tables:?}");
+        // A newcomer that sorts first does not displace an active policy: it is the one refused.
+        std::fs::write(
+            dir.path().join("aa.yaml"),
+            named("aa", "{exec: {paths: [/bin/sh]}, action: audit}"),
+        )
+        .unwrap();
+        pd.refresh();
+        let set = pd.set();
+        let names: BTreeSet<&str> = set.policies.iter().map(|l| l.policy.name()).collect();
+        assert_eq!(names.len(), 16);
+        assert!(
+            !names.contains("aa") && !names.contains("ns-17"),
+            "{names:?}"
+        );
+        assert_eq!(set.errors.len(), 2, "{:?}", set.errors);
+    }
+
+    #[test]
+    fn a_failed_read_of_the_directory_keeps_the_last_good_set() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("policies");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("a.yaml"), EXAMPLE).unwrap();
+        let mut pd = PolicyDir::new(&dir);
+        pd.refresh();
+        assert_eq!(pd.set().policies.len(), 1);
+        let aside = base.path().join("aside");
+        std::fs::rename(&dir, &aside).unwrap();
+        // The directory replaced by a file, then by a symlink loop: unreadable, not empty.
+        std::fs::write(&dir, "not a directory").unwrap();
+        for broken in ["Not a directory", "symbolic links"] {
+            if broken == "symbolic links" {
+                std::fs::remove_file(&dir).unwrap();
+                std::os::unix::fs::symlink(&dir, &dir).unwrap();
+            }
+            pd.refresh();
+            let set = pd.set();
+            assert_eq!(set.policies.len(), 1, "{broken}: the last good set stays");
+            assert!(
+                set.errors
+                    .iter()
+                    .any(|e| e.source_name.contains(&*dir.to_string_lossy())
+                        && e.reason.contains(broken)
+                        && e.reason.contains("last loaded")),
+                "{broken}: {:?}",
+                set.errors
+            );
+        }
+        assert_eq!(pd.read_failures(), 2);
+        // Back: read again, the error is gone.
+        std::fs::remove_file(&dir).unwrap();
+        std::fs::rename(&aside, &dir).unwrap();
+        pd.refresh();
+        assert_eq!(pd.set().policies.len(), 1);
+        assert!(pd.set().errors.is_empty(), "{:?}", pd.set().errors);
+        // Gone for good: no directory is no policy (not a failure).
+        std::fs::remove_dir_all(&dir).unwrap();
+        pd.refresh();
+        assert!(pd.set().policies.is_empty() && pd.set().errors.is_empty());
+        assert_eq!(pd.read_failures(), 2);
     }
 
     #[test]
     fn compiled_tables_cover_prefixes_by_component() {
-        let mut set = PolicySet::default();
+        let mut set = Candidates::default();
         set.add(EXAMPLE, "example.yaml");
         set.add("apiVersion: podmap.dev/v1alpha1\nkind: PodPolicy\nmetadata: {name: tmp-audit}\nspec: {rules: [{exec: {prefixes: [/tmp/x]}, action: audit}]}\n", "t.yaml");
-        let rules = set.compile();
+        let rules = set.resolve(&HashSet::new(), Limits::KERNEL).compile();
         let find = |path: &str, exact: bool| {
             rules
                 .iter()
-                .find(|r| r.kind == RuleKind::Exec && r.path == path && r.exact == exact)
+                .find(|r| r.table == Table::Exec && r.path == path && r.exact == exact)
         };
         assert_eq!(find("/bin/sh", true).unwrap().refs[0].action, Action::Kill);
         let nc = find("/usr/bin/nc", true).unwrap();
@@ -868,12 +1358,13 @@ spec:
         );
         let shadow = rules
             .iter()
-            .find(|r| r.kind == RuleKind::Open(Access::Read) && r.path == "/etc/shadow/")
+            .find(|r| r.table == Table::Open && r.path == "/etc/shadow/")
             .unwrap();
         assert_eq!(shadow.refs[0].action, Action::Audit);
+        assert_eq!(shadow.refs[0].access, Some(Access::Read));
         assert!(rules
             .iter()
-            .any(|r| r.kind == RuleKind::Open(Access::Read) && r.path == "/etc/shadow" && r.exact));
+            .any(|r| r.table == Table::Open && r.path == "/etc/shadow" && r.exact));
     }
 
     #[test]
