@@ -10,6 +10,9 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 scripts/setup.sh
+# Lint first: a formatting or clippy finding fails the run before the long suites start.
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
 # The end-to-end suites run the real binaries.
 cargo build --workspace --bins
 cargo test --workspace -- --test-threads "${PODMAP_TEST_THREADS:-4}"
