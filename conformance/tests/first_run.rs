@@ -219,7 +219,7 @@ impl Demo {
         n: usize,
         pred: impl Fn(&str) -> bool,
     ) -> Vec<String> {
-        let deadline = Instant::now() + timeout;
+        let deadline = podmap_conformance::deadline::after(timeout);
         let mut hits = Vec::new();
         let mut seen = Vec::new();
         while hits.len() < n {
@@ -264,7 +264,7 @@ impl Demo {
     }
 
     fn wait_hints(&mut self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
+        let deadline = podmap_conformance::deadline::after(timeout);
         while self.hints().len() < 2 {
             assert!(
                 Instant::now() < deadline && !self.exited(),
