@@ -250,6 +250,8 @@ enum podmap_counter {
 	PODMAP_C_HOOK_BAD_INPUT,
 	PODMAP_C_MEMBERSHIP_WRITES,
 	PODMAP_C_MEMBERSHIP_ERRORS,
+	PODMAP_C_STORE_RECOVERED, /* a writer's store would not open: moved aside, started afresh */
+	PODMAP_C_STORE_TEMPORARY, /* a writer's store was held elsewhere: a temporary one stood in */
 	/* create-to-mapping-ready histogram: bucket i counts latencies < 2^i microseconds */
 	PODMAP_C_LATENCY_BUCKET0 = 64,
 	PODMAP_C_LATENCY_BUCKETS = 32,

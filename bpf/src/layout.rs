@@ -245,13 +245,15 @@ pub enum Counter {
     HookBadInput = 30,
     MembershipWrites = 31,
     MembershipErrors = 32,
+    StoreRecovered = 33,
+    StoreTemporary = 34,
 }
 
 pub const LATENCY_BUCKET0: u32 = 64;
 pub const LATENCY_BUCKETS: u32 = 32;
 
 impl Counter {
-    pub const ALL: [Counter; 31] = [
+    pub const ALL: [Counter; 33] = [
         Counter::Exec,
         Counter::Exit,
         Counter::RingbufDropped,
@@ -283,6 +285,8 @@ impl Counter {
         Counter::HookBadInput,
         Counter::MembershipWrites,
         Counter::MembershipErrors,
+        Counter::StoreRecovered,
+        Counter::StoreTemporary,
     ];
 
     /// The name in status and metrics.
@@ -319,6 +323,8 @@ impl Counter {
             Counter::HookBadInput => "hook_bad_input",
             Counter::MembershipWrites => "membership_writes",
             Counter::MembershipErrors => "membership_errors",
+            Counter::StoreRecovered => "store_recovered",
+            Counter::StoreTemporary => "store_temporary",
         }
     }
 

@@ -43,6 +43,17 @@ pub enum StoreError {
     },
 }
 
+/// How [`Store::open_or_recover`] came by its store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Opening {
+    /// The writer's own store, as it was.
+    Opened,
+    /// The store would not open; it was moved to `aside` and a fresh one started.
+    MovedAside { aside: PathBuf, reason: String },
+    /// Another process holds the store: a temporary one stands in until this process ends.
+    Temporary { reason: String },
+}
+
 pub struct Store {
     path: PathBuf,
     db: sled::Db,
@@ -55,6 +66,64 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let db = sled::Config::new()
             .path(path)
+            .open()
+            .map_err(|source| StoreError::Db {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Store {
+            path: path.to_owned(),
+            db,
+            _lock: None,
+        })
+    }
+
+    /// Opens a writer's store for its lifetime, never leaving the writer without one: a store
+    /// another process holds (a second podmap-nri) gives way to a temporary one for this process
+    /// (the maps are written all the same; only a restart's restore is lost); a store that will
+    /// not open (an error, or one of sled's panics on a damaged database) is moved aside as
+    /// `<name>.corrupt-<unix seconds>`, where it can be inspected, and a fresh one is started.
+    /// The caller counts and logs what [`Opening`] says.
+    pub fn open_or_recover(path: &Path) -> Result<(Store, Opening), StoreError> {
+        let failure = match std::panic::catch_unwind(|| Store::open(path)) {
+            Ok(Ok(store)) => return Ok((store, Opening::Opened)),
+            Ok(Err(e)) if e.is_held_elsewhere() => {
+                let store = Store::temporary(path)?;
+                return Ok((
+                    store,
+                    Opening::Temporary {
+                        reason: e.to_string(),
+                    },
+                ));
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(panic) => format!("sled panicked opening it: {}", panic_text(panic.as_ref())),
+        };
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".corrupt-{secs}"));
+        let aside = path.with_file_name(name);
+        std::fs::rename(path, &aside).map_err(|source| StoreError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let store = Store::open(path)?;
+        Ok((
+            store,
+            Opening::MovedAside {
+                aside,
+                reason: failure,
+            },
+        ))
+    }
+
+    /// A store that lives as long as this process, for a writer whose own store is held by
+    /// another process. `path` is the store it stands in for, for messages.
+    fn temporary(path: &Path) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .temporary(true)
             .open()
             .map_err(|source| StoreError::Db {
                 path: path.to_owned(),
@@ -143,6 +212,23 @@ impl Store {
         self.db.flush().map_err(self.db_err())?;
         Ok(())
     }
+}
+
+impl StoreError {
+    /// sled's own lock on its database is taken by another process.
+    fn is_held_elsewhere(&self) -> bool {
+        // sled 0.34 reports its failed try-lock as an I/O error of kind Other with this text.
+        matches!(self, StoreError::Db { source: sled::Error::Io(e), .. }
+            if e.to_string().contains("could not acquire lock"))
+    }
+}
+
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// Takes an exclusive flock on `path`, waiting at most `timeout`. The wait runs on a helper

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use podmap_bpf::cgroup::CgroupLayout;
 use podmap_bpf::layout::Counter;
 use podmap_bpf::registry::{Registry, RegistryError, RestoreReport};
-use podmap_bpf::store::{boot_id, Store};
+use podmap_bpf::store::{boot_id, Opening, Store};
 use podmap_bpf::{ContainerId, ContainerMeta, RecordFlags, SharedMaps, Writer};
 use podmap_proto::nri::api::{Container, ContainerState, PodSandbox};
 use podmap_proto::policy::{PolicyDir, Target};
@@ -82,10 +82,33 @@ impl Backend {
             source,
         })?;
         let layout = CgroupLayout::detect(&s.cgroup_root, &s.v1_controller)?;
+        // The maps first: they are what the kernel reads. The store only serves restarts, so no
+        // state of it keeps containers unmapped: a damaged one is moved aside and started
+        // afresh, one another process holds gives way to a temporary one.
         let maps = SharedMaps::open(&s.bpffs_dir)?;
         // A second handle for counting outside the mapper's lock (plugin.rs).
         let counters = SharedMaps::open(&s.bpffs_dir)?;
-        let store = Store::open(&s.store_path())?;
+        let (store, opening) = Store::open_or_recover(&s.store_path())?;
+        match &opening {
+            Opening::Opened => {}
+            Opening::MovedAside { aside, reason } => {
+                counters.counters().add(Counter::StoreRecovered, 1);
+                tracing::error!(
+                    store = %s.store_path().display(),
+                    aside = %aside.display(),
+                    %reason,
+                    "the store would not open: moved aside, started afresh (records of running containers before this start are not restored)"
+                );
+            }
+            Opening::Temporary { reason } => {
+                counters.counters().add(Counter::StoreTemporary, 1);
+                tracing::error!(
+                    store = %s.store_path().display(),
+                    %reason,
+                    "the store is held by another process (a second podmap-nri?): mapping with a temporary store; a restart of this plugin will not restore its records"
+                );
+            }
+        }
         let boot = boot_id().map_err(InitError::BootId)?;
         let grace_ns = u64::try_from(s.grace.as_nanos()).unwrap_or(u64::MAX);
         let mut registry = Registry::new(maps, store, Writer::Nri, grace_ns, boot);

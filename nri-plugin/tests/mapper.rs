@@ -279,3 +279,113 @@ fn an_unreadable_policy_dir_keeps_the_last_policies_for_new_containers() {
     );
     assert_eq!(m.backend().unwrap().policies.read_failures(), 1);
 }
+
+/// Fills a sled store with small and large records in turn, then deletes its blob files: sled
+/// then panics opening it ("tried to serialize Uninitialized"), as it does on a damaged disk.
+fn damage_store(path: &Path) {
+    use podmap_bpf::store::{ContainerRecord, Store};
+    let store = Store::open(path).unwrap();
+    for i in 0..60 {
+        let mut meta = podmap_bpf::ContainerMeta {
+            container_id: podmap_bpf::ContainerId(format!("big{i:061}")),
+            ..Default::default()
+        };
+        let size = if i % 2 == 0 { 300 } else { 200_000 };
+        meta.labels.insert("big".into(), "x".repeat(size));
+        store
+            .put(&ContainerRecord {
+                meta,
+                ids: Default::default(),
+                boot_id: "b".into(),
+                created_ns: 1,
+                removed_ns: None,
+            })
+            .unwrap();
+    }
+    store.flush().unwrap();
+    drop(store);
+    let blobs = path.join("blobs");
+    let removed = std::fs::read_dir(&blobs)
+        .unwrap()
+        .map(|f| std::fs::remove_file(f.unwrap().path()).unwrap())
+        .count();
+    assert!(removed > 0, "sled wrote no blob under {}", blobs.display());
+    let reopened = std::panic::catch_unwind(|| Store::open(path).map(drop));
+    assert!(
+        !matches!(reopened, Ok(Ok(()))),
+        "the damaged store still opens"
+    );
+}
+
+/// Maps one container of a fresh pod through CreateContainer and StartContainer; returns its
+/// cgroup v2 id.
+fn map_one(m: &mut Mapper, name: &str) -> (TestPod, u64, String) {
+    let pod = TestPod::new(name);
+    let c = pod.container("app");
+    m.created(&pod.pod, &c);
+    let id = pod.run(&c);
+    m.started(&pod.pod, &c, Instant::now()).unwrap();
+    let cid = c.id.clone();
+    (pod, id, cid)
+}
+
+#[test]
+fn a_damaged_store_is_moved_aside_and_containers_are_still_mapped() {
+    let env = Env::new();
+    let settings = env.settings(Duration::from_secs(30));
+    std::fs::create_dir_all(&settings.state_dir).unwrap();
+    damage_store(&settings.store_path());
+
+    // Before: the plugin could not open its maps and store, and mapped nothing (or panicked).
+    let mut m = mapper(&env, Duration::from_secs(30));
+    assert_eq!(count(&m, Counter::StoreRecovered), 1);
+    let (_pod, id, cid) = map_one(&mut m, "after-damage");
+    let maps = m.backend().unwrap().registry.maps();
+    assert!(maps.get(CgroupKey::v2(id)).unwrap().is_some(), "mapped");
+    // The fresh store keeps what it is given; the damaged one waits beside it for inspection.
+    let stored: Vec<String> = m
+        .backend()
+        .unwrap()
+        .registry
+        .records()
+        .into_iter()
+        .map(|r| r.meta.container_id.0)
+        .collect();
+    assert_eq!(stored, [cid]);
+    let aside: Vec<String> = std::fs::read_dir(&settings.state_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("nri.corrupt-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+}
+
+#[test]
+fn a_store_held_by_another_process_gives_way_to_a_temporary_one() {
+    let env = Env::new();
+    let settings = env.settings(Duration::from_secs(30));
+    std::fs::create_dir_all(&settings.state_dir).unwrap();
+    // sled's lock is a flock on its database file: a second open, even in this process, is
+    // refused as another podmap-nri's would be.
+    let held = podmap_bpf::store::Store::open(&settings.store_path()).unwrap();
+
+    let mut m = mapper(&env, Duration::from_secs(30));
+    assert_eq!(count(&m, Counter::StoreTemporary), 1);
+    let (_pod, id, cid) = map_one(&mut m, "beside-a-holder");
+    let maps = m.backend().unwrap().registry.maps();
+    assert!(maps.get(CgroupKey::v2(id)).unwrap().is_some(), "mapped");
+    // The temporary store serves removal: the grace period starts in the map.
+    m.removed(&cid).unwrap();
+    let rec = m
+        .backend()
+        .unwrap()
+        .registry
+        .maps()
+        .get(CgroupKey::v2(id))
+        .unwrap()
+        .unwrap();
+    assert!(rec.flags.removing, "{rec:?}");
+    // The holder's store was left as it was.
+    assert!(held.records().is_empty());
+    assert_eq!(count(&m, Counter::StoreErrors), 0);
+}
