@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use podmap_bpf::cgroup::CgroupLayout;
 use podmap_bpf::layout::Counter;
 use podmap_bpf::maps::now_ns;
-use podmap_bpf::store::{boot_id, Store, StoreError};
+use podmap_bpf::store::{boot_id, Opening, Store, StoreError};
 use podmap_bpf::{RecordFlags, Writer};
 
 use crate::hook::Hook;
@@ -22,6 +22,8 @@ use crate::spool::{Entry, Pending, Spool, StoreLock};
 /// A createRuntime applies the queue when it is this long: sled's open is the slowest step a
 /// run can take, so container starts pay it once in this many, and the queue stays small.
 pub const APPLY_AT: usize = 256;
+/// At most this many queued changes are read and applied per round (four rounds a run).
+const APPLY_BATCH: usize = 256;
 /// Time kept back before the watchdog for applying the queue once the lock is had.
 const APPLY_RESERVE: Duration = Duration::from_millis(150);
 /// How often a queued run checks whether its change was applied or the lock is free.
@@ -177,27 +179,27 @@ impl Hook {
     /// (logged and counted) when the store failed: the queue stays for the next run.
     fn apply_queue(&self, spool: &Spool, store_path: &Path, pins_existed: bool) -> bool {
         let res = (|| -> Result<Vec<PathBuf>, StoreError> {
-            let store = Store::open(store_path)?;
+            let store = self.open_store(store_path)?;
             let mut applied: Vec<PathBuf> = Vec::new();
-            // Changes keep arriving while runs start at once: take them in a few rounds.
-            for _ in 0..4 {
-                let pending = spool.pending().unwrap_or_else(|e| {
-                    self.log.line(Level::Error, None, format_args!("{e}"));
-                    Vec::new()
-                });
-                let fresh: Vec<Pending> = pending
-                    .into_iter()
-                    .filter(|p| !applied.contains(&p.path))
-                    .collect();
+            // Changes keep arriving while runs start at once: take them in a few rounds, in
+            // bounded batches, and stop well before the watchdog (whose exit in the middle of a
+            // sled write is what damages a store): what is left stays queued for the next run.
+            'rounds: for _ in 0..4 {
+                let fresh: Vec<Pending> = spool
+                    .pending_batch(APPLY_BATCH, &applied)
+                    .unwrap_or_else(|e| {
+                        self.log.line(Level::Error, None, format_args!("{e}"));
+                        Vec::new()
+                    });
                 if fresh.is_empty() {
                     break;
                 }
                 for p in fresh {
                     self.apply(&store, &p.path, p.entry)?;
                     applied.push(p.path);
-                }
-                if Instant::now() + APPLY_RESERVE / 2 >= self.deadline {
-                    break;
+                    if Instant::now() + APPLY_RESERVE / 2 >= self.deadline {
+                        break 'rounds;
+                    }
                 }
             }
             self.sweep(&store);
@@ -231,6 +233,35 @@ impl Hook {
                 self.count(Counter::StoreErrors);
                 false
             }
+        }
+    }
+
+    /// Opens the store under its lock; a store that will not open (sled's error or panic on a
+    /// damaged database) is moved aside and started afresh, counted and logged, so one bad
+    /// store never leaves the queue growing run after run.
+    fn open_store(&self, store_path: &Path) -> Result<Store, StoreError> {
+        match Store::open_or_recover(store_path)? {
+            (store, Opening::Opened) => Ok(store),
+            (store, Opening::MovedAside { aside, reason }) => {
+                self.count(Counter::StoreRecovered);
+                self.log.line(
+                    Level::Error,
+                    None,
+                    format_args!(
+                        "store {} would not open ({reason}): moved aside to {}, started afresh",
+                        store_path.display(),
+                        aside.display()
+                    ),
+                );
+                Ok(store)
+            }
+            // Someone holds sled's own lock without the hooks' lock file: leave the queue for
+            // a run that finds the store free rather than apply it to a store that is gone at
+            // exit.
+            (_, Opening::Temporary { .. }) => Err(StoreError::Locked {
+                path: store_path.to_owned(),
+                waited: Duration::ZERO,
+            }),
         }
     }
 

@@ -103,6 +103,17 @@ impl Spool {
     /// Every queued entry in order (one that does not parse is dropped by `done` like the
     /// others). Stale temp files are removed.
     pub fn pending(&self) -> Result<Vec<Pending>, SpoolError> {
+        self.pending_batch(usize::MAX, &[])
+    }
+
+    /// The first `limit` queued entries in order, leaving out `taken` (applied, not yet done):
+    /// only those are read, so a queue grown long while the store was unusable costs a run a
+    /// bounded amount of work. Stale temp files are removed.
+    pub fn pending_batch(
+        &self,
+        limit: usize,
+        taken: &[PathBuf],
+    ) -> Result<Vec<Pending>, SpoolError> {
         let rd = match std::fs::read_dir(&self.dir) {
             Ok(rd) => rd,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -130,6 +141,8 @@ impl Spool {
         files.sort();
         Ok(files
             .into_iter()
+            .filter(|f| !taken.contains(f))
+            .take(limit)
             .filter_map(|path| {
                 let entry = match std::fs::read(&path) {
                     Ok(b) => serde_json::from_slice(&b).map_err(|e| e.to_string()),
@@ -239,6 +252,27 @@ mod tests {
                 .exists(),
             "a fresh temp file may be a write in progress"
         );
+    }
+
+    #[test]
+    fn a_batch_reads_only_its_first_entries_after_those_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::new(&dir.path().join("hook"));
+        let paths: Vec<PathBuf> = (0..5)
+            .map(|i| {
+                let e = Entry::Create {
+                    record: Box::new(record(&format!("c{i}"))),
+                };
+                spool.push(&e, 10 + i).unwrap()
+            })
+            .collect();
+        let first = spool.pending_batch(2, &[]).unwrap();
+        let got: Vec<&PathBuf> = first.iter().map(|p| &p.path).collect();
+        assert_eq!(got, [&paths[0], &paths[1]]);
+        let next = spool.pending_batch(2, &paths[..2]).unwrap();
+        let got: Vec<&PathBuf> = next.iter().map(|p| &p.path).collect();
+        assert_eq!(got, [&paths[2], &paths[3]]);
+        assert_eq!(spool.pending_batch(10, &paths[..4]).unwrap().len(), 1);
     }
 
     #[test]
