@@ -559,10 +559,11 @@ pub fn status_table(r: &StatusReport) -> String {
         (
             "policies",
             format!(
-                "{} loaded from {}, {} memberships, {} refused, {} failed reads, {} rule entries not written",
+                "{} loaded from {}, {} memberships ({} orphans removed), {} refused, {} failed reads, {} rule entries not written",
                 r.policies.loaded.len(),
                 if r.policies.dir.is_empty() { "-" } else { &r.policies.dir },
                 r.policies.memberships,
+                r.policies.orphan_memberships_removed,
                 r.policies.errors.len(),
                 r.policies.read_failures,
                 r.policies.rule_write_failures
@@ -868,7 +869,7 @@ mod tests {
         };
         let t = status_table(&report);
         assert!(
-            t.contains("1 loaded from /p, 3 memberships, 2 refused, 7 failed reads, 2 rule entries not written\n"),
+            t.contains("1 loaded from /p, 3 memberships (0 orphans removed), 2 refused, 7 failed reads, 2 rule entries not written\n"),
             "{t}"
         );
         assert!(

@@ -191,6 +191,11 @@ pub fn render(report: &StatusReport) -> String {
             "Kernel rule table entries that could not be written as asked (see podmap status)",
             report.policies.rule_write_failures,
         ),
+        (
+            "policy_orphan_memberships_removed",
+            "Policy memberships removed because their container had no record any more",
+            report.policies.orphan_memberships_removed,
+        ),
     ] {
         let c = Counter::<u64>::default();
         c.inc_by(value);
@@ -450,6 +455,7 @@ mod tests {
                 memberships: 4,
                 read_failures: 5,
                 rule_write_failures: 1,
+                orphan_memberships_removed: 2,
                 resources: Some(crate::policy_mirror::MirrorStatus {
                     synced: true,
                     resources: 1,
@@ -495,6 +501,7 @@ mod tests {
             "podmap_policy_memberships 4",
             "podmap_policy_dir_read_failures_total 5",
             "podmap_policy_rule_write_failures_total 1",
+            "podmap_policy_orphan_memberships_removed_total 2",
             "podmap_policy_resources 1",
             "podmap_policy_resources_refused 1",
             "podmap_policy_resource_errors_total 3",

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use podmap_bpf::policy_maps::{KernelAction, PathRule, RuleRef, RuleTable};
 use podmap_bpf::{CgroupKey, SharedMaps};
@@ -34,6 +35,10 @@ pub struct PolicyStatus {
     /// in `errors` while it lasts).
     #[serde(default)]
     pub rule_write_failures: u64,
+    /// Memberships removed because their container's record was gone (containers removed
+    /// while podmapd was down, or a plugin that died between the membership and the record).
+    #[serde(default)]
+    pub orphan_memberships_removed: u64,
     /// The PodPolicy resources mirrored into the directory, in Kubernetes mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<crate::policy_mirror::MirrorStatus>,
@@ -52,7 +57,16 @@ pub struct PolicyManager {
     pod_seq: u64,
     /// The record map's generation at the last walk (see `SharedMaps::records_generation`).
     walked_generation: Option<u64>,
+    /// Memberships without a record, with when they were first seen so; see `sweep_orphans`.
+    orphans: HashMap<(u32, CgroupKey), Instant>,
+    last_orphan_sweep: Option<Instant>,
 }
+
+/// How often memberships are checked against the record map: a walk of the membership map.
+const ORPHAN_SWEEP: Duration = Duration::from_secs(10);
+/// How long a membership may lack its record before it goes: a plugin writes the membership
+/// just before the record (so not even the first exec escapes), and that must not be undone.
+const ORPHAN_GRACE: Duration = Duration::from_secs(5);
 
 /// What selectors look at, per container.
 struct Known {
@@ -129,6 +143,8 @@ impl PolicyManager {
             pods,
             pod_seq: 0,
             walked_generation: None,
+            orphans: HashMap::new(),
+            last_orphan_sweep: None,
         }
     }
 
@@ -146,6 +162,52 @@ impl PolicyManager {
         // A directory that stays unreadable fails every look without changing the set.
         self.status.read_failures = self.policies.read_failures();
         self.reconcile(reloaded);
+        if self
+            .last_orphan_sweep
+            .is_none_or(|t| t.elapsed() >= ORPHAN_SWEEP / 2)
+        {
+            self.sweep_orphans(Instant::now());
+        }
+    }
+
+    /// Removes memberships whose container has no record (any more): reconciliation only
+    /// follows records it saw go, so without this the memberships of containers removed while
+    /// podmapd was down would stay, and fill the membership map until new containers could
+    /// not join their policies. A membership goes only once it has lacked its record for
+    /// [`ORPHAN_GRACE`] on two looks.
+    fn sweep_orphans(&mut self, now: Instant) {
+        self.last_orphan_sweep = Some(now);
+        let records: HashSet<CgroupKey> = self.maps.keys().into_iter().collect();
+        let orphaned: HashSet<(u32, CgroupKey)> = self
+            .maps
+            .memberships()
+            .into_iter()
+            .filter(|(_, k)| !records.contains(k))
+            .collect();
+        // Forget those that found their record (or went) since the last look.
+        self.orphans.retain(|m, _| orphaned.contains(m));
+        let mut removed = 0;
+        for m in orphaned {
+            let since = *self.orphans.entry(m).or_insert(now);
+            if now.duration_since(since) < ORPHAN_GRACE {
+                continue;
+            }
+            match self.maps.remove_membership(m.0, m.1) {
+                Ok(()) => {
+                    self.orphans.remove(&m);
+                    removed += 1;
+                }
+                Err(e) => tracing::warn!(error = %e, "removing an orphaned policy membership"),
+            }
+        }
+        if removed > 0 {
+            tracing::info!(
+                removed,
+                "removed policy memberships of containers that have no record any more"
+            );
+            self.status.orphan_memberships_removed += removed;
+            self.status.memberships = self.maps.memberships().len() as u64;
+        }
     }
 
     /// Writes the kernel tables and names for the freshly loaded policies. Never gives up part

@@ -531,3 +531,72 @@ fn a_read_prefix_still_acts_on_a_path_another_policy_names_for_writes() {
     f.daemon.wait_policies(2);
     eventually(&cg, &["/bin/cat", &path], killed);
 }
+
+/// Memberships of containers removed while podmapd was down (their records swept by a plugin
+/// meanwhile) are removed once podmapd sees them without a record, and only those: before, they
+/// stayed for good, until the membership map filled and new containers could not join their
+/// policies.
+#[test]
+fn memberships_without_a_record_are_removed_and_the_others_kept() {
+    use podmap_bpf::testing::PinDir;
+    use podmap_bpf::{CgroupId, CgroupIds, CgroupKey};
+    use podmap_proto::policy::policy_id;
+
+    // The node as podmapd finds it at start: one container with its record and membership, and
+    // one membership whose container went while podmapd was away.
+    let pins = PinDir::new("podmap-test-orphans");
+    let mut maps = SharedMaps::open(&pins.path).unwrap();
+    let cg = TestCgroup::new(&cgroup2_mount(), "podmap-test-orphan").unwrap();
+    let pod = TestPod {
+        namespace: "prod",
+        name: "web-1",
+        uid: "11111111-2222-3333-4444-555555555555",
+        labels: &[("app", "web")],
+    };
+    cg.map_container(&mut maps, &pod, "nginx").unwrap();
+    let id = policy_id("no-sh");
+    let live = CgroupKey::v2(cg.id());
+    maps.add_memberships(
+        &CgroupIds {
+            v2: Some(CgroupId(cg.id())),
+            v1: None,
+        },
+        &[id],
+    )
+    .unwrap();
+    let gone = CgroupKey::v2(u64::MAX - 7);
+    maps.add_memberships(
+        &CgroupIds {
+            v2: Some(gone.id),
+            v1: None,
+        },
+        &[id],
+    )
+    .unwrap();
+    let policy_dir = tempfile::tempdir().unwrap();
+    write_policy(
+        policy_dir.path(),
+        "no-sh.yaml",
+        &policy(
+            "no-sh",
+            "prod",
+            "  - exec: {paths: [/bin/sh]}\n    action: kill\n",
+        ),
+    );
+
+    let daemon = Daemon::start_with(DaemonOptions {
+        pins: Some(pins.path.clone()),
+        env: vec![(
+            "PODMAP_POLICY_DIR".into(),
+            policy_dir.path().display().to_string(),
+        )],
+        ..Default::default()
+    });
+    let st = daemon.wait_status("the orphaned membership removed", |st| {
+        st["policies"]["orphan_memberships_removed"] == 1
+    });
+    let members = maps.memberships();
+    assert!(members.contains(&(id, live)), "{members:?}\n{st:#}");
+    assert!(!members.contains(&(id, gone)), "{members:?}");
+    assert_eq!(st["policies"]["memberships"], 1, "{st:#}");
+}
