@@ -1233,6 +1233,77 @@ fn a_damaged_store_is_moved_aside_and_the_queue_is_applied_to_a_fresh_one() {
     assert!(rec.removed_ns.is_some(), "{rec:?}");
 }
 
+/// A policy membership that cannot be written (here: the membership map is full) fails a
+/// container of a fail-closed namespace, whose first instructions would otherwise run outside
+/// its policies; in other namespaces the container starts, the failure logged and counted
+/// (before: only logged, in every namespace).
+#[test]
+fn a_failed_membership_fails_closed_namespaces_only() {
+    let mut hooks = HookEnv::new("podmap-members");
+    hooks.extra = vec![("PODMAP_FAIL_CLOSED_NAMESPACES".into(), "prod".into())];
+    std::fs::create_dir_all(hooks.policy_dir()).unwrap();
+    std::fs::write(
+        hooks.policy_dir().join("no-sh.yaml"),
+        format!(
+            "apiVersion: podmap.dev/v1alpha1\nkind: PodPolicy\nmetadata:\n  name: {}\n\
+             spec:\n  namespaces: [prod, dev]\n  rules:\n  - exec: {{paths: [/bin/sh]}}\n\
+             \x20   action: kill\n",
+            unique_name("no-sh")
+        ),
+    )
+    .unwrap();
+    let mut maps = hooks.maps();
+    for i in 0..u64::from(podmap_bpf::layout::MAX_MEMBERS) {
+        let ids = podmap_bpf::CgroupIds {
+            v2: Some(podmap_bpf::CgroupId(u64::MAX - i)),
+            v1: None,
+        };
+        maps.add_memberships(&ids, &[7]).unwrap();
+    }
+    let cg = TestCgroup::new(&cgroup2_mount(), "podmap-hook-members").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let container = |ns: &str| {
+        let pod = Pod::new("members", ns);
+        let id = container_id("members");
+        let bundle = dir.path().join(&id);
+        std::fs::create_dir_all(&bundle).unwrap();
+        std::fs::write(
+            bundle.join("config.json"),
+            json!({"linux": {"cgroupsPath": format!("/{}", cg.rel.display())},
+                   "annotations": pod.container_annotations(&id, &container_id("sb"), "app")})
+            .to_string(),
+        )
+        .unwrap();
+        let state = json!({"ociVersion": "1.0.2-dev", "id": id, "status": "creating",
+                           "pid": 0, "bundle": path_str(&bundle)});
+        (id, state.to_string().into_bytes())
+    };
+
+    let (id, state) = container("prod");
+    let run = hooks.run(&["create-runtime"], &state);
+    assert_eq!(run.status.code(), Some(1), "{run:?}\n{}", hooks.log());
+    assert!(run.stderr.contains("fails closed"), "{}", run.stderr);
+    assert!(hooks.mapped(&id).is_empty(), "not mapped: {}", hooks.log());
+    assert!(
+        hooks
+            .log()
+            .contains("its namespace fails closed: not mapped"),
+        "{}",
+        hooks.log()
+    );
+
+    let (id, state) = container("dev");
+    let run = hooks.run(&["create-runtime"], &state);
+    assert_eq!(run.status.code(), Some(0), "{run:?}\n{}", hooks.log());
+    assert_eq!(hooks.mapped(&id).len(), 1, "{}", hooks.log());
+    assert_eq!(
+        hooks.counter(Counter::MembershipErrors),
+        2,
+        "{}",
+        hooks.log()
+    );
+}
+
 /// A log that would block (here a FIFO nobody reads in the log's place; in production a hung
 /// /var/log) never holds the hook past its bound: it exits 0 in time and the mapping is made.
 #[test]

@@ -472,13 +472,30 @@ impl Hook {
         if !policy_ids.is_empty() {
             let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(m) = maps.as_mut() {
-                // Counted by bpf/ (membership_errors); podmapd's reconciliation repairs it.
+                // Counted by bpf/ (membership_errors); podmapd's reconciliation repairs it in
+                // time, but the container's first instructions would run outside its policies:
+                // a fail-closed namespace does not start it (not mapped, exit 1), others start
+                // it and say so. Memberships written before the failure are removed by
+                // podmapd's orphan sweep, as no record follows them.
                 if let Err(e) = m.add_memberships(&found.ids, &policy_ids) {
+                    let closed = self.opts.fails_closed(namespace.as_deref());
                     self.log.line(
                         Level::Error,
                         Some(id),
-                        format_args!("writing policy memberships: {e}"),
+                        format_args!(
+                            "writing policy memberships: {e}; {}",
+                            if closed {
+                                "its namespace fails closed: not mapped"
+                            } else {
+                                "it starts outside its policies until podmapd repairs them"
+                            }
+                        ),
                     );
+                    if closed {
+                        drop(maps);
+                        self.count(Counter::HookFailures);
+                        return not_mapped();
+                    }
                 }
             }
         }
