@@ -1233,6 +1233,75 @@ fn a_damaged_store_is_moved_aside_and_the_queue_is_applied_to_a_fresh_one() {
     assert!(rec.removed_ns.is_some(), "{rec:?}");
 }
 
+/// A workload container's createRuntime state (CRI-O's annotations) in cgroup `cg`, its bundle
+/// under `dir`: the hook alone, without a runtime.
+fn workload_state(pod: &Pod, cg: &TestCgroup, dir: &std::path::Path) -> (String, Vec<u8>) {
+    let id = container_id("wl");
+    let bundle = dir.join(&id);
+    std::fs::create_dir_all(&bundle).unwrap();
+    std::fs::write(
+        bundle.join("config.json"),
+        json!({"linux": {"cgroupsPath": format!("/{}", cg.rel.display())},
+               "annotations": pod.container_annotations(&id, &container_id("sb"), "app")})
+        .to_string(),
+    )
+    .unwrap();
+    let state = json!({"ociVersion": "1.0.2-dev", "id": id, "status": "creating",
+                       "pid": 0, "bundle": path_str(&bundle)});
+    (id, state.to_string().into_bytes())
+}
+
+/// While a policy file is broken, podmapd keeps its last valid version in force, and a
+/// container the hook maps meanwhile joins that version too: the hook decides from the set
+/// podmapd publishes (before: it read the broken file, refused it, and the container's
+/// entrypoint ran outside the policy).
+#[test]
+fn while_a_policy_file_is_broken_new_containers_join_its_version_in_force() {
+    let hooks = HookEnv::new("podmap-brokenpol");
+    std::fs::create_dir_all(hooks.policy_dir()).unwrap();
+    let name = unique_name("no-sh");
+    let file = hooks.policy_dir().join("no-sh.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: podmap.dev/v1alpha1\nkind: PodPolicy\nmetadata:\n  name: {name}\n\
+             spec:\n  namespaces: [prod]\n  rules:\n  - exec: {{paths: [/bin/sh]}}\n\
+             \x20   action: kill\n"
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start_with(DaemonOptions {
+        pins: Some(hooks.pins.path.clone()),
+        env: vec![(
+            "PODMAP_POLICY_DIR".into(),
+            hooks.policy_dir().display().to_string(),
+        )],
+        ..Default::default()
+    });
+    daemon.wait_policies(1);
+    std::fs::write(&file, "kind: [").unwrap();
+    daemon.wait_status("the broken file refused, its last version in force", |st| {
+        st["policies"]["errors"]
+            .as_array()
+            .is_some_and(|e| !e.is_empty())
+            && st["policies"]["loaded"].as_array().map_or(0, Vec::len) == 1
+    });
+
+    let cg = TestCgroup::new(&cgroup2_mount(), "podmap-hook-brokenpol").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (id, state) = workload_state(&Pod::new("brokenpol", "prod"), &cg, dir.path());
+    let run = hooks.run(&["create-runtime"], &state);
+    assert_eq!(run.status.code(), Some(0), "{run:?}\n{}", hooks.log());
+    assert_eq!(hooks.mapped(&id).len(), 1, "{}", hooks.log());
+    let members = hooks.maps().memberships();
+    let key = podmap_bpf::CgroupKey::v2(cg.id());
+    assert!(
+        members.contains(&(podmap_proto::policy::policy_id(&name), key)),
+        "{members:?}\n{}",
+        hooks.log()
+    );
+}
+
 /// A policy membership that cannot be written (here: the membership map is full) fails a
 /// container of a fail-closed namespace, whose first instructions would otherwise run outside
 /// its policies; in other namespaces the container starts, the failure logged and counted
@@ -1262,22 +1331,7 @@ fn a_failed_membership_fails_closed_namespaces_only() {
     }
     let cg = TestCgroup::new(&cgroup2_mount(), "podmap-hook-members").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let container = |ns: &str| {
-        let pod = Pod::new("members", ns);
-        let id = container_id("members");
-        let bundle = dir.path().join(&id);
-        std::fs::create_dir_all(&bundle).unwrap();
-        std::fs::write(
-            bundle.join("config.json"),
-            json!({"linux": {"cgroupsPath": format!("/{}", cg.rel.display())},
-                   "annotations": pod.container_annotations(&id, &container_id("sb"), "app")})
-            .to_string(),
-        )
-        .unwrap();
-        let state = json!({"ociVersion": "1.0.2-dev", "id": id, "status": "creating",
-                           "pid": 0, "bundle": path_str(&bundle)});
-        (id, state.to_string().into_bytes())
-    };
+    let container = |ns: &str| workload_state(&Pod::new("members", ns), &cg, dir.path());
 
     let (id, state) = container("prod");
     let run = hooks.run(&["create-runtime"], &state);

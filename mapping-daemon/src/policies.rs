@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use podmap_bpf::policy_maps::{KernelAction, PathRule, RuleRef, RuleTable};
 use podmap_bpf::{CgroupKey, SharedMaps};
 use podmap_pod_cache::PodCache;
-use podmap_proto::policy::{Access, Action, KernelRule, PolicyDir, Table, Target};
+use podmap_proto::policy::{Access, Action, KernelRule, PolicyDir, Table, Target, ACTIVE_FILE};
 
 /// Policy names by id, for policy events (read by the pipeline, written on reload).
 pub type PolicyNames = Arc<RwLock<HashMap<u32, Arc<str>>>>;
@@ -237,6 +237,22 @@ impl PolicyManager {
             tracing::error!(error = %e, "writing the policy state");
             self.status.rule_write_failures += 1;
             errors.push(format!("policy state: {e}"));
+        }
+        // The plugins decide new containers' memberships from this set too (proto's
+        // `PluginPolicies`). A directory that does not exist has nothing to publish.
+        let dir = self.policies.dir();
+        if dir.is_dir() {
+            if let Err(e) = next.publish(dir) {
+                // Not a stale set either: without the file the plugins read the directory.
+                let _ = std::fs::remove_file(dir.join(ACTIVE_FILE));
+                let e = format!(
+                    "publishing the policies in force to {}: {e}; the runtime plugins read the \
+                     directory themselves (a broken file there is not carried for them)",
+                    dir.join(ACTIVE_FILE).display()
+                );
+                tracing::warn!("{e}");
+                errors.push(e);
+            }
         }
         *self.names.write().unwrap_or_else(|p| p.into_inner()) = next
             .policies

@@ -16,7 +16,7 @@ use podmap_bpf::registry::{Registry, RegistryError, RestoreReport};
 use podmap_bpf::store::{boot_id, Opening, Store};
 use podmap_bpf::{ContainerId, ContainerMeta, RecordFlags, SharedMaps, Writer};
 use podmap_proto::nri::api::{Container, ContainerState, PodSandbox};
-use podmap_proto::policy::{PolicyDir, Target};
+use podmap_proto::policy::{Origin, PluginPolicies, Target};
 
 use crate::config::Settings;
 use crate::records::{self, ResolveError, Resolved};
@@ -64,7 +64,8 @@ pub struct Backend {
     pub registry: Registry,
     pub layout: CgroupLayout,
     /// Policies, so a container's memberships are written before it runs.
-    pub policies: PolicyDir,
+    /// podmapd's published set, or the directory when there is none.
+    pub policies: PluginPolicies,
     policies_checked: Option<Instant>,
 }
 
@@ -113,7 +114,7 @@ impl Backend {
         let grace_ns = u64::try_from(s.grace.as_nanos()).unwrap_or(u64::MAX);
         let mut registry = Registry::new(maps, store, Writer::Nri, grace_ns, boot);
         let report = registry.restore(&layout);
-        let policies = PolicyDir::new(&s.policy_dir);
+        let policies = PluginPolicies::new(&s.policy_dir);
         Ok((
             Backend {
                 registry,
@@ -141,6 +142,16 @@ impl Backend {
             if self.policies.refresh() {
                 for e in &self.policies.set().errors {
                     tracing::warn!(error = %e, "policy refused");
+                }
+                match self.policies.origin() {
+                    Origin::Published => tracing::debug!("policies: podmapd's published set"),
+                    Origin::Directory { why: Some(why) } => tracing::warn!(
+                        %why,
+                        "podmapd's published policies cannot be read: the directory's own"
+                    ),
+                    Origin::Directory { why: None } => {
+                        tracing::debug!("policies: the directory's own (nothing published)")
+                    }
                 }
             }
             self.policies_checked = Some(Instant::now());

@@ -6,19 +6,27 @@
 use std::path::Path;
 
 use podmap_bpf::ContainerMeta;
-use podmap_proto::policy::{PolicySet, Target};
+use podmap_proto::policy::{Origin, PluginPolicies, Target};
 
-/// The ids of the policies selecting `meta`, and the policy files that were refused (podmapd
-/// reports those; the hook only logs them at debug).
+/// The ids of the policies selecting `meta` (from podmapd's published set, or the directory
+/// when there is none: proto's `PluginPolicies`), and what was refused or could not be read
+/// (podmapd reports refusals; the hook only logs them at debug).
 pub fn selecting(dir: &Path, meta: &ContainerMeta) -> (Vec<u32>, Vec<String>) {
-    let set = PolicySet::load_dir(dir);
+    let mut policies = PluginPolicies::new(dir);
+    policies.refresh();
+    let set = policies.set();
     let target = Target {
         namespace: &meta.namespace,
         pod_labels: &meta.labels,
         container_name: &meta.name,
         sandbox: meta.sandbox,
     };
-    let refused = set.errors.iter().map(|e| e.to_string()).collect();
+    let mut refused: Vec<String> = set.errors.iter().map(|e| e.to_string()).collect();
+    if let Origin::Directory { why: Some(why) } = policies.origin() {
+        refused.push(format!(
+            "podmapd's published policies cannot be read ({why}): the directory's own"
+        ));
+    }
     (set.selecting(&target), refused)
 }
 

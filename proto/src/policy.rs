@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
+mod published;
+pub use published::{Origin, PluginPolicies, ACTIVE_FILE};
+
 pub const API_VERSION: &str = "podmap.dev/v1alpha1";
 pub const KIND: &str = "PodPolicy";
 
@@ -864,9 +867,15 @@ impl PolicyDir {
         let mut v = Vec::new();
         for e in rd {
             let e = e?;
+            // Only what `Candidates::read_dir` reads: the file podmapd publishes here must not
+            // look like a change of the directory (it would reload, and publish, forever).
+            let path = e.path();
+            if !path.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+                continue;
+            }
             // A file removed since the listing has no metadata: it is gone.
             if let Ok(md) = e.metadata() {
-                v.push((e.path(), md.modified().ok(), md.len()));
+                v.push((path, md.modified().ok(), md.len()));
             }
         }
         v.sort();
