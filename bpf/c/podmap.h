@@ -14,7 +14,12 @@
 #define PODMAP_ARGS_MAX 1024
 #define PODMAP_CGROUP_PATH_MAX 512
 #define PODMAP_META_MAX 4088
-#define PODMAP_MAX_CGROUP_DEPTH 16
+/*
+ * Deepest level (the root is 0) at which a mapped cgroup is found for processes in cgroups below
+ * it; below it, any depth. A process in a mapped cgroup itself is found at any level.
+ * docs/decisions.md #4.
+ */
+#define PODMAP_MAX_CONTAINER_LEVEL 16
 
 #define PODMAP_POLICY_PATH_MAX 256
 #define PODMAP_RULE_REFS 16
