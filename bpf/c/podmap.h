@@ -257,6 +257,9 @@ enum podmap_counter {
 	PODMAP_C_MEMBERSHIP_ERRORS,
 	PODMAP_C_STORE_RECOVERED, /* a writer's store would not open: moved aside, started afresh */
 	PODMAP_C_STORE_TEMPORARY, /* a writer's store was held elsewhere: a temporary one stood in */
+	/* records written for a cgroup below PODMAP_MAX_CONTAINER_LEVEL: its sub-cgroups are not
+	 * attributed to it */
+	PODMAP_C_DEEP_CONTAINERS,
 	/* create-to-mapping-ready histogram: bucket i counts latencies < 2^i microseconds */
 	PODMAP_C_LATENCY_BUCKET0 = 64,
 	PODMAP_C_LATENCY_BUCKETS = 32,
