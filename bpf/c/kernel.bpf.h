@@ -29,6 +29,10 @@ struct cgroup {
 	struct cgroup_subsys_state self;
 	int level;
 	struct kernfs_node *kn;
+	/* ancestors[l] is the ancestor at level l (0 the root, `level` itself); Linux 6.1+. */
+	struct cgroup *ancestors[0];
+	/* Before 6.1: the ancestors' ids (their kn->id), indexed the same way. */
+	__u64 ancestor_ids[0];
 } __co_re;
 
 /* Values are relocated with bpf_core_enum_value; the numbers here are placeholders. */

@@ -161,14 +161,36 @@ static __always_inline struct cgroup *v1_cgroup(struct task_struct *task)
 	return BPF_CORE_READ(css, cgroup);
 }
 
+/* Id of `cg`'s ancestor at `level` (0 the root), read from the cgroup's own ancestor array. */
+static __always_inline __u64 v1_ancestor_id(struct cgroup *cg, int level)
+{
+	struct cgroup *anc = 0;
+	__u64 id = 0;
+
+	if (bpf_core_field_exists(cg->ancestors)) {
+		bpf_probe_read_kernel(&anc, sizeof(anc),
+				      (char *)cg + bpf_core_field_offset(struct cgroup, ancestors) +
+					      level * sizeof(anc));
+		return anc ? BPF_CORE_READ(anc, kn, id) : 0;
+	}
+	bpf_probe_read_kernel(&id, sizeof(id),
+			      (char *)cg + bpf_core_field_offset(struct cgroup, ancestor_ids) +
+				      level * sizeof(id));
+	return id;
+}
+
 /*
- * Fills the cgroup ids and finds the mapped container cgroup: the leaf or its nearest mapped
- * ancestor, so a sub-cgroup a container makes for itself is attributed to the container.
+ * Fills the cgroup ids and finds the mapped container cgroup: the task's own cgroup, else its
+ * nearest mapped ancestor at level PODMAP_MAX_CONTAINER_LEVEL or above, so a sub-cgroup a
+ * container makes for itself is attributed to the container however deep it nests
+ * (docs/decisions.md #4). Ancestors are taken by level from the root side: the ones between the
+ * task and that level are never looked at, so nesting deeper costs nothing and hides nothing.
+ * The own cgroup first: a process directly in its container's cgroup costs one lookup.
  */
 static __always_inline void task_ids(struct task_struct *task, struct podmap_task_ids *ids)
 {
 	struct podmap_cgroup_key key = {};
-	int level, i;
+	int level, top, i;
 
 	ids->cgroup_v2 = bpf_get_current_cgroup_id();
 	ids->container_cgid = 0;
@@ -176,13 +198,19 @@ static __always_inline void task_ids(struct task_struct *task, struct podmap_tas
 
 	level = BPF_CORE_READ(task, cgroups, dfl_cgrp, level);
 	key.hierarchy = PODMAP_HIER_V2;
-	for (i = 0; i < PODMAP_MAX_CGROUP_DEPTH; i++) {
-		if (level - i < 1)
-			break;
-		key.id = bpf_get_current_ancestor_cgroup_id(level - i);
-		if (bpf_map_lookup_elem(&podmap_containers, &key)) {
-			ids->container_cgid = key.id;
-			break;
+	key.id = ids->cgroup_v2;
+	if (level >= 1 && bpf_map_lookup_elem(&podmap_containers, &key)) {
+		ids->container_cgid = key.id;
+	} else {
+		top = level - 1 < PODMAP_MAX_CONTAINER_LEVEL ? level - 1 : PODMAP_MAX_CONTAINER_LEVEL;
+		for (i = 0; i < PODMAP_MAX_CONTAINER_LEVEL; i++) {
+			if (top - i < 1)
+				break;
+			key.id = bpf_get_current_ancestor_cgroup_id(top - i);
+			if (bpf_map_lookup_elem(&podmap_containers, &key)) {
+				ids->container_cgid = key.id;
+				break;
+			}
 		}
 	}
 
@@ -193,17 +221,28 @@ static __always_inline void task_ids(struct task_struct *task, struct podmap_tas
 	ids->cgroup_v1 = BPF_CORE_READ(cg, kn, id);
 	if (ids->container_cgid || !v1_records())
 		return;
+	/* The same search in the tracked v1 hierarchy, which has no helper: the cgroup's own
+	 * ancestor array, indexed by level like the helper's. */
+	level = BPF_CORE_READ(cg, level);
+	if (level < 1)
+		return;
 	key.hierarchy = PODMAP_HIER_V1;
-	for (i = 0; i < PODMAP_MAX_CGROUP_DEPTH && cg; i++) {
-		if (BPF_CORE_READ(cg, level) < 1)
+	key.id = ids->cgroup_v1;
+	if (bpf_map_lookup_elem(&podmap_containers, &key)) {
+		ids->container_cgid = key.id;
+		ids->container_hier = PODMAP_HIER_V1;
+		return;
+	}
+	top = level - 1 < PODMAP_MAX_CONTAINER_LEVEL ? level - 1 : PODMAP_MAX_CONTAINER_LEVEL;
+	for (i = 0; i < PODMAP_MAX_CONTAINER_LEVEL; i++) {
+		if (top - i < 1)
 			break;
-		key.id = BPF_CORE_READ(cg, kn, id);
-		if (bpf_map_lookup_elem(&podmap_containers, &key)) {
+		key.id = v1_ancestor_id(cg, top - i);
+		if (key.id && bpf_map_lookup_elem(&podmap_containers, &key)) {
 			ids->container_cgid = key.id;
 			ids->container_hier = PODMAP_HIER_V1;
 			return;
 		}
-		cg = BPF_CORE_READ(cg, self.parent, cgroup);
 	}
 }
 

@@ -14,7 +14,12 @@
 #define PODMAP_ARGS_MAX 1024
 #define PODMAP_CGROUP_PATH_MAX 512
 #define PODMAP_META_MAX 4088
-#define PODMAP_MAX_CGROUP_DEPTH 16
+/*
+ * Deepest level (the root is 0) at which a mapped cgroup is found for processes in cgroups below
+ * it; below it, any depth. A process in a mapped cgroup itself is found at any level.
+ * docs/decisions.md #4.
+ */
+#define PODMAP_MAX_CONTAINER_LEVEL 16
 
 #define PODMAP_POLICY_PATH_MAX 256
 #define PODMAP_RULE_REFS 16
@@ -252,6 +257,9 @@ enum podmap_counter {
 	PODMAP_C_MEMBERSHIP_ERRORS,
 	PODMAP_C_STORE_RECOVERED, /* a writer's store would not open: moved aside, started afresh */
 	PODMAP_C_STORE_TEMPORARY, /* a writer's store was held elsewhere: a temporary one stood in */
+	/* records written for a cgroup below PODMAP_MAX_CONTAINER_LEVEL: its sub-cgroups are not
+	 * attributed to it */
+	PODMAP_C_DEEP_CONTAINERS,
 	/* create-to-mapping-ready histogram: bucket i counts latencies < 2^i microseconds */
 	PODMAP_C_LATENCY_BUCKET0 = 64,
 	PODMAP_C_LATENCY_BUCKETS = 32,

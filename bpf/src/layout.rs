@@ -9,6 +9,8 @@ pub const CWD_MAX: usize = 256;
 pub const ARGS_MAX: usize = 1024;
 pub const CGROUP_PATH_MAX: usize = 512;
 pub const META_MAX: usize = 4088;
+/// Deepest level at which the kernel finds a container for processes in its sub-cgroups.
+pub const MAX_CONTAINER_LEVEL: usize = 16;
 pub const POLICY_PATH_MAX: usize = 256;
 pub const RULE_REFS: usize = 16;
 pub const MAX_CONTAINERS: u32 = 32768;
@@ -247,13 +249,14 @@ pub enum Counter {
     MembershipErrors = 32,
     StoreRecovered = 33,
     StoreTemporary = 34,
+    DeepContainers = 35,
 }
 
 pub const LATENCY_BUCKET0: u32 = 64;
 pub const LATENCY_BUCKETS: u32 = 32;
 
 impl Counter {
-    pub const ALL: [Counter; 33] = [
+    pub const ALL: [Counter; 34] = [
         Counter::Exec,
         Counter::Exit,
         Counter::RingbufDropped,
@@ -287,6 +290,7 @@ impl Counter {
         Counter::MembershipErrors,
         Counter::StoreRecovered,
         Counter::StoreTemporary,
+        Counter::DeepContainers,
     ];
 
     /// The name in status and metrics.
@@ -325,6 +329,7 @@ impl Counter {
             Counter::MembershipErrors => "membership_errors",
             Counter::StoreRecovered => "store_recovered",
             Counter::StoreTemporary => "store_temporary",
+            Counter::DeepContainers => "deep_containers",
         }
     }
 
@@ -453,6 +458,7 @@ pub fn describe() -> Vec<String> {
     c!("PODMAP_ARGS_MAX", ARGS_MAX);
     c!("PODMAP_CGROUP_PATH_MAX", CGROUP_PATH_MAX);
     c!("PODMAP_META_MAX", META_MAX);
+    c!("PODMAP_MAX_CONTAINER_LEVEL", MAX_CONTAINER_LEVEL);
     c!("PODMAP_MAX_CONTAINERS", MAX_CONTAINERS);
     c!("PODMAP_POLICY_PATH_MAX", POLICY_PATH_MAX);
     c!("PODMAP_RULE_REFS", RULE_REFS);

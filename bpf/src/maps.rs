@@ -254,6 +254,11 @@ impl SharedMaps {
         if ids.v1.is_some() {
             self.counters.add(Counter::V1Records, 1);
         }
+        if cgroup_level(&meta.cgroup_path) > layout::MAX_CONTAINER_LEVEL {
+            // The kernel finds this container for its own cgroup only, not for sub-cgroups
+            // (docs/decisions.md #4): never unseen.
+            self.counters.add(Counter::DeepContainers, 1);
+        }
         Ok(())
     }
 
@@ -570,4 +575,9 @@ impl Drop for Counters {
         // SAFETY: unmapping exactly the region mapped in new().
         unsafe { libc::munmap(self.ptr as *mut libc::c_void, bytes) };
     }
+}
+
+/// The level of a cgroup from its path relative to the hierarchy root (the root is 0).
+fn cgroup_level(rel: &str) -> usize {
+    rel.split('/').filter(|c| !c.is_empty()).count()
 }

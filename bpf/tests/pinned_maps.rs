@@ -166,3 +166,40 @@ fn layout_of_this_host_resolves_cgroup_ids() {
         .resolve(Path::new("podmap-no-such-cgroup"))
         .is_empty());
 }
+
+/// Issue 12, item 3: the kernel finds a container for processes in its sub-cgroups only when the
+/// container's own cgroup is at level `MAX_CONTAINER_LEVEL` or above; a record written deeper is
+/// counted (`deep_containers`, in status and metrics) so that limit never acts unseen.
+#[test]
+fn containers_mapped_below_the_container_level_bound_are_counted() {
+    let dir = PinDir::new("podmap-test-deep");
+    let mut m = SharedMaps::open(&dir.path).unwrap();
+    let path = |levels: usize| (1..=levels).map(|i| format!("/l{i}")).collect::<String>();
+    let bound = podmap_bpf::layout::MAX_CONTAINER_LEVEL;
+    for (i, (cgroup_path, deep)) in [
+        (path(bound), 0),
+        (path(bound).trim_start_matches('/').to_string(), 0),
+        ("kubepods/besteffort/pod1/c1".to_string(), 0),
+        (path(bound + 1), 1),
+        (path(bound + 1).trim_start_matches('/').to_string() + "/", 2),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let ids = CgroupIds {
+            v2: Some(CgroupId(5000 + i as u64)),
+            v1: None,
+        };
+        let meta = ContainerMeta {
+            cgroup_path: cgroup_path.clone(),
+            ..meta("deep")
+        };
+        m.insert(&ids, &meta, RecordFlags::default(), Writer::Test)
+            .unwrap();
+        assert_eq!(
+            m.counters().get(Counter::DeepContainers),
+            deep,
+            "{cgroup_path}"
+        );
+    }
+}

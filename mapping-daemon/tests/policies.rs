@@ -600,3 +600,190 @@ fn memberships_without_a_record_are_removed_and_the_others_kept() {
     assert!(!members.contains(&(id, gone)), "{members:?}");
     assert_eq!(st["policies"]["memberships"], 1, "{st:#}");
 }
+
+/// `depth` cgroups nested one below the other under `top`: `<top>/d1/d2/.../d<depth>`. The
+/// deepest is last; dropping `top` removes them all.
+fn nest(top: &TestCgroup, depth: usize) -> Vec<TestCgroup> {
+    let mut chain: Vec<TestCgroup> = vec![];
+    for i in 1..=depth {
+        let next = chain.last().unwrap_or(top).child(&format!("d{i}")).unwrap();
+        chain.push(next);
+    }
+    chain
+}
+
+/// Runs argv in `cg`, asserts the kernel killed it, and returns the policy event, which must
+/// name `policy` and the container mapped at `container` while carrying the process's own
+/// cgroup id.
+fn killed_and_attributed(
+    f: &Fixture,
+    cg: &TestCgroup,
+    container: &TestCgroup,
+    argv: &[&str],
+    policy: &str,
+    what: &str,
+) -> Value {
+    let mut stream = f.daemon.events(r#"{"types": ["policy"]}"#);
+    let (pid, st) = run_in_cgroup(&cg.path(), argv);
+    assert!(
+        killed(st),
+        "{what}: {argv:?} ran ({st:?}) in {}",
+        cg.path().display()
+    );
+    let ev = stream
+        .until(WAIT, |v| pid_of(v) == pid as u64)
+        .pop()
+        .unwrap();
+    assert_eq!(ev["policy"]["name"], policy, "{what}: {ev}");
+    assert_eq!(ev["policy"]["mode"], "kill", "{what}: {ev}");
+    assert_eq!(ev["attribution"], "container", "{what}: {ev}");
+    assert_eq!(
+        ev["container"]["id"],
+        format!("{:064x}", container.id()),
+        "{what}: {ev}"
+    );
+    assert_eq!(ev["process"]["cgroup_id"], cg.id(), "{what}: {ev}");
+    ev
+}
+
+/// Issue 12, item 3: the kernel used to look for a process's container by walking up at most 16
+/// levels from the process's own cgroup, so a container allowed to write its cgroupfs could nest
+/// itself 16 or more levels down and no exec or open rule applied. The container is now found
+/// from the root side: any depth below it is covered. Depths around the old bound and well past
+/// it, below a container that itself sits a few levels down (as kubepods containers do).
+#[test]
+fn rules_act_at_any_depth_below_a_selected_container() {
+    let mut f = start();
+    let top = TestCgroup::new(&cgroup2_mount(), "podmap-test-deep").unwrap();
+    // Each fixture removes its subtree on drop: keep the intermediate levels alive.
+    let kubepods = top.child("kubepods").unwrap();
+    let pod_cg = kubepods.child("pod").unwrap();
+    let container = pod_cg.child("ctr").unwrap();
+    let pod = TestPod {
+        namespace: "prod",
+        name: "web-1",
+        uid: "11111111-2222-3333-4444-555555555555",
+        labels: &[("app", "web")],
+    };
+    container.map_container(&mut f.maps, &pod, "app").unwrap();
+    let chain = nest(&container, 24);
+    let secrets = tempfile::tempdir().unwrap();
+    let secret = secrets.path().join("secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let (dir, path) = (
+        secrets.path().display().to_string(),
+        secret.display().to_string(),
+    );
+    write_policy(
+        f.policy_dir.path(),
+        "deep.yaml",
+        &(policy(
+            "no-true",
+            "prod",
+            "  - exec: {paths: [/bin/true]}\n    action: kill\n",
+        ) + "---\n"
+            + &policy(
+                "no-echo",
+                "prod",
+                "  - exec: {paths: [/bin/echo]}\n    action: deny\n    fallback: kill\n",
+            )
+            + "---\n"
+            + &policy(
+                "no-secret",
+                "prod",
+                &format!("  - open: {{prefixes: [{dir}], access: read}}\n    action: kill\n"),
+            )),
+    );
+    // In force for the container itself first.
+    eventually(&container, &["/bin/true"], killed);
+    eventually(&container, &["/bin/cat", &path], killed);
+    for depth in [1, 14, 15, 16, 17, 20, 24] {
+        let cg = &chain[depth - 1];
+        let what = format!("{depth} levels below the container");
+        killed_and_attributed(&f, cg, &container, &["/bin/true"], "no-true", &what);
+        killed_and_attributed(&f, cg, &container, &["/bin/cat", &path], "no-secret", &what);
+        if f.daemon.status()["enforcement_mode"] != "lsm" {
+            // deny acts as its fallback here; where BPF-LSM loads it refuses the exec instead.
+            killed_and_attributed(&f, cg, &container, &["/bin/echo", "x"], "no-echo", &what);
+        }
+        // Other binaries and paths still run there.
+        assert!(run_in_cgroup(&cg.path(), &["/bin/cat", "/etc/hostname"])
+            .1
+            .success());
+    }
+
+    // The guarantee's edge: a container at level 16 (PODMAP_MAX_CONTAINER_LEVEL, podmap.h; `top`
+    // is level 1) is found 20 levels below it too.
+    let levels = nest(&top, 15);
+    let edge = levels.last().unwrap();
+    edge.map_container(&mut f.maps, &pod, "edge").unwrap();
+    eventually(edge, &["/bin/true"], killed);
+    let below = nest(edge, 20);
+    let what = "20 levels below a container at level 16";
+    killed_and_attributed(
+        &f,
+        below.last().unwrap(),
+        edge,
+        &["/bin/true"],
+        "no-true",
+        what,
+    );
+}
+
+/// The same on the v1 path (hosts where containers are keyed by the tracked v1 controller's id):
+/// a v1-only container in the memory hierarchy, execs 16 and 20 levels below it.
+#[test]
+fn rules_act_at_any_depth_below_a_v1_only_container() {
+    let memory = Path::new("/sys/fs/cgroup/memory");
+    if !memory.join("cgroup.procs").exists() {
+        eprintln!("no cgroup v1 memory hierarchy on this host: nothing to check");
+        return;
+    }
+    let mut f = start();
+    let top = TestCgroup::new(memory, "podmap-test-deep-v1").unwrap();
+    // Each fixture removes its subtree on drop: keep the intermediate levels alive.
+    let kubepods = top.child("kubepods").unwrap();
+    let pod_cg = kubepods.child("pod").unwrap();
+    let container = pod_cg.child("ctr").unwrap();
+    let meta = podmap_bpf::ContainerMeta {
+        container_id: podmap_bpf::ContainerId(format!("{:064x}", container.id())),
+        name: "app".into(),
+        pod_uid: Some(podmap_bpf::PodUid(
+            "11111111-2222-3333-4444-555555555555".into(),
+        )),
+        pod_name: "web-1".into(),
+        namespace: "prod".into(),
+        labels: [("app".to_string(), "web".to_string())].into(),
+        runtime: "test".into(),
+        ..Default::default()
+    };
+    let ids = podmap_bpf::CgroupIds {
+        v2: None,
+        v1: Some(podmap_bpf::CgroupId(container.id())),
+    };
+    f.maps
+        .insert(
+            &ids,
+            &meta,
+            podmap_bpf::RecordFlags::default(),
+            podmap_bpf::Writer::Test,
+        )
+        .unwrap();
+    let chain = nest(&container, 20);
+    write_policy(
+        f.policy_dir.path(),
+        "deep.yaml",
+        &policy(
+            "no-true",
+            "prod",
+            "  - exec: {paths: [/bin/true]}\n    action: kill\n",
+        ),
+    );
+    eventually(&container, &["/bin/true"], killed);
+    for depth in [1, 15, 16, 20] {
+        let cg = &chain[depth - 1];
+        let what = format!("v1, {depth} levels below the container");
+        killed_and_attributed(&f, cg, &container, &["/bin/true"], "no-true", &what);
+        assert!(run_in_cgroup(&cg.path(), &["/bin/echo", "x"]).1.success());
+    }
+}
