@@ -3,6 +3,7 @@
 
 pub mod decode;
 mod enrich;
+pub mod hold;
 pub mod reader;
 
 use std::collections::VecDeque;
