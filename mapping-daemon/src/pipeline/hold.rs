@@ -98,17 +98,8 @@ impl<T> HoldQueue<T> {
         now: u64,
         event: T,
     ) -> Option<Released<T>> {
-        if let Some(q) = self.by_cgroup.get_mut(&key) {
-            if q.events.len() < self.limits.per_cgroup && self.len < self.limits.total {
-                q.events.push_back(event);
-                self.len += 1;
-                self.peak = self.peak.max(self.len);
-                return None;
-            }
-            // Full: the whole queue leaves now, this event behind it.
-            let mut r = self.take(key).expect("present");
-            r.events.push_back(event);
-            return Some(r);
+        if self.by_cgroup.contains_key(&key) {
+            return self.join(key, event).ok().flatten();
         }
         let evicted = if self.len >= self.limits.total {
             let oldest = *self.by_deadline.values().next().expect("len > 0");
@@ -131,6 +122,24 @@ impl<T> HoldQueue<T> {
         self.len += 1;
         self.peak = self.peak.max(self.len);
         evicted
+    }
+
+    /// Queues `event` behind a cgroup that is waiting already (its shape and deadline stay the
+    /// first event's); `Err(event)` if it is not. Returns the cgroup's whole queue, this event
+    /// last, when the cgroup or the total is at its bound.
+    pub fn join(&mut self, key: CgroupKey, event: T) -> Result<Option<Released<T>>, T> {
+        let Some(q) = self.by_cgroup.get_mut(&key) else {
+            return Err(event);
+        };
+        if q.events.len() < self.limits.per_cgroup && self.len < self.limits.total {
+            q.events.push_back(event);
+            self.len += 1;
+            self.peak = self.peak.max(self.len);
+            return Ok(None);
+        }
+        let mut r = self.take(key).expect("present");
+        r.events.push_back(event);
+        Ok(Some(r))
     }
 
     /// Removes a cgroup's waiting events.
@@ -199,6 +208,10 @@ mod tests {
         // The cgroup's next event starts a new wait.
         assert!(q.push(a, shape(1), 900, 0, 4).is_none());
         assert_eq!(q.due(900), [a]);
+        // Joining needs a wait to join.
+        assert!(matches!(q.join(a, 5), Ok(None)));
+        assert!(matches!(q.join(CgroupKey::v2(2), 6), Err(6)));
+        assert_eq!(q.len(), 2);
     }
 
     #[test]

@@ -160,20 +160,25 @@ impl Pipeline {
         let leaf = self.leaf_key(&ids);
         // Events of a cgroup with held events queue behind them, so a process's exit never
         // overtakes its exec.
-        if self.held.contains(leaf) {
-            if ids.container_cgid != 0 {
-                // The kernel found the mapping: what waited goes out attributed, then this.
-                self.release_cgroup(leaf, false, clock, out);
-            } else {
-                // The shape and deadline are the cgroup's wait's, not these.
-                let shape = ContainerShape {
-                    container_id: String::new(),
-                    pod_uid: None,
-                };
-                self.hold(leaf, shape, ev, clock, out);
-                return;
+        let ev = if !self.held.contains(leaf) {
+            ev
+        } else if ids.container_cgid != 0 {
+            // The kernel found the mapping: what waited goes out attributed, then this.
+            self.release_cgroup(leaf, false, clock, out);
+            ev
+        } else {
+            Stats::inc(&self.stats.held);
+            match self.held.join(leaf, ev) {
+                Ok(forced) => {
+                    if let Some(r) = forced {
+                        self.released_early(r, clock, out);
+                    }
+                    self.note_held();
+                    return;
+                }
+                Err(ev) => ev,
             }
-        }
+        };
         match self.attribute(&ids, leaf) {
             Attributed::Now(owner) => self.emit(ev, owner, clock, out),
             Attributed::Hold(shape) => self.hold(leaf, shape, ev, clock, out),
@@ -192,24 +197,34 @@ impl Pipeline {
         Stats::inc(&self.stats.held);
         let deadline = ev.ktime().saturating_add(HOLD_NS);
         if let Some(r) = self.held.push(leaf, shape, deadline, self.batch_now, ev) {
-            let len = r.events.len() as u64;
-            let before = self
-                .stats
-                .held_released_early
-                .fetch_add(len, Ordering::Relaxed);
-            let n = before + len;
-            // Logged when the count first passes each power of two: visible, never a flood.
-            if before == 0 || before.ilog2() != n.ilog2() {
-                tracing::warn!(
-                    cgroup = ?r.key,
-                    released = r.events.len(),
-                    total = n,
-                    "held events over their bound: released before their mapping arrived"
-                );
-            }
-            self.emit_released(r, false, clock, out);
+            self.released_early(r, clock, out);
         }
         self.note_held();
+    }
+
+    /// Sends on what a hold bound forced out, counted and logged (docs/decisions.md #29).
+    fn released_early(
+        &mut self,
+        r: hold::Released<KernelEvent>,
+        clock: &WallClock,
+        out: &mut Vec<Arc<Published>>,
+    ) {
+        let len = r.events.len() as u64;
+        let before = self
+            .stats
+            .held_released_early
+            .fetch_add(len, Ordering::Relaxed);
+        let n = before + len;
+        // Logged when the count first passes each power of two: visible, never a flood.
+        if before == 0 || before.ilog2() != n.ilog2() {
+            tracing::warn!(
+                cgroup = ?r.key,
+                released = len,
+                total = n,
+                "held events over their bound: released before their mapping arrived"
+            );
+        }
+        self.emit_released(r, false, clock, out);
     }
 
     fn note_held(&self) {
