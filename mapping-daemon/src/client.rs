@@ -522,7 +522,25 @@ pub fn status_table(r: &StatusReport) -> String {
         ),
         (
             "events held for mapping",
-            format!("{} ({} timed out)", r.events_held, r.events_held_timed_out),
+            format!(
+                "{} ({} timed out, {} released early at a bound); {} now, peak {} (bounds {} per cgroup, {} in all)",
+                r.events_held,
+                r.events_held_timed_out,
+                r.events_held_released_early,
+                r.events_held_now,
+                r.events_held_peak,
+                r.events_held_limits.per_cgroup,
+                r.events_held_limits.total
+            ),
+        ),
+        (
+            "container-shaped cgroups",
+            format!(
+                "believed below {}; {} events outside (attributed to the host), {} unknown events not joined (the pod cache has their container under another pod)",
+                r.pod_parents.join(", "),
+                r.shaped_outside_pod_parents,
+                r.unknown_pod_mismatch
+            ),
         ),
         ("attribution", counts(&r.attribution)),
         (

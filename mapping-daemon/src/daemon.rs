@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::Parser;
 use tokio::sync::watch;
 
-use podmap_bpf::cgroup::CgroupLayout;
+use podmap_bpf::cgroup::{CgroupLayout, PodParents};
 use podmap_bpf::programs::{self, ProgramConfig};
 use podmap_bpf::SharedMaps;
 
@@ -75,6 +75,12 @@ pub struct Args {
     /// How often the ring buffer is polled when the kernel has not woken the reader.
     #[arg(long, env = "PODMAP_POLL_MS", default_value_t = 10)]
     pub poll_ms: u64,
+    /// cgroups, besides /kubepods, /kubepods.slice and /machine.slice, below which the runtime
+    /// places pods (kubelet's --cgroup-root): a cgroup path (/custom/pods) or a systemd slice
+    /// (custom.slice), comma-separated. Only below these does a cgroup named like a container's
+    /// count as one when no plugin mapped it (docs/decisions.md #29).
+    #[arg(long, env = "PODMAP_POD_PARENTS", value_delimiter = ',')]
+    pub pod_parents: Vec<String>,
 }
 
 fn hostname() -> String {
@@ -99,6 +105,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             )
         })?;
     tracing::info!(layout = layout.kind.as_str(), hierarchy = %layout.hierarchy_name(), root = %layout.root.display(), "cgroups");
+    let pod_parents = PodParents::with_extra(&args.pod_parents).context("--pod-parents")?;
 
     let loaded =
         programs::load(&ProgramConfig::new(&args.bpffs_dir, &layout)).with_context(|| {
@@ -151,6 +158,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         pods: Default::default(),
         policy_resources: mirror.as_ref().map(|(_, handle)| handle.clone()),
         policy_names: policy_names.clone(),
+        pod_parents: pod_parents.as_slice().to_vec(),
     });
     let pods = kube.map(|client| {
         tracing::info!(node = %node, "starting the pod cache");
@@ -176,6 +184,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         stats.clone(),
         policy_names,
         pods,
+        pod_parents,
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -287,6 +287,7 @@ mod tests {
             } else {
                 Attribution::Host
             },
+            path_derived: false,
             exit: None,
             policy: None,
         }

@@ -28,6 +28,8 @@ pub struct DaemonState {
     pub policy_resources: Option<crate::policy_mirror::MirrorHandle>,
     /// Policy names by id, to name each container's policies.
     pub policy_names: crate::policies::PolicyNames,
+    /// Where container-shaped cgroup names are believed (docs/decisions.md #29).
+    pub pod_parents: Vec<String>,
 }
 
 fn summary(h: &[u64]) -> LatencySummary {
@@ -88,6 +90,16 @@ impl StatusSource for DaemonState {
             .collect(),
             events_held: Stats::get(&s.held),
             events_held_timed_out: Stats::get(&s.held_timed_out),
+            events_held_now: Stats::get(&s.held_now),
+            events_held_peak: Stats::get(&s.held_peak),
+            events_held_released_early: Stats::get(&s.held_released_early),
+            events_held_limits: crate::status::HoldLimitsStatus {
+                per_cgroup: crate::pipeline::hold::DEFAULT_LIMITS.per_cgroup as u64,
+                total: crate::pipeline::hold::DEFAULT_LIMITS.total as u64,
+            },
+            pod_parents: self.pod_parents.clone(),
+            shaped_outside_pod_parents: Stats::get(&s.shaped_outside_pod_parents),
+            unknown_pod_mismatch: Stats::get(&s.unknown_pod_mismatch),
             records_unreadable: Stats::get(&s.meta_corrupt),
             processes_untracked: Stats::get(&s.procs_untracked),
             reader_asleep: s.reader_asleep.load(std::sync::atomic::Ordering::Relaxed),

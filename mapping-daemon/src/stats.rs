@@ -14,6 +14,18 @@ pub struct Stats {
     pub attributed_unknown: AtomicU64,
     pub held: AtomicU64,
     pub held_timed_out: AtomicU64,
+    /// Held events sent on before their mapping or their time because a hold bound was
+    /// reached (docs/decisions.md #29): `unknown`, not lost.
+    pub held_released_early: AtomicU64,
+    /// Events held now, and the most ever held at once.
+    pub held_now: AtomicU64,
+    pub held_peak: AtomicU64,
+    /// Events of cgroups named like a container's outside every pod parent: attributed to the
+    /// host, since anyone who can make a cgroup there chooses its name.
+    pub shaped_outside_pod_parents: AtomicU64,
+    /// `unknown` events whose container id the pod cache has under another pod than the path
+    /// names: no pod data joined.
+    pub unknown_pod_mismatch: AtomicU64,
     /// Container metadata blobs in the map that did not parse (a writer bug or version skew).
     pub meta_corrupt: AtomicU64,
     /// Execs not kept in the process table because it was full (their exits lose the binary).

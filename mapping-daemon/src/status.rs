@@ -4,6 +4,12 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldLimitsStatus {
+    pub per_cgroup: u64,
+    pub total: u64,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StatusReport {
     pub node: String,
@@ -28,6 +34,26 @@ pub struct StatusReport {
     /// Events held waiting for their mapping, and how many of those timed out as unknown.
     pub events_held: u64,
     pub events_held_timed_out: u64,
+    /// Events held now and the most ever held at once, within `events_held_limits`; held
+    /// events sent on early (as `unknown`, not lost) because a bound was reached
+    /// (docs/decisions.md #29).
+    #[serde(default)]
+    pub events_held_now: u64,
+    #[serde(default)]
+    pub events_held_peak: u64,
+    #[serde(default)]
+    pub events_held_released_early: u64,
+    #[serde(default)]
+    pub events_held_limits: HoldLimitsStatus,
+    /// The cgroups below which a container-shaped cgroup's name is believed; events of such
+    /// cgroups elsewhere (attributed to the host), and `unknown` events whose container the pod
+    /// cache has under another pod than the path names (no pod data joined).
+    #[serde(default)]
+    pub pod_parents: Vec<String>,
+    #[serde(default)]
+    pub shaped_outside_pod_parents: u64,
+    #[serde(default)]
+    pub unknown_pod_mismatch: u64,
     /// Container records whose metadata did not parse, and execs the full process table could
     /// not keep: both counted, never silent.
     #[serde(default)]

@@ -197,9 +197,16 @@ fn a_record_written_through_the_bpf_api_attributes_the_cgroup_and_its_children()
 
 #[test]
 fn container_shaped_cgroups_wait_for_their_mapping_then_go_out_as_unknown() {
-    let daemon = Daemon::start();
-    let mut maps = SharedMaps::open(&daemon.pins.path).unwrap();
+    // The test's cgroup stands for kubelet's pod parent (docs/decisions.md #29).
     let cg = TestCgroup::new(&cgroup2_mount(), "podmap-test-shape").unwrap();
+    let daemon = Daemon::start_with(DaemonOptions {
+        env: vec![(
+            "PODMAP_POD_PARENTS".into(),
+            format!("/{}", cg.rel.display()),
+        )],
+        ..Default::default()
+    });
+    let mut maps = SharedMaps::open(&daemon.pins.path).unwrap();
     let uid = "4f1c2d3e-aaaa-bbbb-cccc-0123456789ab";
     let cid = "ab".repeat(32);
     let pod = cg.child(&format!("pod{uid}")).unwrap();
@@ -213,6 +220,7 @@ fn container_shaped_cgroups_wait_for_their_mapping_then_go_out_as_unknown() {
     });
     let ev = events.last().unwrap();
     assert_eq!(ev["attribution"], "unknown", "{ev}");
+    assert_eq!(ev["path_derived"], true, "{ev}");
     assert_eq!(ev["container"]["id"], cid.as_str());
     assert_eq!(ev["pod"]["uid"], uid);
 
@@ -231,6 +239,7 @@ fn container_shaped_cgroups_wait_for_their_mapping_then_go_out_as_unknown() {
     });
     let ev = events.last().unwrap();
     assert_eq!(ev["attribution"], "container", "{ev}");
+    assert!(ev.get("path_derived").is_none(), "{ev}");
     assert_eq!(ev["container"]["id"], cid2.as_str());
 
     let status = daemon.status();

@@ -221,6 +221,7 @@ fn event(kind: EventType, pid: u32, ns: Option<&str>, labels: &[(&str, &str)]) -
         container: None,
         pod: None,
         attribution: Attribution::Host,
+        path_derived: false,
         exit: None,
         policy: None,
     };

@@ -127,10 +127,18 @@ pub struct Event {
     pub container: Option<Arc<ContainerInfo>>,
     pub pod: Option<Arc<PodInfo>>,
     pub attribution: Attribution,
+    /// `container` and `pod` rest on the cgroup's name alone (an `unknown` event): no runtime
+    /// record vouches for them, and whoever made the cgroup chose that name.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub path_derived: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit: Option<ExitInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyInfo>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// The conventional name of a signal number, as `kill -l` prints it with the SIG prefix.
@@ -248,6 +256,7 @@ mod tests {
             container: None,
             pod: None,
             attribution: Attribution::Host,
+            path_derived: false,
             exit: Some(ExitInfo {
                 code: Some(0),
                 signal: None,

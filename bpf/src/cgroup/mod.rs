@@ -8,4 +8,7 @@ mod shape;
 
 pub use layout::{CgroupError, CgroupLayout, LayoutKind, V1Controller};
 pub use notation::{parse_cgroups_path, NotationError};
-pub use shape::{container_shape, ContainerShape};
+pub use shape::{
+    classify, container_shape, ContainerShape, PodParentError, PodParents, ShapeVerdict,
+    DEFAULT_POD_PARENTS,
+};

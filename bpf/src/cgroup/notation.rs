@@ -65,7 +65,7 @@ fn systemd(raw: &str) -> Result<String, NotationError> {
 }
 
 /// `a-b-c.slice` lives at `a.slice/a-b.slice/a-b-c.slice`; `-.slice` is the root.
-fn expand_slice(slice: &str) -> Result<String, NotationError> {
+pub(super) fn expand_slice(slice: &str) -> Result<String, NotationError> {
     let bad = || NotationError::BadSlice(slice.to_string());
     let stem = slice.strip_suffix(".slice").ok_or_else(bad)?;
     if stem == "-" {

@@ -1,6 +1,115 @@
 //! Whether a cgroup path looks like a container's, and the pod uid and container id it names.
 //! podmapd uses this for events from cgroups no plugin has mapped (yet): such events are held
 //! briefly, then reported as `unknown` with what the path says.
+//!
+//! A cgroup's name is chosen by whoever can create it, and systemd hands every logged-in user a
+//! writable subtree (`user@<uid>.service`). So a name is believed only below the runtime's pod
+//! parents, which only root (the runtime, kubelet) can write to (docs/decisions.md #29).
+
+use super::notation::{expand_slice, NotationError};
+
+/// The cgroups under which kubelet and the runtimes place pods and containers, relative to a
+/// hierarchy's root: kubelet's cgroupfs and systemd roots, and systemd's container slice.
+pub const DEFAULT_POD_PARENTS: [&str; 3] = ["/kubepods", "/kubepods.slice", "/machine.slice"];
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PodParentError {
+    #[error("pod parent is empty")]
+    Empty,
+    #[error("pod parent {0:?} is the cgroup root: any cgroup anyone creates would pass for a container's")]
+    Root(String),
+    #[error("pod parent {0:?} climbs out of the hierarchy")]
+    Escapes(String),
+    #[error(
+        "pod parent {0:?} is neither a path (/kubepods) nor a systemd slice (kubepods.slice): {1}"
+    )]
+    Slice(String, NotationError),
+}
+
+/// The cgroups whose descendants' names podmapd believes, as `/a/b` relative to a hierarchy's
+/// root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodParents(Vec<String>);
+
+impl Default for PodParents {
+    fn default() -> Self {
+        PodParents(DEFAULT_POD_PARENTS.iter().map(|p| p.to_string()).collect())
+    }
+}
+
+impl PodParents {
+    /// The defaults plus `extra`, each a cgroupfs path (`/kubepods`, `/custom/pods`) or a systemd
+    /// slice name (`kubepods-besteffort.slice`, expanded to its path).
+    pub fn with_extra<S: AsRef<str>>(extra: &[S]) -> Result<Self, PodParentError> {
+        let mut parents = PodParents::default();
+        for raw in extra {
+            let p = Self::parse_one(raw.as_ref())?;
+            if !parents.0.contains(&p) {
+                parents.0.push(p);
+            }
+        }
+        Ok(parents)
+    }
+
+    fn parse_one(raw: &str) -> Result<String, PodParentError> {
+        let raw = raw.trim();
+        if raw.is_empty() {
+            return Err(PodParentError::Empty);
+        }
+        let path = if raw.starts_with('/') {
+            raw.to_string()
+        } else {
+            let p = expand_slice(raw).map_err(|e| PodParentError::Slice(raw.to_string(), e))?;
+            format!("/{p}")
+        };
+        let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+        if comps.iter().any(|c| *c == ".." || *c == ".") {
+            return Err(PodParentError::Escapes(raw.to_string()));
+        }
+        if comps.is_empty() {
+            return Err(PodParentError::Root(raw.to_string()));
+        }
+        Ok(format!("/{}", comps.join("/")))
+    }
+
+    pub fn as_slice(&self) -> &[String] {
+        &self.0
+    }
+
+    /// The part of `path` strictly below one of the parents, if any.
+    fn below<'a>(&self, path: &'a str) -> Option<&'a str> {
+        self.0.iter().find_map(|parent| {
+            path.strip_prefix(parent.as_str())
+                .and_then(|rest| rest.strip_prefix('/'))
+                .filter(|rest| !rest.is_empty())
+        })
+    }
+}
+
+/// What a cgroup path says about a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShapeVerdict {
+    /// Not shaped like a container's cgroup.
+    None,
+    /// Shaped like a container's and below a pod parent: its names are believed.
+    Container(ContainerShape),
+    /// Shaped like a container's but outside every pod parent: anyone who can make cgroups
+    /// there could have chosen that name.
+    Outside(ContainerShape),
+}
+
+/// Whether `path` (relative to its hierarchy's root) is a container's cgroup below `parents`.
+pub fn classify(path: &str, parents: &PodParents) -> ShapeVerdict {
+    if let Some(rest) = parents.below(path) {
+        if let Some(shape) = container_shape(rest) {
+            return ShapeVerdict::Container(shape);
+        }
+    }
+    match container_shape(path) {
+        Some(shape) => ShapeVerdict::Outside(shape),
+        None => ShapeVerdict::None,
+    }
+}
 
 /// What a container-shaped cgroup path names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,11 +125,13 @@ fn is_container_id(s: &str) -> bool {
 /// Recognises `.../pod<uid>/<id>`, `cri-containerd-<id>.scope`, `crio-<id>.scope`,
 /// `docker-<id>.scope`, `libpod-<id>[.scope]`, and the systemd pod slice
 /// `...-pod<uid_with_underscores>.slice`. Sub-cgroups below a container (crun's `container`)
-/// resolve to the container.
+/// resolve to the container. Says nothing of who made the cgroup: see [`classify`].
 pub fn container_shape(path: &str) -> Option<ContainerShape> {
     let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
-    // The deepest component that names a container.
-    for (i, comp) in comps.iter().enumerate().rev() {
+    // The shallowest component that names a container: the runtime makes the container's
+    // cgroup, the workload may make any name below it (a nested `cri-containerd-<other>.scope`
+    // must not turn one container into another).
+    for (i, comp) in comps.iter().enumerate() {
         let id = [
             "cri-containerd-",
             "crio-",
@@ -93,5 +204,82 @@ mod tests {
         ] {
             assert_eq!(container_shape(host), None, "{host}");
         }
+    }
+
+    #[test]
+    fn a_name_below_a_container_does_not_make_another_container() {
+        let other = "fe".repeat(32);
+        let s = container_shape(&format!(
+            "/kubepods/pod{UID}/{ID}/cri-containerd-{other}.scope"
+        ))
+        .unwrap();
+        assert_eq!(s.container_id, ID);
+    }
+
+    #[test]
+    fn names_are_believed_only_below_the_pod_parents() {
+        let uid_us = UID.replace('-', "_");
+        let parents = PodParents::with_extra(&["/podmap-test-1/kubepods"]).unwrap();
+        for path in [
+            format!("/kubepods/besteffort/pod{UID}/{ID}"),
+            format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid_us}.slice/cri-containerd-{ID}.scope"),
+            format!("/machine.slice/libpod-{ID}.scope"),
+            format!("/podmap-test-1/kubepods/pod{UID}/{ID}/container"),
+        ] {
+            let ShapeVerdict::Container(s) = classify(&path, &parents) else {
+                panic!("{path}: {:?}", classify(&path, &parents));
+            };
+            assert_eq!(s.container_id, ID, "{path}");
+        }
+        // What an unprivileged user can create with a delegated systemd user manager, and names
+        // that only look like a parent.
+        for path in [
+            format!("/user.slice/user-1000.slice/user@1000.service/cri-containerd-{ID}.scope"),
+            format!("/user.slice/user-1000.slice/user@1000.service/kubepods/pod{UID}/{ID}"),
+            format!("/user.slice/user-1000.slice/user@1000.service/app.slice/libpod-{ID}.scope"),
+            format!("/kubepodsx/pod{UID}/{ID}"),
+            format!("/system.slice/docker-{ID}.scope"),
+            format!("/podmap-test-1/pod{UID}/{ID}"),
+        ] {
+            assert!(
+                matches!(classify(&path, &parents), ShapeVerdict::Outside(_)),
+                "{path}"
+            );
+        }
+        for path in ["/kubepods", "/kubepods/besteffort", "/user.slice", "/"] {
+            assert_eq!(classify(path, &parents), ShapeVerdict::None, "{path}");
+        }
+    }
+
+    #[test]
+    fn pod_parents_parse_paths_and_slices_and_refuse_the_root() {
+        let p = PodParents::with_extra(&["/custom/pods/", "kubepods-besteffort.slice"]).unwrap();
+        assert_eq!(
+            p.as_slice(),
+            [
+                "/kubepods",
+                "/kubepods.slice",
+                "/machine.slice",
+                "/custom/pods",
+                "/kubepods.slice/kubepods-besteffort.slice"
+            ]
+        );
+        assert_eq!(PodParents::with_extra(&[""]), Err(PodParentError::Empty));
+        assert!(matches!(
+            PodParents::with_extra(&["/"]),
+            Err(PodParentError::Root(_))
+        ));
+        assert!(matches!(
+            PodParents::with_extra(&["-.slice"]),
+            Err(PodParentError::Root(_))
+        ));
+        assert!(matches!(
+            PodParents::with_extra(&["/kubepods/../user.slice"]),
+            Err(PodParentError::Escapes(_))
+        ));
+        assert!(matches!(
+            PodParents::with_extra(&["kubepods"]),
+            Err(PodParentError::Slice(..))
+        ));
     }
 }

@@ -61,6 +61,9 @@ pub struct Options {
     /// NRI's registration deadline (containerd's default: 5 s).
     pub nri_registration_timeout: Duration,
     pub prelaunched: Option<Prelaunched>,
+    /// The cgroup every pod lives under (`/name`, default a unique `/podmap-test-...`): known
+    /// before the start when podmapd must name it as a pod parent (docs/decisions.md #29).
+    pub cgroup_base: Option<String>,
 }
 
 impl Default for Options {
@@ -71,6 +74,7 @@ impl Default for Options {
             nri_request_timeout: Duration::from_secs(2),
             nri_registration_timeout: Duration::from_secs(5),
             prelaunched: None,
+            cgroup_base: None,
         }
     }
 }
@@ -138,7 +142,10 @@ impl Containerd {
         // Everything that can fail comes before the spawn or after `c` owns the child (whose
         // drop tears the instance down).
         let cri = Cri::connect(&layout.socket)?;
-        let cgroup_base = format!("/{}", unique_name("podmap-test"));
+        let cgroup_base = options
+            .cgroup_base
+            .clone()
+            .unwrap_or_else(|| format!("/{}", unique_name("podmap-test")));
         teardown::write_owner(&layout.work, &cgroup_base)?;
         let child = cmd
             .spawn()

@@ -73,12 +73,19 @@ impl Node {
         // are podmapd's, set once it made them.
         let mut setup = PluginSetup::new(Path::new(""))?;
         std::fs::create_dir_all(&setup.policies).context("policy dir")?;
+        // The instance's pods live below this cgroup, as a cluster's below /kubepods: podmapd
+        // takes it as a pod parent, so events that beat their mapping are held, not the host's
+        // (docs/decisions.md #29).
+        let cgroup_base = format!("/{}", podmap_bpf::testing::unique_name("podmap-test"));
         let daemon = Daemon::start_with(DaemonOptions {
             pure_cgroup2: opts.pure_cgroup2,
-            env: [(
-                "PODMAP_POLICY_DIR".to_string(),
-                setup.policies.display().to_string(),
-            )]
+            env: [
+                (
+                    "PODMAP_POLICY_DIR".to_string(),
+                    setup.policies.display().to_string(),
+                ),
+                ("PODMAP_POD_PARENTS".to_string(), cgroup_base.clone()),
+            ]
             .into_iter()
             .chain(opts.daemon_env.iter().cloned())
             .collect(),
@@ -93,6 +100,7 @@ impl Node {
             nri_request_timeout: opts.nri_request_timeout,
             prelaunched: (opts.plugin == PluginMode::Prelaunched)
                 .then(|| setup.prelaunched("/sys/fs/cgroup")),
+            cgroup_base: Some(cgroup_base),
             ..Default::default()
         })?;
         let mut node = Node {

@@ -125,6 +125,7 @@ pub(super) fn events(
                 container,
                 pod,
                 attribution: owner.attribution(),
+                path_derived: owner.path_derived(),
                 exit: None,
                 policy: Some(policy_info(names, &o.policy, "open", &o.path)),
             });
@@ -208,6 +209,7 @@ fn event(
     clock: &WallClock,
 ) -> Option<Event> {
     let attribution = owner.attribution();
+    let path_derived = owner.path_derived();
     let (container, pod) = owner_parts(&owner);
     match ev {
         KernelEvent::Exec(e) => {
@@ -262,6 +264,7 @@ fn event(
                 container,
                 pod,
                 attribution,
+                path_derived,
                 exit: None,
                 policy: None,
             })
@@ -302,6 +305,7 @@ fn event(
                 container,
                 pod,
                 attribution,
+                path_derived,
                 exit: Some(ExitInfo::from_wait_status(e.exit_code)),
                 policy: None,
             })

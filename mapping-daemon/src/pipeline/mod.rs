@@ -3,12 +3,15 @@
 
 pub mod decode;
 mod enrich;
+pub mod hold;
 pub mod reader;
 
-use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use podmap_bpf::cgroup::{container_shape, CgroupLayout, ContainerShape, LayoutKind};
+use podmap_bpf::cgroup::{
+    classify, CgroupLayout, ContainerShape, LayoutKind, PodParents, ShapeVerdict,
+};
 use podmap_bpf::layout::{podmap_task_ids, HIER_V1};
 use podmap_bpf::{CgroupKey, SharedMaps};
 use podmap_proto::Attribution;
@@ -21,25 +24,24 @@ use crate::policies::PolicyNames;
 use crate::procs::ProcTable;
 use crate::stats::Stats;
 use decode::{decode, KernelEvent};
+use hold::HoldQueue;
 use podmap_pod_cache::PodCache;
 
 /// How long an event from an unmapped, container-shaped cgroup waits for its mapping.
 pub const HOLD_NS: u64 = 500_000_000;
+/// How often a waiting cgroup's mapping is looked up from userspace (a few syscalls): a mapping
+/// that lands releases its events within this, and many waiting cgroups do not cost every batch.
+const HOLD_CHECK_NS: u64 = 20_000_000;
 
 /// Where an event's process belongs.
 #[derive(Debug, Clone)]
 pub enum Owner {
     Container(Arc<Mapped>),
     Host,
-    /// What the cgroup path says, and what the pod cache knows of that container, if anything.
+    /// What the cgroup path says, and what the pod cache knows of that container, if anything
+    /// (only when the path names the same pod). Either way it rests on the path alone: events
+    /// carry `path_derived` (docs/decisions.md #29).
     Unknown(ContainerShape, Option<Arc<Mapped>>),
-}
-
-struct Held {
-    event: KernelEvent,
-    key: CgroupKey,
-    shape: ContainerShape,
-    deadline: u64,
 }
 
 pub struct Pipeline {
@@ -49,7 +51,9 @@ pub struct Pipeline {
     cgroups: CgroupPaths,
     containers: ContainerCache,
     procs: ProcTable,
-    held: VecDeque<Held>,
+    /// Below these, a container-shaped cgroup's name is believed (docs/decisions.md #29).
+    parents: PodParents,
+    held: HoldQueue<KernelEvent>,
     stats: Arc<Stats>,
     policy_names: PolicyNames,
     pods: Option<PodCache>,
@@ -58,6 +62,8 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    // Each argument is a distinct piece of daemon state handed over once, at start-up.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         node: Arc<str>,
         maps: Arc<SharedMaps>,
@@ -66,6 +72,7 @@ impl Pipeline {
         stats: Arc<Stats>,
         policy_names: PolicyNames,
         pods: Option<PodCache>,
+        parents: PodParents,
     ) -> Self {
         let cgroups = CgroupPaths::scan(&layout);
         tracing::info!(
@@ -80,7 +87,8 @@ impl Pipeline {
             cgroups,
             containers: ContainerCache::new(stats.clone()),
             procs,
-            held: VecDeque::new(),
+            parents,
+            held: HoldQueue::new(hold::DEFAULT_LIMITS),
             stats,
             policy_names,
             pods,
@@ -152,30 +160,80 @@ impl Pipeline {
         let leaf = self.leaf_key(&ids);
         // Events of a cgroup with held events queue behind them, so a process's exit never
         // overtakes its exec.
-        if let Some(h) = self.held.iter().find(|h| h.key == leaf) {
-            let (shape, deadline) = (h.shape.clone(), h.deadline);
-            self.held.push_back(Held {
-                event: ev,
-                key: leaf,
-                shape,
-                deadline,
-            });
+        let ev = if !self.held.contains(leaf) {
+            ev
+        } else if ids.container_cgid != 0 {
+            // The kernel found the mapping: what waited goes out attributed, then this.
+            self.release_cgroup(leaf, false, clock, out);
+            ev
+        } else {
             Stats::inc(&self.stats.held);
-            return;
-        }
+            match self.held.join(leaf, ev) {
+                Ok(forced) => {
+                    if let Some(r) = forced {
+                        self.released_early(r, clock, out);
+                    }
+                    self.note_held();
+                    return;
+                }
+                Err(ev) => ev,
+            }
+        };
         match self.attribute(&ids, leaf) {
             Attributed::Now(owner) => self.emit(ev, owner, clock, out),
-            Attributed::Hold(shape) => {
-                Stats::inc(&self.stats.held);
-                let deadline = ev.ktime().saturating_add(HOLD_NS);
-                self.held.push_back(Held {
-                    event: ev,
-                    key: leaf,
-                    shape,
-                    deadline,
-                });
-            }
+            Attributed::Hold(shape) => self.hold(leaf, shape, ev, clock, out),
         }
+    }
+
+    /// Holds `ev`; whatever a bound forces out goes out now (docs/decisions.md #29).
+    fn hold(
+        &mut self,
+        leaf: CgroupKey,
+        shape: ContainerShape,
+        ev: KernelEvent,
+        clock: &WallClock,
+        out: &mut Vec<Arc<Published>>,
+    ) {
+        Stats::inc(&self.stats.held);
+        let deadline = ev.ktime().saturating_add(HOLD_NS);
+        if let Some(r) = self.held.push(leaf, shape, deadline, self.batch_now, ev) {
+            self.released_early(r, clock, out);
+        }
+        self.note_held();
+    }
+
+    /// Sends on what a hold bound forced out, counted and logged (docs/decisions.md #29).
+    fn released_early(
+        &mut self,
+        r: hold::Released<KernelEvent>,
+        clock: &WallClock,
+        out: &mut Vec<Arc<Published>>,
+    ) {
+        let len = r.events.len() as u64;
+        let before = self
+            .stats
+            .held_released_early
+            .fetch_add(len, Ordering::Relaxed);
+        let n = before + len;
+        // Logged when the count first passes each power of two: visible, never a flood.
+        if before == 0 || before.ilog2() != n.ilog2() {
+            tracing::warn!(
+                cgroup = ?r.key,
+                released = len,
+                total = n,
+                "held events over their bound: released before their mapping arrived"
+            );
+        }
+        self.emit_released(r, false, clock, out);
+    }
+
+    fn note_held(&self) {
+        self.stats
+            .held_now
+            .store(self.held.len() as u64, Ordering::Relaxed);
+        self.stats
+            .held_peak
+            .fetch_max(self.held.peak() as u64, Ordering::Relaxed);
     }
 
     /// The key of the process's own cgroup in the hierarchy events are keyed by.
@@ -198,8 +256,27 @@ impl Pipeline {
                 return Attributed::Now(Owner::Container(m));
             }
         }
-        let Some(shape) = self.cgroups.path(leaf).and_then(|p| container_shape(p)) else {
+        let Some(path) = self.cgroups.path(leaf) else {
             return Attributed::Now(Owner::Host);
+        };
+        let shape = match classify(path, &self.parents) {
+            ShapeVerdict::Container(shape) => shape,
+            ShapeVerdict::None => return Attributed::Now(Owner::Host),
+            ShapeVerdict::Outside(shape) => {
+                // Anyone with a writable cgroup (a user's systemd manager) could have chosen the
+                // name: it says nothing about a container (docs/decisions.md #29).
+                Stats::inc(&self.stats.shaped_outside_pod_parents);
+                let n = Stats::get(&self.stats.shaped_outside_pod_parents);
+                if n.is_power_of_two() {
+                    tracing::warn!(
+                        path = %path,
+                        container_id = %shape.container_id,
+                        events = n,
+                        "container-shaped cgroup outside the pod parents: attributed to the host (see --pod-parents)"
+                    );
+                }
+                return Attributed::Now(Owner::Host);
+            }
         };
         // The kernel found no record; one may have landed since.
         match self.lookup_userspace(leaf) {
@@ -217,29 +294,60 @@ impl Pipeline {
     }
 
     fn release(&mut self, now: u64, clock: &WallClock, out: &mut Vec<Arc<Published>>) {
-        let mut resolved: Option<(CgroupKey, Option<Arc<Mapped>>)> = None;
-        while let Some((key, deadline)) = self.held.front().map(|h| (h.key, h.deadline)) {
-            let mapped = match &resolved {
-                Some((k, m)) if *k == key => m.clone(),
-                _ => {
-                    let m = self.lookup_userspace(key);
-                    resolved = Some((key, m.clone()));
-                    m
+        if self.held.is_empty() {
+            return;
+        }
+        for key in self.held.due(now) {
+            self.release_cgroup(key, true, clock, out);
+        }
+        for key in self.held.to_check(now, HOLD_CHECK_NS) {
+            if let Some(m) = self.lookup_userspace(key) {
+                if let Some(r) = self.held.take(key) {
+                    for ev in r.events {
+                        self.emit(ev, Owner::Container(m.clone()), clock, out);
+                    }
                 }
-            };
-            let h = match (&mapped, deadline <= now) {
-                (Some(_), _) | (None, true) => self.held.pop_front().expect("front exists"),
-                (None, false) => break,
-            };
-            let owner = match mapped {
-                Some(m) => Owner::Container(m),
-                None => {
-                    Stats::inc(&self.stats.held_timed_out);
-                    let known = self.known_to_api_server(&h.shape);
-                    Owner::Unknown(h.shape, known)
+            }
+        }
+        self.note_held();
+    }
+
+    /// Sends a cgroup's held events on: attributed if its mapping has landed, else `unknown`
+    /// (`timed_out`: their time is up, counted as such).
+    fn release_cgroup(
+        &mut self,
+        key: CgroupKey,
+        timed_out: bool,
+        clock: &WallClock,
+        out: &mut Vec<Arc<Published>>,
+    ) {
+        if let Some(r) = self.held.take(key) {
+            self.emit_released(r, timed_out, clock, out);
+        }
+        self.note_held();
+    }
+
+    fn emit_released(
+        &mut self,
+        r: hold::Released<KernelEvent>,
+        timed_out: bool,
+        clock: &WallClock,
+        out: &mut Vec<Arc<Published>>,
+    ) {
+        let owner = match self.lookup_userspace(r.key) {
+            Some(m) => Owner::Container(m),
+            None => {
+                if timed_out {
+                    self.stats
+                        .held_timed_out
+                        .fetch_add(r.events.len() as u64, Ordering::Relaxed);
                 }
-            };
-            self.emit(h.event, owner, clock, out);
+                let known = self.known_to_api_server(&r.shape);
+                Owner::Unknown(r.shape, known)
+            }
+        };
+        for ev in r.events {
+            self.emit(ev, owner.clone(), clock, out);
         }
     }
 
@@ -271,8 +379,25 @@ impl Pipeline {
     }
 
     /// A container no plugin mapped may still be in the pod cache (it started before podmap).
+    /// The path's name is believed only below the pod parents, and the pod's data is joined
+    /// only when the path names that same pod: a container id alone could be anyone's
+    /// (docs/decisions.md #29).
     fn known_to_api_server(&self, shape: &ContainerShape) -> Option<Arc<Mapped>> {
         let pod = self.pods.as_ref()?.by_container(&shape.container_id)?;
+        if shape.pod_uid.as_deref() != Some(&*pod.uid) {
+            Stats::inc(&self.stats.unknown_pod_mismatch);
+            let n = Stats::get(&self.stats.unknown_pod_mismatch);
+            if n.is_power_of_two() {
+                tracing::warn!(
+                    container_id = %shape.container_id,
+                    path_pod_uid = shape.pod_uid.as_deref().unwrap_or("none"),
+                    cached_pod_uid = %pod.uid,
+                    events = n,
+                    "a cgroup path names a container the pod cache has under another pod: its pod data is not joined"
+                );
+            }
+            return None;
+        }
         let c = pod.container(&shape.container_id);
         let meta = podmap_bpf::ContainerMeta {
             container_id: podmap_bpf::ContainerId(shape.container_id.clone()),
@@ -303,5 +428,10 @@ impl Owner {
             Owner::Host => Attribution::Host,
             Owner::Unknown(..) => Attribution::Unknown,
         }
+    }
+
+    /// Whether the event's container and pod rest on the cgroup's name alone.
+    pub fn path_derived(&self) -> bool {
+        matches!(self, Owner::Unknown(..))
     }
 }

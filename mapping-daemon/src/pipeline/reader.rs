@@ -1,7 +1,10 @@
 //! The ring-buffer reader task. Busy, it drains on a short timer (the programs submit without
 //! wake-ups below a threshold, which is most of the cost of a tracer) and whenever the kernel
 //! wakes it because much is queued. Idle, it stops its timer: it tells the programs it sleeps,
-//! and the next record wakes it. Each wake-up drains everything queued, as one batch.
+//! and the next record wakes it. Each wake-up drains what is queued in batches of at most
+//! `MAX_BATCH` records: each batch is published, then the reader yields, so a storm never
+//! starves the socket, metrics and policy tasks sharing its thread, and the batch buffer stays
+//! bounded (docs/decisions.md #27).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -23,21 +26,43 @@ const IDLE_POLLS: u32 = 10;
 /// asleep (it saw the flag clear, the reader then saw the ring empty) wakes nobody: this bounds
 /// its delay, and such records are counted.
 const SLEEPING_POLL: Duration = Duration::from_secs(1);
+/// Records read before the batch is published and the reader yields: about 4 ms of work on the
+/// development machines, and a batch buffer of at most a few thousand events.
+pub const MAX_BATCH: usize = 2048;
 
-/// Drains the ring; returns how many records it read.
+/// What a drain read, and whether it stopped at `MAX_BATCH` with records left.
+struct Drained {
+    read: usize,
+    more: bool,
+}
+
+/// Drains up to `MAX_BATCH` records from the ring.
 fn drain(
     ring: &mut RingBuf<MapData>,
     pipeline: &mut Pipeline,
     out: &mut Vec<Arc<Published>>,
-) -> usize {
+) -> Drained {
     let clock = pipeline.begin(boot_ns());
-    let mut n = 0;
-    while let Some(item) = ring.next() {
+    let mut read = 0;
+    while read < MAX_BATCH {
+        let Some(item) = ring.next() else { break };
         pipeline.record(&item, &clock, out);
-        n += 1;
+        read += 1;
     }
     pipeline.finish(&clock, out);
-    n
+    Drained {
+        read,
+        more: read == MAX_BATCH,
+    }
+}
+
+/// Hands the batch to the clients, then lets every other task on the thread run.
+async fn publish(hub: &Hub, out: &mut Vec<Arc<Published>>) {
+    if !out.is_empty() {
+        hub.publish_batch(out);
+        out.clear();
+    }
+    tokio::task::yield_now().await;
 }
 
 pub async fn run(
@@ -59,12 +84,18 @@ pub async fn run(
     let mut asleep = false;
     // Cleared for good if the flag cannot be written: the reader then polls, as it always could.
     let mut can_sleep = true;
+    // Records left in the ring by a drain that stopped at MAX_BATCH.
+    let mut more = false;
     loop {
         tokio::select! {
-            r = fd.readable_mut() => {
+            r = fd.readable_mut(), if !more => {
                 let mut guard = r?;
-                drain(guard.get_inner_mut(), &mut pipeline, &mut out);
-                guard.clear_ready();
+                more = drain(guard.get_inner_mut(), &mut pipeline, &mut out).more;
+                if !more {
+                    // Only a drained ring may forget it was readable: the programs submit
+                    // without wake-ups, so nothing else would say records are left.
+                    guard.clear_ready();
+                }
                 if asleep {
                     asleep = false;
                     Stats::inc(&stats.reader_woken);
@@ -72,8 +103,19 @@ pub async fn run(
                 }
                 empty_polls = 0;
             }
-            _ = next_poll(asleep, &mut tick) => {
-                let read = drain(fd.get_mut(), &mut pipeline, &mut out);
+            _ = std::future::ready(()), if more => {
+                more = drain(fd.get_mut(), &mut pipeline, &mut out).more;
+                empty_polls = 0;
+                if asleep {
+                    // Records kept coming as it fell asleep: busy after all.
+                    asleep = false;
+                    wake(&mut flag, &mut tick, &stats);
+                }
+            }
+            _ = next_poll(asleep, &mut tick), if !more => {
+                let drained = drain(fd.get_mut(), &mut pipeline, &mut out);
+                let read = drained.read;
+                more = drained.more;
                 if asleep {
                     if read > 0 {
                         Stats::inc(&stats.reader_late);
@@ -90,7 +132,7 @@ pub async fn run(
                         asleep = fall_asleep(&mut flag);
                         can_sleep = asleep;
                         // What came in before the programs saw the flag.
-                        drain(fd.get_mut(), &mut pipeline, &mut out);
+                        more = drain(fd.get_mut(), &mut pipeline, &mut out).more;
                         if asleep {
                             Stats::inc(&stats.reader_sleeps);
                             stats.reader_asleep.store(true, Ordering::Relaxed);
@@ -100,10 +142,7 @@ pub async fn run(
             }
             _ = shutdown.changed() => break,
         }
-        if !out.is_empty() {
-            hub.publish_batch(&out);
-            out.clear();
-        }
+        publish(&hub, &mut out).await;
     }
     Ok(())
 }
