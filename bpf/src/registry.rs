@@ -72,6 +72,11 @@ impl Registry {
         &self.store
     }
 
+    /// Puts `store` in place of this writer's store (one found damaged); returns the old one.
+    pub fn replace_store(&mut self, store: Store) -> Store {
+        std::mem::replace(&mut self.store, store)
+    }
+
     /// Maps a container: the pinned maps first, then the store. A store failure leaves the
     /// mapping in place (the kernel attributes) and is counted and returned.
     pub fn map(

@@ -99,6 +99,20 @@ impl Store {
             Ok(Err(e)) => e.to_string(),
             Err(panic) => format!("sled panicked opening it: {}", panic_text(panic.as_ref())),
         };
+        let aside = Store::move_aside(path)?;
+        let store = Store::open(path)?;
+        Ok((
+            store,
+            Opening::MovedAside {
+                aside,
+                reason: failure,
+            },
+        ))
+    }
+
+    /// Moves a damaged store (closed: no handle of this process on it) out of the way, to
+    /// `<name>.corrupt-<unix seconds>` beside it, where it can be inspected; returns where.
+    pub fn move_aside(path: &Path) -> Result<PathBuf, StoreError> {
         let secs = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -109,14 +123,7 @@ impl Store {
             path: path.to_owned(),
             source,
         })?;
-        let store = Store::open(path)?;
-        Ok((
-            store,
-            Opening::MovedAside {
-                aside,
-                reason: failure,
-            },
-        ))
+        Ok(aside)
     }
 
     /// A store that lives as long as this process, for a writer whose own store is held by

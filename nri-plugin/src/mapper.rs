@@ -113,7 +113,25 @@ impl Backend {
         let boot = boot_id().map_err(InitError::BootId)?;
         let grace_ns = u64::try_from(s.grace.as_nanos()).unwrap_or(u64::MAX);
         let mut registry = Registry::new(maps, store, Writer::Nri, grace_ns, boot);
-        let report = registry.restore(&layout);
+        // sled may open a damaged store and panic only when it reads the damaged part, here
+        // while restoring: that store goes aside as one that would not open.
+        let report = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            registry.restore(&layout)
+        })) {
+            Ok(report) => report,
+            Err(_) => {
+                let aside = Store::move_aside(&s.store_path())?;
+                let damaged = registry.replace_store(Store::open(&s.store_path())?);
+                drop(damaged);
+                counters.counters().add(Counter::StoreRecovered, 1);
+                tracing::error!(
+                    store = %s.store_path().display(),
+                    aside = %aside.display(),
+                    "the store failed while its records were restored: moved aside, started afresh"
+                );
+                RestoreReport::default()
+            }
+        };
         let policies = PluginPolicies::new(&s.policy_dir);
         Ok((
             Backend {

@@ -280,8 +280,9 @@ fn an_unreadable_policy_dir_keeps_the_last_policies_for_new_containers() {
     assert_eq!(m.backend().unwrap().policies.read_failures(), 1);
 }
 
-/// Fills a sled store with small and large records in turn, then deletes its blob files: sled
-/// then panics opening it ("tried to serialize Uninitialized"), as it does on a damaged disk.
+/// Fills a sled store with small and large records in turn, then deletes its blob files, as a
+/// damaged disk would: sled panics on it ("tried to serialize Uninitialized", "cannot find
+/// pid").
 fn damage_store(path: &Path) {
     use podmap_bpf::store::{ContainerRecord, Store};
     let store = Store::open(path).unwrap();
@@ -309,12 +310,8 @@ fn damage_store(path: &Path) {
         .unwrap()
         .map(|f| std::fs::remove_file(f.unwrap().path()).unwrap())
         .count();
+    // sled then panics opening the store, or (it varies) once it reads a record.
     assert!(removed > 0, "sled wrote no blob under {}", blobs.display());
-    let reopened = std::panic::catch_unwind(|| Store::open(path).map(drop));
-    assert!(
-        !matches!(reopened, Ok(Ok(()))),
-        "the damaged store still opens"
-    );
 }
 
 /// Maps one container of a fresh pod through CreateContainer and StartContainer; returns its

@@ -6,6 +6,7 @@
 //! the grace period in the map for removals, sweeps what expired (map and store), and writes
 //! records back into pins that were just created.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -178,7 +179,62 @@ impl Hook {
     /// writes records back into new pins, flushes, then drops what was applied. Returns false
     /// (logged and counted) when the store failed: the queue stays for the next run.
     fn apply_queue(&self, spool: &Spool, store_path: &Path, pins_existed: bool) -> bool {
-        let res = (|| -> Result<Vec<PathBuf>, StoreError> {
+        // sled may open a damaged store and panic only once it reads the damaged part: that
+        // store goes aside like one that would not open, and the queue is applied once more
+        // to a fresh one. (A second panic reaches the hook's edge: caught, logged, counted.)
+        let res = match catch_unwind(AssertUnwindSafe(|| {
+            self.apply_queue_once(spool, store_path, pins_existed)
+        })) {
+            Ok(res) => res,
+            Err(payload) => {
+                let reason = crate::panics::describe(&*payload);
+                match Store::move_aside(store_path) {
+                    Ok(aside) => {
+                        self.count(Counter::StoreRecovered);
+                        self.log.line(
+                            Level::Error,
+                            None,
+                            format_args!(
+                                "store {} failed while the queue was applied (sled panicked: \
+                                 {reason}): moved aside to {}, started afresh",
+                                store_path.display(),
+                                aside.display()
+                            ),
+                        );
+                        self.apply_queue_once(spool, store_path, pins_existed)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        match res {
+            Ok(applied) => {
+                spool.done(&applied);
+                true
+            }
+            Err(e) => {
+                self.log.line(
+                    Level::Error,
+                    None,
+                    format_args!(
+                        "{e}; the queue in {} stays for the next run",
+                        spool.dir().display()
+                    ),
+                );
+                self.count(Counter::StoreErrors);
+                false
+            }
+        }
+    }
+
+    /// One attempt of [`Hook::apply_queue`]: the applied changes, or the store's error.
+    fn apply_queue_once(
+        &self,
+        spool: &Spool,
+        store_path: &Path,
+        pins_existed: bool,
+    ) -> Result<Vec<PathBuf>, StoreError> {
+        (|| -> Result<Vec<PathBuf>, StoreError> {
             let store = self.open_store(store_path)?;
             let mut applied: Vec<PathBuf> = Vec::new();
             // Changes keep arriving while runs start at once: take them in a few rounds, in
@@ -215,25 +271,7 @@ impl Hook {
             }
             store.flush()?;
             Ok(applied)
-        })();
-        match res {
-            Ok(applied) => {
-                spool.done(&applied);
-                true
-            }
-            Err(e) => {
-                self.log.line(
-                    Level::Error,
-                    None,
-                    format_args!(
-                        "{e}; the queue in {} stays for the next run",
-                        spool.dir().display()
-                    ),
-                );
-                self.count(Counter::StoreErrors);
-                false
-            }
-        }
+        })()
     }
 
     /// Opens the store under its lock; a store that will not open (sled's error or panic on a
