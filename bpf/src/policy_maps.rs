@@ -12,7 +12,8 @@ use crate::layout::{
     self, podmap_member_key, podmap_policy_state, podmap_rule_ref, podmap_rule_set, Counter,
 };
 use crate::maps::{
-    check_map, MapsError, Shape, SharedMaps, EXEC_RULES_MAP, MEMBERS_MAP, OPEN_RULES_MAP, POLICY_STATE_MAP,
+    check_map, MapsError, Shape, SharedMaps, EXEC_RULES_MAP, MEMBERS_MAP, OPEN_RULES_MAP,
+    POLICY_STATE_MAP,
 };
 use crate::record::{CgroupIds, CgroupKey};
 

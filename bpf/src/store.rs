@@ -49,7 +49,9 @@ const CACHE_CAPACITY: u64 = 8 * 1024 * 1024;
 
 /// How the store is opened.
 fn config(path: &Path) -> sled::Config {
-    sled::Config::new().path(path).cache_capacity(CACHE_CAPACITY)
+    sled::Config::new()
+        .path(path)
+        .cache_capacity(CACHE_CAPACITY)
 }
 
 /// How [`Store::open_or_recover`] came by its store.
@@ -73,12 +75,10 @@ pub struct Store {
 impl Store {
     /// Opens the store for the caller's lifetime (podmap-nri).
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = config(path)
-            .open()
-            .map_err(|source| StoreError::Db {
-                path: path.to_owned(),
-                source,
-            })?;
+        let db = config(path).open().map_err(|source| StoreError::Db {
+            path: path.to_owned(),
+            source,
+        })?;
         Ok(Store {
             path: path.to_owned(),
             db,

@@ -53,7 +53,11 @@ fn pin_map(path: &Path, map_type: u32, key: u32, value: u32, max_entries: u32, f
         ..Default::default()
     };
     let fd = bpf(BPF_MAP_CREATE, &mut create);
-    assert!(fd >= 0, "BPF_MAP_CREATE: {}", std::io::Error::last_os_error());
+    assert!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
     // SAFETY: the kernel just returned this descriptor to us.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
     let cpath = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
@@ -117,10 +121,7 @@ fn a_containers_map_of_another_capacity_is_refused() {
     pin_map(&path, BPF_MAP_TYPE_HASH, key, value, 16, 0);
     let err = refusal(&dir.path);
     assert!(err.contains("max_entries 16"), "{err}");
-    assert!(
-        err.contains(&layout::MAX_CONTAINERS.to_string()),
-        "{err}"
-    );
+    assert!(err.contains(&layout::MAX_CONTAINERS.to_string()), "{err}");
 }
 
 #[test]
