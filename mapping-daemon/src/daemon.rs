@@ -286,7 +286,7 @@ async fn sweep(mut maps: SharedMaps, grace_s: u64, mut stop: watch::Receiver<boo
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let swept = maps.sweep_expired(grace_s * 1_000_000_000, podmap_bpf::maps::now_ns());
+                let swept = maps.sweep_expired(grace_ns(grace_s), podmap_bpf::maps::now_ns());
                 if !swept.is_empty() {
                     tracing::debug!(records = swept.len(), "swept expired container records");
                 }
@@ -294,6 +294,12 @@ async fn sweep(mut maps: SharedMaps, grace_s: u64, mut stop: watch::Receiver<boo
             _ = stop.changed() => return,
         }
     }
+}
+
+/// `--grace` in nanoseconds, the unit the records' timestamps use. Saturating: a plain multiply
+/// wraps in release builds, and a huge grace would become a short one that sweeps at once.
+fn grace_ns(grace_s: u64) -> u64 {
+    grace_s.saturating_mul(1_000_000_000)
 }
 
 /// Applies policy changes and new containers to membership; a quarter second keeps "takes
@@ -320,5 +326,24 @@ async fn wait(mut rx: watch::Receiver<bool>) {
         if rx.changed().await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_grace_saturates_instead_of_wrapping() {
+        assert_eq!(grace_ns(30), 30_000_000_000);
+        assert_eq!(grace_ns(0), 0);
+        // 2^64 ns is 584 years: anything longer means "keep the records", never a short wrap.
+        assert_eq!(grace_ns(u64::MAX), u64::MAX);
+        assert_eq!(
+            grace_ns(18_446_744_074),
+            u64::MAX,
+            "the first second that overflows"
+        );
+        assert_eq!(grace_ns(18_446_744_073), 18_446_744_073_000_000_000);
     }
 }
