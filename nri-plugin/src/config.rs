@@ -257,6 +257,11 @@ impl Settings {
         if let Some(v) = f.policy_dir {
             self.policy_dir = v;
         }
+        // A pre-launched plugin runs on the host, with no POD_NAMESPACE: this is how it learns
+        // the namespace of podmap's own pods.
+        if let Some(v) = f.own_namespace {
+            self.own_namespace = Some(v).filter(|ns| !ns.is_empty());
+        }
         Ok(f.unknown.into_keys().collect())
     }
 }
@@ -278,6 +283,7 @@ struct FileConfig {
     log_file: Option<PathBuf>,
     v1_controller: Option<String>,
     policy_dir: Option<PathBuf>,
+    own_namespace: Option<String>,
     #[serde(flatten)]
     unknown: BTreeMap<String, serde_yaml_ng::Value>,
 }
@@ -398,10 +404,12 @@ mod tests {
         let unknown = s
             .apply_yaml(
                 "bpffs-dir: /sys/fs/bpf/podmap-t\nstate-dir: /tmp/s\ncgroup-root: /c\n\
-                 grace: 3\nlog-file: /tmp/l.log\nplugin-idx: 10\nsurprise: 1\n",
+                 grace: 3\nlog-file: /tmp/l.log\nplugin-idx: 10\nsurprise: 1\n\
+                 own-namespace: podmap\n",
             )
             .unwrap();
         assert_eq!(unknown, vec!["surprise".to_string()]);
+        assert_eq!(s.own_namespace.as_deref(), Some("podmap"));
         assert_eq!(s.bpffs_dir, PathBuf::from("/sys/fs/bpf/podmap-t"));
         assert_eq!(s.state_dir, PathBuf::from("/tmp/s"));
         assert_eq!(s.cgroup_root, PathBuf::from("/c"));
