@@ -51,6 +51,16 @@ pub enum MapsError {
         found: u32,
         expected: u32,
     },
+    #[error(
+        "pinned map {path} lacks {missing} (its flags are {found:#x}): it was made by another \
+         podmap version or by hand; stop podmap's processes and remove {dir}"
+    )]
+    MissingFlags {
+        path: PathBuf,
+        dir: PathBuf,
+        missing: String,
+        found: u32,
+    },
     #[error("map {name}: {source}")]
     Map {
         name: &'static str,
@@ -178,21 +188,26 @@ impl SharedMaps {
         let meta = take(META_MAP)?;
         let counters = take(COUNTERS_MAP)?;
         let policy = crate::policy_maps::PolicyMaps::take(&mut take, dir)?;
-        check_map(
-            &containers,
-            dir,
-            CONTAINERS_MAP,
-            size_of::<podmap_cgroup_key>(),
-            size_of::<podmap_container>(),
-        )?;
-        check_map(
-            &meta,
-            dir,
-            META_MAP,
-            size_of::<podmap_cgroup_key>(),
-            size_of::<podmap_container_meta>(),
-        )?;
-        check_map(&counters, dir, COUNTERS_MAP, 4, 8)?;
+        let key = size_of::<podmap_cgroup_key>();
+        let containers_shape = Shape {
+            key,
+            value: size_of::<podmap_container>(),
+            max_entries: layout::MAX_CONTAINERS,
+            flags: 0,
+        };
+        check_map(&containers, dir, CONTAINERS_MAP, containers_shape)?;
+        let meta_shape = Shape {
+            value: size_of::<podmap_container_meta>(),
+            ..containers_shape
+        };
+        check_map(&meta, dir, META_MAP, meta_shape)?;
+        let counters_shape = Shape {
+            key: 4,
+            value: 8,
+            max_entries: layout::COUNTERS,
+            flags: BPF_F_MMAPABLE,
+        };
+        check_map(&counters, dir, COUNTERS_MAP, counters_shape)?;
         let map_err = |name| move |source| MapsError::Map { name, source };
         Ok(SharedMaps {
             dir: dir.to_owned(),
@@ -404,13 +419,34 @@ pub enum MetaError {
     Map(String),
 }
 
+/// `BPF_F_MMAPABLE` (uapi/linux/bpf.h): the counters array must have it to be mmapped.
+pub(crate) const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+/// The shape this build expects of a pinned map. A pin someone else created (another podmap
+/// version, or anyone with access to bpffs) is only used when it matches: the counters map is
+/// mmapped and indexed up to `COUNTERS`, so a shorter or non-mmapable array must be refused by
+/// name, not mapped.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Shape {
+    pub key: usize,
+    pub value: usize,
+    pub max_entries: u32,
+    /// Flags the map must have (others may be set).
+    pub flags: u32,
+}
+
 pub(crate) fn check_map(
     map: &Map,
     dir: &Path,
     name: &'static str,
-    key: usize,
-    value: usize,
+    shape: Shape,
 ) -> Result<(), MapsError> {
+    let Shape {
+        key,
+        value,
+        max_entries,
+        flags,
+    } = shape;
     let data: &MapData = match map {
         Map::HashMap(d) | Map::Array(d) | Map::LpmTrie(d) => d,
         _ => return Err(MapsError::Missing { name }),
@@ -422,6 +458,7 @@ pub(crate) fn check_map(
     for (what, found, expected) in [
         ("key size", info.key_size(), key as u32),
         ("value size", info.value_size(), value as u32),
+        ("max_entries", info.max_entries(), max_entries),
     ] {
         if found != expected {
             return Err(MapsError::Incompatible {
@@ -433,7 +470,23 @@ pub(crate) fn check_map(
             });
         }
     }
+    if info.map_flags() & flags != flags {
+        return Err(MapsError::MissingFlags {
+            path,
+            dir: dir.to_owned(),
+            missing: flag_names(flags & !info.map_flags()),
+            found: info.map_flags(),
+        });
+    }
     Ok(())
+}
+
+fn flag_names(flags: u32) -> String {
+    if flags == BPF_F_MMAPABLE {
+        "BPF_F_MMAPABLE".to_string()
+    } else {
+        format!("{flags:#x}")
+    }
 }
 
 /// Loads an object whose `LIBBPF_PIN_BY_NAME` maps live under `dir`. Two processes creating the

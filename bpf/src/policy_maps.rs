@@ -12,7 +12,8 @@ use crate::layout::{
     self, podmap_member_key, podmap_policy_state, podmap_rule_ref, podmap_rule_set, Counter,
 };
 use crate::maps::{
-    check_map, MapsError, SharedMaps, EXEC_RULES_MAP, MEMBERS_MAP, OPEN_RULES_MAP, POLICY_STATE_MAP,
+    check_map, MapsError, Shape, SharedMaps, EXEC_RULES_MAP, MEMBERS_MAP, OPEN_RULES_MAP,
+    POLICY_STATE_MAP,
 };
 use crate::record::{CgroupIds, CgroupKey};
 
@@ -30,17 +31,28 @@ impl PolicyMaps {
         source: &mut impl FnMut(&'static str) -> Result<aya::maps::Map, MapsError>,
         dir: &Path,
     ) -> Result<Self, MapsError> {
-        let mut take = |name: &'static str, key: usize, value: usize| {
+        let mut take = |name: &'static str, key: usize, value: usize, max_entries: u32| {
             let m = source(name)?;
-            check_map(&m, dir, name, key, value)?;
+            let shape = Shape {
+                key,
+                value,
+                max_entries,
+                flags: 0,
+            };
+            check_map(&m, dir, name, shape)?;
             Ok::<_, MapsError>(m)
         };
         let path_key = size_of::<layout::podmap_path_key>();
         let set = size_of::<podmap_rule_set>();
-        let members = take(MEMBERS_MAP, size_of::<podmap_member_key>(), 4)?;
-        let exec_rules = take(EXEC_RULES_MAP, path_key, set)?;
-        let open_rules = take(OPEN_RULES_MAP, path_key, set)?;
-        let state = take(POLICY_STATE_MAP, 4, size_of::<podmap_policy_state>())?;
+        let members = take(
+            MEMBERS_MAP,
+            size_of::<podmap_member_key>(),
+            4,
+            layout::MAX_MEMBERS,
+        )?;
+        let exec_rules = take(EXEC_RULES_MAP, path_key, set, layout::MAX_RULES)?;
+        let open_rules = take(OPEN_RULES_MAP, path_key, set, layout::MAX_RULES)?;
+        let state = take(POLICY_STATE_MAP, 4, size_of::<podmap_policy_state>(), 1)?;
         let err = |name| move |source| MapsError::Map { name, source };
         Ok(PolicyMaps {
             members: HashMap::try_from(members).map_err(err(MEMBERS_MAP))?,

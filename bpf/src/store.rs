@@ -43,6 +43,17 @@ pub enum StoreError {
     },
 }
 
+/// sled's page cache. Its default is 1 GiB, against podmap-nri's 128 MiB memory limit; a store
+/// holds one small record per container on the node, so a few MiB keep all of it cached.
+const CACHE_CAPACITY: u64 = 8 * 1024 * 1024;
+
+/// How the store is opened.
+fn config(path: &Path) -> sled::Config {
+    sled::Config::new()
+        .path(path)
+        .cache_capacity(CACHE_CAPACITY)
+}
+
 /// How [`Store::open_or_recover`] came by its store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Opening {
@@ -64,13 +75,10 @@ pub struct Store {
 impl Store {
     /// Opens the store for the caller's lifetime (podmap-nri).
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = sled::Config::new()
-            .path(path)
-            .open()
-            .map_err(|source| StoreError::Db {
-                path: path.to_owned(),
-                source,
-            })?;
+        let db = config(path).open().map_err(|source| StoreError::Db {
+            path: path.to_owned(),
+            source,
+        })?;
         Ok(Store {
             path: path.to_owned(),
             db,
@@ -131,6 +139,7 @@ impl Store {
     fn temporary(path: &Path) -> Result<Store, StoreError> {
         let db = sled::Config::new()
             .temporary(true)
+            .cache_capacity(CACHE_CAPACITY)
             .open()
             .map_err(|source| StoreError::Db {
                 path: path.to_owned(),
@@ -287,4 +296,21 @@ pub fn boot_id() -> io::Result<String> {
     Ok(std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?
         .trim()
         .to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_cache_fits_the_plugins_memory_limit() {
+        // podmap-nri runs under a 128 MiB limit (deploy/kubernetes/daemonset.yaml) and a hook
+        // in whatever the runtime gives it; sled's default cache is 1 GiB.
+        let c = config(Path::new("/nonexistent/store"));
+        assert!(
+            c.cache_capacity <= 16 * 1024 * 1024,
+            "cache_capacity {}",
+            c.cache_capacity
+        );
+    }
 }

@@ -555,6 +555,17 @@ pub fn status_table(r: &StatusReport) -> String {
         ),
         ("clients connected", r.clients_connected.to_string()),
         ("client errors", r.client_errors.to_string()),
+        (
+            "clients dropped",
+            format!(
+                "{} refused over the cap, {} stopped reading (write timed out)",
+                r.clients_refused, r.clients_write_timeouts
+            ),
+        ),
+        (
+            "metrics refused",
+            format!("{} connections over the cap", r.metrics_connections_refused),
+        ),
         ("records unreadable", r.records_unreadable.to_string()),
         ("processes untracked", r.processes_untracked.to_string()),
         ("mapping latency", latency(&r.mapping_latency_us)),

@@ -34,6 +34,14 @@ pub struct Args {
     /// The event socket.
     #[arg(long, env = "PODMAP_SOCKET", default_value = server::DEFAULT_SOCKET)]
     pub socket: PathBuf,
+    /// The host group (a number) given access to the socket; without it the socket is root's.
+    /// Not a name: in a pod, names resolve against the image's /etc/group, not the host's.
+    #[arg(long, env = "PODMAP_SOCKET_GROUP", value_name = "GID")]
+    pub socket_group: Option<u32>,
+    /// Socket connections served at once; one more gets an error line and the close.
+    #[arg(long, env = "PODMAP_MAX_CLIENTS", default_value_t = server::DEFAULT_MAX_CLIENTS,
+          value_parser = parse_max_clients)]
+    pub max_clients: usize,
     /// Directory of the pinned maps shared with the runtime plugins (on bpffs).
     #[arg(long, env = "PODMAP_BPFFS_DIR", default_value = podmap_bpf::DEFAULT_BPFFS_DIR)]
     pub bpffs_dir: PathBuf,
@@ -72,6 +80,10 @@ pub struct Args {
         default_value = "/etc/podmap/policies"
     )]
     pub policy_dir: PathBuf,
+    /// The namespace podmap runs in (the DaemonSet sets POD_NAMESPACE): no policy ever selects
+    /// its pods, so a policy cannot stop podmap itself.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub own_namespace: Option<String>,
     /// How often the ring buffer is polled when the kernel has not woken the reader.
     #[arg(long, env = "PODMAP_POLL_MS", default_value_t = 10)]
     pub poll_ms: u64,
@@ -81,6 +93,13 @@ pub struct Args {
     /// count as one when no plugin mapped it (docs/decisions.md #29).
     #[arg(long, env = "PODMAP_POD_PARENTS", value_delimiter = ',')]
     pub pod_parents: Vec<String>,
+}
+
+fn parse_max_clients(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n @ 1..=65536) => Ok(n),
+        _ => Err(format!("{s:?} is not a number from 1 to 65536")),
+    }
 }
 
 fn hostname() -> String {
@@ -173,7 +192,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         lsm.active,
         pods.clone(),
         policy_names.clone(),
-    );
+    )
+    .with_own_namespace(args.own_namespace.clone());
     policies.tick();
     *state.policies.lock().unwrap_or_else(|p| p.into_inner()) = policies.status();
     let pipeline = Pipeline::new(
@@ -188,13 +208,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let listener = server::bind(&args.socket)?;
+    let listener = server::bind(&args.socket, args.socket_group)?;
     tracing::info!(socket = %args.socket.display(), node = %node, "podmapd ready");
 
-    let server_task = tokio::spawn(server::serve(
+    let server_task = tokio::spawn(server::serve_with_config(
         listener,
         hub.clone(),
         state.clone(),
+        server::ServerConfig {
+            max_clients: args.max_clients,
+            ..Default::default()
+        },
         wait(stop_rx.clone()),
     ));
     let metrics_task = if args.metrics_addr != "off" {
@@ -205,6 +229,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Some(tokio::spawn(metrics::serve_metrics(
             addr,
             state.clone(),
+            metrics::MetricsConfig {
+                refused: Arc::clone(&stats.metrics_refused),
+                ..Default::default()
+            },
             wait(stop_rx.clone()),
         )))
     } else {
@@ -286,7 +314,7 @@ async fn sweep(mut maps: SharedMaps, grace_s: u64, mut stop: watch::Receiver<boo
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let swept = maps.sweep_expired(grace_s * 1_000_000_000, podmap_bpf::maps::now_ns());
+                let swept = maps.sweep_expired(grace_ns(grace_s), podmap_bpf::maps::now_ns());
                 if !swept.is_empty() {
                     tracing::debug!(records = swept.len(), "swept expired container records");
                 }
@@ -294,6 +322,12 @@ async fn sweep(mut maps: SharedMaps, grace_s: u64, mut stop: watch::Receiver<boo
             _ = stop.changed() => return,
         }
     }
+}
+
+/// `--grace` in nanoseconds, the unit the records' timestamps use. Saturating: a plain multiply
+/// wraps in release builds, and a huge grace would become a short one that sweeps at once.
+fn grace_ns(grace_s: u64) -> u64 {
+    grace_s.saturating_mul(1_000_000_000)
 }
 
 /// Applies policy changes and new containers to membership; a quarter second keeps "takes
@@ -320,5 +354,38 @@ async fn wait(mut rx: watch::Receiver<bool>) {
         if rx.changed().await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_grace_saturates_instead_of_wrapping() {
+        assert_eq!(grace_ns(30), 30_000_000_000);
+        assert_eq!(grace_ns(0), 0);
+        // 2^64 ns is 584 years: anything longer means "keep the records", never a short wrap.
+        assert_eq!(grace_ns(u64::MAX), u64::MAX);
+        assert_eq!(
+            grace_ns(18_446_744_074),
+            u64::MAX,
+            "the first second that overflows"
+        );
+        assert_eq!(grace_ns(18_446_744_073), 18_446_744_073_000_000_000);
+    }
+
+    #[test]
+    fn the_socket_group_is_a_number() {
+        let args = Args::try_parse_from(["podmapd", "--socket-group", "998"]).unwrap();
+        assert_eq!(args.socket_group, Some(998));
+        let err = Args::try_parse_from(["podmapd", "--socket-group", "podmap"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--socket-group"), "{err}");
+        let args = Args::try_parse_from(["podmapd"]).unwrap();
+        assert_eq!(args.socket_group, None);
+        assert_eq!(args.max_clients, server::DEFAULT_MAX_CLIENTS);
+        assert!(Args::try_parse_from(["podmapd", "--max-clients", "0"]).is_err());
     }
 }

@@ -82,6 +82,8 @@ struct Shared {
     delivered: AtomicU64,
     lost_slow_clients: AtomicU64,
     client_errors: AtomicU64,
+    clients_refused: AtomicU64,
+    clients_write_timeouts: AtomicU64,
     next_id: AtomicU64,
 }
 
@@ -112,6 +114,8 @@ impl Hub {
                 delivered: AtomicU64::new(0),
                 lost_slow_clients: AtomicU64::new(0),
                 client_errors: AtomicU64::new(0),
+                clients_refused: AtomicU64::new(0),
+                clients_write_timeouts: AtomicU64::new(0),
                 next_id: AtomicU64::new(0),
             }),
             queue_len: queue_len.max(1),
@@ -197,6 +201,27 @@ impl Hub {
 
     pub fn record_client_error(&self) {
         self.shared.client_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connections turned away because the socket already served its maximum of clients.
+    pub fn clients_refused(&self) -> u64 {
+        self.shared.clients_refused.load(Ordering::Relaxed)
+    }
+
+    pub fn record_client_refused(&self) {
+        self.shared.clients_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Clients disconnected because a write to them did not complete in time (they stopped
+    /// reading).
+    pub fn clients_write_timeouts(&self) -> u64 {
+        self.shared.clients_write_timeouts.load(Ordering::Relaxed)
+    }
+
+    pub fn record_client_write_timeout(&self) {
+        self.shared
+            .clients_write_timeouts
+            .fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -15,11 +15,12 @@ use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 use tracing::{debug, error, info, warn};
@@ -29,6 +30,10 @@ const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset
 
 /// A request head larger than this is refused: a scrape's head is a few hundred bytes.
 const MAX_HEAD: usize = 8 * 1024;
+
+/// The answer to a connection over the cap.
+const BUSY: &str = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n\
+                    Content-Length: 37\r\nConnection: close\r\n\r\ntoo many metrics connections at once\n";
 
 /// Time a connection has to send its request head, and to take the response.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -142,6 +147,21 @@ pub fn render(report: &StatusReport) -> String {
             "client_errors",
             "Socket requests refused (malformed, too long, silent, a second line)",
             report.client_errors,
+        ),
+        (
+            "clients_refused",
+            "Socket connections refused because the maximum of clients was connected",
+            report.clients_refused,
+        ),
+        (
+            "clients_write_timeouts",
+            "Socket clients disconnected because a write to them timed out (they stopped reading)",
+            report.clients_write_timeouts,
+        ),
+        (
+            "metrics_connections_refused",
+            "Metrics connections refused because the endpoint's maximum was connected",
+            report.metrics_connections_refused,
         ),
         (
             "mapping_latency_samples",
@@ -297,17 +317,40 @@ fn labelled(label: &'static str, values: &BTreeMap<String, u64>) -> Labelled {
     family
 }
 
+/// Connections served at once unless told otherwise: a scrape takes one, and a few Prometheus
+/// replicas plus a curl need no more.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 8;
+
+/// How the endpoint limits its clients.
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    /// Most connections served at once; one more is answered 503 and closed.
+    pub max_connections: usize,
+    /// Connections turned away over the cap (podmapd shares it with its status).
+    pub refused: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            refused: Arc::default(),
+        }
+    }
+}
+
 /// Binds `addr` and serves `GET /metrics` until `shutdown` completes.
 pub async fn serve_metrics(
     addr: SocketAddr,
     source: Arc<dyn StatusSource>,
+    config: MetricsConfig,
     shutdown: impl Future,
 ) -> anyhow::Result<()> {
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the metrics address {addr}"))?;
     info!(%addr, "serving metrics");
-    serve_metrics_on(listener, source, shutdown).await;
+    serve_metrics_on(listener, source, config, shutdown).await;
     Ok(())
 }
 
@@ -315,8 +358,10 @@ pub async fn serve_metrics(
 pub async fn serve_metrics_on(
     listener: TcpListener,
     source: Arc<dyn StatusSource>,
+    config: MetricsConfig,
     shutdown: impl Future,
 ) {
+    let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let mut tasks = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -331,14 +376,25 @@ pub async fn serve_metrics_on(
                 }
             }
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let source = Arc::clone(&source);
-                    tasks.spawn(async move {
-                        if let Err(e) = handle_http(stream, &*source).await {
-                            debug!(%peer, error = %e, "metrics connection failed");
-                        }
-                    });
-                }
+                Ok((stream, peer)) => match Arc::clone(&slots).try_acquire_owned() {
+                    Ok(permit) => {
+                        let source = Arc::clone(&source);
+                        tasks.spawn(async move {
+                            if let Err(e) = handle_http(stream, &*source).await {
+                                debug!(%peer, error = %e, "metrics connection failed");
+                            }
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        // Every place is taken (each connection may hold one for IO_TIMEOUT
+                        // twice): answer at once, without a task, so a flood costs nothing.
+                        config.refused.fetch_add(1, Ordering::Relaxed);
+                        debug!(%peer, max = config.max_connections, "refusing a metrics connection over the cap");
+                        // A fresh socket's send buffer is empty, so this one write goes out whole.
+                        let _ = stream.try_write(BUSY.as_bytes());
+                    }
+                },
                 Err(e) => {
                     warn!(error = %e, "accepting a metrics connection failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -468,6 +524,9 @@ mod tests {
             reader_woken: 6,
             reader_late: 1,
             client_errors: 5,
+            clients_refused: 8,
+            clients_write_timeouts: 9,
+            metrics_connections_refused: 10,
             containers_mapped: 6,
             pods_cached: 3,
             enforcement_mode: "lsm".into(),
@@ -524,6 +583,9 @@ mod tests {
             "podmap_events_held_now 2",
             "podmap_events_held_peak 256",
             "podmap_client_errors_total 5",
+            "podmap_clients_refused_total 8",
+            "podmap_clients_write_timeouts_total 9",
+            "podmap_metrics_connections_refused_total 10",
             "podmap_reader_sleeps_total 7",
             "podmap_reader_woken_total 6",
             "podmap_reader_late_total 1",
@@ -596,7 +658,12 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve_metrics_on(listener, Arc::new(Fake), stopped));
+        let server = tokio::spawn(serve_metrics_on(
+            listener,
+            Arc::new(Fake),
+            MetricsConfig::default(),
+            stopped,
+        ));
 
         let ok = get(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
@@ -615,5 +682,61 @@ mod tests {
 
         stop.send(()).unwrap();
         server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn connections_over_the_cap_get_503_and_are_counted() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let config = MetricsConfig {
+            max_connections: 2,
+            ..Default::default()
+        };
+        let refused = Arc::clone(&config.refused);
+        let server = tokio::spawn(serve_metrics_on(listener, Arc::new(Fake), config, stopped));
+
+        // Two connections that never send their request hold both places (up to IO_TIMEOUT).
+        let idle = [
+            TcpStream::connect(addr).await.unwrap(),
+            TcpStream::connect(addr).await.unwrap(),
+        ];
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut over = TcpStream::connect(addr).await.unwrap();
+        let mut out = String::new();
+        timeout(Duration::from_secs(3), over.read_to_string(&mut out))
+            .await
+            .expect("the connection over the cap is answered at once")
+            .unwrap();
+        assert!(
+            out.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{out}"
+        );
+        let body = out.split_once("\r\n\r\n").unwrap().1;
+        assert!(body.starts_with("too many"), "{out}");
+        assert!(
+            out.contains(&format!("Content-Length: {}\r\n", body.len())),
+            "{out}"
+        );
+        assert_eq!(refused.load(Ordering::Relaxed), 1);
+
+        // Places free up as connections end; scrapes work again.
+        drop(idle);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let got = get(addr, "GET /metrics HTTP/1.1\r\n\r\n").await;
+            if got.starts_with("HTTP/1.1 200 OK") {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{got}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop.send(()).unwrap();
+        server.await.unwrap();
+    }
+
+    #[test]
+    fn the_default_cap_is_eight() {
+        assert_eq!(MetricsConfig::default().max_connections, 8);
     }
 }

@@ -60,6 +60,8 @@ pub struct PolicyManager {
     /// Memberships without a record, with when they were first seen so; see `sweep_orphans`.
     orphans: HashMap<(u32, CgroupKey), Instant>,
     last_orphan_sweep: Option<Instant>,
+    /// podmap's own namespace: no policy selects its pods.
+    own_namespace: Option<String>,
 }
 
 /// How often memberships are checked against the record map: a walk of the membership map.
@@ -145,7 +147,14 @@ impl PolicyManager {
             walked_generation: None,
             orphans: HashMap::new(),
             last_orphan_sweep: None,
+            own_namespace: None,
         }
+    }
+
+    /// Never selects pods of `namespace` (podmap's own), whatever a policy says.
+    pub fn with_own_namespace(mut self, namespace: Option<String>) -> Self {
+        self.own_namespace = namespace.filter(|ns| !ns.is_empty());
+        self
     }
 
     pub fn status(&self) -> PolicyStatus {
@@ -353,6 +362,7 @@ impl PolicyManager {
                 pod_labels: &c.labels,
                 container_name: &c.name,
                 sandbox: c.sandbox,
+                own_namespace: self.own_namespace.as_deref(),
             };
             for id in self.policies.set().selecting(&t) {
                 wanted.insert((id, *k));

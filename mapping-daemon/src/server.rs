@@ -7,7 +7,10 @@
 //! `{"error": "..."}` line naming what is wrong, then the close, and counts as a client error.
 //!
 //! Every connection is its own task: a client that misbehaves, stalls or vanishes only ends its
-//! own task. This module owns the listener and the connections; the events come from the hub and
+//! own task. At most [`ServerConfig::max_clients`] connections are served at once (one more gets
+//! an error line and the close, counted as refused), and a write that cannot complete within
+//! [`ServerConfig::write_timeout`] disconnects its client (counted): a client that stops reading
+//! holds neither a task nor a slot for long. This module owns the listener and the connections; the events come from the hub and
 //! the status from a [`StatusSource`].
 
 use crate::hub::{Hub, Subscription};
@@ -15,10 +18,8 @@ use crate::status::StatusSource;
 use anyhow::{bail, Context as _};
 use podmap_proto::{Request, RequestError, MAX_REQUEST_LINE};
 use serde::Serialize;
-use std::ffi::CString;
 use std::future::Future;
 use std::io;
-use std::mem::MaybeUninit;
 use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
 use std::path::Path;
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader, Interest};
 use tokio::net::unix::{ReadHalf, WriteHalf};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::{timeout, Instant};
 use tracing::{debug, error, info, warn};
@@ -33,15 +35,17 @@ use tracing::{debug, error, info, warn};
 /// Where podmapd listens and podmap connects unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/podmap/podmap.sock";
 
-/// The group given access to the socket, where it exists.
-const SOCKET_GROUP: &str = "podmap";
+/// Connections served at once unless told otherwise (`--max-clients`): each streaming client
+/// holds a queue of up to 4,096 events, so this bounds what clients can make podmapd hold.
+pub const DEFAULT_MAX_CLIENTS: usize = 64;
+
+/// How long one write to a client may block before the client is dropped. A client that reads
+/// at all frees its socket buffer long before; one that stopped would otherwise hold its task
+/// and its connection slot forever.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a refused client gets to take its error line before the close.
 const ERROR_WRITE_GRACE: Duration = Duration::from_secs(1);
-
-/// How long a status or containers reply may take to write: a client that never reads must not
-/// hold its task forever.
-const REPLY_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// After an error line, what we read and discard (at most) before closing. Closing a unix socket
 /// with unread input makes the peer's next read fail with ECONNRESET instead of a clean EOF after
@@ -59,6 +63,11 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// Most events written to one client in one write.
     pub max_batch: usize,
+    /// Most connections served at once; one more gets an error line and the close.
+    pub max_clients: usize,
+    /// How long one write to a client may block (its socket buffer full because it stopped
+    /// reading) before the client is disconnected.
+    pub write_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -66,6 +75,8 @@ impl Default for ServerConfig {
         ServerConfig {
             request_timeout: Duration::from_secs(5),
             max_batch: 1024,
+            max_clients: DEFAULT_MAX_CLIENTS,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
         }
     }
 }
@@ -82,6 +93,8 @@ enum Refusal {
     Timeout(Duration),
     #[error("a second line: a connection carries exactly one request line")]
     SecondLine,
+    #[error("too many clients: podmapd serves {0} connections at once; try again later")]
+    TooManyClients(usize),
 }
 
 #[derive(Serialize)]
@@ -89,10 +102,10 @@ struct ErrorLine<'a> {
     error: &'a str,
 }
 
-/// Creates the socket at `path`: its parent directory if missing, mode 0660, group `podmap` when
-/// that group exists. A socket file left by a previous run is replaced, but only when nobody
+/// Creates the socket at `path`: its parent directory if missing, mode 0660, group `group` when
+/// given (a host gid). A socket file left by a previous run is replaced, but only when nobody
 /// answers on it; anything else at `path` is an error. Call from within a tokio runtime.
-pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+pub fn bind(path: &Path, group: Option<libc::gid_t>) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating the socket directory {}", dir.display()))?;
@@ -102,13 +115,11 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
         UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("setting mode 0660 on {}", path.display()))?;
-    match group_id(SOCKET_GROUP) {
-        Ok(Some(gid)) => std::os::unix::fs::chown(path, None, Some(gid))
-            .with_context(|| format!("giving {} to group {SOCKET_GROUP}", path.display()))?,
-        Ok(None) => debug!("no group {SOCKET_GROUP}: the socket stays root's group"),
-        Err(e) => {
-            warn!(error = %e, "looking up group {SOCKET_GROUP} failed; not changing the socket's group")
-        }
+    // A number, never a name: in a pod, names resolve against the image's /etc/group, whose ids
+    // mean nothing (or something else) on the host where the socket is used.
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .with_context(|| format!("giving {} to group {gid}", path.display()))?;
     }
     info!(socket = %path.display(), "listening");
     Ok(listener)
@@ -143,34 +154,6 @@ fn remove_stale_socket(path: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// The gid of group `name`, None when there is no such group.
-fn group_id(name: &str) -> io::Result<Option<libc::gid_t>> {
-    let cname = CString::new(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let mut buf = vec![0 as libc::c_char; 1024];
-    loop {
-        let mut grp = MaybeUninit::<libc::group>::uninit();
-        let mut found: *mut libc::group = std::ptr::null_mut();
-        // SAFETY: all pointers are valid for the call and buf.len() is the buffer's real length;
-        // the reentrant getgrnam_r (unlike getgrnam) keeps no static state across threads.
-        let rc = unsafe {
-            libc::getgrnam_r(
-                cname.as_ptr(),
-                grp.as_mut_ptr(),
-                buf.as_mut_ptr(),
-                buf.len(),
-                &mut found,
-            )
-        };
-        match rc {
-            0 if found.is_null() => return Ok(None),
-            // SAFETY: getgrnam_r returned 0 with a non-null result, so it filled `grp`.
-            0 => return Ok(Some(unsafe { grp.assume_init() }.gr_gid)),
-            libc::ERANGE if buf.len() < 1 << 20 => buf.resize(buf.len() * 2, 0),
-            e => return Err(io::Error::from_raw_os_error(e)),
-        }
-    }
-}
-
 /// Serves clients on `listener` until `shutdown` completes, with the default configuration.
 pub async fn serve(
     listener: UnixListener,
@@ -189,6 +172,12 @@ pub async fn serve_with_config(
     config: ServerConfig,
     shutdown: impl Future,
 ) {
+    // One permit per connection served; a connection over the cap is told so and closed.
+    let slots = Arc::new(Semaphore::new(config.max_clients.max(1)));
+    // Telling takes up to a second or two per refused connection: bound those too, so a flood
+    // of connections cannot pile up tasks and descriptors. Beyond it they are closed unanswered
+    // (still counted).
+    let refusing = Arc::new(Semaphore::new(config.max_clients.clamp(1, 64)));
     let config = Arc::new(config);
     let mut tasks = JoinSet::new();
     tokio::pin!(shutdown);
@@ -205,14 +194,31 @@ pub async fn serve_with_config(
                 }
             }
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    tasks.spawn(handle_client(
-                        stream,
-                        Arc::clone(&hub),
-                        Arc::clone(&source),
-                        Arc::clone(&config),
-                    ));
-                }
+                Ok((stream, _)) => match Arc::clone(&slots).try_acquire_owned() {
+                    Ok(permit) => {
+                        let client = handle_client(
+                            stream,
+                            Arc::clone(&hub),
+                            Arc::clone(&source),
+                            Arc::clone(&config),
+                        );
+                        tasks.spawn(async move {
+                            client.await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        hub.record_client_refused();
+                        debug!(max = config.max_clients, "refusing a client over the cap");
+                        if let Ok(permit) = Arc::clone(&refusing).try_acquire_owned() {
+                            let max = config.max_clients;
+                            tasks.spawn(async move {
+                                refuse_stream(stream, &Refusal::TooManyClients(max)).await;
+                                drop(permit);
+                            });
+                        }
+                    }
+                },
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning on the error.
                     warn!(error = %e, "accepting a client failed");
@@ -249,14 +255,20 @@ async fn handle_client(
     };
 
     let outcome = match request {
-        Ok(Request::Status(_)) => reply(&mut wr, &source.status()).await,
-        Ok(Request::Containers(_)) => reply(&mut wr, &source.containers()).await,
+        Ok(Request::Status(_)) => reply(&mut wr, &source.status(), &hub, &config).await,
+        Ok(Request::Containers(_)) => reply(&mut wr, &source.containers(), &hub, &config).await,
         Ok(Request::Events(filter)) => {
             debug!(?filter, "client subscribed");
             let sub = hub.subscribe(filter);
-            match stream_events(&mut reader, &mut wr, sub, config.max_batch).await {
+            match stream_events(&mut reader, &mut wr, sub, &config).await {
                 Ok(()) => Ok(()),
                 Err(StreamError::SecondLine) => Err(Refusal::SecondLine),
+                Err(StreamError::WriteTimeout) => {
+                    // It stopped reading: no error line could reach it either.
+                    hub.record_client_write_timeout();
+                    debug!(timeout = ?config.write_timeout, "disconnecting a client that stopped reading");
+                    Ok(())
+                }
                 Err(StreamError::Io(e)) => {
                     debug!(error = %e, "streaming client gone");
                     Ok(())
@@ -291,7 +303,12 @@ async fn read_request_line(reader: &mut BufReader<ReadHalf<'_>>) -> io::Result<V
 }
 
 /// Writes one JSON line and closes our sending side.
-async fn reply(wr: &mut WriteHalf<'_>, value: &impl Serialize) -> Result<(), Refusal> {
+async fn reply(
+    wr: &mut WriteHalf<'_>,
+    value: &impl Serialize,
+    hub: &Hub,
+    config: &ServerConfig,
+) -> Result<(), Refusal> {
     let mut line = match serde_json::to_vec(value) {
         Ok(line) => line,
         Err(e) => {
@@ -302,7 +319,7 @@ async fn reply(wr: &mut WriteHalf<'_>, value: &impl Serialize) -> Result<(), Ref
         }
     };
     line.push(b'\n');
-    let written = timeout(REPLY_WRITE_TIMEOUT, async {
+    let written = timeout(config.write_timeout, async {
         wr.write_all(&line).await?;
         wr.shutdown().await
     })
@@ -310,13 +327,17 @@ async fn reply(wr: &mut WriteHalf<'_>, value: &impl Serialize) -> Result<(), Ref
     match written {
         Ok(Ok(())) => {}
         Ok(Err(e)) => debug!(error = %e, "client gone before its reply was written"),
-        Err(_) => debug!("client did not read its reply in time"),
+        Err(_) => {
+            hub.record_client_write_timeout();
+            debug!("client did not read its reply in time");
+        }
     }
     Ok(())
 }
 
 enum StreamError {
     SecondLine,
+    WriteTimeout,
     Io(io::Error),
 }
 
@@ -325,8 +346,9 @@ async fn stream_events(
     reader: &mut BufReader<ReadHalf<'_>>,
     wr: &mut WriteHalf<'_>,
     mut sub: Subscription,
-    max_batch: usize,
+    config: &ServerConfig,
 ) -> Result<(), StreamError> {
+    let max_batch = config.max_batch;
     let mut batch = Vec::with_capacity(max_batch.min(1024));
     let mut out = Vec::with_capacity(64 * 1024);
     // Once the client has shut down its sending side, reads return EOF at once; from then on a
@@ -346,7 +368,13 @@ async fn stream_events(
                 for ev in batch.drain(..) {
                     out.extend_from_slice(ev.line());
                 }
-                wr.write_all(&out).await.map_err(StreamError::Io)?;
+                // Bounded: a client that stopped reading fills its socket buffer and would block
+                // this write (and hold its connection slot) forever. Its queue already sheds
+                // events; the timeout sheds the client.
+                timeout(config.write_timeout, wr.write_all(&out))
+                    .await
+                    .map_err(|_| StreamError::WriteTimeout)?
+                    .map_err(StreamError::Io)?;
             }
             // fill_buf is cancel-safe: whatever it reads stays in the buffer.
             got = reader.fill_buf(), if !read_closed => match got {
@@ -374,6 +402,13 @@ async fn write_error_line(wr: &mut WriteHalf<'_>, msg: &str) -> io::Result<()> {
     line.push(b'\n');
     wr.write_all(&line).await?;
     wr.shutdown().await
+}
+
+/// Refuses a connection that was never served (over the cap).
+async fn refuse_stream(mut stream: UnixStream, refusal: &Refusal) {
+    let (rd, mut wr) = stream.split();
+    let mut reader = BufReader::new(rd);
+    refuse(&mut reader, &mut wr, refusal).await;
 }
 
 /// Sends the error line, then drains the client's input briefly so it reads a clean EOF.
@@ -413,18 +448,14 @@ mod tests {
         let t = Refusal::Timeout(Duration::from_secs(5)).to_string();
         assert!(t.starts_with("no request line within 5s"), "{t}");
         assert!(Refusal::SecondLine.to_string().contains("second line"));
+        assert!(Refusal::TooManyClients(64)
+            .to_string()
+            .starts_with("too many clients: podmapd serves 64 connections at once"));
         assert!(Refusal::from(RequestError::TooLong)
             .to_string()
             .contains("longer than 65536 bytes"));
         let line = serde_json::to_string(&ErrorLine { error: "x \"y\"" }).unwrap();
         assert_eq!(line, r#"{"error":"x \"y\""}"#);
-    }
-
-    #[test]
-    fn group_lookup_finds_root_and_not_nonsense() {
-        assert_eq!(group_id("root").unwrap(), Some(0));
-        assert_eq!(group_id("podmap-no-such-group-x").unwrap(), None);
-        assert!(group_id("a\0b").is_err());
     }
 
     #[tokio::test]
@@ -433,21 +464,21 @@ mod tests {
         let path = dir.path().join("sub/podmap.sock");
 
         // A stale socket: bound, then its listener dropped without removing the file.
-        let stale = bind(&path).unwrap();
+        let stale = bind(&path, None).unwrap();
         drop(stale);
         assert!(path.exists());
-        let live = bind(&path).expect("a stale socket is replaced");
+        let live = bind(&path, None).expect("a stale socket is replaced");
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o660);
 
         // A live one is left alone.
-        let err = bind(&path).unwrap_err().to_string();
+        let err = bind(&path, None).unwrap_err().to_string();
         assert!(err.contains("in use"), "{err}");
         drop(live);
 
         let file = dir.path().join("not-a-socket");
         std::fs::write(&file, b"x").unwrap();
-        let err = bind(&file).unwrap_err().to_string();
+        let err = bind(&file, None).unwrap_err().to_string();
         assert!(err.contains("not a socket"), "{err}");
         assert!(file.exists());
     }

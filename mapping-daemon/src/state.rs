@@ -108,6 +108,9 @@ impl StatusSource for DaemonState {
             reader_late: Stats::get(&s.reader_late),
             clients_connected: self.hub.clients(),
             client_errors: self.hub.client_errors(),
+            clients_refused: self.hub.clients_refused(),
+            clients_write_timeouts: self.hub.clients_write_timeouts(),
+            metrics_connections_refused: Stats::get(&s.metrics_refused),
             containers_mapped: self.maps.keys().len() as u64,
             pods_cached: pods.as_ref().map_or(0, |p| p.pods as u64),
             pod_cache: pods.map(|p| crate::status::PodCacheStatus {

@@ -37,6 +37,8 @@ pub struct Stats {
     pub reader_late: AtomicU64,
     /// Whether the reader sleeps now.
     pub reader_asleep: AtomicBool,
+    /// Metrics connections turned away over the cap (shared with the metrics endpoint).
+    pub metrics_refused: std::sync::Arc<AtomicU64>,
     /// Kernel timestamp to hand-off to clients, microseconds, log2 buckets.
     pub latency_us: [AtomicU64; 32],
 }

@@ -72,6 +72,15 @@ pub struct StatusReport {
     pub reader_late: u64,
     pub clients_connected: u64,
     pub client_errors: u64,
+    /// Socket connections refused because --max-clients were connected, and clients
+    /// disconnected because a write to them timed out (they stopped reading).
+    #[serde(default)]
+    pub clients_refused: u64,
+    #[serde(default)]
+    pub clients_write_timeouts: u64,
+    /// Metrics connections refused over the endpoint's cap.
+    #[serde(default)]
+    pub metrics_connections_refused: u64,
     pub containers_mapped: u64,
     pub pods_cached: u64,
     pub enforcement_mode: String,

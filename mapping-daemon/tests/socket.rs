@@ -66,15 +66,19 @@ struct Harness {
 
 impl Harness {
     async fn start(request_timeout: Duration, queue_len: usize) -> Harness {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("run/podmap.sock");
-        let listener = bind(&path).unwrap();
-        let hub = Hub::with_queue_len(queue_len);
-        let (stop, stopped) = oneshot::channel::<()>();
         let config = ServerConfig {
             request_timeout,
             ..Default::default()
         };
+        Harness::start_with(config, queue_len).await
+    }
+
+    async fn start_with(config: ServerConfig, queue_len: usize) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/podmap.sock");
+        let listener = bind(&path, None).unwrap();
+        let hub = Hub::with_queue_len(queue_len);
+        let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(serve_with_config(
             listener,
             Arc::clone(&hub),
@@ -415,7 +419,13 @@ async fn the_default_request_timeout_is_five_seconds() {
 async fn a_slow_client_loses_events_and_a_fast_one_gets_all() {
     const QUEUE: usize = 64;
     const N: u32 = 4000;
-    let h = Harness::start(Duration::from_secs(5), QUEUE).await;
+    // The write timeout would drop the slow client on a loaded machine before the end, and
+    // its queue with it; this test is about losing events, not about dropping clients.
+    let config = ServerConfig {
+        write_timeout: Duration::from_secs(3600),
+        ..Default::default()
+    };
+    let h = Harness::start_with(config, QUEUE).await;
     // Never reads: its socket buffer fills, then its queue, then it loses events.
     let slow = h.subscribe("{}").await;
     let mut fast = h.subscribe("{}").await;
@@ -507,6 +517,171 @@ async fn shutdown_closes_streaming_clients() {
     h.stop().await;
     c.expect_eof().await;
     wait_until(|| hub.clients() == 0).await;
+}
+
+#[tokio::test]
+async fn a_request_split_at_any_byte_is_one_request() {
+    let h = Harness::start(Duration::from_secs(5), 4096).await;
+    // Every split point of a request, each half its own write with a pause between: the server
+    // reads a line, not a write.
+    let request = b"{\"status\": {}}\n";
+    for at in 1..request.len() {
+        let stream = UnixStream::connect(&h.path).await.unwrap();
+        let mut c = Conn {
+            reader: BufReader::new(stream),
+        };
+        c.reader.get_mut().write_all(&request[..at]).await.unwrap();
+        c.reader.get_mut().flush().await.unwrap();
+        sleep(Duration::from_millis(20)).await;
+        c.reader.get_mut().write_all(&request[at..]).await.unwrap();
+        assert_eq!(c.json().await["node"], "node-a", "split at {at}");
+        c.expect_eof().await;
+    }
+    // Split, then half-closed without a newline: the EOF ends the line.
+    let mut c = h.connect("{\"contain").await;
+    sleep(Duration::from_millis(20)).await;
+    c.reader.get_mut().write_all(b"ers\": {}}").await.unwrap();
+    c.reader.get_mut().shutdown().await.unwrap();
+    assert_eq!(c.json().await, containers());
+    c.expect_eof().await;
+    assert_eq!(h.hub.client_errors(), 0);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_utf8_and_half_closed_garbage_are_refused_and_counted() {
+    let h = Harness::start(Duration::from_secs(5), 4096).await;
+    let mut witness = h.subscribe("{}").await;
+    let cases: &[(&str, &[u8], bool)] = &[
+        // Invalid UTF-8 inside a string, and as the whole line.
+        (
+            "malformed request",
+            b"{\"events\": {\"pod\": \"\xff\xfe\"}}\n",
+            false,
+        ),
+        ("malformed request", b"\xc3\x28\xa0\xa1\n", false),
+        // Half-closed after a partial request: answered at the EOF, not after the timeout.
+        ("malformed request", b"{\"status\": {", true),
+        // Exactly 64 KiB + 1 of one line, no newline, then the half-close.
+        ("longer than 65536 bytes", &[b' '; 65537], true),
+    ];
+    for (i, (needle, request, half_close)) in cases.iter().enumerate() {
+        let started = Instant::now();
+        let stream = UnixStream::connect(&h.path).await.unwrap();
+        let mut c = Conn {
+            reader: BufReader::new(stream),
+        };
+        c.reader.get_mut().write_all(request).await.unwrap();
+        if *half_close {
+            c.reader.get_mut().shutdown().await.unwrap();
+        }
+        c.expect_error(needle).await;
+        assert!(started.elapsed() < Duration::from_secs(4), "case {i}");
+        assert_eq!(h.hub.client_errors(), i as u64 + 1, "case {i}");
+        h.hub
+            .publish(&Published::new(event(EventType::Exec, i as u32, None, &[])));
+        assert_eq!(witness.event().await.process.pid, i as u32);
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_over_the_cap_gets_an_error_line_and_is_counted() {
+    let config = ServerConfig {
+        max_clients: 2,
+        ..Default::default()
+    };
+    let h = Harness::start_with(config, 4096).await;
+    let mut a = h.subscribe("{}").await;
+    let b = h.subscribe("{}").await;
+
+    // The third connection, whatever it would ask, is told why and closed.
+    let mut over = h.connect("{\"events\": {}}\n").await;
+    over.expect_error("too many clients").await;
+    assert_eq!(h.hub.clients_refused(), 1);
+    assert_eq!(h.hub.clients(), 2);
+    assert_eq!(h.hub.client_errors(), 0, "not the client's request's fault");
+
+    // The clients within the cap keep receiving.
+    h.hub
+        .publish(&Published::new(event(EventType::Exec, 1, None, &[])));
+    assert_eq!(a.event().await.process.pid, 1);
+
+    // A place freed is a place taken.
+    drop(b);
+    wait_until(|| h.hub.clients() == 1).await;
+    let mut c = h.connect("{\"status\": {}}\n").await;
+    // The slot is released when the connection's task ends, just after the hub forgets it.
+    let v = c.json().await;
+    if v.get("error").is_some() {
+        sleep(Duration::from_millis(200)).await;
+        c = h.connect("{\"status\": {}}\n").await;
+        assert_eq!(c.json().await["node"], "node-a");
+    } else {
+        assert_eq!(v["node"], "node-a");
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected_when_a_write_times_out() {
+    let config = ServerConfig {
+        write_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let h = Harness::start_with(config, 64).await;
+    // Never reads: its socket buffer fills, its next write blocks, and must not block forever.
+    let slow = h.subscribe("{}").await;
+    let mut fast = h.subscribe("{}").await;
+
+    let mut template = event(EventType::Exec, 0, Some("prod"), &[]);
+    template.process.args = vec!["x".repeat(4096)].into();
+    let deadline = Instant::now() + WAIT;
+    let mut pid = 0;
+    while h.hub.clients() == 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the non-reading client was never disconnected"
+        );
+        let burst: Vec<_> = (0..16)
+            .map(|_| {
+                pid += 1;
+                let mut ev = template.clone();
+                ev.process.pid = pid;
+                Published::new(ev)
+            })
+            .collect();
+        h.hub.publish_batch(&burst);
+        for want in burst.iter().map(|p| p.event.process.pid) {
+            assert_eq!(fast.event().await.process.pid, want);
+        }
+        sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(h.hub.clients_write_timeouts(), 1);
+    // The other client keeps receiving after the disconnect.
+    h.hub
+        .publish(&Published::new(event(EventType::Exec, 999_999, None, &[])));
+    assert_eq!(fast.event().await.process.pid, 999_999);
+    drop(slow);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn the_socket_gets_the_numeric_group_given() {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    // A gid no name needs to exist for: the host's group, not the image's /etc/group.
+    let path = dir.path().join("podmap.sock");
+    let _listener = bind(&path, Some(54321)).unwrap();
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(meta.gid(), 54321);
+    assert_eq!(meta.mode() & 0o777, 0o660);
+
+    // Without one, the socket keeps the creator's group.
+    let path = dir.path().join("plain.sock");
+    let _listener = bind(&path, None).unwrap();
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(meta.gid(), unsafe { libc::getegid() });
 }
 
 fn events_args(count: u64, output: EventFormat) -> EventsArgs {

@@ -56,6 +56,10 @@ pub struct Args {
     /// The node-local policy directory: memberships are decided here at container creation.
     #[arg(long, env = "PODMAP_POLICY_DIR", value_name = "DIR", default_value = DEFAULT_POLICY_DIR)]
     pub policy_dir: PathBuf,
+    /// The namespace podmap runs in (the DaemonSet sets POD_NAMESPACE): no policy selects its
+    /// pods, so a policy cannot stop podmap itself.
+    #[arg(long, env = "POD_NAMESPACE", value_name = "NS")]
+    pub own_namespace: Option<String>,
 }
 
 pub const DEFAULT_POLICY_DIR: &str = "/etc/podmap/policies";
@@ -85,6 +89,8 @@ pub struct Settings {
     /// None: stderr.
     pub log_file: Option<PathBuf>,
     pub policy_dir: PathBuf,
+    /// podmap's own namespace, never selected by a policy.
+    pub own_namespace: Option<String>,
 }
 
 impl Settings {
@@ -183,6 +189,7 @@ impl Settings {
             grace: Duration::from_secs(args.grace),
             log_file,
             policy_dir: args.policy_dir,
+            own_namespace: args.own_namespace.filter(|ns| !ns.is_empty()),
         })
     }
 
@@ -216,6 +223,7 @@ impl Settings {
             grace: Duration::from_secs(args.grace),
             log_file: Some(PathBuf::from(DEFAULT_LOG_FILE)),
             policy_dir: args.policy_dir,
+            own_namespace: args.own_namespace.filter(|ns| !ns.is_empty()),
         }
     }
 
@@ -249,6 +257,11 @@ impl Settings {
         if let Some(v) = f.policy_dir {
             self.policy_dir = v;
         }
+        // A pre-launched plugin runs on the host, with no POD_NAMESPACE: this is how it learns
+        // the namespace of podmap's own pods.
+        if let Some(v) = f.own_namespace {
+            self.own_namespace = Some(v).filter(|ns| !ns.is_empty());
+        }
         Ok(f.unknown.into_keys().collect())
     }
 }
@@ -270,6 +283,7 @@ struct FileConfig {
     log_file: Option<PathBuf>,
     v1_controller: Option<String>,
     policy_dir: Option<PathBuf>,
+    own_namespace: Option<String>,
     #[serde(flatten)]
     unknown: BTreeMap<String, serde_yaml_ng::Value>,
 }
@@ -298,6 +312,19 @@ mod tests {
         assert_eq!(s.store_path(), PathBuf::from("/var/lib/podmap/nri"));
         assert_eq!(s.grace, Duration::from_secs(30));
         assert_eq!(s.log_file, None);
+    }
+
+    #[test]
+    fn the_own_namespace_is_known_when_given() {
+        let s = Settings::new(
+            args(&["--own-namespace", "podmap"]),
+            &PreLaunchEnv::default(),
+        )
+        .unwrap();
+        assert_eq!(s.own_namespace.as_deref(), Some("podmap"));
+        // Empty (POD_NAMESPACE set to nothing) is not a namespace to spare.
+        let s = Settings::new(args(&["--own-namespace", ""]), &PreLaunchEnv::default()).unwrap();
+        assert_eq!(s.own_namespace, None);
     }
 
     #[test]
@@ -377,10 +404,12 @@ mod tests {
         let unknown = s
             .apply_yaml(
                 "bpffs-dir: /sys/fs/bpf/podmap-t\nstate-dir: /tmp/s\ncgroup-root: /c\n\
-                 grace: 3\nlog-file: /tmp/l.log\nplugin-idx: 10\nsurprise: 1\n",
+                 grace: 3\nlog-file: /tmp/l.log\nplugin-idx: 10\nsurprise: 1\n\
+                 own-namespace: podmap\n",
             )
             .unwrap();
         assert_eq!(unknown, vec!["surprise".to_string()]);
+        assert_eq!(s.own_namespace.as_deref(), Some("podmap"));
         assert_eq!(s.bpffs_dir, PathBuf::from("/sys/fs/bpf/podmap-t"));
         assert_eq!(s.state_dir, PathBuf::from("/tmp/s"));
         assert_eq!(s.cgroup_root, PathBuf::from("/c"));

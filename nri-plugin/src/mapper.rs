@@ -67,6 +67,8 @@ pub struct Backend {
     /// podmapd's published set, or the directory when there is none.
     pub policies: PluginPolicies,
     policies_checked: Option<Instant>,
+    /// podmap's own namespace: never selected.
+    own_namespace: Option<String>,
 }
 
 /// How often the policy directory is looked at, at most: a listing per container start is cheap,
@@ -139,6 +141,7 @@ impl Backend {
                 layout,
                 policies,
                 policies_checked: None,
+                own_namespace: s.own_namespace.clone(),
             },
             counters,
             report,
@@ -179,6 +182,7 @@ impl Backend {
             pod_labels: &meta.labels,
             container_name: &meta.name,
             sandbox: meta.sandbox,
+            own_namespace: self.own_namespace.as_deref(),
         };
         let selected = self.policies.set().selecting(&target);
         if selected.is_empty() {

@@ -464,7 +464,11 @@ impl Hook {
 
         // Policy memberships before the record: not even the first exec escapes a policy.
         self.step("selecting policies");
-        let (policy_ids, refused) = policies::selecting(&self.opts.policy_dir, &meta);
+        let (policy_ids, refused) = policies::selecting(
+            &self.opts.policy_dir,
+            &meta,
+            self.opts.own_namespace.as_deref(),
+        );
         for r in &refused {
             self.log
                 .line(Level::Debug, Some(id), format_args!("policy refused: {r}"));

@@ -10,8 +10,13 @@ use podmap_proto::policy::{Origin, PluginPolicies, Target};
 
 /// The ids of the policies selecting `meta` (from podmapd's published set, or the directory
 /// when there is none: proto's `PluginPolicies`), and what was refused or could not be read
-/// (podmapd reports refusals; the hook only logs them at debug).
-pub fn selecting(dir: &Path, meta: &ContainerMeta) -> (Vec<u32>, Vec<String>) {
+/// (podmapd reports refusals; the hook only logs them at debug). `own_namespace` is podmap's
+/// (`--own-namespace`): never selected.
+pub fn selecting(
+    dir: &Path,
+    meta: &ContainerMeta,
+    own_namespace: Option<&str>,
+) -> (Vec<u32>, Vec<String>) {
     let mut policies = PluginPolicies::new(dir);
     policies.refresh();
     let set = policies.set();
@@ -20,6 +25,7 @@ pub fn selecting(dir: &Path, meta: &ContainerMeta) -> (Vec<u32>, Vec<String>) {
         pod_labels: &meta.labels,
         container_name: &meta.name,
         sandbox: meta.sandbox,
+        own_namespace,
     };
     let mut refused: Vec<String> = set.errors.iter().map(|e| e.to_string()).collect();
     if let Origin::Directory { why: Some(why) } = policies.origin() {
@@ -53,14 +59,16 @@ mod tests {
             name: "nginx".into(),
             ..Default::default()
         };
-        let (ids, refused) = selecting(dir.path(), &meta);
+        let (ids, refused) = selecting(dir.path(), &meta, None);
         assert_eq!(
             ids,
             vec![podmap_proto::policy::policy_id("no-shell-in-web")]
         );
         assert_eq!(refused.len(), 1, "{refused:?}");
         meta.namespace = "dev".into();
-        assert!(selecting(dir.path(), &meta).0.is_empty());
-        assert!(selecting(&dir.path().join("none"), &meta).0.is_empty());
+        assert!(selecting(dir.path(), &meta, None).0.is_empty());
+        assert!(selecting(&dir.path().join("none"), &meta, None)
+            .0
+            .is_empty());
     }
 }

@@ -307,6 +307,46 @@ fn daemonset_runs_podmapd_and_podmap_nri_with_the_host_access_they_need() {
         assert_eq!(dir, Some(mount.mount_path.as_str()), "{}", c.name);
     }
 
+    // Metrics are not served to every pod in the cluster unless the user says so: bound to
+    // the pod's loopback, through an environment variable users change (to "$(POD_IP):9477",
+    // whose POD_IP comes from the downward API), and no port is declared for them.
+    let env_value = |name: &str| {
+        podmapd
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+    };
+    assert_eq!(
+        env_value("PODMAP_METRICS_ADDR").as_deref(),
+        Some("127.0.0.1:9477")
+    );
+    assert!(
+        !podmapd
+            .args
+            .iter()
+            .flatten()
+            .any(|a| a.starts_with("--metrics-addr")),
+        "the flag would override the variable users are told to change"
+    );
+    assert_eq!(
+        env_field_ref(podmapd, "POD_IP").as_deref(),
+        Some("status.podIP")
+    );
+    for c in &pod.containers {
+        assert!(
+            c.ports.as_ref().is_none_or(|p| p.is_empty()),
+            "{} declares ports for a loopback-only endpoint",
+            c.name
+        );
+    }
+    assert!(
+        pod.host_network != Some(true),
+        "loopback must be the pod's, not the node's"
+    );
+
     // The installer puts the hook where CRI-O finds it.
     let init = container(pod.init_containers.as_ref().unwrap(), "install-oci-hook");
     let script = init.args.as_ref().unwrap().join("\n");

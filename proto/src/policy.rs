@@ -181,6 +181,8 @@ pub struct Target<'a> {
     /// The pod's sandbox (pause) container: never selected. It is the pod's plumbing, not a
     /// container of its spec; killing it would take the whole pod down.
     pub sandbox: bool,
+    /// The namespace podmap itself runs in (`POD_NAMESPACE`), when known.
+    pub own_namespace: Option<&'a str>,
 }
 
 impl LabelSelector {
@@ -211,9 +213,13 @@ impl PodPolicy {
 
     /// Whether the policy applies to a container. Every given selector must match; an empty
     /// selector matches every container (never host processes: they are no target at all).
+    /// podmap's own namespace is never selected, even when listed: a policy must not be able to
+    /// stop podmap itself.
     pub fn selects(&self, t: &Target<'_>) -> bool {
         let s = &self.spec;
         !t.sandbox
+            && t.own_namespace
+                .is_none_or(|own| own.is_empty() || own != t.namespace)
             && (s.namespaces.is_empty() || s.namespaces.iter().any(|n| n == t.namespace))
             && s.pod_selector
                 .as_ref()
@@ -1035,6 +1041,7 @@ spec:
             pod_labels: l,
             container_name: c,
             sandbox: false,
+            own_namespace: None,
         };
         assert!(p.selects(&t("prod", &web, "nginx")));
         let pause = Target {
@@ -1052,6 +1059,41 @@ spec:
         let back = labels(&[("app", "web"), ("tier", "back")]);
         assert!(!p.selects(&t("prod", &back, "nginx")));
         assert_eq!(p.id(), policy_id("no-shell-in-web"));
+    }
+
+    #[test]
+    fn podmaps_own_namespace_is_never_selected() {
+        let everything = parse_documents(
+            "apiVersion: podmap.dev/v1alpha1\nkind: PodPolicy\nmetadata: {name: all}\n\
+             spec: {rules: [{exec: {paths: [/bin/sh]}, action: kill}]}\n",
+            "all.yaml",
+        )
+        .unwrap()
+        .remove(0);
+        let listed = parse_documents(
+            "apiVersion: podmap.dev/v1alpha1\nkind: PodPolicy\nmetadata: {name: listed}\n\
+             spec: {namespaces: [podmap, prod], rules: [{exec: {paths: [/bin/sh]}, action: kill}]}\n",
+            "listed.yaml",
+        )
+        .unwrap()
+        .remove(0);
+        let none = labels(&[]);
+        let t = |ns, own| Target {
+            namespace: ns,
+            pod_labels: &none,
+            container_name: "c",
+            sandbox: false,
+            own_namespace: own,
+        };
+        for p in [&everything, &listed] {
+            // A kill policy on podmap's own pods could stop podmap itself.
+            assert!(!p.selects(&t("podmap", Some("podmap"))), "{}", p.name());
+            assert!(p.selects(&t("prod", Some("podmap"))), "{}", p.name());
+        }
+        // Not knowing its namespace (standalone), podmap has none to spare.
+        assert!(everything.selects(&t("podmap", None)));
+        // An empty own namespace (POD_NAMESPACE set but empty) spares nothing, not "".
+        assert!(everything.selects(&t("", Some(""))));
     }
 
     #[test]

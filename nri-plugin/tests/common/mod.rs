@@ -254,6 +254,7 @@ impl Env {
             grace,
             log_file: None,
             policy_dir: self.state.path().join("policies"),
+            own_namespace: None,
         }
     }
 }

@@ -169,6 +169,7 @@ mod tests {
             pod_labels: &Default::default(),
             container_name: "app",
             sandbox: false,
+            own_namespace: None,
         })
     }
 
