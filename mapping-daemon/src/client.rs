@@ -474,6 +474,27 @@ fn duration_us(us: Option<u64>) -> String {
     }
 }
 
+/// How the programs' pinned links were taken over at start (docs/decisions.md #29).
+fn programs(p: &crate::status::ProgramsStatus) -> String {
+    let mut s = match p.links.as_str() {
+        "" => return "-".to_string(),
+        "adopted" => "adopted the running programs (they never stopped)".to_string(),
+        "replaced" => format!(
+            "replaced the running programs ({}), both ran for {} us",
+            p.replaced_because.as_deref().unwrap_or("they differed"),
+            p.overlap_us.unwrap_or(0)
+        ),
+        other => other.to_string(),
+    };
+    s += &format!(
+        "; {} links pinned under {}/links; {} events lost in kernel before this start",
+        p.attached.len(),
+        p.pinned_at,
+        p.lost_kernel_before_start
+    );
+    s
+}
+
 fn latency(l: &LatencySummary) -> String {
     format!(
         "{} samples, p50 {}, p99 {}, max {}",
@@ -511,6 +532,7 @@ pub fn status_table(r: &StatusReport) -> String {
             },
         ),
         ("enforcement", r.enforcement_mode.clone()),
+        ("programs", programs(&r.programs)),
         ("containers mapped", r.containers_mapped.to_string()),
         ("pods cached", r.pods_cached.to_string()),
         ("events seen", counts(&r.events_seen)),

@@ -112,9 +112,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         events,
         reader: reader_flag,
         mut procs,
+        links,
         attached,
         lsm,
+        lock: _pins_lock,
     } = loaded;
+    let programs_status = crate::status::ProgramsStatus {
+        links: links.mode.to_string(),
+        pinned_at: args.bpffs_dir.display().to_string(),
+        attached: links.programs.clone(),
+        replaced_because: links.reason.clone(),
+        overlap_us: links.overlap.map(|d| d.as_micros() as u64),
+        lost_kernel_before_start: maps
+            .counters()
+            .get(podmap_bpf::layout::Counter::RingbufDropped),
+    };
     let maps = Arc::new(maps);
     tracing::info!(active = lsm.active, detail = %lsm.detail, "BPF-LSM probe");
 
@@ -151,6 +163,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         pods: Default::default(),
         policy_resources: mirror.as_ref().map(|(_, handle)| handle.clone()),
         policy_names: policy_names.clone(),
+        programs: programs_status,
     });
     let pods = kube.map(|client| {
         tracing::info!(node = %node, "starting the pod cache");
@@ -241,7 +254,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .context("metrics endpoint")?;
     }
     let _ = std::fs::remove_file(&args.socket);
-    // Detach only once everything else has stopped.
+    // The programs stay attached through their pinned links (docs/decisions.md #29): policies
+    // keep acting until the next podmapd adopts or replaces them.
     drop(procs);
     drop(attached);
     Ok(())

@@ -466,6 +466,7 @@ mod tests {
                 ..Default::default()
             },
             pod_cache: None,
+            programs: Default::default(),
         }
     }
 

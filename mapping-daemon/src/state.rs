@@ -28,6 +28,8 @@ pub struct DaemonState {
     pub policy_resources: Option<crate::policy_mirror::MirrorHandle>,
     /// Policy names by id, to name each container's policies.
     pub policy_names: crate::policies::PolicyNames,
+    /// How the pinned links were taken over at start.
+    pub programs: crate::status::ProgramsStatus,
 }
 
 fn summary(h: &[u64]) -> LatencySummary {
@@ -120,6 +122,7 @@ impl StatusSource for DaemonState {
             shared_counters: shared,
             mapping_latency_us: summary(&c.latency_histogram()),
             event_latency_us: summary(&s.latency_histogram()),
+            programs: self.programs.clone(),
         }
     }
 

@@ -6,6 +6,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use podmap_bpf::layout::Counter;
 use podmap_bpf::testing::{TestCgroup, TestPod};
 use podmap_bpf::SharedMaps;
 use podmap_conformance::daemon::{cgroup2_mount, run_in_cgroup, Daemon, DaemonOptions};
@@ -599,4 +600,92 @@ fn memberships_without_a_record_are_removed_and_the_others_kept() {
     assert!(members.contains(&(id, live)), "{members:?}\n{st:#}");
     assert!(!members.contains(&(id, gone)), "{members:?}");
     assert_eq!(st["policies"]["memberships"], 1, "{st:#}");
+}
+
+/// Issue 12 item 8: the programs' links are pinned with the maps, so a kill policy keeps acting
+/// while podmapd is down (SIGKILL: no chance to clean up) and after it restarts on the same pins,
+/// which adopts the running programs; what the ring buffer could not hold meanwhile is counted
+/// and shown by the restarted podmapd.
+#[test]
+fn a_kill_policy_keeps_acting_while_podmapd_is_killed_and_after_it_restarts() {
+    let mut f = start();
+    let selected = container(&mut f, "prod", "nginx");
+    write_policy(
+        f.policy_dir.path(),
+        "p.yaml",
+        &policy(
+            "no-true",
+            "prod",
+            "  - exec: {paths: [/bin/true]}\n    action: kill\n",
+        ),
+    );
+    eventually(&selected, &["/bin/true"], killed);
+
+    sigkill(&mut f.daemon);
+    let (_, st) = run_in_cgroup(&selected.path(), &["/bin/true"]);
+    assert!(
+        killed(st),
+        "the selected exec ran while podmapd was down: {st:?}"
+    );
+    assert!(run_in_cgroup(&selected.path(), &["/bin/echo", "ok"])
+        .1
+        .success());
+
+    // Nobody reads the ring buffer now: fill it with cgroup events until the kernel drops one.
+    let dropped_before = f.maps.counters().get(Counter::RingbufDropped);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut made = 0u64;
+    while f.maps.counters().get(Counter::RingbufDropped) == dropped_before {
+        assert!(
+            Instant::now() < deadline,
+            "no ring-buffer drop after {made} cgroups while podmapd was down"
+        );
+        for _ in 0..100 {
+            let d = selected.path().join(format!("fill-{made}"));
+            std::fs::create_dir(&d).unwrap();
+            std::fs::remove_dir(&d).unwrap();
+            made += 1;
+        }
+    }
+    let dropped = f.maps.counters().get(Counter::RingbufDropped);
+    eprintln!("filled the ring with {made} cgroups: {dropped} dropped");
+
+    let again = Daemon::start_with(DaemonOptions {
+        pins: Some(f.daemon.pins.path.clone()),
+        env: vec![(
+            "PODMAP_POLICY_DIR".into(),
+            f.policy_dir.path().display().to_string(),
+        )],
+        ..Default::default()
+    });
+    let st = again.status();
+    assert_eq!(st["programs"]["links"], "adopted", "{st:#}");
+    assert!(
+        st["events_lost_kernel"].as_u64().unwrap() >= dropped,
+        "drops while podmapd was down not shown: {dropped} dropped; {st:#}"
+    );
+    let mut stream = again.events(r#"{"types": ["policy"]}"#);
+    let (pid, st) = run_in_cgroup(&selected.path(), &["/bin/true"]);
+    assert!(killed(st), "not killed after the restart: {st:?}");
+    stream.until(WAIT, |v| {
+        pid_of(v) == pid as u64 && v["policy"]["name"] == "no-true"
+    });
+}
+
+/// SIGKILLs podmapd and waits until it is dead (a zombie: its fds are closed), leaving it unreaped
+/// so the fixture's teardown cannot signal another process that took its pid.
+fn sigkill(d: &mut Daemon) {
+    d.child.kill().unwrap();
+    let stat = format!("/proc/{}/stat", d.child.id());
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let s = std::fs::read_to_string(&stat).unwrap_or_default();
+        if s.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "podmapd did not die: {s}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
