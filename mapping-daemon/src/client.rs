@@ -873,6 +873,33 @@ mod tests {
     }
 
     #[test]
+    fn status_table_says_how_the_pinned_programs_were_taken_over() {
+        let mut report = StatusReport {
+            programs: crate::status::ProgramsStatus {
+                links: "adopted".into(),
+                pinned_at: "/sys/fs/bpf/podmap".into(),
+                attached: vec!["podmap_exec".into(), "podmap_exit".into()],
+                lost_kernel_before_start: 7,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let t = status_table(&report);
+        assert!(
+            t.contains("adopted the running programs (they never stopped); 2 links pinned under /sys/fs/bpf/podmap/links; 7 events lost in kernel before this start\n"),
+            "{t}"
+        );
+        report.programs.links = "replaced".into();
+        report.programs.replaced_because = Some("podmap_exec: tag 1, this podmapd's 2".into());
+        report.programs.overlap_us = Some(583);
+        let t = status_table(&report);
+        assert!(
+            t.contains("replaced the running programs (podmap_exec: tag 1, this podmapd's 2), both ran for 583 us;"),
+            "{t}"
+        );
+    }
+
+    #[test]
     fn status_table_names_refused_policies_and_counts_failed_reads() {
         let report = StatusReport {
             policies: crate::policies::PolicyStatus {

@@ -689,3 +689,94 @@ fn sigkill(d: &mut Daemon) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// The id of the program the pinned link `name` runs.
+fn pinned_program(pins: &Path, name: &str) -> u32 {
+    use aya::programs::links::{FdLink, PinnedLink};
+    let link = PinnedLink::from_pin(pins.join("links").join(name)).expect("pinned link");
+    FdLink::from(link).info().expect("link info").program_id()
+}
+
+/// An upgrade, or other settings: the restarted podmapd loads other programs (here other
+/// `.rodata`: another v1 controller) and replaces the pinned ones, attaching its own before it
+/// detaches the old, so execs in a selected pod, run all along, are killed every one.
+#[test]
+fn a_podmapd_with_other_programs_replaces_the_pinned_ones_without_a_gap() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let mut f = start();
+    let selected = container(&mut f, "prod", "nginx");
+    write_policy(
+        f.policy_dir.path(),
+        "p.yaml",
+        &policy(
+            "no-true",
+            "prod",
+            "  - exec: {paths: [/bin/true]}\n    action: kill\n",
+        ),
+    );
+    eventually(&selected, &["/bin/true"], killed);
+    let old = pinned_program(&f.daemon.pins.path, "podmap_exec");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let looper = {
+        let (stop, path) = (stop.clone(), selected.path());
+        std::thread::spawn(move || {
+            let (mut runs, mut escaped) = (0u64, 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                let (_, st) = run_in_cgroup(&path, &["/bin/true"]);
+                runs += 1;
+                if !killed(st) {
+                    escaped += 1;
+                }
+            }
+            (runs, escaped)
+        })
+    };
+    sigkill(&mut f.daemon);
+    let again = Daemon::start_with(DaemonOptions {
+        pins: Some(f.daemon.pins.path.clone()),
+        env: vec![
+            (
+                "PODMAP_POLICY_DIR".into(),
+                f.policy_dir.path().display().to_string(),
+            ),
+            ("PODMAP_V1_CONTROLLER".into(), "pids".into()),
+        ],
+        ..Default::default()
+    });
+    let st = again.status();
+    // Execs after the swap too.
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let (runs, escaped) = looper.join().unwrap();
+    eprintln!(
+        "{runs} selected execs through the replacement, {escaped} ran; overlap {} us",
+        st["programs"]["overlap_us"]
+    );
+    assert_eq!(st["programs"]["links"], "replaced", "{st:#}");
+    assert!(
+        st["programs"]["replaced_because"]
+            .as_str()
+            .is_some_and(|r| r.contains("rodata")),
+        "{st:#}"
+    );
+    assert!(st["programs"]["overlap_us"].is_u64(), "{st:#}");
+    assert_eq!(escaped, 0, "{escaped} of {runs} selected execs ran");
+    assert!(runs > 0);
+    assert_ne!(pinned_program(&f.daemon.pins.path, "podmap_exec"), old);
+    assert!(!f.daemon.pins.path.join("links_new").exists());
+    // The old generation is detached (no pin, no process holds it): freed.
+    let deadline = Instant::now() + WAIT;
+    while aya::programs::loaded_programs()
+        .flatten()
+        .any(|p| p.id() == old)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the replaced podmap_exec still loaded"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
