@@ -487,10 +487,11 @@ fn programs(p: &crate::status::ProgramsStatus) -> String {
         other => other.to_string(),
     };
     s += &format!(
-        "; {} links pinned under {}/links; {} events lost in kernel before this start",
+        "; {} links pinned under {}/links; {} events lost in kernel before this start; {} queued before this start, read before the socket opened (no client had them)",
         p.attached.len(),
         p.pinned_at,
-        p.lost_kernel_before_start
+        p.lost_kernel_before_start,
+        p.backlog_read_at_start
     );
     s
 }
@@ -886,7 +887,7 @@ mod tests {
         };
         let t = status_table(&report);
         assert!(
-            t.contains("adopted the running programs (they never stopped); 2 links pinned under /sys/fs/bpf/podmap/links; 7 events lost in kernel before this start\n"),
+            t.contains("adopted the running programs (they never stopped); 2 links pinned under /sys/fs/bpf/podmap/links; 7 events lost in kernel before this start; 0 queued before this start, read before the socket opened (no client had them)\n"),
             "{t}"
         );
         report.programs.links = "replaced".into();

@@ -109,7 +109,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         })?;
     let programs::LoadedPrograms {
         maps,
-        events,
+        mut events,
         reader: reader_flag,
         mut procs,
         links,
@@ -126,6 +126,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         lost_kernel_before_start: maps
             .counters()
             .get(podmap_bpf::layout::Counter::RingbufDropped),
+        // Read below, once the pipeline exists; status takes it from the stats.
+        backlog_read_at_start: 0,
     };
     let maps = Arc::new(maps);
     tracing::info!(active = lsm.active, detail = %lsm.detail, "BPF-LSM probe");
@@ -181,7 +183,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
     policies.tick();
     *state.policies.lock().unwrap_or_else(|p| p.into_inner()) = policies.status();
-    let pipeline = Pipeline::new(
+    let mut pipeline = Pipeline::new(
         node.clone(),
         maps.clone(),
         layout,
@@ -190,6 +192,29 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         policy_names,
         pods,
     );
+    // Records the programs queued while no podmapd read the pinned ring buffer (docs/decisions.md
+    // #29) are read now, so the process table and the cgroup paths catch up; the socket is not
+    // open yet, so no client can have them: they are counted, and status shows it.
+    let backlog = {
+        let clock = pipeline.begin(crate::clock::boot_ns());
+        let mut out = Vec::new();
+        let mut n = 0u64;
+        while let Some(item) = events.next() {
+            pipeline.record(&item, &clock, &mut out);
+            n += 1;
+        }
+        pipeline.finish(&clock, &mut out);
+        n
+    };
+    stats
+        .backlog_at_start
+        .store(backlog, std::sync::atomic::Ordering::Relaxed);
+    if backlog > 0 {
+        tracing::warn!(
+            records = backlog,
+            "read the records queued while no podmapd ran: no client received them"
+        );
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let listener = server::bind(&args.socket)?;

@@ -122,7 +122,10 @@ impl StatusSource for DaemonState {
             shared_counters: shared,
             mapping_latency_us: summary(&c.latency_histogram()),
             event_latency_us: summary(&s.latency_histogram()),
-            programs: self.programs.clone(),
+            programs: crate::status::ProgramsStatus {
+                backlog_read_at_start: Stats::get(&s.backlog_at_start),
+                ..self.programs.clone()
+            },
         }
     }
 

@@ -85,6 +85,10 @@ pub struct ProgramsStatus {
     /// Replaced: how long both generations ran, in microseconds (an event then may be reported
     /// twice).
     pub overlap_us: Option<u64>,
+    /// Records the programs queued before this podmapd read the ring buffer (while no podmapd
+    /// ran, and during this one's start), read before the socket opened: no client had them.
+    #[serde(default)]
+    pub backlog_read_at_start: u64,
     /// Ring-buffer drops counted before this podmapd started, those while no podmapd read the
     /// ring included (they are part of `events_lost_kernel` too).
     pub lost_kernel_before_start: u64,

@@ -659,7 +659,13 @@ fn a_kill_policy_keeps_acting_while_podmapd_is_killed_and_after_it_restarts() {
         ..Default::default()
     });
     let st = again.status();
+    eprintln!("restarted: {}", st["programs"]);
     assert_eq!(st["programs"]["links"], "adopted", "{st:#}");
+    // What the ring held meanwhile was read at start, before any client could connect: counted.
+    assert!(
+        st["programs"]["backlog_read_at_start"].as_u64().unwrap() >= made,
+        "{st:#}"
+    );
     assert!(
         st["events_lost_kernel"].as_u64().unwrap() >= dropped,
         "drops while podmapd was down not shown: {dropped} dropped; {st:#}"
