@@ -4,6 +4,7 @@
 
 pub mod cgroup;
 pub mod layout;
+pub mod links;
 pub mod maps;
 pub mod mounts;
 pub mod objects;

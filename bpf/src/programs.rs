@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap, MapData, RingBuf};
+use aya::programs::links::FdLink;
 use aya::programs::{RawTracePoint, TracePoint};
 use aya::Ebpf;
 
@@ -32,6 +33,10 @@ pub enum ProgramsError {
         point: &'static str,
         source: Box<aya::programs::ProgramError>,
     },
+    #[error("{0}")]
+    Program(String),
+    #[error("pinned links under {dir}: {detail}")]
+    Links { dir: PathBuf, detail: String },
     #[error("map {0} missing from the object")]
     MissingMap(&'static str),
     #[error("map {name}: {source}")]
@@ -50,6 +55,8 @@ pub struct ProgramConfig {
     pub v1_hierarchy_id: i32,
     /// Queued bytes past which a record wakes the reader; below it the reader polls.
     pub wakeup_bytes: u64,
+    /// How long to wait for another podmapd to let go of the pin directory.
+    pub lock_wait: std::time::Duration,
 }
 
 impl ProgramConfig {
@@ -59,6 +66,7 @@ impl ProgramConfig {
             v1_controller: layout.v1.as_ref().map(|v| v.name.clone()),
             v1_hierarchy_id: layout.v1.as_ref().map_or(-1, |v| v.hierarchy_id),
             wakeup_bytes: 256 * 1024,
+            lock_wait: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -95,8 +103,12 @@ pub struct LoadedPrograms {
     pub reader: ReaderFlag,
     /// tgid -> latest exec; podmapd seeds it from /proc at start-up.
     pub procs: HashMap<MapData, u32, podmap_proc>,
-    /// The programs stay attached as long as this lives.
+    /// How the pinned links were taken over at start (adopted, replaced, attached afresh).
+    pub links: crate::links::LinkStatus,
+    /// The loaded object (programs this process loaded and maps it took nothing from).
     pub attached: Attached,
+    /// This process's hold on the pin directory: keep it while reading the ring buffer.
+    pub lock: std::fs::File,
 }
 
 /// Tells the programs whether the event reader sleeps without a timer: set, the next record
@@ -115,60 +127,216 @@ impl ReaderFlag {
     }
 }
 
-/// Owns the loaded object: dropping it detaches every program.
+/// Owns the loaded object. Dropping it detaches nothing: the programs run through links pinned
+/// under `<bpffs dir>/links` (docs/decisions.md #30), so kill and deny keep acting while podmapd
+/// is down; removing the pin directory detaches them.
 pub struct Attached(#[allow(dead_code)] Ebpf);
 
-const TRACEPOINTS: [(&str, &str, &str); 4] = [
-    ("podmap_exec", "sched", "sched_process_exec"),
-    ("podmap_exit", "sched", "sched_process_exit"),
-    ("podmap_cgroup_mkdir", "cgroup", "cgroup_mkdir"),
-    ("podmap_cgroup_rmdir", "cgroup", "cgroup_rmdir"),
+/// Where a program attaches.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Hook {
+    Tracepoint(&'static str, &'static str),
+    Raw(&'static str),
+    Lsm(&'static str),
+}
+
+/// Whether podmapd can run without a program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Need {
+    Required,
+    /// The kernel may lack its attach point (openat2, open).
+    Optional,
+    /// BPF-LSM: only where it loads; both or neither.
+    Lsm,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Prog {
+    pub name: &'static str,
+    pub hook: Hook,
+    pub need: Need,
+}
+
+const fn tp(name: &'static str, category: &'static str, point: &'static str, need: Need) -> Prog {
+    Prog {
+        name,
+        hook: Hook::Tracepoint(category, point),
+        need,
+    }
+}
+
+/// Every program podmapd attaches.
+pub(crate) const PROGRAMS: [Prog; 10] = [
+    tp("podmap_exec", "sched", "sched_process_exec", Need::Required),
+    tp("podmap_exit", "sched", "sched_process_exit", Need::Required),
+    tp(
+        "podmap_cgroup_mkdir",
+        "cgroup",
+        "cgroup_mkdir",
+        Need::Required,
+    ),
+    tp(
+        "podmap_cgroup_rmdir",
+        "cgroup",
+        "cgroup_rmdir",
+        Need::Required,
+    ),
+    Prog {
+        name: "podmap_fork",
+        hook: Hook::Raw("sched_process_fork"),
+        need: Need::Required,
+    },
+    // Open rules: openat everywhere; open and openat2 where the kernel has them.
+    tp(
+        "podmap_openat",
+        "syscalls",
+        "sys_enter_openat",
+        Need::Required,
+    ),
+    tp(
+        "podmap_openat2",
+        "syscalls",
+        "sys_enter_openat2",
+        Need::Optional,
+    ),
+    tp("podmap_open", "syscalls", "sys_enter_open", Need::Optional),
+    Prog {
+        name: "podmap_lsm_exec",
+        hook: Hook::Lsm("bprm_check_security"),
+        need: Need::Lsm,
+    },
+    Prog {
+        name: "podmap_lsm_open",
+        hook: Hook::Lsm("file_open"),
+        need: Need::Lsm,
+    },
 ];
+
+/// podmapd's own maps (the plugins never open them), pinned beside the shared ones: the programs
+/// keep running while podmapd is down, so a restarted podmapd must read the same ring buffer (what
+/// was queued meanwhile is still there; what did not fit is counted in `kernel_ringbuf_dropped`),
+/// set the same sleep flag and see the same process table as the running programs.
+pub(crate) const PRIVATE_PINNED: [&str; 3] = ["podmap_events", "podmap_reader", "podmap_procs"];
+
+/// Refuses private pins another podmap version made with other sizes (the programs would be
+/// refused by the verifier with a less helpful message, or misread them).
+fn check_private_pins(dir: &Path) -> Result<(), ProgramsError> {
+    let expected: [(&'static str, u32, u32); 3] = [
+        ("podmap_events", 0, 0),
+        ("podmap_reader", 4, 4),
+        ("podmap_procs", 4, size_of::<podmap_proc>() as u32),
+    ];
+    for (name, key, value) in expected {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapData::from_pin(&path)
+            .and_then(|m| m.info())
+            .map_err(|source| ProgramsError::Map {
+                name,
+                source: Box::new(source),
+            })?;
+        for (what, found, expected) in [
+            ("key size", info.key_size(), key),
+            ("value size", info.value_size(), value),
+        ] {
+            if found != expected {
+                return Err(ProgramsError::Maps(MapsError::Incompatible {
+                    path,
+                    dir: dir.to_owned(),
+                    what,
+                    found,
+                    expected,
+                }));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One podmapd per pin directory: two would share one pinned ring buffer and each take records
+/// from the other. A podmapd still stopping (a rolling update) is waited for, up to `wait`. The
+/// lock (flock on the directory) goes with the process, however it ends.
+fn lock_dir(dir: &Path, wait: std::time::Duration) -> Result<std::fs::File, ProgramsError> {
+    use std::os::fd::AsRawFd;
+    let err = |detail: String| ProgramsError::Links {
+        dir: dir.to_owned(),
+        detail,
+    };
+    let f = std::fs::File::open(dir).map_err(|e| err(format!("opening: {e}")))?;
+    let deadline = std::time::Instant::now() + wait;
+    let mut logged = false;
+    loop {
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(f);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) || std::time::Instant::now() >= deadline {
+            return Err(err(format!(
+                "another podmapd uses this pin directory (locking it: {e})"
+            )));
+        }
+        if !logged {
+            tracing::warn!(dir = %dir.display(), ?wait, "another podmapd holds the pin directory: waiting for it to stop");
+            logged = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
 
 pub fn load(cfg: &ProgramConfig) -> Result<LoadedPrograms, ProgramsError> {
     mounts::ensure_tracefs()?;
+    let dir = &cfg.bpffs_dir;
+    std::fs::create_dir_all(dir).map_err(|source| MapsError::PinDir {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let lock = lock_dir(dir, cfg.lock_wait)?;
+    check_private_pins(dir)?;
     let v1 = v1_code(cfg.v1_controller.as_deref());
     let hier = cfg.v1_hierarchy_id;
     let wakeup = cfg.wakeup_bytes;
-    let mut ebpf = load_pinned(objects::PROGRAMS, &cfg.bpffs_dir, |l| {
+    let mut ebpf = load_pinned(objects::PROGRAMS, dir, |l| {
         l.override_global("v1_controller", &v1, true);
         l.override_global("v1_hierarchy_id", &hier, true);
         l.override_global("wakeup_bytes", &wakeup, true);
+        // Pinned from here rather than in the C (LIBBPF_PIN_BY_NAME): they are podmapd's alone,
+        // and maps.bpf.h stays the list of maps shared with the plugins.
+        for name in PRIVATE_PINNED {
+            l.map_pin_path(name, dir.join(name));
+        }
     })?;
 
-    for (name, category, point) in TRACEPOINTS {
-        attach_tracepoint(&mut ebpf, name, category, point)?;
-    }
-    let name = "podmap_fork";
-    let prog: &mut RawTracePoint = ebpf
-        .program_mut(name)
-        .ok_or(ProgramsError::Missing { name })?
-        .try_into()
-        .map_err(|source| load_error("raw_tracepoint", name, source))?;
-    prog.load()
-        .map_err(|source| load_error("raw_tracepoint", name, source))?;
-    prog.attach("sched_process_fork")
-        .map_err(|source| ProgramsError::Attach {
-            name,
-            point: "sched_process_fork",
-            source: Box::new(source),
-        })?;
-
-    // Open rules: openat everywhere; open and openat2 where the kernel has them.
-    for (name, point, required) in [
-        ("podmap_openat", "sys_enter_openat", true),
-        ("podmap_openat2", "sys_enter_openat2", false),
-        ("podmap_open", "sys_enter_open", false),
-    ] {
-        match attach_tracepoint(&mut ebpf, name, "syscalls", point) {
-            Ok(()) => {}
-            Err(e) if !required => {
-                tracing::debug!(error = %e, "optional open tracepoint not attached")
+    // Load everything first; attaching is the links' business: adopt the pinned ones when they
+    // run these very programs, otherwise attach these and swap them in.
+    let mut lsm_error = None;
+    let mut candidates = vec![];
+    for p in PROGRAMS {
+        match load_one(&mut ebpf, p) {
+            Ok(()) => candidates.push(p),
+            Err(e) if p.need == Need::Lsm => {
+                lsm_error.get_or_insert(e);
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(ProgramsError::Program(e)),
         }
     }
-    let lsm = load_lsm(&mut ebpf);
+    let links = crate::links::install(&mut ebpf, dir, &candidates)?;
+    let lsm = match (lsm_error, links.lsm_error.clone()) {
+        (Some(e), _) => LsmStatus {
+            active: false,
+            detail: e,
+        },
+        (None, Some(e)) => LsmStatus {
+            active: false,
+            detail: e,
+        },
+        (None, None) => LsmStatus {
+            active: true,
+            detail: "attached".into(),
+        },
+    };
 
     let events = ebpf
         .take_map("podmap_events")
@@ -193,15 +361,85 @@ pub fn load(cfg: &ProgramConfig) -> Result<LoadedPrograms, ProgramsError> {
         name: "podmap_procs",
         source: Box::new(source),
     })?;
-    let maps = SharedMaps::from_ebpf(&mut ebpf, &cfg.bpffs_dir)?;
+    let maps = SharedMaps::from_ebpf(&mut ebpf, dir)?;
     Ok(LoadedPrograms {
         maps,
         events,
         reader,
         procs,
+        links,
         attached: Attached(ebpf),
         lsm,
+        lock,
     })
+}
+
+/// Loads (does not attach) one program. For LSM programs the error is the probe's answer.
+fn load_one(ebpf: &mut Ebpf, p: Prog) -> Result<(), String> {
+    let name = p.name;
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or_else(|| format!("program {name} missing"))?;
+    match p.hook {
+        Hook::Tracepoint(..) => {
+            let prog: &mut TracePoint = prog.try_into().map_err(|e| format!("{name}: {e}"))?;
+            prog.load()
+                .map_err(|source| load_error("tracepoint", name, source).to_string())
+        }
+        Hook::Raw(_) => {
+            let prog: &mut RawTracePoint = prog.try_into().map_err(|e| format!("{name}: {e}"))?;
+            prog.load()
+                .map_err(|source| load_error("raw_tracepoint", name, source).to_string())
+        }
+        Hook::Lsm(hook) => {
+            let btf = aya::Btf::from_sys_fs().map_err(|e| format!("no kernel BTF: {e}"))?;
+            let prog: &mut aya::programs::Lsm =
+                prog.try_into().map_err(|e| format!("{name}: {e}"))?;
+            prog.load(hook, &btf)
+                .map_err(|e| format!("loading {name} ({hook}): {e}"))
+        }
+    }
+}
+
+/// Attaches one loaded program and hands its link over as an fd link, ready to pin.
+pub(crate) fn attach_one(ebpf: &mut Ebpf, p: Prog) -> Result<FdLink, String> {
+    let name = p.name;
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or_else(|| format!("program {name} missing"))?;
+    match p.hook {
+        Hook::Tracepoint(category, point) => {
+            let prog: &mut TracePoint = prog.try_into().map_err(|e| format!("{name}: {e}"))?;
+            let id = prog
+                .attach(category, point)
+                .map_err(|e| format!("attaching {name} to {point}: {e}"))?;
+            let link = prog.take_link(id).map_err(|e| format!("{name}: {e}"))?;
+            // A perf-event link is an fd link (BPF_LINK_CREATE) from Linux 5.15 on; older
+            // kernels attach through an ioctl, which cannot be pinned.
+            FdLink::try_from(link).map_err(|e| format!("{name}: link cannot be pinned: {e}"))
+        }
+        Hook::Raw(point) => {
+            let prog: &mut RawTracePoint = prog.try_into().map_err(|e| format!("{name}: {e}"))?;
+            let id = prog
+                .attach(point)
+                .map_err(|e| format!("attaching {name} to {point}: {e}"))?;
+            Ok(prog
+                .take_link(id)
+                .map_err(|e| format!("{name}: {e}"))?
+                .into())
+        }
+        Hook::Lsm(hook) => {
+            let prog: &mut aya::programs::Lsm =
+                prog.try_into().map_err(|e| format!("{name}: {e}"))?;
+            let id = prog
+                .attach()
+                .map_err(|e| format!("attaching {name} ({hook}): {e}"))?;
+            Ok(prog
+                .take_link(id)
+                .map_err(|e| format!("{name}: {e}"))?
+                .into())
+        }
+    }
 }
 
 fn load_error(
@@ -214,77 +452,5 @@ fn load_error(
         name,
         source: Box::new(source),
         hint: " (podmap needs tracepoint and raw tracepoint programs with BTF and bpf_loop: Linux 5.17 or newer)",
-    }
-}
-
-fn attach_tracepoint(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-    category: &'static str,
-    point: &'static str,
-) -> Result<(), ProgramsError> {
-    let prog: &mut TracePoint = ebpf
-        .program_mut(name)
-        .ok_or(ProgramsError::Missing { name })?
-        .try_into()
-        .map_err(|source| load_error("tracepoint", name, source))?;
-    prog.load()
-        .map_err(|source| load_error("tracepoint", name, source))?;
-    prog.attach(category, point)
-        .map(|_| ())
-        .map_err(|source| ProgramsError::Attach {
-            name,
-            point,
-            source: Box::new(source),
-        })
-}
-
-/// Probes BPF-LSM by loading and attaching the deny programs. Any failure leaves deny rules to
-/// their fallback, and the reason is reported.
-fn load_lsm(ebpf: &mut Ebpf) -> LsmStatus {
-    let btf = match aya::Btf::from_sys_fs() {
-        Ok(b) => b,
-        Err(e) => {
-            return LsmStatus {
-                active: false,
-                detail: format!("no kernel BTF: {e}"),
-            }
-        }
-    };
-    for (name, hook) in [
-        ("podmap_lsm_exec", "bprm_check_security"),
-        ("podmap_lsm_open", "file_open"),
-    ] {
-        let Some(prog) = ebpf.program_mut(name) else {
-            return LsmStatus {
-                active: false,
-                detail: format!("program {name} missing"),
-            };
-        };
-        let prog: &mut aya::programs::Lsm = match prog.try_into() {
-            Ok(p) => p,
-            Err(e) => {
-                return LsmStatus {
-                    active: false,
-                    detail: format!("{name}: {e}"),
-                }
-            }
-        };
-        if let Err(e) = prog.load(hook, &btf) {
-            return LsmStatus {
-                active: false,
-                detail: format!("loading {name} ({hook}): {e}"),
-            };
-        }
-        if let Err(e) = prog.attach() {
-            return LsmStatus {
-                active: false,
-                detail: format!("attaching {name} ({hook}): {e}"),
-            };
-        }
-    }
-    LsmStatus {
-        active: true,
-        detail: "attached".into(),
     }
 }

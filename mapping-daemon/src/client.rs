@@ -474,6 +474,28 @@ fn duration_us(us: Option<u64>) -> String {
     }
 }
 
+/// How the programs' pinned links were taken over at start (docs/decisions.md #30).
+fn programs(p: &crate::status::ProgramsStatus) -> String {
+    let mut s = match p.links.as_str() {
+        "" => return "-".to_string(),
+        "adopted" => "adopted the running programs (they never stopped)".to_string(),
+        "replaced" => format!(
+            "replaced the running programs ({}), both ran for {} us",
+            p.replaced_because.as_deref().unwrap_or("they differed"),
+            p.overlap_us.unwrap_or(0)
+        ),
+        other => other.to_string(),
+    };
+    s += &format!(
+        "; {} links pinned under {}/links; {} events lost in kernel before this start; {} queued before this start, read before the socket opened (no client had them)",
+        p.attached.len(),
+        p.pinned_at,
+        p.lost_kernel_before_start,
+        p.backlog_read_at_start
+    );
+    s
+}
+
 fn latency(l: &LatencySummary) -> String {
     format!(
         "{} samples, p50 {}, p99 {}, max {}",
@@ -511,6 +533,7 @@ pub fn status_table(r: &StatusReport) -> String {
             },
         ),
         ("enforcement", r.enforcement_mode.clone()),
+        ("programs", programs(&r.programs)),
         ("containers mapped", r.containers_mapped.to_string()),
         ("pods cached", r.pods_cached.to_string()),
         ("events seen", counts(&r.events_seen)),
@@ -877,6 +900,33 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("shared counters\n  hook_mapped  2\n"), "{t}");
+    }
+
+    #[test]
+    fn status_table_says_how_the_pinned_programs_were_taken_over() {
+        let mut report = StatusReport {
+            programs: crate::status::ProgramsStatus {
+                links: "adopted".into(),
+                pinned_at: "/sys/fs/bpf/podmap".into(),
+                attached: vec!["podmap_exec".into(), "podmap_exit".into()],
+                lost_kernel_before_start: 7,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let t = status_table(&report);
+        assert!(
+            t.contains("adopted the running programs (they never stopped); 2 links pinned under /sys/fs/bpf/podmap/links; 7 events lost in kernel before this start; 0 queued before this start, read before the socket opened (no client had them)\n"),
+            "{t}"
+        );
+        report.programs.links = "replaced".into();
+        report.programs.replaced_because = Some("podmap_exec: tag 1, this podmapd's 2".into());
+        report.programs.overlap_us = Some(583);
+        let t = status_table(&report);
+        assert!(
+            t.contains("replaced the running programs (podmap_exec: tag 1, this podmapd's 2), both ran for 583 us;"),
+            "{t}"
+        );
     }
 
     #[test]

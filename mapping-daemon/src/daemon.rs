@@ -135,12 +135,26 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         })?;
     let programs::LoadedPrograms {
         maps,
-        events,
+        mut events,
         reader: reader_flag,
         mut procs,
+        links,
         attached,
         lsm,
+        lock: _pins_lock,
     } = loaded;
+    let programs_status = crate::status::ProgramsStatus {
+        links: links.mode.to_string(),
+        pinned_at: args.bpffs_dir.display().to_string(),
+        attached: links.programs.clone(),
+        replaced_because: links.reason.clone(),
+        overlap_us: links.overlap.map(|d| d.as_micros() as u64),
+        lost_kernel_before_start: maps
+            .counters()
+            .get(podmap_bpf::layout::Counter::RingbufDropped),
+        // Read below, once the pipeline exists; status takes it from the stats.
+        backlog_read_at_start: 0,
+    };
     let maps = Arc::new(maps);
     tracing::info!(active = lsm.active, detail = %lsm.detail, "BPF-LSM probe");
 
@@ -178,6 +192,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         policy_resources: mirror.as_ref().map(|(_, handle)| handle.clone()),
         policy_names: policy_names.clone(),
         pod_parents: pod_parents.as_slice().to_vec(),
+        programs: programs_status,
     });
     let pods = kube.map(|client| {
         tracing::info!(node = %node, "starting the pod cache");
@@ -196,7 +211,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     .with_own_namespace(args.own_namespace.clone());
     policies.tick();
     *state.policies.lock().unwrap_or_else(|p| p.into_inner()) = policies.status();
-    let pipeline = Pipeline::new(
+    let mut pipeline = Pipeline::new(
         node.clone(),
         maps.clone(),
         layout,
@@ -206,6 +221,29 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         pods,
         pod_parents,
     );
+    // Records the programs queued while no podmapd read the pinned ring buffer (docs/decisions.md
+    // #29) are read now, so the process table and the cgroup paths catch up; the socket is not
+    // open yet, so no client can have them: they are counted, and status shows it.
+    let backlog = {
+        let clock = pipeline.begin(crate::clock::boot_ns());
+        let mut out = Vec::new();
+        let mut n = 0u64;
+        while let Some(item) = events.next() {
+            pipeline.record(&item, &clock, &mut out);
+            n += 1;
+        }
+        pipeline.finish(&clock, &mut out);
+        n
+    };
+    stats
+        .backlog_at_start
+        .store(backlog, std::sync::atomic::Ordering::Relaxed);
+    if backlog > 0 {
+        tracing::warn!(
+            records = backlog,
+            "read the records queued while no podmapd ran: no client received them"
+        );
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let listener = server::bind(&args.socket, args.socket_group)?;
@@ -278,7 +316,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .context("metrics endpoint")?;
     }
     let _ = std::fs::remove_file(&args.socket);
-    // Detach only once everything else has stopped.
+    // The programs stay attached through their pinned links (docs/decisions.md #30): policies
+    // keep acting until the next podmapd adopts or replaces them.
     drop(procs);
     drop(attached);
     Ok(())

@@ -560,6 +560,7 @@ mod tests {
                 ..Default::default()
             },
             pod_cache: None,
+            programs: Default::default(),
         }
     }
 

@@ -30,6 +30,8 @@ pub struct DaemonState {
     pub policy_names: crate::policies::PolicyNames,
     /// Where container-shaped cgroup names are believed (docs/decisions.md #29).
     pub pod_parents: Vec<String>,
+    /// How the pinned links were taken over at start.
+    pub programs: crate::status::ProgramsStatus,
 }
 
 fn summary(h: &[u64]) -> LatencySummary {
@@ -135,6 +137,10 @@ impl StatusSource for DaemonState {
             shared_counters: shared,
             mapping_latency_us: summary(&c.latency_histogram()),
             event_latency_us: summary(&s.latency_histogram()),
+            programs: crate::status::ProgramsStatus {
+                backlog_read_at_start: Stats::get(&s.backlog_at_start),
+                ..self.programs.clone()
+            },
         }
     }
 

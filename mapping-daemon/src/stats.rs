@@ -35,6 +35,9 @@ pub struct Stats {
     pub reader_sleeps: AtomicU64,
     pub reader_woken: AtomicU64,
     pub reader_late: AtomicU64,
+    /// Records found queued in the pinned ring buffer at start (produced while no podmapd read
+    /// it, or during this one's start), read before the socket opened: no client received them.
+    pub backlog_at_start: AtomicU64,
     /// Whether the reader sleeps now.
     pub reader_asleep: AtomicBool,
     /// Metrics connections turned away over the cap (shared with the metrics endpoint).

@@ -98,6 +98,35 @@ pub struct StatusReport {
     /// The pod informer, in Kubernetes mode.
     #[serde(default)]
     pub pod_cache: Option<PodCacheStatus>,
+    /// How this podmapd took over the programs' pinned links (docs/decisions.md #30).
+    #[serde(default)]
+    pub programs: ProgramsStatus,
+}
+
+/// The programs run through links pinned beside the maps, so they outlive podmapd; this says
+/// what podmapd found at start.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProgramsStatus {
+    /// "adopted" (the running programs were this podmapd's own: kept, never stopped),
+    /// "replaced" (other programs: this podmapd's attached first, then the old ones detached) or
+    /// "attached" (none were running).
+    pub links: String,
+    /// The pin directory; its `links/` holds one pin per program.
+    pub pinned_at: String,
+    /// The programs attached, by name.
+    pub attached: Vec<String>,
+    /// Replaced: why.
+    pub replaced_because: Option<String>,
+    /// Replaced: how long both generations ran, in microseconds (an event then may be reported
+    /// twice).
+    pub overlap_us: Option<u64>,
+    /// Records the programs queued before this podmapd read the ring buffer (while no podmapd
+    /// ran, and during this one's start), read before the socket opened: no client had them.
+    #[serde(default)]
+    pub backlog_read_at_start: u64,
+    /// Ring-buffer drops counted before this podmapd started, those while no podmapd read the
+    /// ring included (they are part of `events_lost_kernel` too).
+    pub lost_kernel_before_start: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -6,6 +6,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use podmap_bpf::layout::Counter;
 use podmap_bpf::testing::{TestCgroup, TestPod};
 use podmap_bpf::SharedMaps;
 use podmap_conformance::daemon::{cgroup2_mount, run_in_cgroup, Daemon, DaemonOptions};
@@ -785,5 +786,190 @@ fn rules_act_at_any_depth_below_a_v1_only_container() {
         let what = format!("v1, {depth} levels below the container");
         killed_and_attributed(&f, cg, &container, &["/bin/true"], "no-true", &what);
         assert!(run_in_cgroup(&cg.path(), &["/bin/echo", "x"]).1.success());
+    }
+}
+
+/// Issue 12 item 8: the programs' links are pinned with the maps, so a kill policy keeps acting
+/// while podmapd is down (SIGKILL: no chance to clean up) and after it restarts on the same pins,
+/// which adopts the running programs; what the ring buffer could not hold meanwhile is counted
+/// and shown by the restarted podmapd.
+#[test]
+fn a_kill_policy_keeps_acting_while_podmapd_is_killed_and_after_it_restarts() {
+    let mut f = start();
+    let selected = container(&mut f, "prod", "nginx");
+    write_policy(
+        f.policy_dir.path(),
+        "p.yaml",
+        &policy(
+            "no-true",
+            "prod",
+            "  - exec: {paths: [/bin/true]}\n    action: kill\n",
+        ),
+    );
+    eventually(&selected, &["/bin/true"], killed);
+
+    sigkill(&mut f.daemon);
+    let (_, st) = run_in_cgroup(&selected.path(), &["/bin/true"]);
+    assert!(
+        killed(st),
+        "the selected exec ran while podmapd was down: {st:?}"
+    );
+    assert!(run_in_cgroup(&selected.path(), &["/bin/echo", "ok"])
+        .1
+        .success());
+
+    // Nobody reads the ring buffer now: fill it with cgroup events until the kernel drops one.
+    let dropped_before = f.maps.counters().get(Counter::RingbufDropped);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut made = 0u64;
+    while f.maps.counters().get(Counter::RingbufDropped) == dropped_before {
+        assert!(
+            Instant::now() < deadline,
+            "no ring-buffer drop after {made} cgroups while podmapd was down"
+        );
+        for _ in 0..100 {
+            let d = selected.path().join(format!("fill-{made}"));
+            std::fs::create_dir(&d).unwrap();
+            std::fs::remove_dir(&d).unwrap();
+            made += 1;
+        }
+    }
+    let dropped = f.maps.counters().get(Counter::RingbufDropped);
+    eprintln!("filled the ring with {made} cgroups: {dropped} dropped");
+
+    let again = Daemon::start_with(DaemonOptions {
+        pins: Some(f.daemon.pins.path.clone()),
+        env: vec![(
+            "PODMAP_POLICY_DIR".into(),
+            f.policy_dir.path().display().to_string(),
+        )],
+        ..Default::default()
+    });
+    let st = again.status();
+    eprintln!("restarted: {}", st["programs"]);
+    assert_eq!(st["programs"]["links"], "adopted", "{st:#}");
+    // What the ring held meanwhile was read at start, before any client could connect: counted.
+    assert!(
+        st["programs"]["backlog_read_at_start"].as_u64().unwrap() >= made,
+        "{st:#}"
+    );
+    assert!(
+        st["events_lost_kernel"].as_u64().unwrap() >= dropped,
+        "drops while podmapd was down not shown: {dropped} dropped; {st:#}"
+    );
+    let mut stream = again.events(r#"{"types": ["policy"]}"#);
+    let (pid, st) = run_in_cgroup(&selected.path(), &["/bin/true"]);
+    assert!(killed(st), "not killed after the restart: {st:?}");
+    stream.until(WAIT, |v| {
+        pid_of(v) == pid as u64 && v["policy"]["name"] == "no-true"
+    });
+}
+
+/// SIGKILLs podmapd and waits until it is dead (a zombie: its fds are closed), leaving it unreaped
+/// so the fixture's teardown cannot signal another process that took its pid.
+fn sigkill(d: &mut Daemon) {
+    d.child.kill().unwrap();
+    let stat = format!("/proc/{}/stat", d.child.id());
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let s = std::fs::read_to_string(&stat).unwrap_or_default();
+        if s.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "podmapd did not die: {s}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The id of the program the pinned link `name` runs.
+fn pinned_program(pins: &Path, name: &str) -> u32 {
+    use aya::programs::links::{FdLink, PinnedLink};
+    let link = PinnedLink::from_pin(pins.join("links").join(name)).expect("pinned link");
+    FdLink::from(link).info().expect("link info").program_id()
+}
+
+/// An upgrade, or other settings: the restarted podmapd loads other programs (here other
+/// `.rodata`: another v1 controller) and replaces the pinned ones, attaching its own before it
+/// detaches the old, so execs in a selected pod, run all along, are killed every one.
+#[test]
+fn a_podmapd_with_other_programs_replaces_the_pinned_ones_without_a_gap() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let mut f = start();
+    let selected = container(&mut f, "prod", "nginx");
+    write_policy(
+        f.policy_dir.path(),
+        "p.yaml",
+        &policy(
+            "no-true",
+            "prod",
+            "  - exec: {paths: [/bin/true]}\n    action: kill\n",
+        ),
+    );
+    eventually(&selected, &["/bin/true"], killed);
+    let old = pinned_program(&f.daemon.pins.path, "podmap_exec");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let looper = {
+        let (stop, path) = (stop.clone(), selected.path());
+        std::thread::spawn(move || {
+            let (mut runs, mut escaped) = (0u64, 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                let (_, st) = run_in_cgroup(&path, &["/bin/true"]);
+                runs += 1;
+                if !killed(st) {
+                    escaped += 1;
+                }
+            }
+            (runs, escaped)
+        })
+    };
+    sigkill(&mut f.daemon);
+    let again = Daemon::start_with(DaemonOptions {
+        pins: Some(f.daemon.pins.path.clone()),
+        env: vec![
+            (
+                "PODMAP_POLICY_DIR".into(),
+                f.policy_dir.path().display().to_string(),
+            ),
+            ("PODMAP_V1_CONTROLLER".into(), "pids".into()),
+        ],
+        ..Default::default()
+    });
+    let st = again.status();
+    // Execs after the swap too.
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let (runs, escaped) = looper.join().unwrap();
+    eprintln!(
+        "{runs} selected execs through the replacement, {escaped} ran; overlap {} us",
+        st["programs"]["overlap_us"]
+    );
+    assert_eq!(st["programs"]["links"], "replaced", "{st:#}");
+    assert!(
+        st["programs"]["replaced_because"]
+            .as_str()
+            .is_some_and(|r| r.contains("rodata")),
+        "{st:#}"
+    );
+    assert!(st["programs"]["overlap_us"].is_u64(), "{st:#}");
+    assert_eq!(escaped, 0, "{escaped} of {runs} selected execs ran");
+    assert!(runs > 0);
+    assert_ne!(pinned_program(&f.daemon.pins.path, "podmap_exec"), old);
+    assert!(!f.daemon.pins.path.join("links_new").exists());
+    // The old generation is detached (no pin, no process holds it): freed.
+    let deadline = Instant::now() + WAIT;
+    while aya::programs::loaded_programs()
+        .flatten()
+        .any(|p| p.id() == old)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the replaced podmap_exec still loaded"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
