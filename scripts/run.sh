@@ -23,7 +23,7 @@ scripts/setup.sh
 # Only what the demo runs (not the bench, the hook or the test binaries).
 bins=(podmapd podmap podmap-nri podmap-demo podmap-test-runc)
 if [ ! -x target/release/podmap-demo ]; then
-  echo "run: first build of podmapd, podmap, podmap-nri and the demo (release): about 7 minutes on 2 cores; later runs start in seconds"
+  echo "run: first build of podmapd, podmap, podmap-nri and the demo (release): about 6 to 10 minutes on 2 cores; later runs start in seconds"
 fi
 cargo build --release $(printf -- '--bin %s ' "${bins[@]}")
 

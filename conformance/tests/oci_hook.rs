@@ -1137,42 +1137,9 @@ fn multi_byte_names_past_the_record_limit_are_cut_and_mapped() {
     assert!(!hooks.log().contains("panicked"), "{}", hooks.log());
 }
 
-/// A hook's store (sled) whose blob files are gone: sled panics in `open`, which every poststop
-/// and the first createRuntime on new pins reach.
+/// A hook's store damaged as a bad disk would (bpf's `testing::damage_store`).
 fn corrupt_store(hooks: &HookEnv) {
-    let store = Store::open(&hooks.store_path()).unwrap();
-    // Small and large values in turn: the large ones go to sled's blob files, and with enough
-    // of them (40 here, found by trying) some of the tree's own pages do too.
-    for i in 0..60 {
-        let mut meta = podmap_bpf::ContainerMeta {
-            container_id: podmap_bpf::ContainerId(container_id("big")),
-            ..Default::default()
-        };
-        let size = if i % 2 == 0 { 300 } else { 200_000 };
-        meta.labels.insert("big".into(), "x".repeat(size));
-        store
-            .put(&podmap_bpf::store::ContainerRecord {
-                meta,
-                ids: Default::default(),
-                boot_id: "b".into(),
-                created_ns: 1,
-                removed_ns: None,
-            })
-            .unwrap();
-    }
-    store.flush().unwrap();
-    drop(store);
-    let blobs = hooks.store_path().join("blobs");
-    let mut removed = 0;
-    for f in std::fs::read_dir(&blobs).unwrap() {
-        std::fs::remove_file(f.unwrap().path()).unwrap();
-        removed += 1;
-    }
-    assert!(
-        removed > 0,
-        "sled wrote no blob file under {}",
-        blobs.display()
-    );
+    podmap_bpf::testing::damage_store(&hooks.store_path());
 }
 
 /// A store sled cannot open (it panics on this damaged one) never costs a container its

@@ -280,40 +280,6 @@ fn an_unreadable_policy_dir_keeps_the_last_policies_for_new_containers() {
     assert_eq!(m.backend().unwrap().policies.read_failures(), 1);
 }
 
-/// Fills a sled store with small and large records in turn, then deletes its blob files, as a
-/// damaged disk would: sled panics on it ("tried to serialize Uninitialized", "cannot find
-/// pid").
-fn damage_store(path: &Path) {
-    use podmap_bpf::store::{ContainerRecord, Store};
-    let store = Store::open(path).unwrap();
-    for i in 0..60 {
-        let mut meta = podmap_bpf::ContainerMeta {
-            container_id: podmap_bpf::ContainerId(format!("big{i:061}")),
-            ..Default::default()
-        };
-        let size = if i % 2 == 0 { 300 } else { 200_000 };
-        meta.labels.insert("big".into(), "x".repeat(size));
-        store
-            .put(&ContainerRecord {
-                meta,
-                ids: Default::default(),
-                boot_id: "b".into(),
-                created_ns: 1,
-                removed_ns: None,
-            })
-            .unwrap();
-    }
-    store.flush().unwrap();
-    drop(store);
-    let blobs = path.join("blobs");
-    let removed = std::fs::read_dir(&blobs)
-        .unwrap()
-        .map(|f| std::fs::remove_file(f.unwrap().path()).unwrap())
-        .count();
-    // sled then panics opening the store, or (it varies) once it reads a record.
-    assert!(removed > 0, "sled wrote no blob under {}", blobs.display());
-}
-
 /// Maps one container of a fresh pod through CreateContainer and StartContainer; returns its
 /// cgroup v2 id.
 fn map_one(m: &mut Mapper, name: &str) -> (TestPod, u64, String) {
@@ -331,7 +297,7 @@ fn a_damaged_store_is_moved_aside_and_containers_are_still_mapped() {
     let env = Env::new();
     let settings = env.settings(Duration::from_secs(30));
     std::fs::create_dir_all(&settings.state_dir).unwrap();
-    damage_store(&settings.store_path());
+    podmap_bpf::testing::damage_store(&settings.store_path());
 
     // Before: the plugin could not open its maps and store, and mapped nothing (or panicked).
     let mut m = mapper(&env, Duration::from_secs(30));
