@@ -75,7 +75,12 @@ pub struct Store {
 impl Store {
     /// Opens the store for the caller's lifetime (podmap-nri).
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = config(path).open().map_err(|source| StoreError::Db {
+        Store::open_with(path, config(path))
+    }
+
+    /// Opens sled as `config` says; `path` names the store in errors.
+    fn open_with(path: &Path, config: sled::Config) -> Result<Store, StoreError> {
+        let db = config.open().map_err(|source| StoreError::Db {
             path: path.to_owned(),
             source,
         })?;
@@ -137,19 +142,10 @@ impl Store {
     /// A store that lives as long as this process, for a writer whose own store is held by
     /// another process. `path` is the store it stands in for, for messages.
     fn temporary(path: &Path) -> Result<Store, StoreError> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .temporary(true)
-            .cache_capacity(CACHE_CAPACITY)
-            .open()
-            .map_err(|source| StoreError::Db {
-                path: path.to_owned(),
-                source,
-            })?;
-        Ok(Store {
-            path: path.to_owned(),
-            db,
-            _lock: None,
-        })
+            .cache_capacity(CACHE_CAPACITY);
+        Store::open_with(path, config)
     }
 
     /// Opens the store after taking `<path>.lock`, waiting at most `timeout` behind other

@@ -234,6 +234,18 @@ impl EventStream {
         }
     }
 
+    /// Runs `/bin/echo marker` in the cgroup at `cgroup_dir` and returns its exec event.
+    pub fn echo_in(&mut self, cgroup_dir: &Path, marker: &str, timeout: Duration) -> Value {
+        let (pid, _) = run_in_cgroup(cgroup_dir, &["/bin/echo", marker]);
+        self.until(timeout, |v| {
+            v["type"] == "exec"
+                && v["process"]["pid"] == pid
+                && v["process"]["binary"] == "/bin/echo"
+        })
+        .pop()
+        .expect("until returns the matching event last")
+    }
+
     pub fn next_line(&mut self, timeout: Duration) -> Option<String> {
         self.r.get_ref().set_read_timeout(Some(timeout)).unwrap();
         let mut line = String::new();

@@ -12,25 +12,8 @@ use podmap_bpf::testing::TestCgroup;
 use podmap_conformance::daemon::{cgroup2_mount, kubeconfig, run_in_cgroup, Daemon, DaemonOptions};
 use podmap_pod_cache::testing::fixtures;
 use podmap_pod_cache::testing::TestApiServer;
-use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn exec_of(
-    stream: &mut podmap_conformance::daemon::EventStream,
-    cg: &TestCgroup,
-    marker: &str,
-) -> Value {
-    let (pid, _) = run_in_cgroup(&cg.path(), &["/bin/echo", marker]);
-    stream
-        .until(WAIT, |v| {
-            v["type"] == "exec"
-                && v["process"]["pid"] == pid
-                && v["process"]["binary"] == "/bin/echo"
-        })
-        .pop()
-        .unwrap()
-}
 
 fn rel(cg: &TestCgroup) -> String {
     format!("/{}", cg.rel.display())
@@ -71,7 +54,7 @@ async fn a_forged_container_scope_under_a_user_slice_gets_no_pod_data() {
         let forged = manager
             .child(&format!("cri-containerd-{victim_cid}.scope"))
             .unwrap();
-        let ev = exec_of(&mut stream, &forged, "forged");
+        let ev = stream.echo_in(&forged.path(), "forged", WAIT);
         assert_eq!(ev["attribution"], "host", "{ev}");
         assert!(
             ev["pod"].is_null() && ev["container"].is_null(),
@@ -101,7 +84,7 @@ async fn a_forged_container_scope_under_a_user_slice_gets_no_pod_data() {
         // resting on the path alone.
         let pod = kubepods.child(&format!("pod{victim_uid}")).unwrap();
         let real = pod.child(&victim_cid).unwrap();
-        let ev = exec_of(&mut stream, &real, "pre-podmap");
+        let ev = stream.echo_in(&real.path(), "pre-podmap", WAIT);
         assert_eq!(ev["attribution"], "unknown", "{ev}");
         assert_eq!(ev["path_derived"], true, "{ev}");
         assert_eq!(ev["container"]["id"], victim_cid.as_str());
@@ -113,7 +96,7 @@ async fn a_forged_container_scope_under_a_user_slice_gets_no_pod_data() {
         let other_uid = fixtures::uid("someone-else");
         let other = kubepods.child(&format!("pod{other_uid}")).unwrap();
         let squat = other.child(&victim_cid).unwrap();
-        let ev = exec_of(&mut stream, &squat, "squat");
+        let ev = stream.echo_in(&squat.path(), "squat", WAIT);
         assert_eq!(ev["attribution"], "unknown", "{ev}");
         assert_eq!(ev["path_derived"], true, "{ev}");
         assert_eq!(ev["pod"]["uid"], other_uid.as_str(), "{ev}");

@@ -10,25 +10,8 @@ use podmap_bpf::SharedMaps;
 use podmap_conformance::daemon::{cgroup2_mount, kubeconfig, run_in_cgroup, Daemon, DaemonOptions};
 use podmap_pod_cache::testing::fixtures;
 use podmap_pod_cache::testing::TestApiServer;
-use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn exec_event(
-    stream: &mut podmap_conformance::daemon::EventStream,
-    cg: &TestCgroup,
-    marker: &str,
-) -> Value {
-    let (pid, _) = run_in_cgroup(&cg.path(), &["/bin/echo", marker]);
-    stream
-        .until(WAIT, |v| {
-            v["type"] == "exec"
-                && v["process"]["pid"] == pid
-                && v["process"]["binary"] == "/bin/echo"
-        })
-        .pop()
-        .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_join_the_pod_cache_and_follow_relabels_and_deletion() {
@@ -72,7 +55,7 @@ async fn events_join_the_pod_cache_and_follow_relabels_and_deletion() {
         cg.map_container(&mut maps, &runtime_pod, "app").unwrap();
 
         let mut stream = daemon.events("{}");
-        let ev = exec_event(&mut stream, &cg, "first");
+        let ev = stream.echo_in(&cg.path(), "first", WAIT);
         assert_eq!(ev["attribution"], "container");
         assert_eq!(ev["pod"]["workload"], "checkout", "{ev}");
         assert_eq!(ev["pod"]["workload_kind"], "Deployment");
@@ -102,7 +85,7 @@ async fn events_join_the_pod_cache_and_follow_relabels_and_deletion() {
         server.apply(&pod);
         let deadline = Instant::now() + WAIT;
         loop {
-            let ev = exec_event(&mut stream, &cg, "relabelled");
+            let ev = stream.echo_in(&cg.path(), "relabelled", WAIT);
             if ev["pod"]["labels"]["quarantine"] == "yes" {
                 break;
             }
@@ -126,7 +109,7 @@ async fn events_join_the_pod_cache_and_follow_relabels_and_deletion() {
         daemon.wait_status("the deletion reached the cache", |st| {
             st["pods_cached"] == 0
         });
-        let ev = exec_event(&mut stream, &cg, "after-deletion");
+        let ev = stream.echo_in(&cg.path(), "after-deletion", WAIT);
         assert_eq!(ev["pod"]["workload"], "checkout", "{ev}");
         assert_eq!(ev["pod"]["name"], name.as_str());
     });

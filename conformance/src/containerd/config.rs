@@ -112,10 +112,15 @@ fn nri(l: &Layout, s: &Settings) -> String {
     )
 }
 
-/// containerd 2.1: version 3. NRI is on by default there; it is set as for 1.7 all the same.
-fn render_v3(l: &Layout, s: &Settings) -> String {
+/// What both versions share, up to and including NRI (1.7 ships NRI disabled, 2.x enables it
+/// by default: both set it the same); `extra_disabled` are plugins only a version has.
+fn common(l: &Layout, s: &Settings, version: u32, extra_disabled: &[&str]) -> String {
+    let extra: String = extra_disabled
+        .iter()
+        .map(|p| format!("  \"{p}\",\n"))
+        .collect();
     format!(
-        r#"version = 3
+        r#"version = {version}
 root = {root}
 state = {state}
 # Plugins these tests never use, or that cannot work here (no btrfs, zfs, devmapper, erofs):
@@ -129,9 +134,7 @@ disabled_plugins = [
   "io.containerd.snapshotter.v1.devmapper",
   "io.containerd.snapshotter.v1.zfs",
   "io.containerd.snapshotter.v1.blockfile",
-  "io.containerd.snapshotter.v1.erofs",
-  "io.containerd.differ.v1.erofs",
-]
+{extra}]
 
 [grpc]
   address = {socket}
@@ -143,8 +146,27 @@ disabled_plugins = [
   level = "info"
 
 [plugins."io.containerd.nri.v1.nri"]
-{nri}
-# The transfer service, which CRI's image and sandbox plugins need, needs a verifier plugin:
+{nri}"#,
+        root = q(&l.root),
+        state = q(&l.state),
+        socket = q(&l.socket),
+        ttrpc = q(l.socket.with_extension("sock.ttrpc")),
+        nri = nri(l, s),
+    )
+}
+
+/// containerd 2.1: version 3 (the CRI plugin split into `images` and `runtime`).
+fn render_v3(l: &Layout, s: &Settings) -> String {
+    common(
+        l,
+        s,
+        3,
+        &[
+            "io.containerd.snapshotter.v1.erofs",
+            "io.containerd.differ.v1.erofs",
+        ],
+    ) + &format!(
+        r#"# The transfer service, which CRI's image and sandbox plugins need, needs a verifier plugin:
 # pointed at an empty private dir, it verifies nothing and touches nothing outside the work dir.
 [plugins."io.containerd.image-verifier.v1.bindir"]
   bin_dir = {verifiers}
@@ -184,11 +206,6 @@ disabled_plugins = [
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
 "#,
-        root = q(&l.root),
-        state = q(&l.state),
-        socket = q(&l.socket),
-        ttrpc = q(l.socket.with_extension("sock.ttrpc")),
-        nri = nri(l, s),
         verifiers = q(l.work.join("image-verifiers")),
         cni_bin = q(&l.cni_bin),
         cni_conf = q(&l.cni_conf),
@@ -199,35 +216,9 @@ disabled_plugins = [
 
 /// containerd 1.7: version 2.
 fn render_v2(l: &Layout, s: &Settings) -> String {
-    format!(
-        r#"version = 2
-root = {root}
-state = {state}
-# Plugins these tests never use: skipping them keeps start-up short and avoids /opt/containerd.
-disabled_plugins = [
-  "io.containerd.internal.v1.opt",
-  "io.containerd.internal.v1.tracing",
-  "io.containerd.tracing.processor.v1.otlp",
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.zfs",
-  "io.containerd.snapshotter.v1.blockfile",
-]
-
-[grpc]
-  address = {socket}
-
-[ttrpc]
-  address = {ttrpc}
-
-[debug]
-  level = "info"
-
-# 1.7 ships NRI disabled.
-[plugins."io.containerd.nri.v1.nri"]
-{nri}
-[plugins."io.containerd.grpc.v1.cri"]
+    common(l, s, 2, &[])
+        + &format!(
+            r#"[plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{PAUSE_IMAGE}"
   # Required here: without it the sandbox fails with runc's "can't get final child's PID
   # from pipe: EOF" (no CAP_SYS_RESOURCE).
@@ -255,14 +246,9 @@ disabled_plugins = [
         # No systemd on these hosts: cgroupfs paths.
         SystemdCgroup = false
 "#,
-        root = q(&l.root),
-        state = q(&l.state),
-        socket = q(&l.socket),
-        ttrpc = q(l.socket.with_extension("sock.ttrpc")),
-        nri = nri(l, s),
-        cni_bin = q(&l.cni_bin),
-        cni_conf = q(&l.cni_conf),
-        runc = q(&s.runc),
-        runc_root = q(&l.runc_root),
-    )
+            cni_bin = q(&l.cni_bin),
+            cni_conf = q(&l.cni_conf),
+            runc = q(&s.runc),
+            runc_root = q(&l.runc_root),
+        )
 }

@@ -265,8 +265,11 @@ impl Pipeline {
             ShapeVerdict::Outside(shape) => {
                 // Anyone with a writable cgroup (a user's systemd manager) could have chosen the
                 // name: it says nothing about a container (docs/decisions.md #29).
-                Stats::inc(&self.stats.shaped_outside_pod_parents);
-                let n = Stats::get(&self.stats.shaped_outside_pod_parents);
+                let n = self
+                    .stats
+                    .shaped_outside_pod_parents
+                    .fetch_add(1, Ordering::Relaxed)
+                    + 1;
                 if n.is_power_of_two() {
                     tracing::warn!(
                         path = %path,
@@ -385,8 +388,11 @@ impl Pipeline {
     fn known_to_api_server(&self, shape: &ContainerShape) -> Option<Arc<Mapped>> {
         let pod = self.pods.as_ref()?.by_container(&shape.container_id)?;
         if shape.pod_uid.as_deref() != Some(&*pod.uid) {
-            Stats::inc(&self.stats.unknown_pod_mismatch);
-            let n = Stats::get(&self.stats.unknown_pod_mismatch);
+            let n = self
+                .stats
+                .unknown_pod_mismatch
+                .fetch_add(1, Ordering::Relaxed)
+                + 1;
             if n.is_power_of_two() {
                 tracing::warn!(
                     container_id = %shape.container_id,

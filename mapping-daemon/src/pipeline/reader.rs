@@ -56,13 +56,16 @@ fn drain(
     }
 }
 
-/// Hands the batch to the clients, then lets every other task on the thread run.
-async fn publish(hub: &Hub, out: &mut Vec<Arc<Published>>) {
+/// Hands the batch to the clients; with records left in the ring (`more`), lets every other
+/// task on the thread run first. (Otherwise the next `select!` waits anyway.)
+async fn publish(hub: &Hub, out: &mut Vec<Arc<Published>>, more: bool) {
     if !out.is_empty() {
         hub.publish_batch(out);
         out.clear();
     }
-    tokio::task::yield_now().await;
+    if more {
+        tokio::task::yield_now().await;
+    }
 }
 
 pub async fn run(
@@ -142,7 +145,7 @@ pub async fn run(
             }
             _ = shutdown.changed() => break,
         }
-        publish(&hub, &mut out).await;
+        publish(&hub, &mut out, more).await;
     }
     Ok(())
 }
