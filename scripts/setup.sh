@@ -6,6 +6,8 @@ set -euo pipefail
 
 PACKAGES=(
   clang            # builds the C eBPF programs (bpf/build.rs)
+  libclang1        # bindgen generates the Rust view of bpf/c/podmap.h (bpf/build.rs)
+  clang-format     # the C style check (scripts/test.sh, .clang-format)
   libbpf-dev       # bpf_helpers.h, bpf_core_read.h
   linux-libc-dev   # linux/bpf.h, linux/types.h
   util-linux       # unshare, for the pure-cgroup2 tests
@@ -18,6 +20,7 @@ PACKAGES=(
   podman
   busybox-static   # the test images' and bundles' root filesystem
   ca-certificates  # apt over https for the private containerd download
+  python3          # scripts/check-import-circles.py
 )
 
 as_root() {

@@ -12,7 +12,10 @@ fi
 scripts/setup.sh
 # Lint first: a formatting or clippy finding fails the run before the long suites start.
 cargo fmt --all -- --check
+clang-format --dry-run --Werror bpf/c/*.c bpf/c/*.h
 cargo clippy --workspace --all-targets -- -D warnings
+# No two files of a crate import each other.
+python3 scripts/check-import-circles.py .
 # The end-to-end suites run the real binaries.
 cargo build --workspace --bins
 cargo test --workspace -- --test-threads "${PODMAP_TEST_THREADS:-4}"

@@ -47,8 +47,15 @@ enum cgroup_subsys_id {
 	pids_cgrp_id,
 };
 
+/*
+ * Bound on a subsystem id read through css_set.subsys: the kernel's array has
+ * CGROUP_SUBSYS_COUNT slots, at most this many (a placeholder: CO-RE relocates the field, not
+ * its length).
+ */
+#define CSS_SET_SUBSYS_SLOTS 16
+
 struct css_set {
-	struct cgroup_subsys_state *subsys[16];
+	struct cgroup_subsys_state *subsys[CSS_SET_SUBSYS_SLOTS];
 	struct cgroup *dfl_cgrp;
 } __co_re;
 

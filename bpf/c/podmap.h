@@ -1,8 +1,11 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
 /*
- * Every layout the kernel programs and userspace share: map keys and values, event records,
- * counter indices. Mirrored field for field by bpf/src/layout.rs; the test `layout_matches_c`
- * compiles this header on the host and fails when the two drift.
+ * Every layout and constant the kernel programs share with userspace: map keys and values, map
+ * sizes, event records and the regions of their variable tails, counter indices, the codes the
+ * loader sets. The Rust side (bpf/src/layout.rs) is generated from this header by bindgen at build
+ * time: nothing here is written twice. Keep every shared name prefixed PODMAP_ / podmap_ (the
+ * generator takes only those), and make each constant something bindgen can evaluate: an enum
+ * constant or a #define of an integer expression.
  */
 #ifndef PODMAP_H
 #define PODMAP_H
@@ -27,13 +30,29 @@
 #define PODMAP_MAX_CONTAINERS 32768
 #define PODMAP_MAX_MEMBERS 65536
 #define PODMAP_MAX_RULES 8192
-#define PODMAP_MAX_PROCS 65536
+#define PODMAP_MAX_PROCS 65536 /* the process table; podmapd's own table is as large */
 #define PODMAP_COUNTERS 128
+
+/* Queued ring-buffer bytes past which a record wakes the reader (docs/decisions.md #27). */
+#define PODMAP_WAKEUP_BYTES_DEFAULT (256 * 1024)
 
 /* Which cgroup hierarchy a cgroup id belongs to: ids of different hierarchies collide. */
 enum podmap_hierarchy {
 	PODMAP_HIER_V2 = 0,
 	PODMAP_HIER_V1 = 1, /* the tracked v1 controller */
+};
+
+/* The v1 controller the programs read ids from, set by the loader; NONE: v1 not tracked. */
+enum podmap_v1_controller {
+	PODMAP_V1_NONE = 0,
+	PODMAP_V1_MEMORY = 1,
+	PODMAP_V1_PIDS = 2,
+	PODMAP_V1_CPU = 3,
+	PODMAP_V1_CPUSET = 4,
+	PODMAP_V1_CPUACCT = 5,
+	PODMAP_V1_BLKIO = 6,
+	PODMAP_V1_DEVICES = 7,
+	PODMAP_V1_FREEZER = 8,
 };
 
 struct podmap_cgroup_key {
@@ -172,14 +191,15 @@ struct podmap_event_header {
 };
 
 /*
- * Followed by: filename (PODMAP_FILENAME_MAX region, NUL-terminated), cwd (PODMAP_CWD_MAX region:
+ * Followed by the exec tail, fixed regions at the PODMAP_EXEC_*_OFF offsets from the tail's start
+ * (the end of this struct): filename (filename_len bytes, NUL-terminated), cwd (cwd_len bytes:
  * path components leaf first, each NUL-terminated), then args_len bytes of NUL-separated argv.
  */
 struct podmap_exec_event {
 	struct podmap_event_header hdr;
 	struct podmap_task_ids ids;
 	struct podmap_policy_hit policy;
-	__u32 _pad2;
+	__u32 _pad2; /* 4 bytes of implicit padding follow: kept for the records queued by older programs */
 	__u64 start_time;        /* task start, boot-time ns */
 	__u64 parent_exec_ktime; /* the parent's latest exec, 0 if unknown */
 	__u16 filename_len;      /* bytes including the NUL */
@@ -194,7 +214,7 @@ struct podmap_exit_event {
 	__u64 exec_ktime; /* this process's latest exec, 0 if unknown */
 	__s32 exit_code;  /* task->exit_code: wait(2) status layout */
 	__u32 _pad;
-	char comm[16];    /* names processes podmap never saw exec (runc's init helpers, forks) */
+	__u8 comm[16]; /* names processes podmap never saw exec (runc's init helpers, forks) */
 };
 
 /* Followed by path_len bytes of the cgroup path (NUL-terminated). */
@@ -217,7 +237,11 @@ struct podmap_open_event {
 	__u16 _pad[3];
 };
 
-#define PODMAP_EXEC_DATA_MAX (PODMAP_FILENAME_MAX + PODMAP_CWD_MAX + PODMAP_ARGS_MAX)
+/* The exec tail's regions: offsets from the end of struct podmap_exec_event, and its size. */
+#define PODMAP_EXEC_FILENAME_OFF 0
+#define PODMAP_EXEC_CWD_OFF (PODMAP_EXEC_FILENAME_OFF + PODMAP_FILENAME_MAX)
+#define PODMAP_EXEC_ARGS_OFF (PODMAP_EXEC_CWD_OFF + PODMAP_CWD_MAX)
+#define PODMAP_EXEC_DATA_MAX (PODMAP_EXEC_ARGS_OFF + PODMAP_ARGS_MAX)
 
 /*
  * Shared counters, one u64 each in the mmapable pinned array `podmap_counters`: the kernel
@@ -260,6 +284,10 @@ enum podmap_counter {
 	/* records written for a cgroup below PODMAP_MAX_CONTAINER_LEVEL: its sub-cgroups are not
 	 * attributed to it */
 	PODMAP_C_DEEP_CONTAINERS,
+	/* pins found missing and pinned again by a process holding the maps */
+	PODMAP_C_PINS_RESTORED,
+	/* pins found naming other maps than the ones a writer holds: writers no longer share them */
+	PODMAP_C_PINS_FOREIGN,
 	/* create-to-mapping-ready histogram: bucket i counts latencies < 2^i microseconds */
 	PODMAP_C_LATENCY_BUCKET0 = 64,
 	PODMAP_C_LATENCY_BUCKETS = 32,

@@ -1,208 +1,128 @@
-//! The Rust mirror of `c/podmap.h`: every struct and constant the kernel programs share with
-//! userspace. Kept equal to the C header by the `layout_matches_c` test, which compares this
-//! module's sizes, offsets and constants with what a host build of the header prints.
+//! The layouts and constants the kernel programs share with userspace, generated from the one C
+//! header `c/podmap.h` by bindgen at build time (bpf/build.rs): the C header is their only
+//! definition. The raw view is [`c`]; this module re-exports its structs under their C names and
+//! gives each constant the Rust type its users work in, converted (and range-checked) at compile
+//! time, never copied. The assertions below tie the generated view to what the userspace code
+//! relies on (record tails, map key shapes, no hidden padding); bindgen's own layout assertions
+//! check each struct's size and offsets against what clang computed for the C.
 
-#![allow(non_camel_case_types)]
+/// The generated view of `c/podmap.h`: every `podmap_*` type and `PODMAP_*` constant.
+#[allow(
+    non_camel_case_types,
+    non_upper_case_globals,
+    non_snake_case,
+    dead_code,
+    clippy::all
+)]
+pub mod c {
+    include!(concat!(env!("OUT_DIR"), "/podmap_layout.rs"));
+}
 
-pub const FILENAME_MAX: usize = 256;
-pub const CWD_MAX: usize = 256;
-pub const ARGS_MAX: usize = 1024;
-pub const CGROUP_PATH_MAX: usize = 512;
-pub const META_MAX: usize = 4088;
+use c::*;
+use core::mem::{offset_of, size_of};
+
+pub use c::{
+    podmap_cgroup_event, podmap_cgroup_key, podmap_container, podmap_container_meta,
+    podmap_event_header, podmap_exec_event, podmap_exit_event, podmap_member_key,
+    podmap_open_event, podmap_path_key, podmap_policy_hit, podmap_policy_state, podmap_proc,
+    podmap_rule_ref, podmap_rule_set, podmap_task_ids,
+};
+
+/// A C constant as a u8 field's value (rule actions and flags, policy modes).
+const fn u8_of(v: u32) -> u8 {
+    assert!(
+        v <= u8::MAX as u32,
+        "constant does not fit the u8 field it is stored in"
+    );
+    v as u8
+}
+
+/// A C size or offset as a Rust length.
+const fn usize_of(v: u32) -> usize {
+    v as usize
+}
+
+// Sizes of the bounded strings and regions.
+pub const FILENAME_MAX: usize = usize_of(PODMAP_FILENAME_MAX);
+pub const CWD_MAX: usize = usize_of(PODMAP_CWD_MAX);
+pub const ARGS_MAX: usize = usize_of(PODMAP_ARGS_MAX);
+pub const CGROUP_PATH_MAX: usize = usize_of(PODMAP_CGROUP_PATH_MAX);
+pub const META_MAX: usize = usize_of(PODMAP_META_MAX);
 /// Deepest level at which the kernel finds a container for processes in its sub-cgroups.
-pub const MAX_CONTAINER_LEVEL: usize = 16;
-pub const POLICY_PATH_MAX: usize = 256;
-pub const RULE_REFS: usize = 16;
-pub const MAX_CONTAINERS: u32 = 32768;
-pub const MAX_MEMBERS: u32 = 65536;
-pub const MAX_RULES: u32 = 8192;
-pub const COUNTERS: u32 = 128;
+pub const MAX_CONTAINER_LEVEL: usize = usize_of(PODMAP_MAX_CONTAINER_LEVEL);
+/// Longest policy path the rule tries match, in bytes (the NUL of an exact path included).
+pub const POLICY_PATH_MAX: usize = usize_of(PODMAP_POLICY_PATH_MAX);
+pub const RULE_REFS: usize = usize_of(PODMAP_RULE_REFS);
 
-pub const HIER_V2: u32 = 0;
-pub const HIER_V1: u32 = 1;
+/// The exec record's tail (after `podmap_exec_event`): where each region starts, and its size.
+pub const EXEC_FILENAME_OFF: usize = usize_of(PODMAP_EXEC_FILENAME_OFF);
+pub const EXEC_CWD_OFF: usize = usize_of(PODMAP_EXEC_CWD_OFF);
+pub const EXEC_ARGS_OFF: usize = usize_of(PODMAP_EXEC_ARGS_OFF);
+pub const EXEC_DATA_MAX: usize = usize_of(PODMAP_EXEC_DATA_MAX);
 
-pub const CF_SANDBOX: u32 = 1 << 0;
-pub const CF_REMOVING: u32 = 1 << 1;
+// Map sizes (max_entries).
+pub const MAX_CONTAINERS: u32 = PODMAP_MAX_CONTAINERS;
+pub const MAX_MEMBERS: u32 = PODMAP_MAX_MEMBERS;
+pub const MAX_RULES: u32 = PODMAP_MAX_RULES;
+pub const MAX_PROCS: u32 = PODMAP_MAX_PROCS;
+pub const COUNTERS: u32 = PODMAP_COUNTERS;
 
-pub const EV_EXEC: u32 = 1;
-pub const EV_EXIT: u32 = 2;
-pub const EV_CGROUP_MKDIR: u32 = 3;
-pub const EV_CGROUP_RMDIR: u32 = 4;
-pub const EV_POLICY_OPEN: u32 = 5;
+/// Queued ring-buffer bytes past which a record wakes the reader, unless the loader says other.
+pub const WAKEUP_BYTES_DEFAULT: u64 = PODMAP_WAKEUP_BYTES_DEFAULT as u64;
 
-pub const ACT_NONE: u8 = 0;
-pub const ACT_AUDIT: u8 = 1;
-pub const ACT_KILL: u8 = 2;
-pub const ACT_DENY: u8 = 3;
+pub const HIER_V2: u32 = PODMAP_HIER_V2;
+pub const HIER_V1: u32 = PODMAP_HIER_V1;
 
-pub const MODE_NONE: u8 = 0;
-pub const MODE_AUDIT: u8 = 1;
-pub const MODE_KILL: u8 = 2;
-pub const MODE_LSM: u8 = 3;
+/// `enum podmap_v1_controller`: the v1 controller code the loader gives the programs.
+pub const V1_NONE: u32 = PODMAP_V1_NONE;
+pub const V1_MEMORY: u32 = PODMAP_V1_MEMORY;
+pub const V1_PIDS: u32 = PODMAP_V1_PIDS;
+pub const V1_CPU: u32 = PODMAP_V1_CPU;
+pub const V1_CPUSET: u32 = PODMAP_V1_CPUSET;
+pub const V1_CPUACCT: u32 = PODMAP_V1_CPUACCT;
+pub const V1_BLKIO: u32 = PODMAP_V1_BLKIO;
+pub const V1_DEVICES: u32 = PODMAP_V1_DEVICES;
+pub const V1_FREEZER: u32 = PODMAP_V1_FREEZER;
 
-pub const RF_FALLBACK_KILL: u8 = 1 << 0;
-pub const RF_READ: u8 = 1 << 1;
-pub const RF_WRITE: u8 = 1 << 2;
+/// `enum podmap_writer`: who wrote a container record.
+pub const WRITER_TEST: u32 = PODMAP_WRITER_TEST;
+pub const WRITER_NRI: u32 = PODMAP_WRITER_NRI;
+pub const WRITER_OCI_HOOK: u32 = PODMAP_WRITER_OCI_HOOK;
+pub const WRITER_DAEMON: u32 = PODMAP_WRITER_DAEMON;
 
-pub const PF_ARGS_TRUNCATED: u32 = 1 << 0;
-pub const PF_PROCFS_SCAN: u32 = 1 << 1;
-pub const PF_PATH_UNREADABLE: u32 = 1 << 2;
-pub const PF_CWD_TRUNCATED: u32 = 1 << 3;
+pub const CF_SANDBOX: u32 = PODMAP_CF_SANDBOX;
+pub const CF_REMOVING: u32 = PODMAP_CF_REMOVING;
 
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct podmap_cgroup_key {
-    pub id: u64,
-    pub hierarchy: u32,
-    pub _pad: u32,
-}
+pub const EV_EXEC: u32 = PODMAP_EV_EXEC;
+pub const EV_EXIT: u32 = PODMAP_EV_EXIT;
+pub const EV_CGROUP_MKDIR: u32 = PODMAP_EV_CGROUP_MKDIR;
+pub const EV_CGROUP_RMDIR: u32 = PODMAP_EV_CGROUP_RMDIR;
+pub const EV_POLICY_OPEN: u32 = PODMAP_EV_POLICY_OPEN;
 
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct podmap_container {
-    pub created_ns: u64,
-    pub removed_ns: u64,
-    pub flags: u32,
-    pub writer: u32,
-}
+pub const ACT_NONE: u8 = u8_of(PODMAP_ACT_NONE);
+pub const ACT_AUDIT: u8 = u8_of(PODMAP_ACT_AUDIT);
+pub const ACT_KILL: u8 = u8_of(PODMAP_ACT_KILL);
+pub const ACT_DENY: u8 = u8_of(PODMAP_ACT_DENY);
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct podmap_container_meta {
-    pub len: u32,
-    pub data: [u8; META_MAX],
-}
+pub const MODE_NONE: u8 = u8_of(PODMAP_MODE_NONE);
+pub const MODE_AUDIT: u8 = u8_of(PODMAP_MODE_AUDIT);
+pub const MODE_KILL: u8 = u8_of(PODMAP_MODE_KILL);
+pub const MODE_LSM: u8 = u8_of(PODMAP_MODE_LSM);
 
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct podmap_proc {
-    pub exec_ktime: u64,
-    pub flags: u32,
-    pub _pad: u32,
-}
+pub const RF_FALLBACK_KILL: u8 = u8_of(PODMAP_RF_FALLBACK_KILL);
+pub const RF_READ: u8 = u8_of(PODMAP_RF_READ);
+pub const RF_WRITE: u8 = u8_of(PODMAP_RF_WRITE);
 
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct podmap_task_ids {
-    pub cgroup_v2: u64,
-    pub cgroup_v1: u64,
-    pub container_cgid: u64,
-    pub container_hier: u32,
-    pub pid: u32,
-    pub tid: u32,
-    pub ppid: u32,
-    pub uid: u32,
-    pub _pad: u32,
-}
+pub const PF_ARGS_TRUNCATED: u32 = PODMAP_PF_ARGS_TRUNCATED;
+pub const PF_PROCFS_SCAN: u32 = PODMAP_PF_PROCFS_SCAN;
+pub const PF_PATH_UNREADABLE: u32 = PODMAP_PF_PATH_UNREADABLE;
+pub const PF_CWD_TRUNCATED: u32 = PODMAP_PF_CWD_TRUNCATED;
 
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct podmap_member_key {
-    pub policy_id: u32,
-    pub hierarchy: u32,
-    pub cgroup_id: u64,
-}
+pub const LATENCY_BUCKET0: u32 = PODMAP_C_LATENCY_BUCKET0;
+pub const LATENCY_BUCKETS: u32 = PODMAP_C_LATENCY_BUCKETS;
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct podmap_path_key {
-    pub prefixlen: u32,
-    pub path: [u8; POLICY_PATH_MAX],
-}
-
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct podmap_rule_ref {
-    pub policy_id: u32,
-    pub rule_index: u16,
-    pub action: u8,
-    pub flags: u8,
-}
-
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct podmap_rule_set {
-    pub count: u32,
-    pub _pad: u32,
-    pub refs: [podmap_rule_ref; RULE_REFS],
-}
-
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct podmap_policy_state {
-    pub exec_rules: u32,
-    pub open_rules: u32,
-    pub lsm_active: u32,
-    pub _pad: u32,
-}
-
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct podmap_policy_hit {
-    pub policy_id: u32,
-    pub rule_index: u16,
-    pub action: u8,
-    pub mode: u8,
-}
-
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct podmap_event_header {
-    pub r#type: u32,
-    pub flags: u32,
-    pub ktime: u64,
-}
-
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct podmap_exec_event {
-    pub hdr: podmap_event_header,
-    pub ids: podmap_task_ids,
-    pub policy: podmap_policy_hit,
-    pub _pad2: u32,
-    pub start_time: u64,
-    pub parent_exec_ktime: u64,
-    pub filename_len: u16,
-    pub cwd_len: u16,
-    pub args_len: u16,
-    pub _pad: [u16; 1],
-}
-
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct podmap_exit_event {
-    pub hdr: podmap_event_header,
-    pub ids: podmap_task_ids,
-    pub exec_ktime: u64,
-    pub exit_code: i32,
-    pub _pad: u32,
-    pub comm: [u8; 16],
-}
-
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct podmap_open_event {
-    pub hdr: podmap_event_header,
-    pub ids: podmap_task_ids,
-    pub policy: podmap_policy_hit,
-    pub open_flags: i32,
-    pub path_len: u16,
-    pub _pad: [u16; 3],
-}
-
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct podmap_cgroup_event {
-    pub hdr: podmap_event_header,
-    pub id: u64,
-    pub hierarchy_id: i32,
-    pub level: i32,
-    pub path_len: u16,
-    pub _pad: [u16; 3],
-}
-
-// SAFETY (all impls below): repr(C) plain-old-data with explicit padding fields, so every bit
-// pattern is valid and no byte is uninitialised when written to a map.
+// SAFETY (all impls below): repr(C) plain-old-data whose padding is explicit fields (asserted
+// below), so every bit pattern is valid and no byte is uninitialised when written to a map.
 unsafe impl aya::Pod for podmap_cgroup_key {}
 unsafe impl aya::Pod for podmap_container {}
 unsafe impl aya::Pod for podmap_container_meta {}
@@ -212,51 +132,70 @@ unsafe impl aya::Pod for podmap_path_key {}
 unsafe impl aya::Pod for podmap_rule_set {}
 unsafe impl aya::Pod for podmap_policy_state {}
 
+/// Asserts that `$t` is exactly its listed fields, back to back: no implicit padding (a byte the
+/// Pod impls would send uninitialised) and no field left out of the list.
+macro_rules! no_hidden_padding {
+    ($t:ty: $($f:ident),+ $(,)?) => {
+        const _: () = {
+            let mut end = 0;
+            $(
+                assert!(offset_of!($t, $f) == end, concat!(stringify!($t), ".", stringify!($f), " is not where the previous field ends"));
+                end += field_size(|x: &$t| &x.$f);
+            )+
+            assert!(end == size_of::<$t>(), concat!(stringify!($t), " has bytes no listed field covers"));
+        };
+    };
+}
+
+/// The size of the field `f` selects (in const context).
+const fn field_size<T, F>(_: fn(&T) -> &F) -> usize {
+    size_of::<F>()
+}
+
 /// Indices into the shared counters array (`enum podmap_counter`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 pub enum Counter {
-    Exec = 0,
-    Exit = 1,
-    RingbufDropped = 2,
-    ArgsTruncated = 3,
-    CwdTruncated = 4,
-    PathUnreadable = 5,
-    CgroupEvents = 6,
-    ProcTableFull = 7,
-    PolicyHits = 8,
-    PolicyKills = 9,
-    PolicyDenyAudited = 10,
-    OpenPathUnreadable = 11,
-    PolicyRefsTruncated = 12,
-    V1Records = 13,
-    RecordsWritten = 16,
-    RecordsRemoved = 17,
-    RecordsExpired = 18,
-    MapWriteErrors = 19,
-    StoreErrors = 20,
-    CgroupUnresolved = 21,
-    NriEvents = 22,
-    NriMapped = 23,
-    NriFailures = 24,
-    NriSlowReplies = 25,
-    HookRuns = 26,
-    HookMapped = 27,
-    HookFailures = 28,
-    HookTimeouts = 29,
-    HookBadInput = 30,
-    MembershipWrites = 31,
-    MembershipErrors = 32,
-    StoreRecovered = 33,
-    StoreTemporary = 34,
-    DeepContainers = 35,
+    Exec = PODMAP_C_EXEC,
+    Exit = PODMAP_C_EXIT,
+    RingbufDropped = PODMAP_C_RINGBUF_DROPPED,
+    ArgsTruncated = PODMAP_C_ARGS_TRUNCATED,
+    CwdTruncated = PODMAP_C_CWD_TRUNCATED,
+    PathUnreadable = PODMAP_C_PATH_UNREADABLE,
+    CgroupEvents = PODMAP_C_CGROUP_EVENTS,
+    ProcTableFull = PODMAP_C_PROC_TABLE_FULL,
+    PolicyHits = PODMAP_C_POLICY_HITS,
+    PolicyKills = PODMAP_C_POLICY_KILLS,
+    PolicyDenyAudited = PODMAP_C_POLICY_DENY_AUDITED,
+    OpenPathUnreadable = PODMAP_C_OPEN_PATH_UNREADABLE,
+    PolicyRefsTruncated = PODMAP_C_POLICY_REFS_TRUNCATED,
+    V1Records = PODMAP_C_V1_RECORDS,
+    RecordsWritten = PODMAP_C_RECORDS_WRITTEN,
+    RecordsRemoved = PODMAP_C_RECORDS_REMOVED,
+    RecordsExpired = PODMAP_C_RECORDS_EXPIRED,
+    MapWriteErrors = PODMAP_C_MAP_WRITE_ERRORS,
+    StoreErrors = PODMAP_C_STORE_ERRORS,
+    CgroupUnresolved = PODMAP_C_CGROUP_UNRESOLVED,
+    NriEvents = PODMAP_C_NRI_EVENTS,
+    NriMapped = PODMAP_C_NRI_MAPPED,
+    NriFailures = PODMAP_C_NRI_FAILURES,
+    NriSlowReplies = PODMAP_C_NRI_SLOW_REPLIES,
+    HookRuns = PODMAP_C_HOOK_RUNS,
+    HookMapped = PODMAP_C_HOOK_MAPPED,
+    HookFailures = PODMAP_C_HOOK_FAILURES,
+    HookTimeouts = PODMAP_C_HOOK_TIMEOUTS,
+    HookBadInput = PODMAP_C_HOOK_BAD_INPUT,
+    MembershipWrites = PODMAP_C_MEMBERSHIP_WRITES,
+    MembershipErrors = PODMAP_C_MEMBERSHIP_ERRORS,
+    StoreRecovered = PODMAP_C_STORE_RECOVERED,
+    StoreTemporary = PODMAP_C_STORE_TEMPORARY,
+    DeepContainers = PODMAP_C_DEEP_CONTAINERS,
+    PinsRestored = PODMAP_C_PINS_RESTORED,
+    PinsForeign = PODMAP_C_PINS_FOREIGN,
 }
 
-pub const LATENCY_BUCKET0: u32 = 64;
-pub const LATENCY_BUCKETS: u32 = 32;
-
 impl Counter {
-    pub const ALL: [Counter; 34] = [
+    pub const ALL: [Counter; 36] = [
         Counter::Exec,
         Counter::Exit,
         Counter::RingbufDropped,
@@ -291,6 +230,8 @@ impl Counter {
         Counter::StoreRecovered,
         Counter::StoreTemporary,
         Counter::DeepContainers,
+        Counter::PinsRestored,
+        Counter::PinsForeign,
     ];
 
     /// The name in status and metrics.
@@ -330,10 +271,12 @@ impl Counter {
             Counter::StoreRecovered => "store_recovered",
             Counter::StoreTemporary => "store_temporary",
             Counter::DeepContainers => "deep_containers",
+            Counter::PinsRestored => "pins_restored",
+            Counter::PinsForeign => "pins_foreign",
         }
     }
 
-    /// The C enumerator's name, for the layout test.
+    /// The C enumerator's name (`PODMAP_C_*`).
     pub fn c_name(self) -> String {
         let mut s = String::from("PODMAP_C_");
         s.push_str(
@@ -346,185 +289,119 @@ impl Counter {
     }
 }
 
-/// The lines the C layout dumper prints, computed from this module.
-pub fn describe() -> Vec<String> {
-    use std::mem::{offset_of, size_of};
-    let mut v = Vec::new();
-    macro_rules! s {
-        ($t:ident) => {
-            v.push(format!("size {} {}", stringify!($t), size_of::<$t>()))
-        };
+// Map keys and values userspace writes or reads.
+no_hidden_padding!(podmap_cgroup_key: id, hierarchy, _pad);
+no_hidden_padding!(podmap_container: created_ns, removed_ns, flags, writer);
+no_hidden_padding!(podmap_container_meta: len, data);
+no_hidden_padding!(podmap_proc: exec_ktime, flags, _pad);
+no_hidden_padding!(podmap_member_key: policy_id, hierarchy, cgroup_id);
+no_hidden_padding!(podmap_path_key: prefixlen, path);
+no_hidden_padding!(podmap_rule_ref: policy_id, rule_index, action, flags);
+no_hidden_padding!(podmap_rule_set: count, _pad, refs);
+no_hidden_padding!(podmap_policy_state: exec_rules, open_rules, lsm_active, _pad);
+// Records podmapd decodes.
+// Records podmapd decodes (the kernel writes them; podmapd reads each whole, then its tail).
+no_hidden_padding!(podmap_event_header: r#type, flags, ktime);
+no_hidden_padding!(podmap_task_ids: cgroup_v2, cgroup_v1, container_cgid, container_hier, pid, tid, ppid, uid, _pad);
+no_hidden_padding!(podmap_policy_hit: policy_id, rule_index, action, mode);
+no_hidden_padding!(podmap_exit_event: hdr, ids, exec_ktime, exit_code, _pad, comm);
+no_hidden_padding!(podmap_cgroup_event: hdr, id, hierarchy_id, level, path_len, _pad);
+
+const _: () = {
+    // Two records carry implicit padding the kernel never writes (podmapd ignores it): 4 bytes
+    // before podmap_exec_event.start_time, 4 at the end of podmap_open_event. Their layouts stay:
+    // records queued by the pinned programs of an older podmapd are read with this one.
+    assert!(offset_of!(podmap_exec_event, _pad2) == 72);
+    assert!(offset_of!(podmap_exec_event, start_time) == 80);
+    assert!(offset_of!(podmap_exec_event, _pad) + 2 == size_of::<podmap_exec_event>());
+    assert!(offset_of!(podmap_open_event, _pad) + 6 == 84);
+    assert!(size_of::<podmap_open_event>() == 88);
+    // Each variable tail starts where its record's struct ends, 8-aligned as the C scratch
+    // buffers lay it (podmap.bpf.c asserts their side).
+    assert!(size_of::<podmap_exec_event>().is_multiple_of(8));
+    assert!(size_of::<podmap_cgroup_event>().is_multiple_of(8));
+    assert!(size_of::<podmap_open_event>().is_multiple_of(8));
+};
+
+// Arrays are as long as the constants their users index them with.
+const _: fn(podmap_container_meta) -> [u8; META_MAX] = |m| m.data;
+const _: fn(podmap_path_key) -> [u8; POLICY_PATH_MAX] = |k| k.path;
+const _: fn(podmap_rule_set) -> [podmap_rule_ref; RULE_REFS] = |s| s.refs;
+
+const _: () = {
+    // Every record starts with its header: podmapd reads the type before the record.
+    assert!(offset_of!(podmap_exec_event, hdr) == 0);
+    assert!(offset_of!(podmap_exit_event, hdr) == 0);
+    assert!(offset_of!(podmap_cgroup_event, hdr) == 0);
+    assert!(offset_of!(podmap_open_event, hdr) == 0);
+    // The exec tail as podmapd's decoder slices it: filename, then cwd at FILENAME_MAX, then
+    // args at FILENAME_MAX + CWD_MAX, each region as long as its limit.
+    assert!(EXEC_FILENAME_OFF == 0);
+    assert!(EXEC_CWD_OFF == EXEC_FILENAME_OFF + FILENAME_MAX);
+    assert!(EXEC_ARGS_OFF == EXEC_CWD_OFF + CWD_MAX);
+    assert!(EXEC_DATA_MAX == EXEC_ARGS_OFF + ARGS_MAX);
+    // The lengths fit the u16 fields that carry them.
+    assert!(FILENAME_MAX <= u16::MAX as usize);
+    assert!(CWD_MAX <= u16::MAX as usize);
+    assert!(ARGS_MAX <= u16::MAX as usize);
+    assert!(CGROUP_PATH_MAX <= u16::MAX as usize);
+    assert!(POLICY_PATH_MAX <= u16::MAX as usize);
+    // An LPM key as aya writes it: the prefix length in bits, then the path bytes.
+    assert!(offset_of!(podmap_path_key, prefixlen) == 0);
+    assert!(offset_of!(podmap_path_key, path) == size_of::<u32>());
+    assert!(
+        size_of::<podmap_path_key>()
+            == size_of::<aya::maps::lpm_trie::Key<[u8; POLICY_PATH_MAX]>>()
+    );
+    assert!(POLICY_PATH_MAX * 8 <= u32::MAX as usize);
+    // The latency histogram fits the counters array, above every named counter.
+    assert!(LATENCY_BUCKET0 + LATENCY_BUCKETS <= COUNTERS);
+    let mut i = 0;
+    while i < Counter::ALL.len() {
+        assert!((Counter::ALL[i] as u32) < LATENCY_BUCKET0);
+        i += 1;
     }
-    macro_rules! f {
-        ($t:ident, $f:ident) => {{
-            fn field_size<T, F>(_: impl Fn(&T) -> &F) -> usize {
-                size_of::<F>()
+    // Counter::ALL holds every named counter of enum podmap_counter, each once.
+    let mut named = 0;
+    let mut e = 0;
+    while e < COUNTER_ENUMERATORS.len() {
+        let v = COUNTER_ENUMERATORS[e].0;
+        if v < LATENCY_BUCKET0 {
+            named += 1;
+            let mut found = 0;
+            let mut j = 0;
+            while j < Counter::ALL.len() {
+                if Counter::ALL[j] as u32 == v {
+                    found += 1;
+                }
+                j += 1;
             }
-            let sz = field_size(|x: &$t| &x.$f);
-            v.push(format!(
-                "field {}.{} {} {}",
-                stringify!($t),
-                stringify!($f).trim_start_matches("r#"),
-                offset_of!($t, $f),
-                sz
-            ))
-        }};
+            assert!(
+                found == 1,
+                "a named counter of enum podmap_counter is not in Counter::ALL once"
+            );
+        }
+        e += 1;
     }
-    macro_rules! c {
-        ($n:literal, $e:expr) => {
-            v.push(format!("const {} {}", $n, $e as i64))
-        };
-    }
-    s!(podmap_cgroup_key);
-    f!(podmap_cgroup_key, id);
-    f!(podmap_cgroup_key, hierarchy);
-    s!(podmap_container);
-    f!(podmap_container, created_ns);
-    f!(podmap_container, removed_ns);
-    f!(podmap_container, flags);
-    f!(podmap_container, writer);
-    s!(podmap_container_meta);
-    f!(podmap_container_meta, len);
-    f!(podmap_container_meta, data);
-    s!(podmap_proc);
-    f!(podmap_proc, exec_ktime);
-    f!(podmap_proc, flags);
-    s!(podmap_task_ids);
-    f!(podmap_task_ids, cgroup_v2);
-    f!(podmap_task_ids, cgroup_v1);
-    f!(podmap_task_ids, container_cgid);
-    f!(podmap_task_ids, container_hier);
-    f!(podmap_task_ids, pid);
-    f!(podmap_task_ids, tid);
-    f!(podmap_task_ids, ppid);
-    f!(podmap_task_ids, uid);
-    s!(podmap_member_key);
-    f!(podmap_member_key, policy_id);
-    f!(podmap_member_key, hierarchy);
-    f!(podmap_member_key, cgroup_id);
-    s!(podmap_path_key);
-    f!(podmap_path_key, prefixlen);
-    f!(podmap_path_key, path);
-    s!(podmap_rule_ref);
-    f!(podmap_rule_ref, policy_id);
-    f!(podmap_rule_ref, rule_index);
-    f!(podmap_rule_ref, action);
-    f!(podmap_rule_ref, flags);
-    s!(podmap_rule_set);
-    f!(podmap_rule_set, count);
-    f!(podmap_rule_set, refs);
-    s!(podmap_policy_state);
-    f!(podmap_policy_state, exec_rules);
-    f!(podmap_policy_state, open_rules);
-    f!(podmap_policy_state, lsm_active);
-    s!(podmap_policy_hit);
-    f!(podmap_policy_hit, policy_id);
-    f!(podmap_policy_hit, rule_index);
-    f!(podmap_policy_hit, action);
-    f!(podmap_policy_hit, mode);
-    s!(podmap_open_event);
-    f!(podmap_open_event, hdr);
-    f!(podmap_open_event, ids);
-    f!(podmap_open_event, policy);
-    f!(podmap_open_event, open_flags);
-    f!(podmap_open_event, path_len);
-    s!(podmap_event_header);
-    f!(podmap_event_header, r#type);
-    f!(podmap_event_header, flags);
-    f!(podmap_event_header, ktime);
-    s!(podmap_exec_event);
-    f!(podmap_exec_event, hdr);
-    f!(podmap_exec_event, ids);
-    f!(podmap_exec_event, policy);
-    f!(podmap_exec_event, start_time);
-    f!(podmap_exec_event, parent_exec_ktime);
-    f!(podmap_exec_event, filename_len);
-    f!(podmap_exec_event, cwd_len);
-    f!(podmap_exec_event, args_len);
-    s!(podmap_exit_event);
-    f!(podmap_exit_event, hdr);
-    f!(podmap_exit_event, ids);
-    f!(podmap_exit_event, exec_ktime);
-    f!(podmap_exit_event, exit_code);
-    f!(podmap_exit_event, comm);
-    s!(podmap_cgroup_event);
-    f!(podmap_cgroup_event, hdr);
-    f!(podmap_cgroup_event, id);
-    f!(podmap_cgroup_event, hierarchy_id);
-    f!(podmap_cgroup_event, level);
-    f!(podmap_cgroup_event, path_len);
-    c!("PODMAP_FILENAME_MAX", FILENAME_MAX);
-    c!("PODMAP_CWD_MAX", CWD_MAX);
-    c!("PODMAP_ARGS_MAX", ARGS_MAX);
-    c!("PODMAP_CGROUP_PATH_MAX", CGROUP_PATH_MAX);
-    c!("PODMAP_META_MAX", META_MAX);
-    c!("PODMAP_MAX_CONTAINER_LEVEL", MAX_CONTAINER_LEVEL);
-    c!("PODMAP_MAX_CONTAINERS", MAX_CONTAINERS);
-    c!("PODMAP_POLICY_PATH_MAX", POLICY_PATH_MAX);
-    c!("PODMAP_RULE_REFS", RULE_REFS);
-    c!("PODMAP_MAX_MEMBERS", MAX_MEMBERS);
-    c!("PODMAP_MAX_RULES", MAX_RULES);
-    c!("PODMAP_EV_POLICY_OPEN", EV_POLICY_OPEN);
-    c!("PODMAP_ACT_NONE", ACT_NONE);
-    c!("PODMAP_ACT_AUDIT", ACT_AUDIT);
-    c!("PODMAP_ACT_KILL", ACT_KILL);
-    c!("PODMAP_ACT_DENY", ACT_DENY);
-    c!("PODMAP_MODE_NONE", MODE_NONE);
-    c!("PODMAP_MODE_AUDIT", MODE_AUDIT);
-    c!("PODMAP_MODE_KILL", MODE_KILL);
-    c!("PODMAP_MODE_LSM", MODE_LSM);
-    c!("PODMAP_RF_FALLBACK_KILL", RF_FALLBACK_KILL);
-    c!("PODMAP_RF_READ", RF_READ);
-    c!("PODMAP_RF_WRITE", RF_WRITE);
-    c!("PODMAP_COUNTERS", COUNTERS);
-    c!("PODMAP_HIER_V2", HIER_V2);
-    c!("PODMAP_HIER_V1", HIER_V1);
-    c!("PODMAP_CF_SANDBOX", CF_SANDBOX);
-    c!("PODMAP_CF_REMOVING", CF_REMOVING);
-    c!("PODMAP_EV_EXEC", EV_EXEC);
-    c!("PODMAP_EV_EXIT", EV_EXIT);
-    c!("PODMAP_EV_CGROUP_MKDIR", EV_CGROUP_MKDIR);
-    c!("PODMAP_EV_CGROUP_RMDIR", EV_CGROUP_RMDIR);
-    c!("PODMAP_PF_ARGS_TRUNCATED", PF_ARGS_TRUNCATED);
-    c!("PODMAP_PF_PROCFS_SCAN", PF_PROCFS_SCAN);
-    c!("PODMAP_PF_PATH_UNREADABLE", PF_PATH_UNREADABLE);
-    c!("PODMAP_PF_CWD_TRUNCATED", PF_CWD_TRUNCATED);
-    for c in Counter::ALL {
-        v.push(format!("const {} {}", c.c_name(), c as u32));
-    }
-    c!("PODMAP_C_LATENCY_BUCKET0", LATENCY_BUCKET0);
-    c!("PODMAP_C_LATENCY_BUCKETS", LATENCY_BUCKETS);
-    v
-}
+    assert!(
+        named == Counter::ALL.len(),
+        "Counter::ALL lists a value enum podmap_counter has not"
+    );
+};
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Compares the C header, compiled for the host by build.rs, with this module.
+    /// Each counter's name is its C enumerator's (the values are tied at compile time).
     #[test]
-    fn layout_matches_c() {
-        let dumper = concat!(env!("OUT_DIR"), "/layout_dump");
-        let out = std::process::Command::new(dumper)
-            .output()
-            .expect("run the layout dumper built by build.rs");
-        assert!(out.status.success());
-        let c: Vec<String> = String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(str::to_owned)
-            .collect();
-        let rust = describe();
-        let mut c_sorted = c.clone();
-        c_sorted.sort();
-        let mut r_sorted = rust.clone();
-        r_sorted.sort();
-        let only_c: Vec<_> = c_sorted.iter().filter(|l| !r_sorted.contains(l)).collect();
-        let only_rust: Vec<_> = r_sorted.iter().filter(|l| !c_sorted.contains(l)).collect();
-        assert!(
-            only_c.is_empty() && only_rust.is_empty(),
-            "C and Rust layouts differ\nonly in C: {only_c:#?}\nonly in Rust: {only_rust:#?}"
-        );
-        assert!(c.len() > 60, "the dumper printed too little: {c:?}");
+    fn counter_names_follow_the_c_enumerators() {
+        for c in Counter::ALL {
+            let (_, names) = COUNTER_ENUMERATORS
+                .iter()
+                .find(|(v, _)| *v == c as u32)
+                .unwrap();
+            assert!(names.contains(&c.c_name().as_str()), "{c:?}: {names:?}");
+        }
     }
 }

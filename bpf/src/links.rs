@@ -1,6 +1,7 @@
 //! The programs' links, pinned under `<bpffs dir>/links`, so that kill, deny and attribution in
 //! the kernel keep acting while podmapd is down: a crash, an OOM kill, a liveness restart, an
-//! upgrade (docs/decisions.md #30). Removing the pin directory detaches everything.
+//! upgrade (docs/decisions.md #30). Removing the pin directory once podmapd has stopped detaches
+//! everything; while it runs, it holds the links and pins them again (`pin_watch`).
 //!
 //! At start podmapd has loaded its programs (not attached them) and then either
 //!
@@ -34,7 +35,7 @@ use aya::programs::links::PinnedLink;
 use aya::programs::ProgramInfo;
 use aya::Ebpf;
 
-use crate::programs::{attach_one, Need, Prog, ProgramsError, PROGRAMS};
+use crate::attach::{attach_one, Need, Prog, ProgramsError, PROGRAMS};
 
 /// The directory of the pinned links, under the pin directory.
 pub const LINKS_DIR: &str = "links";

@@ -1,6 +1,8 @@
 //! bpffs and tracefs: mounted when missing, or a clear error naming the mount.
 
 use std::ffi::CString;
+
+use podmap_cgroup::filesystem_magic as fs_magic;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -21,18 +23,6 @@ pub enum MountError {
     },
     #[error("statfs {path}: {source}")]
     Statfs { path: PathBuf, source: io::Error },
-}
-
-pub(crate) fn fs_magic(path: &Path) -> io::Result<i64> {
-    let c = CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    // SAFETY: statfs with a valid NUL-terminated path and a zeroed out-struct.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(st.f_type as i64)
 }
 
 fn mount(fstype: &'static str, target: &Path) -> Result<(), MountError> {

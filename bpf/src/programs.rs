@@ -1,50 +1,22 @@
-//! Loads and attaches the kernel programs (podmapd's job): exec, exit, fork, cgroup mkdir/rmdir.
+//! Loads and attaches the kernel programs (podmapd's job): exec, exit and fork, cgroup mkdir and
+//! rmdir, the open tracepoints of the policy rules (openat required; openat2 and open where the
+//! kernel has them), and the BPF-LSM deny programs (bprm_check_security, file_open) where BPF-LSM
+//! loads, probed at start.
 
 use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap, MapData, RingBuf};
-use aya::programs::links::FdLink;
+use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{RawTracePoint, TracePoint};
 use aya::Ebpf;
 
-use crate::cgroup::CgroupLayout;
+pub use crate::attach::ProgramsError;
+use crate::attach::{Hook, Need, Prog, PROGRAMS};
 use crate::layout::podmap_proc;
-use crate::maps::{load_pinned, MapsError, SharedMaps};
+use crate::maps::{load_pinned, Counters, MapsError, SharedMaps};
+use crate::pin_watch::{PinRepair, PinWatch};
 use crate::{mounts, objects};
-
-#[derive(Debug, thiserror::Error)]
-pub enum ProgramsError {
-    #[error(transparent)]
-    Maps(#[from] MapsError),
-    #[error("tracefs: {0}")]
-    Tracefs(#[from] mounts::MountError),
-    #[error("program {name} missing from the object")]
-    Missing { name: &'static str },
-    #[error("loading {kind} program {name}: {source}{hint}")]
-    Load {
-        kind: &'static str,
-        name: &'static str,
-        source: Box<aya::programs::ProgramError>,
-        hint: &'static str,
-    },
-    #[error("attaching {name} to {point}: {source}")]
-    Attach {
-        name: &'static str,
-        point: &'static str,
-        source: Box<aya::programs::ProgramError>,
-    },
-    #[error("{0}")]
-    Program(String),
-    #[error("pinned links under {dir}: {detail}")]
-    Links { dir: PathBuf, detail: String },
-    #[error("map {0} missing from the object")]
-    MissingMap(&'static str),
-    #[error("map {name}: {source}")]
-    Map {
-        name: &'static str,
-        source: Box<aya::maps::MapError>,
-    },
-}
+use podmap_cgroup::CgroupLayout;
 
 /// Settings the programs are loaded with.
 #[derive(Debug, Clone)]
@@ -65,24 +37,25 @@ impl ProgramConfig {
             bpffs_dir: bpffs_dir.to_owned(),
             v1_controller: layout.v1.as_ref().map(|v| v.name.clone()),
             v1_hierarchy_id: layout.v1.as_ref().map_or(-1, |v| v.hierarchy_id),
-            wakeup_bytes: 256 * 1024,
+            wakeup_bytes: crate::layout::WAKEUP_BYTES_DEFAULT,
             lock_wait: std::time::Duration::from_secs(30),
         }
     }
 }
 
-/// `enum podmap_v1_controller` of podmap.bpf.c.
+/// `enum podmap_v1_controller` of podmap.h.
 fn v1_code(name: Option<&str>) -> u32 {
+    use crate::layout::*;
     match name {
-        Some("memory") => 1,
-        Some("pids") => 2,
-        Some("cpu") => 3,
-        Some("cpuset") => 4,
-        Some("cpuacct") => 5,
-        Some("blkio") => 6,
-        Some("devices") => 7,
-        Some("freezer") => 8,
-        _ => 0,
+        Some("memory") => V1_MEMORY,
+        Some("pids") => V1_PIDS,
+        Some("cpu") => V1_CPU,
+        Some("cpuset") => V1_CPUSET,
+        Some("cpuacct") => V1_CPUACCT,
+        Some("blkio") => V1_BLKIO,
+        Some("devices") => V1_DEVICES,
+        Some("freezer") => V1_FREEZER,
+        _ => V1_NONE,
     }
 }
 
@@ -127,90 +100,24 @@ impl ReaderFlag {
     }
 }
 
-/// Owns the loaded object. Dropping it detaches nothing: the programs run through links pinned
-/// under `<bpffs dir>/links` (docs/decisions.md #30), so kill and deny keep acting while podmapd
-/// is down; removing the pin directory detaches them.
-pub struct Attached(#[allow(dead_code)] Ebpf);
-
-/// Where a program attaches.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Hook {
-    Tracepoint(&'static str, &'static str),
-    Raw(&'static str),
-    Lsm(&'static str),
+/// Owns the loaded object and holds the links and podmapd's own maps. Dropping it detaches
+/// nothing: the programs run through links pinned under `<bpffs dir>/links` (docs/decisions.md
+/// #30), so kill and deny keep acting while podmapd is down. While podmapd runs, removing the
+/// pin directory detaches nothing either: it holds the links, and [`Attached::keep_pins`] pins
+/// them and its maps again.
+pub struct Attached {
+    _object: Ebpf,
+    pins: PinWatch,
 }
 
-/// Whether podmapd can run without a program.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Need {
-    Required,
-    /// The kernel may lack its attach point (openat2, open).
-    Optional,
-    /// BPF-LSM: only where it loads; both or neither.
-    Lsm,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Prog {
-    pub name: &'static str,
-    pub hook: Hook,
-    pub need: Need,
-}
-
-const fn tp(name: &'static str, category: &'static str, point: &'static str, need: Need) -> Prog {
-    Prog {
-        name,
-        hook: Hook::Tracepoint(category, point),
-        need,
+impl Attached {
+    /// Pins the links and podmapd's own maps again where their pins went missing, so a
+    /// restarted podmapd adopts these links instead of attaching a second generation, and
+    /// reads the same ring buffer. Counted in `counters` and logged ([`PinWatch::keep`]).
+    pub fn keep_pins(&mut self, counters: &Counters) -> PinRepair {
+        self.pins.keep(counters)
     }
 }
-
-/// Every program podmapd attaches.
-pub(crate) const PROGRAMS: [Prog; 10] = [
-    tp("podmap_exec", "sched", "sched_process_exec", Need::Required),
-    tp("podmap_exit", "sched", "sched_process_exit", Need::Required),
-    tp(
-        "podmap_cgroup_mkdir",
-        "cgroup",
-        "cgroup_mkdir",
-        Need::Required,
-    ),
-    tp(
-        "podmap_cgroup_rmdir",
-        "cgroup",
-        "cgroup_rmdir",
-        Need::Required,
-    ),
-    Prog {
-        name: "podmap_fork",
-        hook: Hook::Raw("sched_process_fork"),
-        need: Need::Required,
-    },
-    // Open rules: openat everywhere; open and openat2 where the kernel has them.
-    tp(
-        "podmap_openat",
-        "syscalls",
-        "sys_enter_openat",
-        Need::Required,
-    ),
-    tp(
-        "podmap_openat2",
-        "syscalls",
-        "sys_enter_openat2",
-        Need::Optional,
-    ),
-    tp("podmap_open", "syscalls", "sys_enter_open", Need::Optional),
-    Prog {
-        name: "podmap_lsm_exec",
-        hook: Hook::Lsm("bprm_check_security"),
-        need: Need::Lsm,
-    },
-    Prog {
-        name: "podmap_lsm_open",
-        hook: Hook::Lsm("file_open"),
-        need: Need::Lsm,
-    },
-];
 
 /// podmapd's own maps (the plugins never open them), pinned beside the shared ones: the programs
 /// keep running while podmapd is down, so a restarted podmapd must read the same ring buffer (what
@@ -323,6 +230,24 @@ pub fn load(cfg: &ProgramConfig) -> Result<LoadedPrograms, ProgramsError> {
         }
     }
     let links = crate::links::install(&mut ebpf, dir, &candidates)?;
+    let mut pins = PinWatch::new(dir);
+    for name in &links.programs {
+        let pin = format!("{}/{name}", crate::links::LINKS_DIR);
+        let held = PinnedLink::from_pin(dir.join(&pin))
+            .map_err(|e| e.to_string())
+            .and_then(|p| {
+                pins.watch_link(pin.clone(), &FdLink::from(p))
+                    .map_err(|e| e.to_string())
+            });
+        held.map_err(|detail| ProgramsError::Links {
+            dir: dir.to_owned(),
+            detail: format!("holding {pin}: {detail}"),
+        })?;
+    }
+    for name in PRIVATE_PINNED {
+        let map = ebpf.map(name).ok_or(ProgramsError::MissingMap(name))?;
+        pins.watch_map(name, map)?;
+    }
     let lsm = match (lsm_error, links.lsm_error.clone()) {
         (Some(e), _) => LsmStatus {
             active: false,
@@ -368,7 +293,10 @@ pub fn load(cfg: &ProgramConfig) -> Result<LoadedPrograms, ProgramsError> {
         reader,
         procs,
         links,
-        attached: Attached(ebpf),
+        attached: Attached {
+            _object: ebpf,
+            pins,
+        },
         lsm,
         lock,
     })
@@ -397,47 +325,6 @@ fn load_one(ebpf: &mut Ebpf, p: Prog) -> Result<(), String> {
                 prog.try_into().map_err(|e| format!("{name}: {e}"))?;
             prog.load(hook, &btf)
                 .map_err(|e| format!("loading {name} ({hook}): {e}"))
-        }
-    }
-}
-
-/// Attaches one loaded program and hands its link over as an fd link, ready to pin.
-pub(crate) fn attach_one(ebpf: &mut Ebpf, p: Prog) -> Result<FdLink, String> {
-    let name = p.name;
-    let prog = ebpf
-        .program_mut(name)
-        .ok_or_else(|| format!("program {name} missing"))?;
-    match p.hook {
-        Hook::Tracepoint(category, point) => {
-            let prog: &mut TracePoint = prog.try_into().map_err(|e| format!("{name}: {e}"))?;
-            let id = prog
-                .attach(category, point)
-                .map_err(|e| format!("attaching {name} to {point}: {e}"))?;
-            let link = prog.take_link(id).map_err(|e| format!("{name}: {e}"))?;
-            // A perf-event link is an fd link (BPF_LINK_CREATE) from Linux 5.15 on; older
-            // kernels attach through an ioctl, which cannot be pinned.
-            FdLink::try_from(link).map_err(|e| format!("{name}: link cannot be pinned: {e}"))
-        }
-        Hook::Raw(point) => {
-            let prog: &mut RawTracePoint = prog.try_into().map_err(|e| format!("{name}: {e}"))?;
-            let id = prog
-                .attach(point)
-                .map_err(|e| format!("attaching {name} to {point}: {e}"))?;
-            Ok(prog
-                .take_link(id)
-                .map_err(|e| format!("{name}: {e}"))?
-                .into())
-        }
-        Hook::Lsm(hook) => {
-            let prog: &mut aya::programs::Lsm =
-                prog.try_into().map_err(|e| format!("{name}: {e}"))?;
-            let id = prog
-                .attach()
-                .map_err(|e| format!("attaching {name} ({hook}): {e}"))?;
-            Ok(prog
-                .take_link(id)
-                .map_err(|e| format!("{name}: {e}"))?
-                .into())
         }
     }
 }

@@ -91,6 +91,9 @@ fn refusal(dir: &Path) -> String {
 
 #[test]
 fn a_counters_map_with_too_few_entries_is_refused() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     let dir = pins();
     let path = dir.path.join("podmap_counters");
     // Mmapable, right key and value, but one entry: a page maps fine and every counter past the
@@ -104,6 +107,9 @@ fn a_counters_map_with_too_few_entries_is_refused() {
 
 #[test]
 fn a_counters_map_that_cannot_be_mmapped_is_refused_by_name() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     let dir = pins();
     let path = dir.path.join("podmap_counters");
     pin_map(&path, BPF_MAP_TYPE_ARRAY, 4, 8, layout::COUNTERS, 0);
@@ -114,6 +120,9 @@ fn a_counters_map_that_cannot_be_mmapped_is_refused_by_name() {
 
 #[test]
 fn a_containers_map_of_another_capacity_is_refused() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     let dir = pins();
     let path = dir.path.join("podmap_containers");
     let key = size_of::<layout::podmap_cgroup_key>() as u32;
@@ -126,6 +135,9 @@ fn a_containers_map_of_another_capacity_is_refused() {
 
 #[test]
 fn the_right_shapes_are_reused() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     let dir = pins();
     SharedMaps::open(&dir.path).expect("pins of the right shape are reused");
 }

@@ -6,10 +6,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use aya::programs::links::{FdLink, PinnedLink};
-use podmap_bpf::cgroup::CgroupLayout;
 use podmap_bpf::links::{LINKS_DIR, LINKS_NEW_DIR};
 use podmap_bpf::programs::{self, ProgramConfig};
 use podmap_bpf::testing::PinDir;
+use podmap_cgroup::CgroupLayout;
 
 /// The id of the program the pinned link `name` runs.
 fn pinned_program(dir: &Path, name: &str) -> u32 {
@@ -34,6 +34,9 @@ fn wait_unloaded(id: u32) {
 
 #[test]
 fn pinned_links_outlive_the_loader_and_are_adopted_replaced_or_removed() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     let pins = PinDir::new("podmap-test-links");
     let layout = CgroupLayout::detect(Path::new("/sys/fs/cgroup"), "memory").expect("layout");
     let cfg = ProgramConfig::new(&pins.path, &layout);

@@ -1,12 +1,10 @@
 //! The pinned-map API against the real kernel: create or reuse pins, write, read, remove.
 
-use podmap_bpf::cgroup::{CgroupLayout, LayoutKind};
 use podmap_bpf::layout::Counter;
 use podmap_bpf::testing::{PinDir, TestCgroup};
-use podmap_bpf::{
-    CgroupId, CgroupIds, CgroupKey, ContainerId, ContainerMeta, PodUid, RecordFlags, SharedMaps,
-    Writer,
-};
+use podmap_bpf::{ContainerId, ContainerMeta, PodUid, RecordFlags, SharedMaps, Writer};
+use podmap_cgroup::{CgroupId, CgroupIds, CgroupKey};
+use podmap_cgroup::{CgroupLayout, LayoutKind};
 use std::path::Path;
 
 fn meta(id: &str) -> ContainerMeta {
@@ -26,6 +24,9 @@ fn meta(id: &str) -> ContainerMeta {
 
 #[test]
 fn writers_share_one_set_of_pins() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     let dir = PinDir::new("podmap-test-pins");
     let mut a = SharedMaps::open(&dir.path).expect("create pins");
     let b = SharedMaps::open(&dir.path).expect("reuse pins");
@@ -36,52 +37,59 @@ fn writers_share_one_set_of_pins() {
         v2: Some(CgroupId(4242)),
         v1: Some(CgroupId(4343)),
     };
-    a.insert(&ids, &meta("c1"), RecordFlags::default(), Writer::Test)
+    a.records
+        .insert(&ids, &meta("c1"), RecordFlags::default(), Writer::Test)
         .unwrap();
     // The second handle sees both keys, the compact record and the metadata.
     for key in [CgroupKey::v2(4242), CgroupKey::v1(4343)] {
         let rec = b
+            .records
             .get(key)
             .unwrap()
             .expect("record visible through the other handle");
         assert_eq!(rec.writer, Writer::Test as u32);
-        assert_eq!(b.meta(key).unwrap(), Some(meta("c1")));
+        assert_eq!(b.records.meta(key).unwrap(), Some(meta("c1")));
     }
     assert_eq!(
-        b.get(CgroupKey::v1(4242)).unwrap(),
+        b.records.get(CgroupKey::v1(4242)).unwrap(),
         None,
         "hierarchies never mix"
     );
     // Idempotent rewrite, then flags.
-    a.insert(&ids, &meta("c1"), RecordFlags::default(), Writer::Test)
+    a.records
+        .insert(&ids, &meta("c1"), RecordFlags::default(), Writer::Test)
         .unwrap();
     let t0 = podmap_bpf::maps::now_ns();
-    assert!(a.mark_removed(&ids, t0).unwrap());
-    let rec = b.get(CgroupKey::v2(4242)).unwrap().unwrap();
+    assert!(a.records.mark_removed(&ids, t0).unwrap());
+    let rec = b.records.get(CgroupKey::v2(4242)).unwrap().unwrap();
     assert!(rec.flags.removing);
     assert_eq!(rec.removed_ns, t0);
     // Within the grace period nothing is swept; past it, both keys go.
-    assert!(a.sweep_expired(30_000_000_000, t0 + 1).is_empty());
-    assert!(b.get(CgroupKey::v1(4343)).unwrap().is_some());
-    let mut swept = a.sweep_expired(30_000_000_000, t0 + 30_000_000_000);
+    assert!(a.records.sweep_expired(30_000_000_000, t0 + 1).is_empty());
+    assert!(b.records.get(CgroupKey::v1(4343)).unwrap().is_some());
+    let mut swept = a.records.sweep_expired(30_000_000_000, t0 + 30_000_000_000);
     swept.sort();
     assert_eq!(swept, vec![CgroupKey::v2(4242), CgroupKey::v1(4343)]);
-    assert_eq!(b.get(CgroupKey::v2(4242)).unwrap(), None);
-    a.insert(&ids, &meta("c1"), RecordFlags::default(), Writer::Test)
+    assert_eq!(b.records.get(CgroupKey::v2(4242)).unwrap(), None);
+    a.records
+        .insert(&ids, &meta("c1"), RecordFlags::default(), Writer::Test)
         .unwrap();
     // Counters are shared between handles.
-    let before = b.counters().get(Counter::RecordsWritten);
-    a.counters().add(Counter::HookRuns, 3);
-    assert_eq!(b.counters().get(Counter::HookRuns), 3);
+    let before = b.counters.get(Counter::RecordsWritten);
+    a.counters.add(Counter::HookRuns, 3);
+    assert_eq!(b.counters.get(Counter::HookRuns), 3);
     assert_eq!(before, 3, "three inserts so far");
-    a.remove(&ids).unwrap();
-    assert_eq!(b.get(CgroupKey::v2(4242)).unwrap(), None);
-    assert_eq!(b.meta(CgroupKey::v1(4343)).unwrap(), None);
-    a.remove(&ids).expect("removing twice is fine");
+    a.records.remove(&ids).unwrap();
+    assert_eq!(b.records.get(CgroupKey::v2(4242)).unwrap(), None);
+    assert_eq!(b.records.meta(CgroupKey::v1(4343)).unwrap(), None);
+    a.records.remove(&ids).expect("removing twice is fine");
 }
 
 #[test]
 fn concurrent_creators_end_with_one_set_of_pins() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     let dir = PinDir::new("podmap-test-race");
     let handles: Vec<_> = (0..8)
         .map(|i| {
@@ -92,13 +100,14 @@ fn concurrent_creators_end_with_one_set_of_pins() {
                     v2: Some(CgroupId(1000 + i)),
                     v1: None,
                 };
-                m.insert(
-                    &ids,
-                    &meta(&format!("c{i}")),
-                    RecordFlags::default(),
-                    Writer::Test,
-                )
-                .unwrap();
+                m.records
+                    .insert(
+                        &ids,
+                        &meta(&format!("c{i}")),
+                        RecordFlags::default(),
+                        Writer::Test,
+                    )
+                    .unwrap();
             })
         })
         .collect();
@@ -106,24 +115,27 @@ fn concurrent_creators_end_with_one_set_of_pins() {
         h.join().unwrap();
     }
     let m = SharedMaps::open(&dir.path).unwrap();
-    let mut keys = m.keys();
+    let mut keys = m.records.keys();
     keys.sort();
     assert_eq!(
         keys.len(),
         8,
         "every writer's record is in the one shared map: {keys:?}"
     );
-    assert_eq!(m.counters().get(Counter::RecordsWritten), 8);
+    assert_eq!(m.counters.get(Counter::RecordsWritten), 8);
 }
 
 #[test]
 fn latency_histogram_buckets_by_power_of_two() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     let dir = PinDir::new("podmap-test-lat");
     let m = SharedMaps::open(&dir.path).unwrap();
-    m.counters().record_latency(0);
-    m.counters().record_latency(700); // 512..1024 -> bucket 10
-    m.counters().record_latency(1_000_000_000_000);
-    let h = m.counters().latency_histogram();
+    m.counters.record_latency(0);
+    m.counters.record_latency(700); // 512..1024 -> bucket 10
+    m.counters.record_latency(1_000_000_000_000);
+    let h = m.counters.latency_histogram();
     assert_eq!(h[0], 1);
     assert_eq!(h[10], 1);
     assert_eq!(h[31], 1);
@@ -141,6 +153,9 @@ fn a_dir_outside_bpffs_is_refused_by_name() {
 
 #[test]
 fn layout_of_this_host_resolves_cgroup_ids() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     let layout = CgroupLayout::detect(Path::new("/sys/fs/cgroup"), "memory").unwrap();
     let mount = layout.unified.clone().expect("this host has cgroup2");
     assert!(matches!(
@@ -172,6 +187,9 @@ fn layout_of_this_host_resolves_cgroup_ids() {
 /// counted (`deep_containers`, in status and metrics) so that limit never acts unseen.
 #[test]
 fn containers_mapped_below_the_container_level_bound_are_counted() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     let dir = PinDir::new("podmap-test-deep");
     let mut m = SharedMaps::open(&dir.path).unwrap();
     let path = |levels: usize| (1..=levels).map(|i| format!("/l{i}")).collect::<String>();
@@ -194,10 +212,11 @@ fn containers_mapped_below_the_container_level_bound_are_counted() {
             cgroup_path: cgroup_path.clone(),
             ..meta("deep")
         };
-        m.insert(&ids, &meta, RecordFlags::default(), Writer::Test)
+        m.records
+            .insert(&ids, &meta, RecordFlags::default(), Writer::Test)
             .unwrap();
         assert_eq!(
-            m.counters().get(Counter::DeepContainers),
+            m.counters.get(Counter::DeepContainers),
             deep,
             "{cgroup_path}"
         );

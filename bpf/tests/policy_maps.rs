@@ -2,7 +2,7 @@
 //! rest of the table, and what is written is what the kernel's longest-prefix lookup finds.
 
 use podmap_bpf::layout::{MAX_RULES, RULE_REFS};
-use podmap_bpf::policy_maps::{KernelAction, PathRule, RuleRef, RuleTable, RulesError};
+use podmap_bpf::maps::{KernelAction, PathRule, RuleRef, RuleTable, RulesError};
 use podmap_bpf::testing::PinDir;
 use podmap_bpf::SharedMaps;
 
@@ -26,10 +26,13 @@ fn entry(path: &str, exact: bool, refs: Vec<RuleRef>) -> PathRule {
 
 #[test]
 fn an_entry_that_cannot_be_written_whole_never_costs_the_rest_of_the_table() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     let dir = PinDir::new("podmap-test-rules");
     let mut maps = SharedMaps::open(&dir.path).expect("create pins");
     let seventeen: Vec<RuleRef> = (1..=17).map(kill).collect();
-    let problems = maps.replace_rules(
+    let problems = maps.policy.replace_rules(
         RuleTable::Exec,
         &[
             entry("/bin/true", true, vec![kill(100)]),
@@ -53,7 +56,7 @@ fn an_entry_that_cannot_be_written_whole_never_costs_the_rest_of_the_table() {
         "{problems:?}"
     );
     // The other entries are in the kernel, as its lookup finds them.
-    let found = |path: &str| maps.match_rules(RuleTable::Exec, path).unwrap();
+    let found = |path: &str| maps.policy.match_rules(RuleTable::Exec, path).unwrap();
     assert_eq!(found("/bin/true").unwrap().refs, vec![kill(100)]);
     assert_eq!(found("/usr/bin/x").unwrap().refs, vec![kill(102)]);
     assert_eq!(
@@ -70,6 +73,9 @@ fn an_entry_that_cannot_be_written_whole_never_costs_the_rest_of_the_table() {
 
 #[test]
 fn a_full_table_is_replaced_by_another_full_table() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     let dir = PinDir::new("podmap-test-rules");
     let mut maps = SharedMaps::open(&dir.path).expect("create pins");
     let table = |tag: &str| -> Vec<PathRule> {
@@ -77,10 +83,10 @@ fn a_full_table_is_replaced_by_another_full_table() {
             .map(|i| entry(&format!("/{tag}/{i}"), true, vec![kill(i)]))
             .collect()
     };
-    let problems = maps.replace_rules(RuleTable::Open, &table("old"));
+    let problems = maps.policy.replace_rules(RuleTable::Open, &table("old"));
     assert!(problems.is_empty(), "{problems:?}");
     // Every key new: the new entries do not fit beside the old ones until those go.
-    let problems = maps.replace_rules(RuleTable::Open, &table("new"));
+    let problems = maps.policy.replace_rules(RuleTable::Open, &table("new"));
     assert!(
         problems.is_empty(),
         "{:?}",
@@ -89,14 +95,16 @@ fn a_full_table_is_replaced_by_another_full_table() {
     for i in [0, MAX_RULES / 2, MAX_RULES - 1] {
         let path = format!("/new/{i}");
         assert_eq!(
-            maps.match_rules(RuleTable::Open, &path)
+            maps.policy
+                .match_rules(RuleTable::Open, &path)
                 .unwrap()
                 .unwrap()
                 .refs,
             vec![kill(i)]
         );
         assert_eq!(
-            maps.match_rules(RuleTable::Open, &format!("/old/{i}"))
+            maps.policy
+                .match_rules(RuleTable::Open, &format!("/old/{i}"))
                 .unwrap(),
             None
         );

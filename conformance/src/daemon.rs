@@ -37,7 +37,7 @@ pub struct DaemonOptions {
     pub pure_cgroup2: bool,
     /// Share pins with runtime plugins started elsewhere (default: a private pin dir).
     pub pins: Option<PathBuf>,
-    /// Extra environment, e.g. PODMAP_GRACE_SECONDS.
+    /// Extra environment, e.g. PODMAP_GRACE.
     pub env: Vec<(String, String)>,
     /// The socket's path (default: `podmap.sock` in the daemon's private temporary directory).
     pub socket: Option<PathBuf>,
@@ -115,11 +115,14 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Sends one request line and returns the connection's reader.
+    /// Sends one request line and returns the connection's reader. A connection podmapd closed
+    /// at once (over its caps, past the bound on telling why) is returned too: its reader sees
+    /// the end.
     pub fn request(&self, line: &str) -> BufReader<UnixStream> {
         let mut s = UnixStream::connect(&self.socket).expect("connect");
-        s.write_all(line.as_bytes()).unwrap();
-        s.write_all(b"\n").unwrap();
+        let _ = s
+            .write_all(line.as_bytes())
+            .and_then(|()| s.write_all(b"\n"));
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         BufReader::new(s)
     }

@@ -12,9 +12,10 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use podmap_bpf::layout::Counter;
-use podmap_bpf::store::{ContainerRecord, Store};
 use podmap_bpf::testing::{unique_name, PinDir};
-use podmap_bpf::{CgroupKey, ContainerId, ContainerMeta, SharedMaps};
+use podmap_bpf::{ContainerId, ContainerMeta, SharedMaps};
+use podmap_cgroup::CgroupKey;
+use podmap_writer::store::{ContainerRecord, Store};
 use serde_json::{json, Value};
 
 /// The hooks.d file deploy/ ships for CRI-O.
@@ -31,7 +32,7 @@ pub fn hook_binary() -> PathBuf {
 pub struct HookEnv {
     pub pins: PinDir,
     dir: tempfile::TempDir,
-    /// PODMAP_GRACE_SECONDS (default: the hook's own 30 s).
+    /// PODMAP_GRACE (default: the hook's own 30 s).
     pub grace: Option<String>,
     /// PODMAP_TIMEOUT. Tests of outcomes give the debug build a generous bound on this shared
     /// machine (docs/decisions.md #19: the 1 s figure is the bench's); tests of the bound set "1s".
@@ -97,7 +98,7 @@ impl HookEnv {
             ("PODMAP_LOG".to_string(), "debug".to_string()),
         ];
         if let Some(g) = &self.grace {
-            v.push(("PODMAP_GRACE_SECONDS".to_string(), g.clone()));
+            v.push(("PODMAP_GRACE".to_string(), g.clone()));
         }
         if let Some(t) = &self.timeout {
             v.push(("PODMAP_TIMEOUT".to_string(), t.clone()));
@@ -133,6 +134,18 @@ impl HookEnv {
 
     pub fn run_with(&self, args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> HookRun {
         let started = Instant::now();
+        let child = self.spawn(args, stdin, env);
+        let out = child.wait_with_output().expect("wait for podmap-oci-hook");
+        HookRun {
+            status: out.status,
+            elapsed: started.elapsed(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Starts the hook as [`HookEnv::run_with`] does and returns it running, its input written
+    /// and closed: for tests that kill it part-way.
+    pub fn spawn(&self, args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> std::process::Child {
         let mut child = Command::new(hook_binary())
             .args(args)
             .env_clear()
@@ -144,15 +157,11 @@ impl HookEnv {
             .spawn()
             .expect("start podmap-oci-hook");
         let mut pipe = child.stdin.take().expect("stdin");
-        // A hook may stop reading early (bad input); a broken pipe is not the test's failure.
+        // A hook may stop reading early (bad input, or killed); a broken pipe is not the test's
+        // failure.
         let _ = pipe.write_all(stdin);
         drop(pipe);
-        let out = child.wait_with_output().expect("wait for podmap-oci-hook");
-        HookRun {
-            status: out.status,
-            elapsed: started.elapsed(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        child
     }
 
     pub fn log(&self) -> String {
@@ -165,7 +174,7 @@ impl HookEnv {
     }
 
     pub fn counter(&self, c: Counter) -> u64 {
-        self.maps().counters().get(c)
+        self.maps().counters.get(c)
     }
 
     /// Has every queued store change applied: every poststop applies the hook's queue (this
@@ -196,9 +205,10 @@ impl HookEnv {
     /// Every map entry of container `id`, with its metadata.
     pub fn mapped(&self, id: &str) -> Vec<(CgroupKey, ContainerMeta)> {
         let maps = self.maps();
-        maps.keys()
+        maps.records
+            .keys()
             .into_iter()
-            .filter_map(|k| Some((k, maps.meta(k).ok()??)))
+            .filter_map(|k| Some((k, maps.records.meta(k).ok()??)))
             .filter(|(_, m)| m.container_id.0 == id)
             .collect()
     }

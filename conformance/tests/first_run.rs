@@ -48,11 +48,17 @@ fn run_sh_execs_the_demo_with_its_own_arguments() {
 
 #[test]
 fn demo_pod_streams_until_ctrl_c_then_leaves_nothing() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     demo_pod(&[], "containerd 1.7.");
 }
 
 #[test]
 fn demo_pod_on_containerd_2_1_streams_until_ctrl_c_then_leaves_nothing() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     demo_pod(&["--containerd", "2.1"], "containerd 2.1.");
 }
 
@@ -103,6 +109,9 @@ fn assert_status_of_this_host(status: &str) {
 
 #[test]
 fn host_mode_streams_until_ctrl_c_then_leaves_nothing() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     let mut demo = Demo::start(&["--host"]);
     demo.wait_hints(START);
     let marker = format!("podmap-first-run-{}", std::process::id());

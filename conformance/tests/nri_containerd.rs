@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use podmap_bpf::testing::unique_name;
-use podmap_bpf::CgroupKey;
+use podmap_cgroup::CgroupKey;
 use podmap_conformance::containerd::events as ev;
 use podmap_conformance::containerd::{
     images, teardown, ContainerSpec, Containerd, Node, NodeOptions, NriPlugin, Options, PluginMode,
@@ -38,18 +38,30 @@ macro_rules! on_both_layouts {
 
             #[test]
             fn containerd_1_7_hybrid() -> anyhow::Result<()> {
+                if podmap_bpf::testing::requires_root() {
+                    return Ok(());
+                }
                 super::$suite(Series::V1_7, false)
             }
             #[test]
             fn containerd_1_7_pure_cgroup2() -> anyhow::Result<()> {
+                if podmap_bpf::testing::requires_root() {
+                    return Ok(());
+                }
                 super::$suite(Series::V1_7, true)
             }
             #[test]
             fn containerd_2_1_hybrid() -> anyhow::Result<()> {
+                if podmap_bpf::testing::requires_root() {
+                    return Ok(());
+                }
                 super::$suite(Series::V2_1, false)
             }
             #[test]
             fn containerd_2_1_pure_cgroup2() -> anyhow::Result<()> {
+                if podmap_bpf::testing::requires_root() {
+                    return Ok(());
+                }
                 super::$suite(Series::V2_1, true)
             }
         }
@@ -101,7 +113,7 @@ fn entrypoint_exec_checked(node: &Node, pod_name: &str) -> Result<()> {
     let cid = pod.run(&spec)?;
     // The plugin maps at START_CONTAINER, before StartContainer returns: no waiting here.
     let cg = pod.cgroup_id(&cid)?;
-    let Some(rec) = node.maps()?.get(CgroupKey::v2(cg))? else {
+    let Some(rec) = node.maps()?.records.get(CgroupKey::v2(cg))? else {
         anyhow::bail!(
             "container {cid} (cgroup {cg}) is not mapped when StartContainer returned\n{}",
             node.diagnostics()
@@ -286,7 +298,7 @@ fn containers_created_before_the_plugin_are_mapped_through_synchronize(
     let cid = pod.run(&ContainerSpec::shell_then_wait("early", "/bin/true"))?;
     let (cg, sandbox_cg) = (pod.cgroup_id(&cid)?, pod.cgroup_id(&pod.id)?);
     ensure!(
-        node.maps()?.get(CgroupKey::v2(cg))?.is_none(),
+        node.maps()?.records.get(CgroupKey::v2(cg))?.is_none(),
         "mapped before any plugin ran"
     );
 

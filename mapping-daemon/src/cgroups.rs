@@ -6,8 +6,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use podmap_bpf::cgroup::CgroupLayout;
-use podmap_bpf::{CgroupId, CgroupKey, Hierarchy};
+use podmap_cgroup::CgroupLayout;
+use podmap_cgroup::{CgroupId, CgroupKey, Hierarchy};
 
 #[derive(Debug, Default)]
 pub struct CgroupPaths {

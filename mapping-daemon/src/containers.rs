@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::stats::Stats;
-use podmap_bpf::{CgroupKey, ContainerMeta, SharedMaps};
+use podmap_bpf::{ContainerMeta, SharedMaps};
+use podmap_cgroup::CgroupKey;
 use podmap_pod_cache::PodCache;
 use podmap_proto::{ContainerInfo, PodInfo};
 
@@ -93,7 +94,7 @@ impl ContainerCache {
             if now.duration_since(e.checked) < REVALIDATE {
                 return Some(e.mapped.clone());
             }
-            match maps.get(key) {
+            match maps.records.get(key) {
                 Ok(Some(rec)) if rec.created_ns == e.created_ns => {
                     e.checked = now;
                     return Some(e.mapped.clone());
@@ -103,8 +104,8 @@ impl ContainerCache {
                 }
             }
         }
-        let rec = maps.get(key).ok().flatten()?;
-        let meta = match maps.meta(key) {
+        let rec = maps.records.get(key).ok().flatten()?;
+        let meta = match maps.records.meta(key) {
             Ok(Some(m)) => m,
             Ok(None) => return None,
             Err(e) => {

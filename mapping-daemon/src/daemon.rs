@@ -10,9 +10,10 @@ use anyhow::Context;
 use clap::Parser;
 use tokio::sync::watch;
 
-use podmap_bpf::cgroup::{CgroupLayout, PodParents};
-use podmap_bpf::programs::{self, ProgramConfig};
-use podmap_bpf::SharedMaps;
+use podmap_bpf::programs::{self, Attached, ProgramConfig};
+use podmap_bpf::{Counters, SharedMaps};
+use podmap_cgroup::{CgroupLayout, PodParents};
+use podmap_node::NodeArgs;
 
 use crate::hub::Hub;
 use crate::pipeline::{reader, Pipeline};
@@ -21,7 +22,7 @@ use crate::policy_mirror::{Mirror, MirrorHandle};
 use crate::procs::ProcTable;
 use crate::state::DaemonState;
 use crate::stats::Stats;
-use crate::{metrics, server};
+use crate::{http, server};
 use podmap_pod_cache::PodCache;
 
 #[derive(Debug, Clone, Parser)]
@@ -31,6 +32,10 @@ use podmap_pod_cache::PodCache;
     about = "podmap's node daemon: every process the kernel runs, attributed to its pod and container"
 )]
 pub struct Args {
+    /// The flags every podmap binary on a node shares (pins, cgroup root, policy directory,
+    /// grace, log filter, own namespace).
+    #[command(flatten)]
+    pub node: NodeArgs,
     /// The event socket.
     #[arg(long, env = "PODMAP_SOCKET", default_value = server::DEFAULT_SOCKET)]
     pub socket: PathBuf,
@@ -42,16 +47,6 @@ pub struct Args {
     #[arg(long, env = "PODMAP_MAX_CLIENTS", default_value_t = server::DEFAULT_MAX_CLIENTS,
           value_parser = parse_max_clients)]
     pub max_clients: usize,
-    /// Directory of the pinned maps shared with the runtime plugins (on bpffs).
-    #[arg(long, env = "PODMAP_BPFFS_DIR", default_value = podmap_bpf::DEFAULT_BPFFS_DIR)]
-    pub bpffs_dir: PathBuf,
-    /// The host's cgroupfs, as mounted where podmapd runs.
-    #[arg(long, env = "PODMAP_CGROUP_ROOT", default_value = "/sys/fs/cgroup")]
-    pub cgroup_root: PathBuf,
-    /// The cgroup v1 controller whose ids attribute processes on hosts where containers live
-    /// only in v1.
-    #[arg(long, env = "PODMAP_V1_CONTROLLER", default_value = "memory")]
-    pub v1_controller: String,
     /// This node's name in events (default: the host name).
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
@@ -69,21 +64,6 @@ pub struct Args {
     /// Where Prometheus metrics are served; "off" disables them.
     #[arg(long, env = "PODMAP_METRICS_ADDR", default_value = "127.0.0.1:9477")]
     pub metrics_addr: String,
-    /// Seconds a removed container's record stays mapped (late exit events still attribute);
-    /// podmapd sweeps records whose grace ended, whoever wrote them.
-    #[arg(long, env = "PODMAP_GRACE_SECONDS", default_value_t = 30)]
-    pub grace: u64,
-    /// The node-local policy directory (YAML PodPolicy files), reloaded on change.
-    #[arg(
-        long,
-        env = "PODMAP_POLICY_DIR",
-        default_value = "/etc/podmap/policies"
-    )]
-    pub policy_dir: PathBuf,
-    /// The namespace podmap runs in (the DaemonSet sets POD_NAMESPACE): no policy ever selects
-    /// its pods, so a policy cannot stop podmap itself.
-    #[arg(long, env = "POD_NAMESPACE")]
-    pub own_namespace: Option<String>,
     /// How often the ring buffer is polled when the kernel has not woken the reader.
     #[arg(long, env = "PODMAP_POLL_MS", default_value_t = 10)]
     pub poll_ms: u64,
@@ -116,21 +96,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .filter(|n| !n.is_empty())
         .unwrap_or_else(hostname)
         .into();
-    let layout =
-        CgroupLayout::detect(&args.cgroup_root, &args.v1_controller).with_context(|| {
+    let layout = CgroupLayout::detect(&args.node.cgroup_root, &args.node.v1_controller)
+        .with_context(|| {
             format!(
                 "detecting the cgroup layout under {}",
-                args.cgroup_root.display()
+                args.node.cgroup_root.display()
             )
         })?;
     tracing::info!(layout = layout.kind.as_str(), hierarchy = %layout.hierarchy_name(), root = %layout.root.display(), "cgroups");
     let pod_parents = PodParents::with_extra(&args.pod_parents).context("--pod-parents")?;
 
     let loaded =
-        programs::load(&ProgramConfig::new(&args.bpffs_dir, &layout)).with_context(|| {
+        programs::load(&ProgramConfig::new(&args.node.bpffs_dir, &layout)).with_context(|| {
             format!(
                 "loading the eBPF programs (pins under {})",
-                args.bpffs_dir.display()
+                args.node.bpffs_dir.display()
             )
         })?;
     let programs::LoadedPrograms {
@@ -143,14 +123,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         lsm,
         lock: _pins_lock,
     } = loaded;
-    let programs_status = crate::status::ProgramsStatus {
+    let programs_status = podmap_proto::status::ProgramsStatus {
         links: links.mode.to_string(),
-        pinned_at: args.bpffs_dir.display().to_string(),
+        pinned_at: args.node.bpffs_dir.display().to_string(),
         attached: links.programs.clone(),
         replaced_because: links.reason.clone(),
         overlap_us: links.overlap.map(|d| d.as_micros() as u64),
         lost_kernel_before_start: maps
-            .counters()
+            .counters
             .get(podmap_bpf::layout::Counter::RingbufDropped),
         // Read below, once the pipeline exists; status takes it from the stats.
         backlog_read_at_start: 0,
@@ -169,8 +149,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mirror = match &kube {
         Some(client) if !args.no_policy_resources => {
             let handle = MirrorHandle::default();
-            let mirror = Mirror::new(&args.policy_dir, handle.clone());
-            tracing::info!(dir = %args.policy_dir.display(), "mirroring PodPolicy resources into the policy directory");
+            let mirror = Mirror::new(&args.node.policy_dir, handle.clone());
+            tracing::info!(dir = %args.node.policy_dir.display(), "mirroring PodPolicy resources into the policy directory");
             Some((tokio::spawn(mirror.run(client.clone())), handle))
         }
         _ => None,
@@ -200,15 +180,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     });
     *state.pods.lock().unwrap_or_else(|p| p.into_inner()) = pods.clone();
     let policy_maps =
-        SharedMaps::open(&args.bpffs_dir).context("opening the pinned maps for policies")?;
+        SharedMaps::open(&args.node.bpffs_dir).context("opening the pinned maps for policies")?;
     let mut policies = PolicyManager::new(
-        &args.policy_dir,
+        &args.node.policy_dir,
         policy_maps,
         lsm.active,
         pods.clone(),
         policy_names.clone(),
     )
-    .with_own_namespace(args.own_namespace.clone());
+    .with_own_namespace(args.node.own_namespace().map(str::to_owned));
     policies.tick();
     *state.policies.lock().unwrap_or_else(|p| p.into_inner()) = policies.status();
     let mut pipeline = Pipeline::new(
@@ -264,10 +244,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .metrics_addr
             .parse()
             .with_context(|| format!("--metrics-addr {:?} is not host:port", args.metrics_addr))?;
-        Some(tokio::spawn(metrics::serve_metrics(
+        Some(tokio::spawn(http::serve(
             addr,
             state.clone(),
-            metrics::MetricsConfig {
+            http::HttpConfig {
                 refused: Arc::clone(&stats.metrics_refused),
                 ..Default::default()
             },
@@ -278,9 +258,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     // A handle of its own: sweeping writes the maps, the pipeline only reads them.
     let sweeper =
-        SharedMaps::open(&args.bpffs_dir).context("opening the pinned maps for sweeping")?;
-    let sweep_task = tokio::spawn(sweep(sweeper, args.grace, stop_rx.clone()));
-    let policy_task = tokio::spawn(watch_policies(policies, state.clone(), stop_rx.clone()));
+        SharedMaps::open(&args.node.bpffs_dir).context("opening the pinned maps for sweeping")?;
+    let sweep_task = tokio::spawn(sweep(sweeper, args.node.grace, stop_rx.clone()));
+    let pins_counters = maps.counters.clone();
+    let policy_task = tokio::spawn(watch_policies(
+        policies,
+        (attached, pins_counters),
+        state.clone(),
+        stop_rx.clone(),
+    ));
     let reader_task = tokio::spawn(reader::run(
         events,
         reader_flag,
@@ -317,9 +303,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(&args.socket);
     // The programs stay attached through their pinned links (docs/decisions.md #30): policies
-    // keep acting until the next podmapd adopts or replaces them.
+    // keep acting until the next podmapd adopts or replaces them (the policy task has dropped
+    // this process's hold on them).
     drop(procs);
-    drop(attached);
     Ok(())
 }
 
@@ -348,12 +334,12 @@ async fn kube_client(args: &Args) -> anyhow::Result<Option<kube::Client>> {
 
 /// Drops records whose grace period ended (docs/decisions.md #5): hooks never sleep out the grace,
 /// so someone else must sweep.
-async fn sweep(mut maps: SharedMaps, grace_s: u64, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(grace_s.clamp(1, 5)));
+async fn sweep(mut maps: SharedMaps, grace: Duration, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(grace.as_secs().clamp(1, 5)));
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let swept = maps.sweep_expired(grace_ns(grace_s), podmap_bpf::maps::now_ns());
+                let swept = maps.records.sweep_expired(grace_ns(grace), podmap_bpf::maps::now_ns());
                 if !swept.is_empty() {
                     tracing::debug!(records = swept.len(), "swept expired container records");
                 }
@@ -365,14 +351,17 @@ async fn sweep(mut maps: SharedMaps, grace_s: u64, mut stop: watch::Receiver<boo
 
 /// `--grace` in nanoseconds, the unit the records' timestamps use. Saturating: a plain multiply
 /// wraps in release builds, and a huge grace would become a short one that sweeps at once.
-fn grace_ns(grace_s: u64) -> u64 {
-    grace_s.saturating_mul(1_000_000_000)
+fn grace_ns(grace: Duration) -> u64 {
+    u64::try_from(grace.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Applies policy changes and new containers to membership; a quarter second keeps "takes
-/// effect within a second" with room to spare.
+/// effect within a second" with room to spare. At the same pace, puts back the pins of the links
+/// and of podmapd's own maps if someone removed them (the policy maps' own are put back by the
+/// policy manager): while podmapd runs, a removed pin directory turns nothing off.
 async fn watch_policies(
     mut policies: PolicyManager,
+    (mut attached, counters): (Attached, Arc<Counters>),
     state: Arc<DaemonState>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -380,6 +369,7 @@ async fn watch_policies(
     loop {
         tokio::select! {
             _ = tick.tick() => {
+                attached.keep_pins(&counters);
                 policies.tick();
                 *state.policies.lock().unwrap_or_else(|p| p.into_inner()) = policies.status();
             }
@@ -402,16 +392,37 @@ mod tests {
 
     #[test]
     fn a_huge_grace_saturates_instead_of_wrapping() {
-        assert_eq!(grace_ns(30), 30_000_000_000);
-        assert_eq!(grace_ns(0), 0);
+        let s = Duration::from_secs;
+        assert_eq!(grace_ns(s(30)), 30_000_000_000);
+        assert_eq!(grace_ns(Duration::from_millis(500)), 500_000_000);
+        assert_eq!(grace_ns(s(0)), 0);
         // 2^64 ns is 584 years: anything longer means "keep the records", never a short wrap.
-        assert_eq!(grace_ns(u64::MAX), u64::MAX);
+        assert_eq!(grace_ns(s(u64::MAX)), u64::MAX);
         assert_eq!(
-            grace_ns(18_446_744_074),
+            grace_ns(s(18_446_744_074)),
             u64::MAX,
             "the first second that overflows"
         );
-        assert_eq!(grace_ns(18_446_744_073), 18_446_744_073_000_000_000);
+        assert_eq!(grace_ns(s(18_446_744_073)), 18_446_744_073_000_000_000);
+    }
+
+    #[test]
+    fn the_environment_is_read() {
+        podmap_node::testing::env_is_read::<Args>("daemon::tests::the_environment_is_read", |a| {
+            &a.node
+        });
+    }
+
+    #[test]
+    fn grace_takes_a_duration_or_seconds() {
+        let grace = |g: &str| {
+            Args::try_parse_from(["podmapd", "--grace", g])
+                .unwrap()
+                .node
+                .grace
+        };
+        assert_eq!(grace("30"), grace("30s"));
+        assert_eq!(grace("500ms"), Duration::from_millis(500));
     }
 
     #[test]
@@ -426,5 +437,75 @@ mod tests {
         assert_eq!(args.socket_group, None);
         assert_eq!(args.max_clients, server::DEFAULT_MAX_CLIENTS);
         assert!(Args::try_parse_from(["podmapd", "--max-clients", "0"]).is_err());
+    }
+
+    /// One meaning of PODMAP_LOG: the shared parser (which the hook, without tracing-subscriber,
+    /// uses alone) accepts exactly what podmapd's EnvFilter accepts, and finds the same highest
+    /// level.
+    #[test]
+    fn podmap_log_is_an_env_filter_everywhere() {
+        use std::str::FromStr;
+        use tracing_subscriber::filter::{EnvFilter, LevelFilter};
+        let level = |l: podmap_node::Level| match l {
+            podmap_node::Level::Off => LevelFilter::OFF,
+            podmap_node::Level::Error => LevelFilter::ERROR,
+            podmap_node::Level::Warn => LevelFilter::WARN,
+            podmap_node::Level::Info => LevelFilter::INFO,
+            podmap_node::Level::Debug => LevelFilter::DEBUG,
+            podmap_node::Level::Trace => LevelFilter::TRACE,
+        };
+        for s in [
+            "info",
+            "INFO",
+            "Warn",
+            "error",
+            "off",
+            "0",
+            "3",
+            "5",
+            "debug",
+            "trace",
+            "warn,podmap=debug",
+            "podmap_daemon=info,warn",
+            "podmap",
+            "podmap=",
+            "a::b-c=error",
+            "[span]=debug",
+            "target[span{field=1}]=warn",
+            "[{f=x}]=info",
+            "error,",
+            "=info",
+            "podmap=loud",
+            "podmap=debug=x",
+            "[unclosed",
+            "[{}]",
+            "*",
+            "t[s]x=info",
+            "[{f=x,g}]=info",
+            "6",
+            "podmap=7",
+            "a b=info",
+            "-x=debug",
+            "[s]",
+            "t[s]",
+        ] {
+            let ours = podmap_node::LogFilter::from_str(s);
+            let theirs = EnvFilter::try_new(s);
+            assert_eq!(ours.is_ok(), theirs.is_ok(), "{s:?}: {ours:?} / {theirs:?}");
+            if let (Ok(o), Ok(t)) = (ours, theirs) {
+                if !s.contains('[') {
+                    assert_eq!(Some(level(o.max_level())), t.max_level_hint(), "{s:?}");
+                }
+            }
+        }
+        // The default is the one podmapd always had.
+        let args = Args::try_parse_from(["podmapd"]).unwrap();
+        assert_eq!(args.node.log.as_str(), "info");
+        assert_eq!(args.node.grace, Duration::from_secs(30));
+        assert_eq!(
+            podmap_node::DEFAULT_BPFFS_DIR,
+            podmap_bpf::DEFAULT_BPFFS_DIR,
+            "podmap-node's default pin directory is the loader's"
+        );
     }
 }

@@ -11,6 +11,7 @@ pub mod client;
 pub mod clock;
 pub mod containers;
 pub mod daemon;
+pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod pipeline;

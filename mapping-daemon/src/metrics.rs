@@ -1,11 +1,7 @@
-//! Prometheus metrics on `--metrics-addr` (docs/interfaces.md, "Metrics"): the same counters as
-//! status, rendered from one [`StatusReport`] snapshot per scrape so the two never disagree.
-//!
-//! The HTTP side is deliberately tiny (one GET route, `Connection: close`), written on a tokio
-//! `TcpListener`: a scrape endpoint does not justify an HTTP stack as a dependency.
+//! Prometheus metrics (docs/interfaces.md, "Metrics"): the same counters as status, rendered from
+//! one [`StatusReport`] snapshot per scrape so the two never disagree. Served by `http.rs`.
 
-use crate::status::{LatencySummary, StatusReport, StatusSource};
-use anyhow::Context as _;
+use podmap_proto::status::{LatencySummary, StatusReport};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -13,30 +9,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
-use tokio::time::timeout;
-use tracing::{debug, error, info, warn};
+use std::sync::atomic::AtomicU64;
 
 /// The OpenMetrics text format, which prometheus-client writes (it ends with `# EOF`).
-const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// A request head larger than this is refused: a scrape's head is a few hundred bytes.
-const MAX_HEAD: usize = 8 * 1024;
-
-/// The answer to a connection over the cap.
-const BUSY: &str = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n\
-                    Content-Length: 37\r\nConnection: close\r\n\r\ntoo many metrics connections at once\n";
-
-/// Time a connection has to send its request head, and to take the response.
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 type Labelled = Family<[(&'static str, String); 1], Counter>;
 
@@ -317,176 +293,6 @@ fn labelled(label: &'static str, values: &BTreeMap<String, u64>) -> Labelled {
     family
 }
 
-/// Connections served at once unless told otherwise: a scrape takes one, and a few Prometheus
-/// replicas plus a curl need no more.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 8;
-
-/// How the endpoint limits its clients.
-#[derive(Debug, Clone)]
-pub struct MetricsConfig {
-    /// Most connections served at once; one more is answered 503 and closed.
-    pub max_connections: usize,
-    /// Connections turned away over the cap (podmapd shares it with its status).
-    pub refused: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl Default for MetricsConfig {
-    fn default() -> Self {
-        MetricsConfig {
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-            refused: Arc::default(),
-        }
-    }
-}
-
-/// Binds `addr` and serves `GET /metrics` until `shutdown` completes.
-pub async fn serve_metrics(
-    addr: SocketAddr,
-    source: Arc<dyn StatusSource>,
-    config: MetricsConfig,
-    shutdown: impl Future,
-) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the metrics address {addr}"))?;
-    info!(%addr, "serving metrics");
-    serve_metrics_on(listener, source, config, shutdown).await;
-    Ok(())
-}
-
-/// Serves `GET /metrics` on an already bound listener until `shutdown` completes.
-pub async fn serve_metrics_on(
-    listener: TcpListener,
-    source: Arc<dyn StatusSource>,
-    config: MetricsConfig,
-    shutdown: impl Future,
-) {
-    let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
-    let mut tasks = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            biased;
-            _ = &mut shutdown => break,
-            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                if let Err(e) = done {
-                    if e.is_panic() {
-                        error!(error = %e, "a metrics connection task panicked");
-                    }
-                }
-            }
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => match Arc::clone(&slots).try_acquire_owned() {
-                    Ok(permit) => {
-                        let source = Arc::clone(&source);
-                        tasks.spawn(async move {
-                            if let Err(e) = handle_http(stream, &*source).await {
-                                debug!(%peer, error = %e, "metrics connection failed");
-                            }
-                            drop(permit);
-                        });
-                    }
-                    Err(_) => {
-                        // Every place is taken (each connection may hold one for IO_TIMEOUT
-                        // twice): answer at once, without a task, so a flood costs nothing.
-                        config.refused.fetch_add(1, Ordering::Relaxed);
-                        debug!(%peer, max = config.max_connections, "refusing a metrics connection over the cap");
-                        // A fresh socket's send buffer is empty, so this one write goes out whole.
-                        let _ = stream.try_write(BUSY.as_bytes());
-                    }
-                },
-                Err(e) => {
-                    warn!(error = %e, "accepting a metrics connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-        }
-    }
-    tasks.shutdown().await;
-}
-
-/// What a request head asks for, as far as this server cares.
-#[derive(Debug, PartialEq, Eq)]
-enum Route {
-    Metrics,
-    NotFound,
-    BadRequest,
-}
-
-fn route(head: &[u8]) -> Route {
-    let Some(line) = head.split(|&b| b == b'\n').next() else {
-        return Route::BadRequest;
-    };
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.trim_end().split(' ');
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
-    else {
-        return Route::BadRequest;
-    };
-    if !version.starts_with("HTTP/1.") || parts.next().is_some() {
-        return Route::BadRequest;
-    }
-    let path = target.split('?').next().unwrap_or(target);
-    if method == "GET" && path == "/metrics" {
-        Route::Metrics
-    } else {
-        Route::NotFound
-    }
-}
-
-async fn handle_http(mut stream: TcpStream, source: &dyn StatusSource) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(1024);
-    let complete = timeout(IO_TIMEOUT, async {
-        let mut chunk = [0u8; 1024];
-        loop {
-            if head.windows(4).any(|w| w == b"\r\n\r\n") {
-                return Ok(true);
-            }
-            if head.len() > MAX_HEAD {
-                return Ok(false);
-            }
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Ok(false);
-            }
-            head.extend_from_slice(&chunk[..n]);
-        }
-    })
-    .await;
-    let route = match complete {
-        Err(_) => return Ok(()), // silent client: just close
-        Ok(Err(e)) => return Err(e),
-        Ok(Ok(true)) => route(&head),
-        Ok(Ok(false)) => Route::BadRequest,
-    };
-    let (status, content_type, body) = match route {
-        Route::Metrics => ("200 OK", CONTENT_TYPE, render(&source.status())),
-        Route::NotFound => (
-            "404 Not Found",
-            "text/plain; charset=utf-8",
-            "not found: metrics are at GET /metrics\n".to_string(),
-        ),
-        Route::BadRequest => (
-            "400 Bad Request",
-            "text/plain; charset=utf-8",
-            "bad request\n".to_string(),
-        ),
-    };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    match timeout(IO_TIMEOUT, async {
-        stream.write_all(response.as_bytes()).await?;
-        stream.shutdown().await
-    })
-    .await
-    {
-        Ok(result) => result,
-        Err(_) => Ok(()), // client did not read: close
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -509,7 +315,7 @@ mod tests {
             events_held_now: 2,
             events_held_peak: 256,
             events_held_released_early: 11,
-            events_held_limits: crate::status::HoldLimitsStatus {
+            events_held_limits: podmap_proto::status::HoldLimitsStatus {
                 per_cgroup: 256,
                 total: 4096,
             },
@@ -543,14 +349,14 @@ mod tests {
                 p99: Some(300),
                 max: Some(1200),
             },
-            policies: crate::policies::PolicyStatus {
+            policies: podmap_proto::status::PolicyStatus {
                 loaded: vec!["a (/p/a.yaml)".into(), "b (/p/b.yaml)".into()],
                 errors: vec!["/p/c.yaml: spec: bad".into()],
                 memberships: 4,
                 read_failures: 5,
                 rule_write_failures: 1,
                 orphan_memberships_removed: 2,
-                resources: Some(crate::policy_mirror::MirrorStatus {
+                resources: Some(podmap_proto::status::MirrorStatus {
                     synced: true,
                     resources: 1,
                     refused: vec!["PodPolicy resource \"d\": spec: bad".into()],
@@ -621,123 +427,5 @@ mod tests {
             "an absent max is not rendered as 0"
         );
         assert!(text.ends_with("# EOF\n"));
-    }
-
-    #[test]
-    fn routes_only_get_metrics() {
-        assert_eq!(
-            route(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
-            Route::Metrics
-        );
-        assert_eq!(route(b"GET /metrics?x=1 HTTP/1.0\r\n\r\n"), Route::Metrics);
-        assert_eq!(route(b"POST /metrics HTTP/1.1\r\n\r\n"), Route::NotFound);
-        assert_eq!(route(b"GET / HTTP/1.1\r\n\r\n"), Route::NotFound);
-        assert_eq!(route(b"GET /metricsx HTTP/1.1\r\n\r\n"), Route::NotFound);
-        assert_eq!(route(b"garbage\r\n\r\n"), Route::BadRequest);
-    }
-
-    struct Fake;
-    impl StatusSource for Fake {
-        fn status(&self) -> StatusReport {
-            sample_report()
-        }
-        fn containers(&self) -> serde_json::Value {
-            serde_json::json!([])
-        }
-    }
-
-    async fn get(addr: SocketAddr, request: &str) -> String {
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(request.as_bytes()).await.unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        out
-    }
-
-    #[tokio::test]
-    async fn serves_metrics_over_http() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve_metrics_on(
-            listener,
-            Arc::new(Fake),
-            MetricsConfig::default(),
-            stopped,
-        ));
-
-        let ok = get(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
-        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
-        assert!(ok.contains(CONTENT_TYPE));
-        let body = ok.split_once("\r\n\r\n").unwrap().1;
-        assert!(ok.contains(&format!("Content-Length: {}\r\n", body.len())));
-        assert!(body.contains("podmap_containers_mapped 6"));
-
-        let missing = get(addr, "GET /other HTTP/1.1\r\n\r\n").await;
-        assert!(
-            missing.starts_with("HTTP/1.1 404 Not Found\r\n"),
-            "{missing}"
-        );
-        let post = get(addr, "POST /metrics HTTP/1.1\r\n\r\n").await;
-        assert!(post.starts_with("HTTP/1.1 404 Not Found\r\n"), "{post}");
-
-        stop.send(()).unwrap();
-        server.await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn connections_over_the_cap_get_503_and_are_counted() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let config = MetricsConfig {
-            max_connections: 2,
-            ..Default::default()
-        };
-        let refused = Arc::clone(&config.refused);
-        let server = tokio::spawn(serve_metrics_on(listener, Arc::new(Fake), config, stopped));
-
-        // Two connections that never send their request hold both places (up to IO_TIMEOUT).
-        let idle = [
-            TcpStream::connect(addr).await.unwrap(),
-            TcpStream::connect(addr).await.unwrap(),
-        ];
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let mut over = TcpStream::connect(addr).await.unwrap();
-        let mut out = String::new();
-        timeout(Duration::from_secs(3), over.read_to_string(&mut out))
-            .await
-            .expect("the connection over the cap is answered at once")
-            .unwrap();
-        assert!(
-            out.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
-            "{out}"
-        );
-        let body = out.split_once("\r\n\r\n").unwrap().1;
-        assert!(body.starts_with("too many"), "{out}");
-        assert!(
-            out.contains(&format!("Content-Length: {}\r\n", body.len())),
-            "{out}"
-        );
-        assert_eq!(refused.load(Ordering::Relaxed), 1);
-
-        // Places free up as connections end; scrapes work again.
-        drop(idle);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            let got = get(addr, "GET /metrics HTTP/1.1\r\n\r\n").await;
-            if got.starts_with("HTTP/1.1 200 OK") {
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "{got}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        stop.send(()).unwrap();
-        server.await.unwrap();
-    }
-
-    #[test]
-    fn the_default_cap_is_eight() {
-        assert_eq!(MetricsConfig::default().max_connections, 8);
     }
 }

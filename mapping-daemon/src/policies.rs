@@ -8,41 +8,15 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use podmap_bpf::policy_maps::{KernelAction, PathRule, RuleRef, RuleTable};
-use podmap_bpf::{CgroupKey, SharedMaps};
+use podmap_bpf::maps::{KernelAction, PathRule, RuleRef, RuleTable};
+use podmap_bpf::SharedMaps;
+use podmap_cgroup::CgroupKey;
 use podmap_pod_cache::PodCache;
-use podmap_proto::policy::{Access, Action, KernelRule, PolicyDir, Table, Target, ACTIVE_FILE};
+use podmap_policy::{Access, Action, KernelRule, PolicyDir, Table, Target, ACTIVE_FILE};
+use podmap_proto::status::PolicyStatus;
 
 /// Policy names by id, for policy events (read by the pipeline, written on reload).
 pub type PolicyNames = Arc<RwLock<HashMap<u32, Arc<str>>>>;
-
-/// What status shows of policies.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq)]
-pub struct PolicyStatus {
-    pub dir: String,
-    pub loaded: Vec<String>,
-    /// Refused files, documents and policies (duplicate names, colliding ids, rules over the
-    /// kernel's limits), each naming file, field and reason; a directory that cannot be read;
-    /// rule table entries that could not be written as asked.
-    pub errors: Vec<String>,
-    pub memberships: u64,
-    pub reloads: u64,
-    /// Failed reads of the policy directory or of one of its files since podmapd started (the
-    /// policies last loaded stayed in force).
-    #[serde(default)]
-    pub read_failures: u64,
-    /// Rule table entries that could not be written as asked, since podmapd started (each also
-    /// in `errors` while it lasts).
-    #[serde(default)]
-    pub rule_write_failures: u64,
-    /// Memberships removed because their container's record was gone (containers removed
-    /// while podmapd was down, or a plugin that died between the membership and the record).
-    #[serde(default)]
-    pub orphan_memberships_removed: u64,
-    /// The PodPolicy resources mirrored into the directory, in Kubernetes mode.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resources: Option<crate::policy_mirror::MirrorStatus>,
-}
 
 pub struct PolicyManager {
     maps: SharedMaps,
@@ -164,6 +138,9 @@ impl PolicyManager {
     /// Reloads on a change of the directory, then reconciles membership. Cheap when nothing
     /// changed: one directory listing and a look at the record map's generation.
     pub fn tick(&mut self) {
+        // The pins of the maps the programs read stay where the plugins open them (podmap-bpf's
+        // PinWatch): a removed pin directory is repaired within a tick.
+        self.maps.keep_pins();
         let reloaded = self.policies.refresh();
         if reloaded {
             self.apply();
@@ -186,9 +163,10 @@ impl PolicyManager {
     /// [`ORPHAN_GRACE`] on two looks.
     fn sweep_orphans(&mut self, now: Instant) {
         self.last_orphan_sweep = Some(now);
-        let records: HashSet<CgroupKey> = self.maps.keys().into_iter().collect();
+        let records: HashSet<CgroupKey> = self.maps.records.keys().into_iter().collect();
         let orphaned: HashSet<(u32, CgroupKey)> = self
             .maps
+            .policy
             .memberships()
             .into_iter()
             .filter(|(_, k)| !records.contains(k))
@@ -201,7 +179,7 @@ impl PolicyManager {
             if now.duration_since(since) < ORPHAN_GRACE {
                 continue;
             }
-            match self.maps.remove_membership(m.0, m.1) {
+            match self.maps.policy.remove_membership(m.0, m.1) {
                 Ok(()) => {
                     self.orphans.remove(&m);
                     removed += 1;
@@ -215,7 +193,7 @@ impl PolicyManager {
                 "removed policy memberships of containers that have no record any more"
             );
             self.status.orphan_memberships_removed += removed;
-            self.status.memberships = self.maps.memberships().len() as u64;
+            self.status.memberships = self.maps.policy.memberships().len() as u64;
         }
     }
 
@@ -233,7 +211,7 @@ impl PolicyManager {
         }
         let (exec, open) = tables(&next.compile());
         for (table, rules) in [(RuleTable::Exec, &exec), (RuleTable::Open, &open)] {
-            for e in self.maps.replace_rules(table, rules) {
+            for e in self.maps.policy.replace_rules(table, rules) {
                 tracing::error!(error = %e, "writing the policy rule tables");
                 self.status.rule_write_failures += 1;
                 errors.push(format!("rule tables: {e}"));
@@ -241,6 +219,7 @@ impl PolicyManager {
         }
         if let Err(e) =
             self.maps
+                .policy
                 .set_policy_state(exec.len() as u32, open.len() as u32, self.lsm_active)
         {
             tracing::error!(error = %e, "writing the policy state");
@@ -299,12 +278,12 @@ impl PolicyManager {
         };
         // Read before the walk: a record written during it moves the generation again, so
         // the next tick walks once more.
-        let generation = self.maps.records_generation();
+        let generation = self.maps.records.records_generation();
         if !full && relabelled.is_empty() && self.walked_generation == Some(generation) {
             return;
         }
         self.walked_generation = Some(generation);
-        let keys: HashSet<CgroupKey> = self.maps.keys().into_iter().collect();
+        let keys: HashSet<CgroupKey> = self.maps.records.keys().into_iter().collect();
         let mut changed: Vec<CgroupKey> = Vec::new();
         let gone: Vec<CgroupKey> = self
             .known
@@ -321,7 +300,7 @@ impl PolicyManager {
                 .get(k)
                 .is_none_or(|c| c.pod_uid.as_ref().is_some_and(|u| relabelled.contains(u)));
             if full || stale {
-                match self.maps.meta(*k) {
+                match self.maps.records.meta(*k) {
                     Ok(Some(m)) => {
                         let pod_uid = m.pod_uid.map(|u| u.0);
                         let labels = pod_uid
@@ -349,7 +328,7 @@ impl PolicyManager {
         if changed.is_empty() && gone.is_empty() {
             return;
         }
-        let current = self.maps.memberships();
+        let current = self.maps.policy.memberships();
         // Only containers that changed or went are touched: a plugin may write a membership
         // just before the record it belongs to, and that must not be undone here.
         let changed_set: HashSet<CgroupKey> = changed.iter().copied().collect();
@@ -357,20 +336,20 @@ impl PolicyManager {
         let mut wanted: HashSet<(u32, CgroupKey)> = HashSet::new();
         for k in &changed {
             let c = &self.known[k];
-            let t = Target {
-                namespace: &c.namespace,
-                pod_labels: &c.labels,
-                container_name: &c.name,
-                sandbox: c.sandbox,
-                own_namespace: self.own_namespace.as_deref(),
-            };
+            let t = Target::container(
+                &c.namespace,
+                &c.labels,
+                &c.name,
+                c.sandbox,
+                self.own_namespace.as_deref(),
+            );
             for id in self.policies.set().selecting(&t) {
                 wanted.insert((id, *k));
             }
         }
         for (id, k) in &current {
             if gone_set.contains(k) || (changed_set.contains(k) && !wanted.contains(&(*id, *k))) {
-                if let Err(e) = self.maps.remove_membership(*id, *k) {
+                if let Err(e) = self.maps.policy.remove_membership(*id, *k) {
                     tracing::warn!(error = %e, "removing a policy membership");
                 }
             }
@@ -380,15 +359,15 @@ impl PolicyManager {
             by_key.entry(*k).or_default().push(*id);
         }
         for (k, ids) in by_key {
-            let cg = podmap_bpf::CgroupIds {
-                v2: (k.hierarchy == podmap_bpf::Hierarchy::V2).then_some(k.id),
-                v1: (k.hierarchy == podmap_bpf::Hierarchy::V1).then_some(k.id),
+            let cg = podmap_cgroup::CgroupIds {
+                v2: (k.hierarchy == podmap_cgroup::Hierarchy::V2).then_some(k.id),
+                v1: (k.hierarchy == podmap_cgroup::Hierarchy::V1).then_some(k.id),
             };
-            if let Err(e) = self.maps.add_memberships(&cg, &ids) {
+            if let Err(e) = self.maps.policy.add_memberships(&cg, &ids) {
                 tracing::warn!(error = %e, "adding a policy membership");
             }
         }
-        self.status.memberships = self.maps.memberships().len() as u64;
+        self.status.memberships = self.maps.policy.memberships().len() as u64;
     }
 }
 
@@ -398,10 +377,11 @@ mod tests {
     /// sizes (it does not depend on the bpf crate).
     #[test]
     fn the_compilers_limits_are_the_kernels() {
-        use podmap_bpf::layout::{MAX_RULES, RULE_REFS};
-        use podmap_proto::policy::{KERNEL_MAX_ENTRIES, KERNEL_RULE_REFS};
+        use podmap_bpf::layout::{MAX_RULES, POLICY_PATH_MAX, RULE_REFS};
+        use podmap_policy::{KERNEL_MAX_ENTRIES, KERNEL_PATH_MAX, KERNEL_RULE_REFS};
         assert_eq!(KERNEL_RULE_REFS, RULE_REFS);
         assert_eq!(KERNEL_MAX_ENTRIES, MAX_RULES as usize);
+        assert_eq!(KERNEL_PATH_MAX, POLICY_PATH_MAX);
     }
 
     /// What the kernel's own longest-prefix lookup finds in the tables podmapd writes is what
@@ -410,8 +390,11 @@ mod tests {
     /// every access kind share an entry.
     #[test]
     fn the_kernel_finds_every_rule_that_names_a_path() {
-        use podmap_bpf::policy_maps::RuleTable;
-        use podmap_proto::policy::{policy_id, Candidates, Limits};
+        if podmap_bpf::testing::requires_root() {
+            return;
+        }
+        use podmap_bpf::maps::RuleTable;
+        use podmap_policy::{policy_id, Candidates, Limits};
         let mut c = Candidates::default();
         let doc = |name: &str, rules: &str| {
             format!("apiVersion: podmap.dev/v1alpha1\nkind: PodPolicy\nmetadata: {{name: {name}}}\nspec: {{rules: [{rules}]}}\n")
@@ -441,7 +424,7 @@ mod tests {
         c.add(
             &doc(
                 "shadow-write",
-                "{open: {paths: [/etc/shadow], access: write}, action: kill}",
+                "{open: {paths: [/etc/shadow], access: write}, action: kill, acceptKillAfterOpen: true}",
             ),
             "e.yaml",
         );
@@ -450,10 +433,11 @@ mod tests {
         let (exec, open) = super::tables(&set.compile());
         let pins = podmap_bpf::testing::PinDir::new("podmap-test-tables");
         let mut maps = podmap_bpf::SharedMaps::open(&pins.path).unwrap();
-        assert!(maps.replace_rules(RuleTable::Exec, &exec).is_empty());
-        assert!(maps.replace_rules(RuleTable::Open, &open).is_empty());
+        assert!(maps.policy.replace_rules(RuleTable::Exec, &exec).is_empty());
+        assert!(maps.policy.replace_rules(RuleTable::Open, &open).is_empty());
         let found = |table, path: &str, read: bool, write: bool| -> Vec<u32> {
             let mut ids: Vec<u32> = maps
+                .policy
                 .match_rules(table, path)
                 .unwrap()
                 .map(|m| m.refs)

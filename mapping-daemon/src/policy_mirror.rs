@@ -19,33 +19,15 @@ use futures::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
-use podmap_proto::policy::{
+use podmap_policy::{
     is_mirrored, policy_id, valid_dns_subdomain, PodPolicy, PolicyError, API_VERSION, KIND,
     MIRRORED_HEADER, MIRRORED_PREFIX,
 };
-use serde::{Deserialize, Serialize};
+use podmap_proto::status::MirrorStatus;
 
 /// File names are limited to 255 bytes; resource names may be 253. Longer names are cut and
 /// made unique again with the policy id.
 const MAX_NAME_IN_FILE: usize = 200;
-
-/// What `podmap status` shows of the mirror.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct MirrorStatus {
-    /// The first complete list of resources has been mirrored: files of deleted resources are
-    /// gone from the directory.
-    pub synced: bool,
-    /// PodPolicy resources on the API server now.
-    pub resources: u64,
-    /// Files written or replaced, and removed, since podmapd started.
-    pub writes: u64,
-    pub removals: u64,
-    /// Resources refused now, each naming the resource, the field and the reason.
-    pub refused: Vec<String>,
-    /// Failed watch attempts and file operations, and the last one.
-    pub errors: u64,
-    pub last_error: Option<String>,
-}
 
 /// The mirror's status, shared with the status and metrics endpoints.
 #[derive(Clone, Default)]
@@ -378,7 +360,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut mirror = Mirror::new(dir.path(), MirrorHandle::default());
         mirror.resync(vec![object("no-sleep", kill_sleep())]);
-        let set = podmap_proto::policy::PolicySet::load_dir(dir.path());
+        let set = podmap_policy::PolicySet::load_dir(dir.path());
         assert!(set.errors.is_empty(), "{:?}", set.errors);
         assert_eq!(set.policies.len(), 1);
         assert_eq!(set.policies[0].policy.name(), "no-sleep");
@@ -467,6 +449,7 @@ mod tests {
                 None => json!({"key": sample(&schema["additionalProperties"])}),
             },
             Some("array") => json!([sample(&schema["items"])]),
+            Some("boolean") => json!(true),
             _ => match schema["enum"].get(0) {
                 Some(first) => first.clone(),
                 None => json!("/value"),
@@ -502,7 +485,7 @@ mod tests {
     fn the_crd_schema_and_the_policy_format_have_the_same_fields() {
         let schema = crd_spec_schema();
         let every_declared = sample(&schema);
-        let spec: podmap_proto::policy::PolicySpec = serde_json::from_value(every_declared.clone())
+        let spec: podmap_policy::PolicySpec = serde_json::from_value(every_declared.clone())
             .unwrap_or_else(|e| {
                 panic!("the format refuses a field the CRD declares: {e}\n{every_declared:#}")
             });

@@ -15,7 +15,7 @@ use crate::stats::Stats;
 const BPF_NOEXIST: u64 = 1;
 
 /// Upper bound on tracked processes, like the kernel table's.
-const MAX_PROCS: usize = 65_536;
+const MAX_PROCS: usize = layout::MAX_PROCS as usize;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProcEntry {

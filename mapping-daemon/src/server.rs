@@ -7,11 +7,14 @@
 //! `{"error": "..."}` line naming what is wrong, then the close, and counts as a client error.
 //!
 //! Every connection is its own task: a client that misbehaves, stalls or vanishes only ends its
-//! own task. At most [`ServerConfig::max_clients`] connections are served at once (one more gets
-//! an error line and the close, counted as refused), and a write that cannot complete within
-//! [`ServerConfig::write_timeout`] disconnects its client (counted): a client that stops reading
-//! holds neither a task nor a slot for long. This module owns the listener and the connections; the events come from the hub and
-//! the status from a [`StatusSource`].
+//! own task. At most [`ServerConfig::max_clients`] event streams are served at once, and, apart
+//! from them, at most as many connections that are still sending their request or getting a
+//! one-line reply: clients that stream (and may stop reading) can never lock out a `status`
+//! request. One more of either gets an error line and the close, counted as refused. A write that
+//! cannot complete within [`ServerConfig::write_timeout`] disconnects its client (counted): a
+//! client that stops reading holds neither a task nor a slot for long. This module owns the
+//! listener and the connections; the events come from the hub and the status from a
+//! [`StatusSource`].
 
 use crate::hub::{Hub, Subscription};
 use crate::status::StatusSource;
@@ -27,7 +30,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader, Interest};
 use tokio::net::unix::{ReadHalf, WriteHalf};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::{timeout, Instant};
 use tracing::{debug, error, info, warn};
@@ -63,7 +66,8 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// Most events written to one client in one write.
     pub max_batch: usize,
-    /// Most connections served at once; one more gets an error line and the close.
+    /// Most event streams served at once, and, apart from them, most connections still sending
+    /// their request or getting a one-line reply; one more gets an error line and the close.
     pub max_clients: usize,
     /// How long one write to a client may block (its socket buffer full because it stopped
     /// reading) before the client is disconnected.
@@ -95,6 +99,8 @@ enum Refusal {
     SecondLine,
     #[error("too many clients: podmapd serves {0} connections at once; try again later")]
     TooManyClients(usize),
+    #[error("too many event streams: podmapd serves {0} at once; try again later")]
+    TooManyStreams(usize),
 }
 
 #[derive(Serialize)]
@@ -172,8 +178,11 @@ pub async fn serve_with_config(
     config: ServerConfig,
     shutdown: impl Future,
 ) {
-    // One permit per connection served; a connection over the cap is told so and closed.
+    // One permit per connection until it is answered or admitted as an event stream; a
+    // connection over the cap is told so and closed. Streams hold permits of their own, so a
+    // full house of streams leaves every connection permit to status and containers requests.
     let slots = Arc::new(Semaphore::new(config.max_clients.max(1)));
+    let streams = Arc::new(Semaphore::new(config.max_clients.max(1)));
     // Telling takes up to a second or two per refused connection: bound those too, so a flood
     // of connections cannot pile up tasks and descriptors. Beyond it they are closed unanswered
     // (still counted).
@@ -196,16 +205,17 @@ pub async fn serve_with_config(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => match Arc::clone(&slots).try_acquire_owned() {
                     Ok(permit) => {
-                        let client = handle_client(
+                        tasks.spawn(handle_client(
                             stream,
                             Arc::clone(&hub),
                             Arc::clone(&source),
                             Arc::clone(&config),
-                        );
-                        tasks.spawn(async move {
-                            client.await;
-                            drop(permit);
-                        });
+                            Admission {
+                                connection: permit,
+                                streams: Arc::clone(&streams),
+                                refusing: Arc::clone(&refusing),
+                            },
+                        ));
                     }
                     Err(_) => {
                         hub.record_client_refused();
@@ -231,11 +241,21 @@ pub async fn serve_with_config(
     tasks.shutdown().await;
 }
 
+/// A connection's place: the permit it holds while it sends its request or gets its reply, and
+/// where an event stream takes a place of its own.
+struct Admission {
+    connection: OwnedSemaphorePermit,
+    streams: Arc<Semaphore>,
+    /// Places for telling refused clients why (bounded like the accept loop's).
+    refusing: Arc<Semaphore>,
+}
+
 async fn handle_client(
     mut stream: UnixStream,
     hub: Arc<Hub>,
     source: Arc<dyn StatusSource>,
     config: Arc<ServerConfig>,
+    admission: Admission,
 ) {
     let (rd, mut wr) = stream.split();
     let mut reader = BufReader::new(rd);
@@ -257,24 +277,48 @@ async fn handle_client(
     let outcome = match request {
         Ok(Request::Status(_)) => reply(&mut wr, &source.status(), &hub, &config).await,
         Ok(Request::Containers(_)) => reply(&mut wr, &source.containers(), &hub, &config).await,
-        Ok(Request::Events(filter)) => {
-            debug!(?filter, "client subscribed");
-            let sub = hub.subscribe(filter);
-            match stream_events(&mut reader, &mut wr, sub, &config).await {
-                Ok(()) => Ok(()),
-                Err(StreamError::SecondLine) => Err(Refusal::SecondLine),
-                Err(StreamError::WriteTimeout) => {
-                    // It stopped reading: no error line could reach it either.
-                    hub.record_client_write_timeout();
-                    debug!(timeout = ?config.write_timeout, "disconnecting a client that stopped reading");
-                    Ok(())
-                }
-                Err(StreamError::Io(e)) => {
-                    debug!(error = %e, "streaming client gone");
-                    Ok(())
+        Ok(Request::Events(filter)) => match Arc::clone(&admission.streams).try_acquire_owned() {
+            Err(_) => {
+                hub.record_client_refused();
+                // Telling it takes a while (the client may not read): that must not hold a
+                // request place, or refused subscribers could lock out status. Beyond the
+                // refusing bound the connection is closed unanswered (still counted).
+                drop(admission.connection);
+                let Ok(_telling) = Arc::clone(&admission.refusing).try_acquire_owned() else {
+                    return;
+                };
+                debug!(max = config.max_clients, "refusing a stream over the cap");
+                refuse(
+                    &mut reader,
+                    &mut wr,
+                    &Refusal::TooManyStreams(config.max_clients),
+                )
+                .await;
+                return;
+            }
+            Ok(place) => {
+                // A stream lives on its own place: the connection's goes back to the requests.
+                drop(admission.connection);
+                debug!(?filter, "client subscribed");
+                let sub = hub.subscribe(filter);
+                let streamed = stream_events(&mut reader, &mut wr, sub, &config).await;
+                drop(place);
+                match streamed {
+                    Ok(()) => Ok(()),
+                    Err(StreamError::SecondLine) => Err(Refusal::SecondLine),
+                    Err(StreamError::WriteTimeout) => {
+                        // It stopped reading: no error line could reach it either.
+                        hub.record_client_write_timeout();
+                        debug!(timeout = ?config.write_timeout, "disconnecting a client that stopped reading");
+                        Ok(())
+                    }
+                    Err(StreamError::Io(e)) => {
+                        debug!(error = %e, "streaming client gone");
+                        Ok(())
+                    }
                 }
             }
-        }
+        },
         Err(refusal) => Err(refusal),
     };
     if let Err(refusal) = outcome {

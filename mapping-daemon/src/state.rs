@@ -5,13 +5,17 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use podmap_bpf::cgroup::CgroupLayout;
 use podmap_bpf::layout::Counter;
 use podmap_bpf::SharedMaps;
+use podmap_cgroup::CgroupLayout;
+
+use podmap_proto::containers::{ContainerRow, RowPod};
+use podmap_proto::ContainerInfo;
 
 use crate::hub::Hub;
 use crate::stats::{histogram_percentile, Stats};
-use crate::status::{LatencySummary, StatusReport, StatusSource};
+use crate::status::StatusSource;
+use podmap_proto::status::{LatencySummary, StatusReport};
 
 pub struct DaemonState {
     pub node: String,
@@ -21,7 +25,7 @@ pub struct DaemonState {
     pub hub: Arc<Hub>,
     pub started: Instant,
     pub enforcement: String,
-    pub policies: std::sync::Mutex<crate::policies::PolicyStatus>,
+    pub policies: std::sync::Mutex<podmap_proto::status::PolicyStatus>,
     /// Set once the pod cache started (Kubernetes mode).
     pub pods: std::sync::Mutex<Option<podmap_pod_cache::PodCache>>,
     /// The PodPolicy mirror's status, in Kubernetes mode.
@@ -31,7 +35,7 @@ pub struct DaemonState {
     /// Where container-shaped cgroup names are believed (docs/decisions.md #29).
     pub pod_parents: Vec<String>,
     /// How the pinned links were taken over at start.
-    pub programs: crate::status::ProgramsStatus,
+    pub programs: podmap_proto::status::ProgramsStatus,
 }
 
 fn summary(h: &[u64]) -> LatencySummary {
@@ -46,7 +50,7 @@ fn summary(h: &[u64]) -> LatencySummary {
 impl StatusSource for DaemonState {
     fn status(&self) -> StatusReport {
         let s = &self.stats;
-        let c = self.maps.counters();
+        let c = &self.maps.counters;
         let pods = self
             .pods
             .lock()
@@ -95,7 +99,7 @@ impl StatusSource for DaemonState {
             events_held_now: Stats::get(&s.held_now),
             events_held_peak: Stats::get(&s.held_peak),
             events_held_released_early: Stats::get(&s.held_released_early),
-            events_held_limits: crate::status::HoldLimitsStatus {
+            events_held_limits: podmap_proto::status::HoldLimitsStatus {
                 per_cgroup: crate::pipeline::hold::DEFAULT_LIMITS.per_cgroup as u64,
                 total: crate::pipeline::hold::DEFAULT_LIMITS.total as u64,
             },
@@ -113,9 +117,9 @@ impl StatusSource for DaemonState {
             clients_refused: self.hub.clients_refused(),
             clients_write_timeouts: self.hub.clients_write_timeouts(),
             metrics_connections_refused: Stats::get(&s.metrics_refused),
-            containers_mapped: self.maps.keys().len() as u64,
+            containers_mapped: self.maps.records.keys().len() as u64,
             pods_cached: pods.as_ref().map_or(0, |p| p.pods as u64),
-            pod_cache: pods.map(|p| crate::status::PodCacheStatus {
+            pod_cache: pods.map(|p| podmap_proto::status::PodCacheStatus {
                 synced: p.synced,
                 staleness_seconds: p.last_event_age.map(|d| d.as_secs_f64()),
                 deleted_kept: p.deleted_kept as u64,
@@ -126,7 +130,7 @@ impl StatusSource for DaemonState {
                 errors: p.errors,
             }),
             enforcement_mode: self.enforcement.clone(),
-            policies: crate::policies::PolicyStatus {
+            policies: podmap_proto::status::PolicyStatus {
                 resources: self.policy_resources.as_ref().map(|m| m.snapshot()),
                 ..self
                     .policies
@@ -137,19 +141,19 @@ impl StatusSource for DaemonState {
             shared_counters: shared,
             mapping_latency_us: summary(&c.latency_histogram()),
             event_latency_us: summary(&s.latency_histogram()),
-            programs: crate::status::ProgramsStatus {
+            programs: podmap_proto::status::ProgramsStatus {
                 backlog_read_at_start: Stats::get(&s.backlog_at_start),
                 ..self.programs.clone()
             },
         }
     }
 
-    fn containers(&self) -> serde_json::Value {
+    fn containers(&self) -> Vec<ContainerRow> {
         // Each container's policy names, from one walk of the membership map.
-        let mut policies: BTreeMap<podmap_bpf::CgroupKey, Vec<String>> = BTreeMap::new();
+        let mut policies: BTreeMap<podmap_cgroup::CgroupKey, Vec<String>> = BTreeMap::new();
         {
             let names = self.policy_names.read().unwrap_or_else(|p| p.into_inner());
-            for (id, key) in self.maps.memberships() {
+            for (id, key) in self.maps.policy.memberships() {
                 let name = names
                     .get(&id)
                     .map_or_else(|| format!("policy-{id:08x}"), |n| n.to_string());
@@ -161,34 +165,49 @@ impl StatusSource for DaemonState {
             of.sort();
             of
         };
-        let mut rows: Vec<serde_json::Value> = self
+        let mut rows: Vec<ContainerRow> = self
             .maps
+            .records
             .keys()
             .into_iter()
             .map(|key| {
-                let rec = self.maps.get(key).ok().flatten();
-                let meta = self.maps.meta(key);
-                let mut row = serde_json::json!({
-                    "cgroup_id": key.id.0,
-                    "hierarchy": key.hierarchy,
-                    "removing": rec.map(|r| r.flags.removing),
-                    "sandbox": rec.map(|r| r.flags.sandbox),
-                    "mapped_at": rec.map(|r| crate::clock::format_rfc3339(r.created_ns)),
-                    "policies": policies_of(key),
-                });
-                match meta {
-                    Ok(Some(m)) => {
-                        row["container"] = serde_json::json!({"id": m.container_id, "name": m.name, "image": m.image, "runtime": m.runtime});
-                        row["pod"] = serde_json::json!({"uid": m.pod_uid, "name": m.pod_name, "namespace": m.namespace, "labels": m.labels});
-                        row["cgroup_path"] = serde_json::json!(m.cgroup_path);
+                let rec = self.maps.records.get(key).ok().flatten();
+                let mut row = ContainerRow {
+                    cgroup_id: key.id.0,
+                    hierarchy: match key.hierarchy {
+                        podmap_cgroup::Hierarchy::V2 => "v2",
+                        podmap_cgroup::Hierarchy::V1 => "v1",
                     }
-                    Ok(None) => row["error"] = serde_json::json!("no metadata"),
-                    Err(e) => row["error"] = serde_json::json!(e.to_string()),
+                    .to_string(),
+                    removing: rec.map(|r| r.flags.removing),
+                    sandbox: rec.map(|r| r.flags.sandbox),
+                    mapped_at: rec.map(|r| crate::clock::format_rfc3339(r.created_ns)),
+                    policies: policies_of(key),
+                    ..Default::default()
+                };
+                match self.maps.records.meta(key) {
+                    Ok(Some(m)) => {
+                        row.container = Some(ContainerInfo {
+                            id: m.container_id.0,
+                            name: m.name,
+                            image: m.image,
+                            runtime: m.runtime,
+                        });
+                        row.pod = Some(RowPod {
+                            uid: m.pod_uid.map(|u| u.0),
+                            name: m.pod_name,
+                            namespace: m.namespace,
+                            labels: m.labels,
+                        });
+                        row.cgroup_path = Some(m.cgroup_path);
+                    }
+                    Ok(None) => row.error = Some("no metadata".to_string()),
+                    Err(e) => row.error = Some(e.to_string()),
                 }
                 row
             })
             .collect();
-        rows.sort_by_key(|r| r["cgroup_id"].as_u64());
-        serde_json::Value::Array(rows)
+        rows.sort_by_key(|r| (r.cgroup_id, r.hierarchy.clone()));
+        rows
     }
 }

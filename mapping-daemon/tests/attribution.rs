@@ -15,12 +15,25 @@ use podmap_pod_cache::testing::TestApiServer;
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// The tests of this file run one at a time: every podmapd sees every exec on the host, so a
+/// storm of 8,000 events in one test buries the few events another test waits for (its stream
+/// falls behind and the daemon drops for it, as it should for a slow reader).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    // A failed test poisons the lock; the next one still runs.
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn rel(cg: &TestCgroup) -> String {
     format!("/{}", cg.rel.display())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_container_scope_under_a_user_slice_gets_no_pod_data() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     let server = TestApiServer::start().await;
     let tmp = tempfile::tempdir().unwrap();
     let node = podmap_bpf::testing::unique_name("node");
@@ -31,6 +44,7 @@ async fn a_forged_container_scope_under_a_user_slice_gets_no_pod_data() {
     let kc = kubeconfig(tmp.path(), &server.url());
 
     tokio::task::block_in_place(|| {
+        let _alone = one_at_a_time();
         let base = TestCgroup::new(&cgroup2_mount(), "podmap-test-forge").unwrap();
         // The runtime's pod parent in this test: kubelet's --cgroup-root would be /kubepods.
         let kubepods = base.child("kubepods").unwrap();
@@ -120,17 +134,20 @@ fn vm_hwm_kib(pid: u32) -> u64 {
 
 #[test]
 fn an_exec_storm_from_an_unmapped_container_cgroup_stays_bounded() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     storm_with_idle_clients(20);
 }
 
-/// The full case. podmapd's hold and batches stay bounded here too, but each client
-/// that stops reading pins a write buffer of up to 1,024 serialized events (about 0.7 MiB) in
-/// server.rs's stream task: 1,000 such clients measured 778 MiB VmHWM, and while their sockets
-/// still took data, 1,000 stream tasks copying every batch delayed a status request by 7.8 s
-/// (debug build). Both belong to the socket server's client limits, not to the pipeline.
+/// The full case: 1,000 subscribers that never read. At most `--max-clients` (64) of them are
+/// served as streams, each pinning at most one write buffer; the others are refused and counted;
+/// and status, which has places of its own, answers throughout.
 #[test]
-#[ignore = "needs server.rs to bound idle clients' buffers and work (778 MiB VmHWM, 7.8 s status measured)"]
 fn an_exec_storm_from_an_unmapped_container_cgroup_with_1000_idle_clients_stays_bounded() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     storm_with_idle_clients(1000);
 }
 
@@ -139,6 +156,7 @@ fn an_exec_storm_from_an_unmapped_container_cgroup_with_1000_idle_clients_stays_
 /// answers and a new policy loads during the storm, and podmapd's peak memory stays far below
 /// its 256 MiB limit.
 fn storm_with_idle_clients(clients: usize) {
+    let _alone = one_at_a_time();
     let base = TestCgroup::new(&cgroup2_mount(), "podmap-test-storm").unwrap();
     let kubepods = base.child("kubepods").unwrap();
     let policy_dir = tempfile::tempdir().unwrap();

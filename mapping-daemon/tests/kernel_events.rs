@@ -5,9 +5,8 @@
 use std::time::Duration;
 
 use podmap_bpf::testing::TestCgroup;
-use podmap_bpf::{
-    CgroupId, CgroupIds, ContainerId, ContainerMeta, PodUid, RecordFlags, SharedMaps, Writer,
-};
+use podmap_bpf::{ContainerId, ContainerMeta, PodUid, RecordFlags, SharedMaps, Writer};
+use podmap_cgroup::{CgroupId, CgroupIds};
 use podmap_conformance::daemon::{cgroup2_mount, find, run_in_cgroup, Daemon, DaemonOptions};
 use serde_json::Value;
 
@@ -87,12 +86,18 @@ fn exec_and_exit_in_a_fresh_cgroup(daemon: &Daemon) {
 
 #[test]
 fn exec_and_exit_carry_the_cgroup_id_on_this_host() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     let daemon = Daemon::start();
     exec_and_exit_in_a_fresh_cgroup(&daemon);
 }
 
 #[test]
 fn exec_and_exit_carry_the_cgroup_id_in_a_pure_cgroup2_namespace() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     let daemon = Daemon::start_with(DaemonOptions {
         pure_cgroup2: true,
         ..Default::default()
@@ -120,6 +125,9 @@ fn meta(id: &str) -> ContainerMeta {
 
 #[test]
 fn a_record_written_through_the_bpf_api_attributes_the_cgroup_and_its_children() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     let daemon = Daemon::start();
     let mut maps = SharedMaps::open(&daemon.pins.path).expect("the daemon's pins");
     let cg = TestCgroup::new(&cgroup2_mount(), "podmap-test-rec").unwrap();
@@ -130,7 +138,8 @@ fn a_record_written_through_the_bpf_api_attributes_the_cgroup_and_its_children()
         v2: Some(CgroupId(cg.id())),
         v1: None,
     };
-    maps.insert(&ids, &meta(&cid), RecordFlags::default(), Writer::Test)
+    maps.records
+        .insert(&ids, &meta(&cid), RecordFlags::default(), Writer::Test)
         .unwrap();
 
     let mut stream = daemon.events("{}");
@@ -179,7 +188,7 @@ fn a_record_written_through_the_bpf_api_attributes_the_cgroup_and_its_children()
     );
 
     // Removed: back to host.
-    maps.remove(&ids).unwrap();
+    maps.records.remove(&ids).unwrap();
     let (pid, _) = run_in_cgroup(&nested.path(), &["/bin/true", "after-removal"]);
     let events = stream.until(WAIT, |v| {
         v["type"] == "exec" && pid_of(v) == pid as u64 && v["process"]["binary"] == "/bin/true"
@@ -197,6 +206,9 @@ fn a_record_written_through_the_bpf_api_attributes_the_cgroup_and_its_children()
 
 #[test]
 fn container_shaped_cgroups_wait_for_their_mapping_then_go_out_as_unknown() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     // The test's cgroup stands for kubelet's pod parent (docs/decisions.md #29).
     let cg = TestCgroup::new(&cgroup2_mount(), "podmap-test-shape").unwrap();
     let daemon = Daemon::start_with(DaemonOptions {
@@ -232,7 +244,8 @@ fn container_shaped_cgroups_wait_for_their_mapping_then_go_out_as_unknown() {
         v1: None,
     };
     let (pid, _) = run_in_cgroup(&late.path(), &["/bin/true", "late"]);
-    maps.insert(&ids, &meta(&cid2), RecordFlags::default(), Writer::Test)
+    maps.records
+        .insert(&ids, &meta(&cid2), RecordFlags::default(), Writer::Test)
         .unwrap();
     let events = stream.until(WAIT, |v| {
         v["type"] == "exec" && pid_of(v) == pid as u64 && v["process"]["binary"] == "/bin/true"
@@ -252,6 +265,9 @@ fn container_shaped_cgroups_wait_for_their_mapping_then_go_out_as_unknown() {
 
 #[test]
 fn processes_older_than_the_daemon_are_found_by_the_proc_scan() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     let cg = TestCgroup::new(&cgroup2_mount(), "podmap-test-scan").unwrap();
     let script = format!(
         "echo $$ > {}/cgroup.procs && exec /bin/sleep 60",
@@ -278,8 +294,11 @@ fn processes_older_than_the_daemon_are_found_by_the_proc_scan() {
 
 #[test]
 fn the_daemon_sweeps_records_whose_grace_ended() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     let daemon = Daemon::start_with(DaemonOptions {
-        env: vec![("PODMAP_GRACE_SECONDS".into(), "1".into())],
+        env: vec![("PODMAP_GRACE".into(), "1".into())],
         ..Default::default()
     });
     let mut maps = SharedMaps::open(&daemon.pins.path).unwrap();
@@ -291,21 +310,25 @@ fn the_daemon_sweeps_records_whose_grace_ended() {
         v2: Some(CgroupId(0x7fff_0002)),
         v1: None,
     };
-    maps.insert(
-        &removed,
-        &meta("removed"),
-        RecordFlags::default(),
-        Writer::Test,
-    )
-    .unwrap();
-    maps.insert(&live, &meta("live"), RecordFlags::default(), Writer::Test)
+    maps.records
+        .insert(
+            &removed,
+            &meta("removed"),
+            RecordFlags::default(),
+            Writer::Test,
+        )
+        .unwrap();
+    maps.records
+        .insert(&live, &meta("live"), RecordFlags::default(), Writer::Test)
         .unwrap();
     assert!(maps
+        .records
         .mark_removed(&removed, podmap_bpf::maps::now_ns())
         .unwrap());
     let deadline = std::time::Instant::now() + WAIT;
     while maps
-        .get(podmap_bpf::CgroupKey::v2(0x7fff_0001))
+        .records
+        .get(podmap_cgroup::CgroupKey::v2(0x7fff_0001))
         .unwrap()
         .is_some()
     {
@@ -313,7 +336,8 @@ fn the_daemon_sweeps_records_whose_grace_ended() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(
-        maps.get(podmap_bpf::CgroupKey::v2(0x7fff_0002))
+        maps.records
+            .get(podmap_cgroup::CgroupKey::v2(0x7fff_0002))
             .unwrap()
             .is_some(),
         "live records stay"
@@ -330,6 +354,9 @@ fn the_daemon_sweeps_records_whose_grace_ended() {
 /// Here (hybrid) a cgroup made only in the v1 memory hierarchy shows that path.
 #[test]
 fn a_v1_only_cgroup_is_attributed_through_the_tracked_controller() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     let memory = std::path::Path::new("/sys/fs/cgroup/memory");
     if !memory.join("cgroup.procs").exists() {
         eprintln!("no cgroup v1 memory hierarchy on this host: nothing to check");
@@ -343,7 +370,8 @@ fn a_v1_only_cgroup_is_attributed_through_the_tracked_controller() {
         v1: Some(CgroupId(cg.id())),
     };
     let cid = "ee".repeat(32);
-    maps.insert(&ids, &meta(&cid), RecordFlags::default(), Writer::Test)
+    maps.records
+        .insert(&ids, &meta(&cid), RecordFlags::default(), Writer::Test)
         .unwrap();
     let mut stream = daemon.events("{}");
     let (pid, _) = run_in_cgroup(&cg.path(), &["/bin/true", "v1"]);
@@ -365,6 +393,9 @@ fn a_v1_only_cgroup_is_attributed_through_the_tracked_controller() {
 /// parent's program.
 #[test]
 fn exits_of_processes_that_never_exec_name_the_right_program() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     let daemon = Daemon::start();
     let cg = TestCgroup::new(&cgroup2_mount(), "podmap-test-fork").unwrap();
     let mut stream = daemon.events(r#"{"types": ["exit"]}"#);
@@ -397,6 +428,9 @@ fn exits_of_processes_that_never_exec_name_the_right_program() {
 /// too; what matters is that nothing waits for a timer that no longer runs.)
 #[test]
 fn an_idle_reader_sleeps_and_the_next_event_wakes_it() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     let daemon = Daemon::start();
     let cg = TestCgroup::new(&cgroup2_mount(), "podmap-test-idle").unwrap();
     let mut stream = daemon.events(r#"{"types": ["exec"]}"#);
@@ -412,4 +446,97 @@ fn an_idle_reader_sleeps_and_the_next_event_wakes_it() {
         assert!(st["reader_woken"].as_u64() > Some(woken), "{st:#}");
         assert!(st["reader_sleeps"].as_u64() >= Some(round + 1), "{st:#}");
     }
+}
+
+/// A working directory deeper than the kernel reads comes out with its deepest components and
+/// the `cwd_truncated` flag; a shallow one carries no flag.
+#[test]
+fn a_cwd_deeper_than_the_kernel_reads_is_flagged_truncated() {
+    let daemon = Daemon::start();
+    let cg = TestCgroup::new(&cgroup2_mount(), "podmap-test-cwd").unwrap();
+    let top = tempfile::tempdir().unwrap();
+    let mut deep = top.path().to_path_buf();
+    for i in 0..40 {
+        deep.push(format!("podmap-deep-{i:02}"));
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+    let mut stream = daemon.events(r#"{"types": ["exec"]}"#);
+    for (dir, marker) in [
+        (&deep, "deep-cwd"),
+        (&top.path().to_path_buf(), "shallow-cwd"),
+    ] {
+        let script = format!("cd '{}' && exec /bin/echo {marker}", dir.display());
+        let (pid, _) = run_in_cgroup(&cg.path(), &["/bin/sh", "-c", &script]);
+        let events = stream.until(WAIT, |v| {
+            pid_of(v) == u64::from(pid) && v["process"]["binary"] == "/bin/echo"
+        });
+        let exec = events.last().unwrap();
+        let flagged = exec["process"]["flags"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f == "cwd_truncated"));
+        let cwd = exec["process"]["cwd"].as_str().unwrap();
+        if marker == "deep-cwd" {
+            assert!(flagged, "a {}-byte cwd: {exec}", deep.as_os_str().len());
+            assert!(
+                cwd.ends_with("/podmap-deep-39"),
+                "the deepest part is kept: {exec}"
+            );
+        } else {
+            assert!(!flagged, "{exec}");
+            assert_eq!(cwd, top.path().to_str().unwrap(), "{exec}");
+        }
+    }
+}
+
+/// Chaos (issue 12): the pin directory removed under a running podmapd. Before, the programs
+/// were detached at once (nothing but the pins held their links) and a writer opening the pins
+/// afterwards created new, empty maps. Now podmapd holds its links, and its next tick pins them,
+/// its own maps and the shared maps again (counted): the programs never stop, a later writer (a
+/// hook run) writes into the maps they read, and a restarted podmapd adopts the links.
+#[test]
+fn a_removed_pin_directory_is_pinned_again_and_later_writers_reach_the_programs() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
+    let daemon = Daemon::start();
+    let mut stream = daemon.events("{}");
+    std::fs::remove_dir_all(&daemon.pins.path).unwrap();
+    let st = daemon.wait_status("the shared maps pinned again", |st| {
+        st["shared_counters"]["pins_restored"].as_u64().unwrap_or(0) >= 7
+    });
+    assert_eq!(st["shared_counters"]["pins_foreign"], 0, "{st}");
+
+    let mut maps = SharedMaps::open(&daemon.pins.path).expect("the pins, as a writer opens them");
+    let cg = TestCgroup::new(&cgroup2_mount(), "podmap-test-repin").unwrap();
+    let cid = "feed".repeat(16);
+    let ids = CgroupIds {
+        v2: Some(CgroupId(cg.id())),
+        v1: None,
+    };
+    maps.records
+        .insert(&ids, &meta(&cid), RecordFlags::default(), Writer::Test)
+        .unwrap();
+    let (pid, _) = run_in_cgroup(&cg.path(), &["/bin/true", "after-repin"]);
+    let events = stream.until(WAIT, |v| {
+        v["type"] == "exec" && pid_of(v) == pid as u64 && v["process"]["binary"] == "/bin/true"
+    });
+    let ev = events.last().unwrap();
+    assert_eq!(ev["attribution"], "container", "{ev}");
+    assert_eq!(ev["container"]["id"], cid.as_str());
+
+    // The links were held and pinned again too: a podmapd restarted after a crash adopts them
+    // (before, it found none and attached a second generation beside the first).
+    let links = std::fs::read_dir(daemon.pins.path.join("links"))
+        .unwrap()
+        .count();
+    assert!(links >= 5, "{links} links pinned again");
+    let mut daemon = daemon;
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
+    let again = Daemon::start_with(DaemonOptions {
+        pins: Some(daemon.pins.path.clone()),
+        ..Default::default()
+    });
+    let st = again.status();
+    assert_eq!(st["programs"]["links"], "adopted", "{st:#}");
 }

@@ -15,6 +15,9 @@ const WAIT: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_join_the_pod_cache_and_follow_relabels_and_deletion() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     let server = TestApiServer::start().await;
     let tmp = tempfile::tempdir().unwrap();
     let policy_dir = tempfile::tempdir().unwrap();

@@ -92,6 +92,9 @@ fn pid_of(v: &Value) -> u64 {
 
 #[test]
 fn exec_kill_applies_to_selected_pods_only_and_follows_policy_changes() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     let mut f = start();
     let selected = container(&mut f, "prod", "nginx");
     let other_ns = container(&mut f, "dev", "nginx");
@@ -160,6 +163,9 @@ fn exec_kill_applies_to_selected_pods_only_and_follows_policy_changes() {
 
 #[test]
 fn open_rules_stop_reads_of_named_paths_in_selected_pods() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     let mut f = start();
     let selected = container(&mut f, "prod", "app");
     let other_ns = container(&mut f, "dev", "app");
@@ -208,6 +214,9 @@ fn open_rules_stop_reads_of_named_paths_in_selected_pods() {
 
 #[test]
 fn deny_without_lsm_falls_back_as_the_policy_says_and_status_tells() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     let mut f = start();
     let cg = container(&mut f, "prod", "app");
     write_policy(
@@ -262,6 +271,9 @@ fn deny_without_lsm_falls_back_as_the_policy_says_and_status_tells() {
 
 #[test]
 fn a_malformed_policy_is_refused_by_name_and_active_ones_stay() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     let mut f = start();
     let cg = container(&mut f, "prod", "app");
     write_policy(
@@ -347,6 +359,9 @@ fn container_in(f: &mut Fixture, namespace: &str, uid: &str) -> TestCgroup {
 /// policy that overflows is refused (and named), the others act, and later changes still apply.
 #[test]
 fn seventeen_policies_on_one_path_refuse_one_and_the_others_act() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     let mut f = start();
     let first = container_in(&mut f, "ns-01", "00000000-0000-0000-0000-000000000001");
     let last = container_in(&mut f, "ns-17", "00000000-0000-0000-0000-000000000017");
@@ -425,6 +440,9 @@ fn restore_fds(pid: u32, old: libc::rlimit) {
 /// Now the last good set stays in force, and the failure is shown and counted.
 #[test]
 fn a_policy_dir_that_cannot_be_read_keeps_the_policies_in_force() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     let mut f = start();
     let cg = container(&mut f, "prod", "app");
     let dir = f.policy_dir.path().to_path_buf();
@@ -502,6 +520,9 @@ fn a_policy_dir_that_cannot_be_read_keeps_the_policies_in_force() {
 /// open entries were closed over prefixes per access kind).
 #[test]
 fn a_read_prefix_still_acts_on_a_path_another_policy_names_for_writes() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     let mut f = start();
     let cg = container(&mut f, "prod", "app");
     let secrets = tempfile::tempdir().unwrap();
@@ -539,9 +560,12 @@ fn a_read_prefix_still_acts_on_a_path_another_policy_names_for_writes() {
 /// policies.
 #[test]
 fn memberships_without_a_record_are_removed_and_the_others_kept() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     use podmap_bpf::testing::PinDir;
-    use podmap_bpf::{CgroupId, CgroupIds, CgroupKey};
-    use podmap_proto::policy::policy_id;
+    use podmap_cgroup::{CgroupId, CgroupIds, CgroupKey};
+    use podmap_policy::policy_id;
 
     // The node as podmapd finds it at start: one container with its record and membership, and
     // one membership whose container went while podmapd was away.
@@ -557,23 +581,25 @@ fn memberships_without_a_record_are_removed_and_the_others_kept() {
     cg.map_container(&mut maps, &pod, "nginx").unwrap();
     let id = policy_id("no-sh");
     let live = CgroupKey::v2(cg.id());
-    maps.add_memberships(
-        &CgroupIds {
-            v2: Some(CgroupId(cg.id())),
-            v1: None,
-        },
-        &[id],
-    )
-    .unwrap();
+    maps.policy
+        .add_memberships(
+            &CgroupIds {
+                v2: Some(CgroupId(cg.id())),
+                v1: None,
+            },
+            &[id],
+        )
+        .unwrap();
     let gone = CgroupKey::v2(u64::MAX - 7);
-    maps.add_memberships(
-        &CgroupIds {
-            v2: Some(gone.id),
-            v1: None,
-        },
-        &[id],
-    )
-    .unwrap();
+    maps.policy
+        .add_memberships(
+            &CgroupIds {
+                v2: Some(gone.id),
+                v1: None,
+            },
+            &[id],
+        )
+        .unwrap();
     let policy_dir = tempfile::tempdir().unwrap();
     write_policy(
         policy_dir.path(),
@@ -596,7 +622,7 @@ fn memberships_without_a_record_are_removed_and_the_others_kept() {
     let st = daemon.wait_status("the orphaned membership removed", |st| {
         st["policies"]["orphan_memberships_removed"] == 1
     });
-    let members = maps.memberships();
+    let members = maps.policy.memberships();
     assert!(members.contains(&(id, live)), "{members:?}\n{st:#}");
     assert!(!members.contains(&(id, gone)), "{members:?}");
     assert_eq!(st["policies"]["memberships"], 1, "{st:#}");
@@ -654,6 +680,9 @@ fn killed_and_attributed(
 /// it, below a container that itself sits a few levels down (as kubepods containers do).
 #[test]
 fn rules_act_at_any_depth_below_a_selected_container() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     let mut f = start();
     let top = TestCgroup::new(&cgroup2_mount(), "podmap-test-deep").unwrap();
     // Each fixture removes its subtree on drop: keep the intermediate levels alive.
@@ -735,6 +764,9 @@ fn rules_act_at_any_depth_below_a_selected_container() {
 /// a v1-only container in the memory hierarchy, execs 16 and 20 levels below it.
 #[test]
 fn rules_act_at_any_depth_below_a_v1_only_container() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     let memory = Path::new("/sys/fs/cgroup/memory");
     if !memory.join("cgroup.procs").exists() {
         eprintln!("no cgroup v1 memory hierarchy on this host: nothing to check");
@@ -758,11 +790,12 @@ fn rules_act_at_any_depth_below_a_v1_only_container() {
         runtime: "test".into(),
         ..Default::default()
     };
-    let ids = podmap_bpf::CgroupIds {
+    let ids = podmap_cgroup::CgroupIds {
         v2: None,
-        v1: Some(podmap_bpf::CgroupId(container.id())),
+        v1: Some(podmap_cgroup::CgroupId(container.id())),
     };
     f.maps
+        .records
         .insert(
             &ids,
             &meta,
@@ -795,6 +828,9 @@ fn rules_act_at_any_depth_below_a_v1_only_container() {
 /// and shown by the restarted podmapd.
 #[test]
 fn a_kill_policy_keeps_acting_while_podmapd_is_killed_and_after_it_restarts() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     let mut f = start();
     let selected = container(&mut f, "prod", "nginx");
     write_policy(
@@ -819,10 +855,10 @@ fn a_kill_policy_keeps_acting_while_podmapd_is_killed_and_after_it_restarts() {
         .success());
 
     // Nobody reads the ring buffer now: fill it with cgroup events until the kernel drops one.
-    let dropped_before = f.maps.counters().get(Counter::RingbufDropped);
+    let dropped_before = f.maps.counters.get(Counter::RingbufDropped);
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut made = 0u64;
-    while f.maps.counters().get(Counter::RingbufDropped) == dropped_before {
+    while f.maps.counters.get(Counter::RingbufDropped) == dropped_before {
         assert!(
             Instant::now() < deadline,
             "no ring-buffer drop after {made} cgroups while podmapd was down"
@@ -834,7 +870,7 @@ fn a_kill_policy_keeps_acting_while_podmapd_is_killed_and_after_it_restarts() {
             made += 1;
         }
     }
-    let dropped = f.maps.counters().get(Counter::RingbufDropped);
+    let dropped = f.maps.counters.get(Counter::RingbufDropped);
     eprintln!("filled the ring with {made} cgroups: {dropped} dropped");
 
     let again = Daemon::start_with(DaemonOptions {
@@ -895,6 +931,9 @@ fn pinned_program(pins: &Path, name: &str) -> u32 {
 /// detaches the old, so execs in a selected pod, run all along, are killed every one.
 #[test]
 fn a_podmapd_with_other_programs_replaces_the_pinned_ones_without_a_gap() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 

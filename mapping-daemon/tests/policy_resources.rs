@@ -7,7 +7,7 @@ use std::path::Path;
 
 use podmap_conformance::daemon::{kubeconfig, Daemon, DaemonOptions};
 use podmap_pod_cache::testing::{Resource, TestApiServer};
-use podmap_proto::policy::MIRRORED_HEADER;
+use podmap_policy::MIRRORED_HEADER;
 use serde_json::{json, Value};
 
 fn policy(name: &str, binary: &str) -> Value {
@@ -37,6 +37,9 @@ fn mirrored(dir: &Path, name: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resources_are_mirrored_into_the_policy_directory() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     let server = TestApiServer::start().await;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -172,6 +175,9 @@ async fn resources_are_mirrored_into_the_policy_directory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_api_server_is_reported_and_mirroring_can_be_turned_off() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     // An API server podmapd cannot reach (nothing listens on port 9): the mirror's failures are
     // counted and shown, never silent. Turned off, the mirror does not run at all.
     let tmp = tempfile::tempdir().unwrap();

@@ -5,7 +5,9 @@
 use podmap_daemon::client::{self, EventFormat, EventsArgs, ServerError, TableOrJson};
 use podmap_daemon::hub::{Hub, Published};
 use podmap_daemon::server::{bind, serve_with_config, ServerConfig};
-use podmap_daemon::status::{LatencySummary, StatusReport, StatusSource};
+use podmap_daemon::status::StatusSource;
+use podmap_proto::containers::ContainerRow;
+use podmap_proto::status::{LatencySummary, StatusReport};
 use podmap_proto::{
     Attribution, ContainerInfo, Event, EventType, ExitInfo, PodInfo, PolicyInfo, Process,
     ProcessFlag,
@@ -43,16 +45,24 @@ fn report() -> StatusReport {
     }
 }
 
+fn container_rows() -> Vec<ContainerRow> {
+    serde_json::from_value(containers()).unwrap()
+}
+
+/// The mapping table as podmapd's JSON has it.
 fn containers() -> Value {
-    json!([{"cgroup_id": 7311, "namespace": "prod", "pod": "web-7d9c", "container": "nginx"}])
+    json!([{"cgroup_id": 7311, "hierarchy": "v2", "removing": false, "sandbox": false,
+            "mapped_at": "2026-11-25T12:00:00Z", "policies": [],
+            "container": {"id": "c1", "name": "nginx", "image": "", "runtime": "containerd"},
+            "pod": {"uid": "u1", "name": "web-7d9c", "namespace": "prod", "labels": {}}}])
 }
 
 impl StatusSource for FakeSource {
     fn status(&self) -> StatusReport {
         report()
     }
-    fn containers(&self) -> Value {
-        containers()
+    fn containers(&self) -> Vec<ContainerRow> {
+        container_rows()
     }
 }
 
@@ -585,40 +595,66 @@ async fn invalid_utf8_and_half_closed_garbage_are_refused_and_counted() {
     h.stop().await;
 }
 
+/// Streams and requests have places of their own: a full house of event streams (which may
+/// stop reading) never locks out a status request, and connections that send nothing are capped
+/// too. Whoever is over a cap is told why, closed and counted as refused, not as an error.
 #[tokio::test]
-async fn a_client_over_the_cap_gets_an_error_line_and_is_counted() {
+async fn clients_over_the_caps_get_an_error_line_and_streams_never_lock_out_status() {
     let config = ServerConfig {
         max_clients: 2,
+        request_timeout: Duration::from_secs(3),
         ..Default::default()
     };
     let h = Harness::start_with(config, 4096).await;
     let mut a = h.subscribe("{}").await;
     let b = h.subscribe("{}").await;
 
-    // The third connection, whatever it would ask, is told why and closed.
+    // A third stream is told why and closed.
     let mut over = h.connect("{\"events\": {}}\n").await;
-    over.expect_error("too many clients").await;
+    over.expect_error("too many event streams").await;
+    // (Closing our end ends the server's drain of it, and gives its request place back.)
+    drop(over);
     assert_eq!(h.hub.clients_refused(), 1);
     assert_eq!(h.hub.clients(), 2);
     assert_eq!(h.hub.client_errors(), 0, "not the client's request's fault");
 
-    // The clients within the cap keep receiving.
+    // Status and containers are still answered while every stream place is taken.
+    for _ in 0..3 {
+        let mut c = h.connect("{\"status\": {}}\n").await;
+        assert_eq!(c.json().await["node"], "node-a");
+    }
+
+    // The streams within the cap keep receiving.
     h.hub
         .publish(&Published::new(event(EventType::Exec, 1, None, &[])));
     assert_eq!(a.event().await.process.pid, 1);
 
-    // A place freed is a place taken.
+    // Connections that send nothing hold the request places until their timeout: one more
+    // connection, whatever it would ask, is told so.
+    sleep(Duration::from_millis(200)).await;
+    let quiet = [h.connect("").await, h.connect("").await];
+    sleep(Duration::from_millis(200)).await;
+    let mut over = h.connect("{\"status\": {}}\n").await;
+    over.expect_error("too many clients").await;
+    assert_eq!(h.hub.clients_refused(), 2);
+    drop(quiet);
+
+    // A stream place freed is a place taken.
     drop(b);
     wait_until(|| h.hub.clients() == 1).await;
-    let mut c = h.connect("{\"status\": {}}\n").await;
-    // The slot is released when the connection's task ends, just after the hub forgets it.
-    let v = c.json().await;
-    if v.get("error").is_some() {
-        sleep(Duration::from_millis(200)).await;
-        c = h.connect("{\"status\": {}}\n").await;
-        assert_eq!(c.json().await["node"], "node-a");
-    } else {
-        assert_eq!(v["node"], "node-a");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut c = h.connect("{\"events\": {}}\n").await;
+        sleep(Duration::from_millis(100)).await;
+        if h.hub.clients() == 2 {
+            h.hub
+                .publish(&Published::new(event(EventType::Exec, 2, None, &[])));
+            assert_eq!(c.event().await.process.pid, 2);
+            break;
+        }
+        // Refused: the freed place was not back yet (it is, just after the hub forgets b).
+        c.expect_error("too many event streams").await;
+        assert!(Instant::now() < deadline, "the freed place never came back");
     }
     h.stop().await;
 }
@@ -668,6 +704,9 @@ async fn a_client_that_stops_reading_is_disconnected_when_a_write_times_out() {
 
 #[tokio::test]
 async fn the_socket_gets_the_numeric_group_given() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     use std::os::unix::fs::MetadataExt as _;
     let dir = tempfile::tempdir().unwrap();
     // A gid no name needs to exist for: the host's group, not the image's /etc/group.
@@ -770,7 +809,8 @@ async fn the_podmap_client_streams_filters_and_stops_after_count() {
     assert_eq!(parsed, report());
     assert_eq!(
         rows,
-        "NAMESPACE  POD       CONTAINER  CGROUP ID\nprod       web-7d9c  nginx      7311\n"
+        "NAMESPACE  POD       CONTAINER  CONTAINER ID  CGROUP ID  RUNTIME     SANDBOX  REMOVING  POLICIES  MAPPED AT\n\
+         prod       web-7d9c  nginx      c1            7311       containerd  false    false     -         2026-11-25T12:00:00Z\n"
     );
     h.stop().await;
 }

@@ -9,15 +9,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use podmap_node::NodeArgs;
 use serde::Deserialize;
 
 pub const DEFAULT_NRI_SOCKET: &str = "/var/run/nri/nri.sock";
 pub const DEFAULT_PLUGIN_NAME: &str = "podmap";
 pub const DEFAULT_PLUGIN_IDX: &str = "10";
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/podmap";
-pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
 pub const DEFAULT_LOG_FILE: &str = "/var/log/podmap/nri.log";
-pub const DEFAULT_GRACE_SECONDS: u64 = 30;
 /// The store lives here under the state directory (docs/decisions.md #2).
 pub const STORE_SUBDIR: &str = "nri";
 
@@ -29,6 +27,10 @@ pub const STORE_SUBDIR: &str = "nri";
              the container's first instruction"
 )]
 pub struct Args {
+    /// The flags every podmap binary on a node shares (pins, state, cgroup root, policy
+    /// directory, grace, log filter, own namespace).
+    #[command(flatten)]
+    pub node: NodeArgs,
     /// The runtime's NRI socket (external mode).
     #[arg(long, env = "PODMAP_NRI_SOCKET", value_name = "PATH", default_value = DEFAULT_NRI_SOCKET)]
     pub nri_socket: PathBuf,
@@ -38,31 +40,10 @@ pub struct Args {
     /// The plugin's index among the runtime's plugins: exactly two digits.
     #[arg(long, value_name = "NN", default_value = DEFAULT_PLUGIN_IDX)]
     pub plugin_idx: String,
-    /// Directory of the pinned maps shared with podmapd (on bpffs).
-    #[arg(long, env = "PODMAP_BPFFS_DIR", value_name = "DIR", default_value = podmap_bpf::DEFAULT_BPFFS_DIR)]
-    pub bpffs_dir: PathBuf,
-    /// State directory; the plugin's store is <state-dir>/nri.
-    #[arg(long, env = "PODMAP_STATE_DIR", value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
-    pub state_dir: PathBuf,
-    /// The host's cgroupfs, as mounted where the plugin runs.
-    #[arg(long, env = "PODMAP_CGROUP_ROOT", value_name = "DIR", default_value = DEFAULT_CGROUP_ROOT)]
-    pub cgroup_root: PathBuf,
-    /// Seconds a removed container's record stays mapped (late exit events still attribute).
-    #[arg(long, env = "PODMAP_GRACE_SECONDS", value_name = "SECONDS", default_value_t = DEFAULT_GRACE_SECONDS)]
-    pub grace: u64,
     /// Log file (default: stderr in external mode, /var/log/podmap/nri.log when pre-launched).
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
-    /// The node-local policy directory: memberships are decided here at container creation.
-    #[arg(long, env = "PODMAP_POLICY_DIR", value_name = "DIR", default_value = DEFAULT_POLICY_DIR)]
-    pub policy_dir: PathBuf,
-    /// The namespace podmap runs in (the DaemonSet sets POD_NAMESPACE): no policy selects its
-    /// pods, so a policy cannot stop podmap itself.
-    #[arg(long, env = "POD_NAMESPACE", value_name = "NS")]
-    pub own_namespace: Option<String>,
 }
-
-pub const DEFAULT_POLICY_DIR: &str = "/etc/podmap/policies";
 
 /// How the plugin reaches the runtime.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,8 +63,7 @@ pub struct Settings {
     pub bpffs_dir: PathBuf,
     pub state_dir: PathBuf,
     pub cgroup_root: PathBuf,
-    /// The cgroup v1 controller tracked where containers live in v1 (podmapd's choice,
-    /// PODMAP_V1_CONTROLLER; not a flag of this binary).
+    /// The cgroup v1 controller tracked where containers live in v1 (the same as podmapd's).
     pub v1_controller: String,
     pub grace: Duration,
     /// None: stderr.
@@ -179,17 +159,14 @@ impl Settings {
             mode,
             plugin_name,
             plugin_idx,
-            bpffs_dir: args.bpffs_dir,
-            state_dir: args.state_dir,
-            cgroup_root: args.cgroup_root,
-            v1_controller: std::env::var("PODMAP_V1_CONTROLLER")
-                .ok()
-                .filter(|v| !v.is_empty())
-                .unwrap_or_else(|| "memory".into()),
-            grace: Duration::from_secs(args.grace),
+            own_namespace: args.node.own_namespace().map(str::to_owned),
+            bpffs_dir: args.node.bpffs_dir,
+            state_dir: args.node.state_dir,
+            cgroup_root: args.node.cgroup_root,
+            v1_controller: args.node.v1_controller,
+            grace: args.node.grace,
             log_file,
-            policy_dir: args.policy_dir,
-            own_namespace: args.own_namespace.filter(|ns| !ns.is_empty()),
+            policy_dir: args.node.policy_dir,
         })
     }
 
@@ -197,7 +174,9 @@ impl Settings {
     /// it must still register (docs/decisions.md #21), so it runs on defaults and says so in
     /// the log.
     pub fn prelaunched_defaults(env: &PreLaunchEnv) -> Settings {
-        let args = Args::parse_from(["podmap-nri"]);
+        // Not parsed from an empty command line: that would still read the environment, which
+        // may be what is unusable.
+        let node = NodeArgs::default();
         let fd = env
             .socket
             .as_deref()
@@ -216,14 +195,14 @@ impl Settings {
             mode: Mode::PreLaunched { fd },
             plugin_name: name,
             plugin_idx: idx,
-            bpffs_dir: args.bpffs_dir,
-            state_dir: args.state_dir,
-            cgroup_root: args.cgroup_root,
-            v1_controller: "memory".into(),
-            grace: Duration::from_secs(args.grace),
+            bpffs_dir: node.bpffs_dir,
+            state_dir: node.state_dir,
+            cgroup_root: node.cgroup_root,
+            v1_controller: node.v1_controller,
+            grace: node.grace,
             log_file: Some(PathBuf::from(DEFAULT_LOG_FILE)),
-            policy_dir: args.policy_dir,
-            own_namespace: args.own_namespace.filter(|ns| !ns.is_empty()),
+            policy_dir: node.policy_dir,
+            own_namespace: None,
         }
     }
 
@@ -246,7 +225,7 @@ impl Settings {
             self.cgroup_root = v;
         }
         if let Some(v) = f.grace {
-            self.grace = Duration::from_secs(v);
+            self.grace = v;
         }
         if let Some(v) = f.log_file {
             self.log_file = Some(v);
@@ -279,13 +258,32 @@ struct FileConfig {
     bpffs_dir: Option<PathBuf>,
     state_dir: Option<PathBuf>,
     cgroup_root: Option<PathBuf>,
-    grace: Option<u64>,
+    /// The flags' syntax: a duration ("30s", "500ms") or whole seconds (30).
+    #[serde(default, deserialize_with = "duration")]
+    grace: Option<Duration>,
     log_file: Option<PathBuf>,
     v1_controller: Option<String>,
     policy_dir: Option<PathBuf>,
     own_namespace: Option<String>,
     #[serde(flatten)]
     unknown: BTreeMap<String, serde_yaml_ng::Value>,
+}
+
+/// A YAML duration: a string in the flags' syntax, or a whole number of seconds.
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Seconds(u64),
+        Text(String),
+    }
+    match Option::<Raw>::deserialize(d)? {
+        None => Ok(None),
+        Some(Raw::Seconds(s)) => Ok(Some(Duration::from_secs(s))),
+        Some(Raw::Text(t)) => podmap_node::parse_duration(&t)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
 }
 
 #[cfg(test)]
@@ -296,6 +294,36 @@ mod tests {
         let mut v = vec!["podmap-nri"];
         v.extend_from_slice(extra);
         Args::try_parse_from(v).unwrap()
+    }
+
+    #[test]
+    fn the_environment_is_read() {
+        podmap_node::testing::env_is_read::<Args>("config::tests::the_environment_is_read", |a| {
+            &a.node
+        });
+    }
+
+    #[test]
+    fn grace_is_one_duration_in_flags_and_yaml() {
+        let new = |a: &[&str]| Settings::new(args(a), &PreLaunchEnv::default()).unwrap();
+        assert_eq!(
+            new(&["--grace", "30"]).grace,
+            new(&["--grace", "30s"]).grace
+        );
+        assert_eq!(new(&["--grace", "500ms"]).grace, Duration::from_millis(500));
+        let mut s = Settings::prelaunched_defaults(&PreLaunchEnv::default());
+        for (yaml, d) in [
+            ("grace: 7", Duration::from_secs(7)),
+            ("grace: \"7\"", Duration::from_secs(7)),
+            ("grace: 7s", Duration::from_secs(7)),
+            ("grace: 1m 30s", Duration::from_secs(90)),
+            ("grace: 250ms", Duration::from_millis(250)),
+        ] {
+            s.apply_yaml(yaml).unwrap();
+            assert_eq!(s.grace, d, "{yaml}");
+        }
+        assert!(s.apply_yaml("grace: -1").is_err());
+        assert!(s.apply_yaml("grace: 1.5").is_err());
     }
 
     #[test]

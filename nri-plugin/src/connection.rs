@@ -8,16 +8,17 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use podmap_proto::nri::api::RegisterPluginRequest;
-use podmap_proto::nri::api_ttrpc::{create_plugin, Plugin, RuntimeClient};
-use podmap_proto::nri::mux::{Closed, ConnId, Multiplexer};
-use podmap_proto::nri::transport::{client, single_connection_listener};
-use podmap_proto::nri::ttrpc::context;
-use podmap_proto::nri::ttrpc::r#async::Server;
+use podmap_nri_protocol::api::RegisterPluginRequest;
+use podmap_nri_protocol::api_ttrpc::{create_plugin, Plugin, RuntimeClient};
+use podmap_nri_protocol::mux::{Closed, ConnId, Multiplexer};
+use podmap_nri_protocol::transport::{client, single_connection_listener};
+use podmap_nri_protocol::ttrpc::context;
+use podmap_nri_protocol::ttrpc::r#async::Server;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UnixStream;
 
 use crate::plugin::PodmapPlugin;
+use backon::{BackoffBuilder as _, ExponentialBuilder};
 
 /// How long registration may take: the runtime's own registration timeout (nri v0.6.1: 5 s).
 pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -41,7 +42,7 @@ pub enum ConnectError {
     #[error("NRI_PLUGIN_SOCKET fd {fd} is not a usable socket: {source}")]
     InheritedFd { fd: RawFd, source: io::Error },
     #[error("starting the multiplexer: {0}")]
-    Mux(#[from] podmap_proto::nri::MuxError),
+    Mux(#[from] podmap_nri_protocol::MuxError),
 }
 
 /// One connection's life: serve the `Plugin` service, register, serve until the runtime goes
@@ -115,7 +116,13 @@ where
 /// External mode: connect, serve, and connect again with backoff whenever the runtime goes
 /// away. Returns only when the task is dropped.
 pub async fn run_external(socket: &Path, plugin: Arc<PodmapPlugin>, name: &str, idx: &str) {
-    let mut backoff = BACKOFF_MIN;
+    let retry = ExponentialBuilder::default()
+        .with_min_delay(BACKOFF_MIN)
+        .with_max_delay(BACKOFF_MAX)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times();
+    let mut delays = retry.build();
     let mut down_since: Option<Instant> = None;
     loop {
         match UnixStream::connect(socket).await {
@@ -126,7 +133,7 @@ pub async fn run_external(socket: &Path, plugin: Arc<PodmapPlugin>, name: &str, 
                 let started = Instant::now();
                 match session(stream, plugin.clone(), name, idx).await {
                     Ok(end) if end.registered && started.elapsed() >= STABLE_SESSION => {
-                        backoff = BACKOFF_MIN;
+                        delays = retry.build();
                     }
                     Ok(_) => {}
                     Err(e) => tracing::error!(error = %e, "session"),
@@ -143,8 +150,7 @@ pub async fn run_external(socket: &Path, plugin: Arc<PodmapPlugin>, name: &str, 
                 }
             }
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        tokio::time::sleep(delays.next().unwrap_or(BACKOFF_MAX)).await;
     }
 }
 

@@ -100,11 +100,10 @@ impl LogSink {
         Ok(())
     }
 
-    /// Installs the global subscriber writing here; the level comes from PODMAP_LOG
-    /// (default info).
-    pub fn install(&self) {
-        let filter =
-            EnvFilter::try_from_env("PODMAP_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    /// Installs the global subscriber writing here, filtered by `filter` (PODMAP_LOG, `--log`:
+    /// already checked against EnvFilter's grammar by podmap-node).
+    pub fn install(&self, filter: &podmap_node::LogFilter) {
+        let filter = EnvFilter::try_new(filter.as_str()).unwrap_or_else(|_| EnvFilter::new("info"));
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_ansi(false)

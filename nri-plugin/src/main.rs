@@ -19,10 +19,13 @@ fn main() -> ExitCode {
     // A pre-launched plugin never stops before registering (containerd would go down with it):
     // bad arguments or environment fall back to defaults, and the log says so.
     let mut early_problem = None;
+    let mut filter = podmap_node::LogFilter::default();
     let settings = match Args::try_parse()
         .map_err(anyhow::Error::from)
-        .and_then(|a| Settings::new(a, &env).map_err(anyhow::Error::from))
-    {
+        .and_then(|a| {
+            filter = a.node.log.clone();
+            Settings::new(a, &env).map_err(anyhow::Error::from)
+        }) {
         Ok(s) => s,
         Err(e) if prelaunched => {
             early_problem = Some(e);
@@ -41,9 +44,12 @@ fn main() -> ExitCode {
             eprintln!("podmap-nri: cannot log to {}: {e}", file.display());
         }
     }
-    log.install();
+    log.install(&filter);
     if let Some(e) = early_problem {
         tracing::error!(error = %format!("{e:#}"), "bad arguments or environment; running on defaults");
+    }
+    for w in podmap_node::retired_env_warnings() {
+        tracing::warn!("{w}");
     }
 
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -74,7 +80,7 @@ async fn run(settings: Settings, log: LogSink) -> anyhow::Result<()> {
         bpffs = %settings.bpffs_dir.display(),
         state = %settings.state_dir.display(),
         cgroups = %settings.cgroup_root.display(),
-        grace_s = settings.grace.as_secs(),
+        grace = ?settings.grace,
         "podmap-nri starting"
     );
     let plugin = PodmapPlugin::new(settings.clone(), Some(log));

@@ -10,16 +10,18 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use podmap_bpf::cgroup::CgroupLayout;
 use podmap_bpf::layout::Counter;
-use podmap_bpf::registry::{Registry, RegistryError, RestoreReport};
-use podmap_bpf::store::{boot_id, Opening, Store};
-use podmap_bpf::{ContainerId, ContainerMeta, RecordFlags, SharedMaps, Writer};
-use podmap_proto::nri::api::{Container, ContainerState, PodSandbox};
-use podmap_proto::policy::{Origin, PluginPolicies, Target};
+use podmap_bpf::{ContainerId, ContainerMeta, Counters, RecordFlags, SharedMaps, Writer};
+use podmap_cgroup::{resolve_container, CgroupLayout, Process, Request, ResolveError};
+use podmap_nri_protocol::api::{Container, ContainerState, PodSandbox};
+use podmap_policy::{Origin, PluginPolicies};
+use podmap_writer::policy_target;
+use podmap_writer::registry::{Registry, RegistryError, RestoreReport};
+use podmap_writer::store::{boot_id, Opening, Store};
+use std::sync::Arc;
 
 use crate::config::Settings;
-use crate::records::{self, ResolveError, Resolved};
+use crate::records;
 
 /// Created containers not started yet are forgotten after this long (a create whose start never
 /// came, e.g. a failed CRI StartContainer followed by a missed remove).
@@ -37,11 +39,11 @@ pub enum InitError {
         source: std::io::Error,
     },
     #[error("opening the store: {0}")]
-    Store(#[from] podmap_bpf::store::StoreError),
+    Store(#[from] podmap_writer::store::StoreError),
     #[error("opening the pinned maps: {0}")]
     Maps(#[from] podmap_bpf::MapsError),
     #[error("detecting the cgroup layout: {0}")]
-    Cgroups(#[from] podmap_bpf::cgroup::CgroupError),
+    Cgroups(#[from] podmap_cgroup::CgroupError),
     #[error("reading the boot id: {0}")]
     BootId(std::io::Error),
 }
@@ -79,7 +81,7 @@ impl Backend {
     /// Opens the pinned maps, the store (`<state-dir>/nri`, held for the process's lifetime)
     /// and detects the cgroup layout; then writes back the map entries the store has and the
     /// maps lost.
-    pub fn open(s: &Settings) -> Result<(Backend, SharedMaps, RestoreReport), InitError> {
+    pub fn open(s: &Settings) -> Result<(Backend, Arc<Counters>, RestoreReport), InitError> {
         std::fs::create_dir_all(&s.state_dir).map_err(|source| InitError::StateDir {
             path: s.state_dir.clone(),
             source,
@@ -89,13 +91,13 @@ impl Backend {
         // state of it keeps containers unmapped: a damaged one is moved aside and started
         // afresh, one another process holds gives way to a temporary one.
         let maps = SharedMaps::open(&s.bpffs_dir)?;
-        // A second handle for counting outside the mapper's lock (plugin.rs).
-        let counters = SharedMaps::open(&s.bpffs_dir)?;
+        // The counters are counted through outside the mapper's lock too (plugin.rs).
+        let counters = maps.counters.clone();
         let (store, opening) = Store::open_or_recover(&s.store_path())?;
         match &opening {
             Opening::Opened => {}
             Opening::MovedAside { aside, reason } => {
-                counters.counters().add(Counter::StoreRecovered, 1);
+                counters.add(Counter::StoreRecovered, 1);
                 tracing::error!(
                     store = %s.store_path().display(),
                     aside = %aside.display(),
@@ -104,7 +106,7 @@ impl Backend {
                 );
             }
             Opening::Temporary { reason } => {
-                counters.counters().add(Counter::StoreTemporary, 1);
+                counters.add(Counter::StoreTemporary, 1);
                 tracing::error!(
                     store = %s.store_path().display(),
                     %reason,
@@ -125,7 +127,7 @@ impl Backend {
                 let aside = Store::move_aside(&s.store_path())?;
                 let damaged = registry.replace_store(Store::open(&s.store_path())?);
                 drop(damaged);
-                counters.counters().add(Counter::StoreRecovered, 1);
+                counters.add(Counter::StoreRecovered, 1);
                 tracing::error!(
                     store = %s.store_path().display(),
                     aside = %aside.display(),
@@ -153,7 +155,7 @@ impl Backend {
     /// Adds the container to every policy that selects it, before its record exists, so not
     /// even its first exec escapes. A failure is counted (MembershipErrors) and podmapd's
     /// reconciliation repairs it; it never stops the mapping.
-    fn write_memberships(&mut self, meta: &ContainerMeta, ids: &podmap_bpf::CgroupIds) {
+    fn write_memberships(&mut self, meta: &ContainerMeta, ids: &podmap_cgroup::CgroupIds) {
         if self
             .policies_checked
             .is_none_or(|t| t.elapsed() >= POLICY_RECHECK)
@@ -177,18 +179,17 @@ impl Backend {
             }
             self.policies_checked = Some(Instant::now());
         }
-        let target = Target {
-            namespace: &meta.namespace,
-            pod_labels: &meta.labels,
-            container_name: &meta.name,
-            sandbox: meta.sandbox,
-            own_namespace: self.own_namespace.as_deref(),
-        };
+        let target = policy_target(meta, self.own_namespace.as_deref());
         let selected = self.policies.set().selecting(&target);
         if selected.is_empty() {
             return;
         }
-        if let Err(e) = self.registry.maps_mut().add_memberships(ids, &selected) {
+        if let Err(e) = self
+            .registry
+            .maps_mut()
+            .policy
+            .add_memberships(ids, &selected)
+        {
             tracing::warn!(container = %meta.container_id, error = %e, "writing policy memberships");
         }
     }
@@ -272,7 +273,7 @@ impl Mapper {
 
     /// Opens the backend unless open; a failure is retried at most every [`INIT_RETRY`].
     /// Returns the counters handle when this call opened it.
-    pub fn ensure_ready(&mut self, s: &Settings) -> Option<SharedMaps> {
+    pub fn ensure_ready(&mut self, s: &Settings) -> Option<Arc<Counters>> {
         if self.backend.is_some() {
             return None;
         }
@@ -304,7 +305,7 @@ impl Mapper {
 
     fn count(&self, c: Counter) {
         if let Some(b) = &self.backend {
-            b.registry.maps().counters().add(c, 1);
+            b.registry.maps().counters.add(c, 1);
         }
     }
 
@@ -411,7 +412,7 @@ impl Mapper {
     fn record_latency(&self, received: Instant) {
         if let Some(b) = &self.backend {
             let micros = u64::try_from(received.elapsed().as_micros()).unwrap_or(u64::MAX);
-            b.registry.maps().counters().record_latency(micros);
+            b.registry.maps().counters.record_latency(micros);
         }
     }
 
@@ -447,10 +448,21 @@ impl Mapper {
             // Nowhere to count it either; the log says why (ensure_ready).
             return Err(MapError::NotReady);
         };
-        let resolved: Result<Resolved, ResolveError> =
-            records::resolve(&backend.layout, cgroups_path, pid);
-        let res = match resolved {
+        // Someone may have removed the pins: put them back before writing (podmap-bpf).
+        backend.registry.maps_mut().keep_pins();
+        // The runtime's cgroups path checked against the process's own cgroup (podmap-cgroup).
+        // The plugin does not run in the runtime's cgroup: nothing to exclude.
+        let process = Process::read(Some(pid));
+        let request = Request {
+            cgroups_path,
+            process: &process,
+            runtime: None,
+        };
+        let res = match resolve_container(&backend.layout, &request) {
             Ok(r) => {
+                for d in r.disagreements() {
+                    tracing::warn!(container = %meta.container_id, "cgroup disagreement, {d}");
+                }
                 meta.cgroup_path = r.record_path();
                 backend.write_memberships(&meta, &r.ids);
                 backend
@@ -467,7 +479,7 @@ impl Mapper {
                 backend
                     .registry
                     .maps()
-                    .counters()
+                    .counters
                     .add(Counter::CgroupUnresolved, 1);
                 Err(MapError::Resolve {
                     id: meta.container_id.clone(),

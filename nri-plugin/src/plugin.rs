@@ -12,16 +12,16 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use podmap_bpf::layout::Counter;
-use podmap_bpf::SharedMaps;
-use podmap_proto::nri::api::{
+use podmap_bpf::Counters;
+use podmap_nri_protocol::api::{
     ConfigureRequest, ConfigureResponse, CreateContainerRequest, CreateContainerResponse, Empty,
     Event, StateChangeEvent, StopContainerRequest, StopContainerResponse, SynchronizeRequest,
     SynchronizeResponse, UpdateContainerRequest, UpdateContainerResponse,
 };
-use podmap_proto::nri::api_ttrpc::Plugin;
-use podmap_proto::nri::ttrpc;
-use podmap_proto::nri::ttrpc::r#async::TtrpcContext;
-use podmap_proto::nri::EventMask;
+use podmap_nri_protocol::api_ttrpc::Plugin;
+use podmap_nri_protocol::ttrpc;
+use podmap_nri_protocol::ttrpc::r#async::TtrpcContext;
+use podmap_nri_protocol::EventMask;
 
 use crate::config::Settings;
 use crate::logging::LogSink;
@@ -54,7 +54,7 @@ pub struct Shared {
     settings: Mutex<Settings>,
     mapper: Mutex<Mapper>,
     /// Counters, reachable without the mapper's lock (so a call stuck on it is still counted).
-    counters: OnceLock<SharedMaps>,
+    counters: OnceLock<Arc<Counters>>,
     log: Option<LogSink>,
     /// Whether the settings are final, so maps and store may be opened: from the start in
     /// external mode, after the runtime's configuration when pre-launched (the defaults must
@@ -77,7 +77,7 @@ impl Shared {
 
     fn count(&self, c: Counter) {
         if let Some(m) = self.counters.get() {
-            m.counters().add(c, 1);
+            m.add(c, 1);
         }
     }
 
@@ -373,7 +373,7 @@ mod tests {
         let o = subscription("cri-o");
         assert!(o.contains(Event::POST_CREATE_CONTAINER));
         for m in [c, o] {
-            assert_eq!(m.bits() & !podmap_proto::nri::VALID_EVENTS, 0);
+            assert_eq!(m.bits() & !podmap_nri_protocol::VALID_EVENTS, 0);
             assert_ne!(m.bits(), 0, "0 would mean every event");
         }
     }

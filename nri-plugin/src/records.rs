@@ -1,15 +1,13 @@
 //! From NRI messages to podmap's container records: the metadata a container or pod sandbox
 //! carries, the cgroups path the runtime gave it, and the cgroup ids that path resolves to.
 //!
-//! Pure functions of the messages (plus the cgroup filesystem for [`resolve`]); what to do with
-//! the records is mapper.rs's.
+//! Pure functions of the messages; which cgroup a path and a pid name is podmap-cgroup's
+//! (`resolve_container`), what to do with the records is mapper.rs's.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
 
-use podmap_bpf::cgroup::{parse_cgroups_path, CgroupLayout, NotationError};
-use podmap_bpf::{CgroupIds, ContainerId, ContainerMeta, PodUid};
-use podmap_proto::nri::api::{Container, PodSandbox};
+use podmap_bpf::{ContainerId, ContainerMeta, PodUid};
+use podmap_nri_protocol::api::{Container, PodSandbox};
 
 /// Label keys the runtime adds to a pod's own labels (docs/decisions.md #8).
 const RUNTIME_LABEL_PREFIXES: [&str; 2] = ["io.kubernetes.", "io.cri-containerd."];
@@ -101,97 +99,13 @@ pub fn sandbox_cgroups_path(pod: &PodSandbox, runtime: &str) -> Option<String> {
     }
 }
 
-/// A cgroups path resolved on this host.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Resolved {
-    /// Relative to each hierarchy's root.
-    pub rel: PathBuf,
-    pub ids: CgroupIds,
-}
-
-impl Resolved {
-    /// The path as stored in records: absolute within the hierarchy.
-    pub fn record_path(&self) -> String {
-        format!("/{}", self.rel.display())
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ResolveError {
-    #[error("the runtime gave no cgroups path")]
-    NoPath,
-    #[error(transparent)]
-    Notation(#[from] NotationError),
-    #[error("cgroup {path} exists in no hierarchy under {root}")]
-    Missing { path: String, root: PathBuf },
-}
-
-/// Resolves a runtime's cgroups path (cgroupfs or systemd notation) to the ids of the cgroup in
-/// this host's hierarchies. When the path resolves to nothing and the runtime named the process
-/// (`pid`), the process's own cgroup (from /proc) is tried: it is where the runtime put it.
-pub fn resolve(
-    layout: &CgroupLayout,
-    cgroups_path: Option<&str>,
-    pid: u32,
-) -> Result<Resolved, ResolveError> {
-    let from_path = match cgroups_path {
-        Some(p) => {
-            let rel = parse_cgroups_path(p)?;
-            let ids = layout.resolve(&rel);
-            if !ids.is_empty() {
-                return Ok(Resolved { rel, ids });
-            }
-            Err(ResolveError::Missing {
-                path: p.to_string(),
-                root: layout.root.clone(),
-            })
-        }
-        None => Err(ResolveError::NoPath),
-    };
-    if pid != 0 {
-        if let Some(rel) = proc_cgroup_rel(pid, layout) {
-            let ids = layout.resolve(&rel);
-            if !ids.is_empty() {
-                return Ok(Resolved { rel, ids });
-            }
-        }
-    }
-    from_path
-}
-
-/// A process's cgroup path relative to the hierarchy roots: its cgroup2 path where it is not
-/// the root, else its path in the tracked v1 controller.
-fn proc_cgroup_rel(pid: u32, layout: &CgroupLayout) -> Option<PathBuf> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let v1 = layout.v1.as_ref().map(|v| v.name.as_str());
-    proc_cgroup_rel_from(&text, v1)
-}
-
-fn proc_cgroup_rel_from(text: &str, v1_controller: Option<&str>) -> Option<PathBuf> {
-    let rel = |p: &str| {
-        let p = p.trim_start_matches('/');
-        (!p.is_empty()).then(|| Path::new(p).to_path_buf())
-    };
-    let unified = text
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .and_then(rel);
-    if unified.is_some() {
-        return unified;
-    }
-    let ctrl = v1_controller?;
-    text.lines().find_map(|l| {
-        let mut parts = l.splitn(3, ':');
-        let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
-        ctrls.split(',').any(|c| c == ctrl).then(|| rel(path))?
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use podmap_proto::nri::api::{LinuxContainer, LinuxPodSandbox};
-    use podmap_proto::nri::protobuf::MessageField;
+    use podmap_cgroup::parse_cgroups_path;
+    use podmap_nri_protocol::api::{LinuxContainer, LinuxPodSandbox};
+    use podmap_nri_protocol::protobuf::MessageField;
+    use std::path::PathBuf;
 
     const UID: &str = "12345678-1234-1234-1234-123456789abc";
 
@@ -342,22 +256,5 @@ mod tests {
         }
         assert_eq!(container_cgroups_path(&container("  ")), None);
         assert_eq!(container_cgroups_path(&Container::new()), None);
-    }
-
-    #[test]
-    fn proc_cgroup_lines() {
-        let hybrid = "12:memory:/kubepods/pod1/abc\n1:name=systemd:/x\n0::/kubepods/pod1/abc\n";
-        assert_eq!(
-            proc_cgroup_rel_from(hybrid, Some("memory")),
-            Some(PathBuf::from("kubepods/pod1/abc"))
-        );
-        // Only in v1: the unified line names the root.
-        let v1_only = "5:cpu,cpuacct:/a/b\n4:memory:/a/b\n0::/\n";
-        assert_eq!(
-            proc_cgroup_rel_from(v1_only, Some("memory")),
-            Some(PathBuf::from("a/b"))
-        );
-        assert_eq!(proc_cgroup_rel_from(v1_only, None), None);
-        assert_eq!(proc_cgroup_rel_from("0::/\n", Some("memory")), None);
     }
 }

@@ -10,26 +10,30 @@ use std::time::Duration;
 
 use common::{eventually, labels, Env, FakeRuntime, TestPod, WAIT};
 use podmap_bpf::layout::Counter;
-use podmap_bpf::store::{boot_id, ContainerRecord, Store};
 use podmap_bpf::testing::TestCgroup;
-use podmap_bpf::{CgroupIds, CgroupKey, ContainerId, ContainerMeta, SharedMaps};
+use podmap_bpf::{ContainerId, ContainerMeta, SharedMaps};
+use podmap_cgroup::{CgroupIds, CgroupKey};
 use podmap_nri::config::{PreLaunchEnv, Settings};
 use podmap_nri::connection;
 use podmap_nri::plugin::PodmapPlugin;
 use podmap_nri::records::SANDBOX_NAME;
-use podmap_proto::nri::api::{ContainerState, Event};
-use podmap_proto::nri::MAX_CHUNK_PAYLOAD;
+use podmap_nri_protocol::api::{ContainerState, Event};
+use podmap_nri_protocol::MAX_CHUNK_PAYLOAD;
+use podmap_writer::store::{boot_id, ContainerRecord, Store};
 use std::sync::atomic::Ordering;
 
 /// What the runtime may wait for an answer, as podmap promises it (docs/decisions.md #20).
 const ANSWER_BOUND: Duration = Duration::from_millis(50);
 
 fn meta_of(maps: &SharedMaps, id: u64) -> Option<ContainerMeta> {
-    maps.meta(CgroupKey::v2(id)).unwrap()
+    maps.records.meta(CgroupKey::v2(id)).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn external_plugin_maps_pods_and_containers_through_their_lifecycle() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     let env = Env::new();
     let pod_a = TestPod::new("existing");
     let sandbox_a = pod_a.start_sandbox();
@@ -52,7 +56,7 @@ async fn external_plugin_maps_pods_and_containers_through_their_lifecycle() {
             ..Default::default()
         },
         ids: CgroupIds {
-            v2: Some(podmap_bpf::CgroupId(gone.id())),
+            v2: Some(podmap_cgroup::CgroupId(gone.id())),
             v1: None,
         },
         boot_id: boot_id().unwrap(),
@@ -79,7 +83,11 @@ async fn external_plugin_maps_pods_and_containers_through_their_lifecycle() {
     }
     let maps = SharedMaps::open(&env.pins.path).unwrap();
     // Restored from the store at start-up.
-    assert!(maps.get(CgroupKey::v2(gone.id())).unwrap().is_some());
+    assert!(maps
+        .records
+        .get(CgroupKey::v2(gone.id()))
+        .unwrap()
+        .is_some());
 
     let socket = env.socket.clone();
     let p = plugin.clone();
@@ -113,14 +121,16 @@ async fn external_plugin_maps_pods_and_containers_through_their_lifecycle() {
     let s = eventually("the existing sandbox mapped", || meta_of(&maps, sandbox_a)).await;
     assert!(s.sandbox);
     assert!(
-        maps.get(CgroupKey::v2(sandbox_a))
+        maps.records
+            .get(CgroupKey::v2(sandbox_a))
             .unwrap()
             .unwrap()
             .flags
             .sandbox
     );
     eventually("the stale record forgotten", || {
-        maps.get(CgroupKey::v2(gone.id()))
+        maps.records
+            .get(CgroupKey::v2(gone.id()))
             .unwrap()
             .is_none()
             .then_some(())
@@ -164,6 +174,7 @@ async fn external_plugin_maps_pods_and_containers_through_their_lifecycle() {
     rt.event(Event::START_CONTAINER, &pod_b.pod, Some(&at_start))
         .await;
     let rec = maps
+        .records
         .get(CgroupKey::v2(c_id))
         .unwrap()
         .expect("mapped when START_CONTAINER is answered");
@@ -179,7 +190,7 @@ async fn external_plugin_maps_pods_and_containers_through_their_lifecycle() {
     assert_eq!(m.runtime, "containerd");
     assert!(!m.sandbox);
     assert_eq!(m.cgroup_path, pod_b.cgroup_path(&c));
-    let counters = maps.counters();
+    let counters = &maps.counters;
     assert!(counters.get(Counter::NriMapped) >= 5);
     assert!(counters.get(Counter::NriEvents) >= 6);
     assert!(counters.latency_histogram().iter().sum::<u64>() >= 2);
@@ -189,14 +200,16 @@ async fn external_plugin_maps_pods_and_containers_through_their_lifecycle() {
     rt.event(Event::REMOVE_CONTAINER, &pod_b.pod, Some(&c))
         .await;
     assert!(
-        maps.get(CgroupKey::v2(c_id))
+        maps.records
+            .get(CgroupKey::v2(c_id))
             .unwrap()
             .unwrap()
             .flags
             .removing
     );
     eventually("the removed container swept after its grace", || {
-        maps.get(CgroupKey::v2(c_id))
+        maps.records
+            .get(CgroupKey::v2(c_id))
             .unwrap()
             .is_none()
             .then_some(())
@@ -235,7 +248,8 @@ async fn external_plugin_maps_pods_and_containers_through_their_lifecycle() {
     rt.configure("containerd", "").await;
     rt.event(Event::REMOVE_POD_SANDBOX, &pod_b.pod, None).await;
     assert!(
-        maps.get(CgroupKey::v2(sandbox_b))
+        maps.records
+            .get(CgroupKey::v2(sandbox_b))
             .unwrap()
             .unwrap()
             .flags
@@ -249,6 +263,9 @@ async fn external_plugin_maps_pods_and_containers_through_their_lifecycle() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_over_4096_bytes_from_the_plugin_is_split_into_chunks() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     let env = Env::new();
     let listener = tokio::net::UnixListener::bind(&env.socket).unwrap();
     let plugin = PodmapPlugin::new(env.settings(Duration::from_secs(30)), None);
@@ -281,6 +298,9 @@ async fn a_message_over_4096_bytes_from_the_plugin_is_split_into_chunks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prelaunched_plugin_registers_and_takes_its_settings_from_configure() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     let env = Env::new();
     let (theirs, ours) = std::os::unix::net::UnixStream::pair().unwrap();
     let fd = theirs.into_raw_fd();
@@ -328,7 +348,7 @@ async fn prelaunched_plugin_registers_and_takes_its_settings_from_configure() {
     rt.event(Event::RUN_POD_SANDBOX, &pod.pod, None).await;
     let maps = SharedMaps::open(&env.pins.path).unwrap();
     let m = eventually("the sandbox mapped in the configured pins", || {
-        maps.meta(CgroupKey::v2(sandbox)).unwrap()
+        maps.records.meta(CgroupKey::v2(sandbox)).unwrap()
     })
     .await;
     assert!(m.sandbox);

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use common::{Env, TestPod};
 use podmap_bpf::layout::Counter;
 use podmap_bpf::testing::TestCgroup;
-use podmap_bpf::CgroupKey;
+use podmap_cgroup::CgroupKey;
 use podmap_nri::mapper::{Backend, Mapper};
-use podmap_proto::nri::api::{ContainerState, LinuxPodSandbox, PodSandbox};
-use podmap_proto::nri::protobuf::MessageField;
+use podmap_nri_protocol::api::{ContainerState, LinuxPodSandbox, PodSandbox};
+use podmap_nri_protocol::protobuf::MessageField;
 
 fn mapper(env: &Env, grace: Duration) -> Mapper {
     let (backend, _counters, _report) = Backend::open(&env.settings(grace)).unwrap();
@@ -22,16 +22,19 @@ fn mapper(env: &Env, grace: Duration) -> Mapper {
 }
 
 fn latencies(m: &Mapper) -> u64 {
-    let c = m.backend().unwrap().registry.maps().counters();
+    let c = &m.backend().unwrap().registry.maps().counters;
     c.latency_histogram().iter().sum()
 }
 
 fn count(m: &Mapper, c: Counter) -> u64 {
-    m.backend().unwrap().registry.maps().counters().get(c)
+    m.backend().unwrap().registry.maps().counters.get(c)
 }
 
 #[test]
 fn post_create_maps_where_the_cgroup_exists_and_a_miss_is_no_failure() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     let env = Env::new();
     let mut m = mapper(&env, Duration::from_secs(30));
     m.set_runtime("cri-o");
@@ -51,6 +54,7 @@ fn post_create_maps_where_the_cgroup_exists_and_a_miss_is_no_failure() {
     m.post_created(&pod.pod, &c, Instant::now());
     let maps = m.backend().unwrap().registry.maps();
     let meta = maps
+        .records
         .meta(CgroupKey::v2(id))
         .unwrap()
         .expect("mapped at POST_CREATE");
@@ -86,6 +90,9 @@ fn systemd_pod(mount: &Path) -> (TestCgroup, String) {
 
 #[test]
 fn systemd_notation_resolves_to_the_scope() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     let env = Env::new();
     let mut m = mapper(&env, Duration::from_secs(30));
     let pod = TestPod::new("sd");
@@ -116,12 +123,14 @@ fn systemd_notation_resolves_to_the_scope() {
 
     let maps = m.backend().unwrap().registry.maps();
     let s = maps
+        .records
         .meta(CgroupKey::v2(sandbox_id))
         .unwrap()
         .expect("sandbox mapped");
     assert!(s.sandbox);
     assert_eq!(s.cgroup_path, format!("/{sandbox_rel}"));
     let cm = maps
+        .records
         .meta(CgroupKey::v2(c_id))
         .unwrap()
         .expect("container mapped");
@@ -131,6 +140,9 @@ fn systemd_notation_resolves_to_the_scope() {
 
 #[test]
 fn the_process_cgroup_is_the_fallback_when_the_path_does_not_resolve() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     let env = Env::new();
     let mut m = mapper(&env, Duration::from_secs(30));
     let pod = TestPod::new("fallback");
@@ -158,14 +170,67 @@ fn the_process_cgroup_is_the_fallback_when_the_path_does_not_resolve() {
         .unwrap()
         .registry
         .maps()
+        .records
         .meta(CgroupKey::v2(id))
         .unwrap()
         .expect("mapped through /proc/<pid>/cgroup");
     assert_eq!(meta.cgroup_path, pod.cgroup_path(&c));
 }
 
+/// A cgroups path that names another container's cgroup (a runtime's mistake, or forged) does
+/// not take over that container's record: the process's own cgroup, where the kernel put it, is
+/// the container's (podmap-cgroup's `resolve_container`, the hook's rule too).
+#[test]
+fn a_cgroups_path_the_process_is_not_in_loses_to_the_process() {
+    let env = Env::new();
+    let mut m = mapper(&env, Duration::from_secs(30));
+    let pod = TestPod::new("forged");
+    let victim = pod.container("victim");
+    let victim_id = pod.run(&victim);
+    m.started(&pod.pod, &victim, Instant::now()).unwrap();
+    let mut c = pod.container("liar");
+    let id = pod.run(&c);
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let cg = pod
+        .layout
+        .unified
+        .as_ref()
+        .unwrap()
+        .join(pod.cgroup_path(&c).trim_start_matches('/'));
+    std::fs::write(cg.join("cgroup.procs"), child.id().to_string()).unwrap();
+    c.linux.mut_or_insert_default().cgroups_path = pod.cgroup_path(&victim);
+    c.pid = child.id();
+    let res = m.started(&pod.pod, &c, Instant::now());
+    let _ = child.kill();
+    let _ = child.wait();
+    res.unwrap();
+    let maps = m.backend().unwrap().registry.maps();
+    let meta = maps
+        .records
+        .meta(CgroupKey::v2(id))
+        .unwrap()
+        .expect("mapped at the process's cgroup");
+    assert_eq!(meta.name, "liar");
+    assert_eq!(meta.cgroup_path, pod.cgroup_path(&c));
+    let victim_meta = maps
+        .records
+        .meta(CgroupKey::v2(victim_id))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        victim_meta.name, "victim",
+        "the other container's record stays its own"
+    );
+}
+
 #[test]
 fn synchronize_keeps_records_in_their_grace_and_forgets_the_rest() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     let env = Env::new();
     let mut m = mapper(&env, Duration::from_secs(60));
     let pod = TestPod::new("sync");
@@ -189,16 +254,21 @@ fn synchronize_keeps_records_in_their_grace_and_forgets_the_rest() {
     assert_eq!(report.mapped, 2, "{report:?}");
     assert_eq!(report.forgotten, 1, "{report:?}");
     let maps = m.backend().unwrap().registry.maps();
-    assert!(maps.get(CgroupKey::v2(sandbox)).unwrap().is_some());
-    assert!(maps.get(CgroupKey::v2(kept_id)).unwrap().is_some());
+    assert!(maps.records.get(CgroupKey::v2(sandbox)).unwrap().is_some());
+    assert!(maps.records.get(CgroupKey::v2(kept_id)).unwrap().is_some());
     assert!(
-        maps.get(CgroupKey::v2(removed_id))
+        maps.records
+            .get(CgroupKey::v2(removed_id))
             .unwrap()
             .unwrap()
             .flags
             .removing
     );
-    assert!(maps.get(CgroupKey::v2(dropped_id)).unwrap().is_none());
+    assert!(maps
+        .records
+        .get(CgroupKey::v2(dropped_id))
+        .unwrap()
+        .is_none());
     let ids: Vec<String> = m
         .backend()
         .unwrap()
@@ -222,6 +292,9 @@ fn synchronize_keeps_records_in_their_grace_and_forgets_the_rest() {
 
 #[test]
 fn memberships_of_selecting_policies_are_written_with_the_record() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     let env = Env::new();
     let dir = env.state.path().join("policies");
     std::fs::create_dir_all(&dir).unwrap();
@@ -237,19 +310,22 @@ fn memberships_of_selecting_policies_are_written_with_the_record() {
     m.created(&pod.pod, &c);
     let id = pod.run(&c);
     m.started(&pod.pod, &c, Instant::now()).unwrap();
-    let members = m.backend().unwrap().registry.maps().memberships();
+    let members = m.backend().unwrap().registry.maps().policy.memberships();
     let key = CgroupKey::v2(id);
     assert!(
-        members.contains(&(podmap_proto::policy::policy_id("selects-web"), key)),
+        members.contains(&(podmap_policy::policy_id("selects-web"), key)),
         "{members:?}"
     );
-    assert!(!members.contains(&(podmap_proto::policy::policy_id("selects-db"), key)));
+    assert!(!members.contains(&(podmap_policy::policy_id("selects-db"), key)));
 }
 
 /// Issue 12, item 2: a policy directory that cannot be read is not an empty one: containers
 /// created meanwhile still join the policies last read.
 #[test]
 fn an_unreadable_policy_dir_keeps_the_last_policies_for_new_containers() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     let env = Env::new();
     let dir = env.state.path().join("policies");
     std::fs::create_dir_all(&dir).unwrap();
@@ -262,11 +338,8 @@ fn an_unreadable_policy_dir_keeps_the_last_policies_for_new_containers() {
         m.created(&pod.pod, &c);
         let id = pod.run(&c);
         m.started(&pod.pod, &c, Instant::now()).unwrap();
-        let members = m.backend().unwrap().registry.maps().memberships();
-        members.contains(&(
-            podmap_proto::policy::policy_id("selects-web"),
-            CgroupKey::v2(id),
-        ))
+        let members = m.backend().unwrap().registry.maps().policy.memberships();
+        members.contains(&(podmap_policy::policy_id("selects-web"), CgroupKey::v2(id)))
     };
     assert!(member(&mut m, "first"));
     // The directory replaced by a file; the plugin looks again after its recheck interval.
@@ -294,17 +367,23 @@ fn map_one(m: &mut Mapper, name: &str) -> (TestPod, u64, String) {
 
 #[test]
 fn a_damaged_store_is_moved_aside_and_containers_are_still_mapped() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     let env = Env::new();
     let settings = env.settings(Duration::from_secs(30));
     std::fs::create_dir_all(&settings.state_dir).unwrap();
-    podmap_bpf::testing::damage_store(&settings.store_path());
+    podmap_writer::testing::damage_store(&settings.store_path());
 
     // Before: the plugin could not open its maps and store, and mapped nothing (or panicked).
     let mut m = mapper(&env, Duration::from_secs(30));
     assert_eq!(count(&m, Counter::StoreRecovered), 1);
     let (_pod, id, cid) = map_one(&mut m, "after-damage");
     let maps = m.backend().unwrap().registry.maps();
-    assert!(maps.get(CgroupKey::v2(id)).unwrap().is_some(), "mapped");
+    assert!(
+        maps.records.get(CgroupKey::v2(id)).unwrap().is_some(),
+        "mapped"
+    );
     // The fresh store keeps what it is given; the damaged one waits beside it for inspection.
     let stored: Vec<String> = m
         .backend()
@@ -325,18 +404,24 @@ fn a_damaged_store_is_moved_aside_and_containers_are_still_mapped() {
 
 #[test]
 fn a_store_held_by_another_process_gives_way_to_a_temporary_one() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
     let env = Env::new();
     let settings = env.settings(Duration::from_secs(30));
     std::fs::create_dir_all(&settings.state_dir).unwrap();
     // sled's lock is a flock on its database file: a second open, even in this process, is
     // refused as another podmap-nri's would be.
-    let held = podmap_bpf::store::Store::open(&settings.store_path()).unwrap();
+    let held = podmap_writer::store::Store::open(&settings.store_path()).unwrap();
 
     let mut m = mapper(&env, Duration::from_secs(30));
     assert_eq!(count(&m, Counter::StoreTemporary), 1);
     let (_pod, id, cid) = map_one(&mut m, "beside-a-holder");
     let maps = m.backend().unwrap().registry.maps();
-    assert!(maps.get(CgroupKey::v2(id)).unwrap().is_some(), "mapped");
+    assert!(
+        maps.records.get(CgroupKey::v2(id)).unwrap().is_some(),
+        "mapped"
+    );
     // The temporary store serves removal: the grace period starts in the map.
     m.removed(&cid).unwrap();
     let rec = m
@@ -344,6 +429,7 @@ fn a_store_held_by_another_process_gives_way_to_a_temporary_one() {
         .unwrap()
         .registry
         .maps()
+        .records
         .get(CgroupKey::v2(id))
         .unwrap()
         .unwrap();
@@ -351,4 +437,60 @@ fn a_store_held_by_another_process_gives_way_to_a_temporary_one() {
     // The holder's store was left as it was.
     assert!(held.records().is_empty());
     assert_eq!(count(&m, Counter::StoreErrors), 0);
+}
+
+/// Chaos (issue 12): the pin directory removed while podmap-nri runs. Before, the plugin went on
+/// writing into maps nobody could open again: the next process to open the pins (podmapd
+/// restarting, a hook run) created new, empty ones, and every container mapped from then on was
+/// invisible to them. Now the next mapping pins the plugin's maps again, and a fresh opener
+/// finds the containers mapped before and after.
+#[test]
+fn a_pin_directory_removed_mid_run_is_pinned_again_by_the_next_mapping() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
+    let env = Env::new();
+    let settings = env.settings(Duration::from_secs(30));
+    let mut m = mapper(&env, Duration::from_secs(30));
+    let (_a, before, _) = map_one(&mut m, "before-removal");
+    std::fs::remove_dir_all(&settings.bpffs_dir).unwrap();
+
+    let t = Instant::now();
+    let (_b, after, _) = map_one(&mut m, "after-removal");
+    eprintln!("create and start with the pins gone: {:?}", t.elapsed());
+    assert_eq!(count(&m, Counter::PinsRestored), 7, "every pinned map");
+    let fresh = podmap_bpf::SharedMaps::open(&settings.bpffs_dir).unwrap();
+    for (what, id) in [("before", before), ("after", after)] {
+        assert!(
+            fresh.records.get(CgroupKey::v2(id)).unwrap().is_some(),
+            "the container mapped {what} the removal is in the maps the pins name"
+        );
+    }
+    // Once repaired, nothing more to do.
+    let (_c, _, _) = map_one(&mut m, "steady");
+    assert_eq!(count(&m, Counter::PinsRestored), 7);
+    assert_eq!(count(&m, Counter::PinsForeign), 0);
+}
+
+/// The pins removed and recreated by another process (a hook run that found the directory
+/// empty) before the plugin's next mapping: the writers no longer share the maps, and that is
+/// counted once per pin, never silent.
+#[test]
+fn pins_recreated_by_another_process_are_counted_as_foreign() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
+    let env = Env::new();
+    let settings = env.settings(Duration::from_secs(30));
+    let mut m = mapper(&env, Duration::from_secs(30));
+    map_one(&mut m, "before-split");
+    std::fs::remove_dir_all(&settings.bpffs_dir).unwrap();
+    let other = podmap_bpf::SharedMaps::open(&settings.bpffs_dir).unwrap();
+
+    map_one(&mut m, "after-split");
+    map_one(&mut m, "still-split");
+    // The plugin counts in its own counters map; the other process's is another one now.
+    assert_eq!(count(&m, Counter::PinsForeign), 7, "once per pin");
+    assert_eq!(count(&m, Counter::PinsRestored), 0);
+    drop(other);
 }

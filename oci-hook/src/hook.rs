@@ -13,23 +13,22 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
-use podmap_bpf::cgroup::CgroupLayout;
 use podmap_bpf::layout::Counter;
 use podmap_bpf::maps::{now_ns, CONTAINERS_MAP};
-use podmap_bpf::store::ContainerRecord;
-use podmap_bpf::{
-    CgroupIds, ContainerId, ContainerMeta, Hierarchy, RecordFlags, SharedMaps, Writer,
-};
+use podmap_bpf::{ContainerId, ContainerMeta, RecordFlags, SharedMaps, Writer};
+use podmap_cgroup::{resolve_container, CgroupLayout, ProcCgroups, Process, Request};
+use podmap_cgroup::{CgroupIds, Hierarchy};
+use podmap_writer::registry::Retention;
+use podmap_writer::store::ContainerRecord;
 
 use crate::annotations::{self, AnnotationProblem};
 use crate::bundle::{self, BundleConfig, BundleError};
 use crate::log::HookLog;
-use crate::membership::{self, ProcCgroups};
 use crate::meta::container_meta;
 use crate::options::{Level, Options, Stage};
 use crate::panics;
 use crate::policies;
-use crate::records::{this_boot, Apply};
+use crate::records::{self, this_boot, Apply, StoreQueue};
 use crate::sandbox::{self, fill_from_sandbox};
 use crate::spool::Entry;
 use crate::state::{State, StateError};
@@ -57,15 +56,15 @@ struct Progress {
 }
 
 pub struct Hook {
-    pub(crate) opts: Options,
-    pub(crate) log: HookLog,
+    opts: Options,
+    log: HookLog,
     started: Instant,
     /// When the watchdog fires.
-    pub(crate) deadline: Instant,
+    deadline: Instant,
     /// Between the deadline and the bound: the watchdog's report gets half of it.
     margin: Duration,
     // Shared with the watchdog thread, which counts a timeout through the same maps.
-    pub(crate) maps: Mutex<Option<SharedMaps>>,
+    maps: Mutex<Option<SharedMaps>>,
     progress: Mutex<Progress>,
 }
 
@@ -248,7 +247,7 @@ impl Hook {
         for _ in 0..10 {
             if let Some(maps) = try_lock(&self.maps) {
                 if let Some(m) = maps.as_ref() {
-                    m.counters().add(Counter::HookTimeouts, 1);
+                    m.counters.add(Counter::HookTimeouts, 1);
                 }
                 break;
             }
@@ -258,7 +257,7 @@ impl Hook {
 
     // Locks below take over a poisoned lock: after a panic the edge still logs where the run
     // was and counts it.
-    pub(crate) fn step(&self, step: &'static str) {
+    fn step(&self, step: &'static str) {
         self.with_progress(|p| p.step = step);
     }
 
@@ -266,10 +265,10 @@ impl Hook {
         f(&mut self.progress.lock().unwrap_or_else(PoisonError::into_inner));
     }
 
-    pub(crate) fn count(&self, c: Counter) {
+    fn count(&self, c: Counter) {
         let maps = self.maps.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(m) = maps.as_ref() {
-            m.counters().add(c, 1);
+            m.counters.add(c, 1);
         }
     }
 
@@ -297,7 +296,7 @@ impl Hook {
         existed
     }
 
-    pub(crate) fn has_maps(&self) -> bool {
+    fn has_maps(&self) -> bool {
         self.maps
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -387,26 +386,22 @@ impl Hook {
                 return not_mapped();
             }
         };
-        let proc = state.pid.and_then(|pid| match ProcCgroups::read(pid) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                self.log.line(
-                    Level::Warn,
-                    Some(id),
-                    format_args!("/proc/{pid}/cgroup: {e}; using linux.cgroupsPath alone"),
-                );
-                None
-            }
-        });
-        let own = std::fs::read_to_string("/proc/self/cgroup")
-            .ok()
-            .map(|t| ProcCgroups::parse(&t));
-        let found = match membership::resolve(
-            &layout,
-            config.cgroups_path.as_deref(),
-            proc.as_ref(),
-            own.as_ref(),
-        ) {
+        let process = Process::read(state.pid.map(|p| p.0));
+        if let Process::Gone { pid, error } = &process {
+            self.log.line(
+                Level::Warn,
+                Some(id),
+                format_args!("/proc/{pid}/cgroup: {error}; using linux.cgroupsPath alone"),
+            );
+        }
+        // The hook runs in the runtime's cgroup, which is never the container's.
+        let own = ProcCgroups::own().ok();
+        let request = Request {
+            cgroups_path: config.cgroups_path.as_deref(),
+            process: &process,
+            runtime: own.as_ref(),
+        };
+        let found = match resolve_container(&layout, &request) {
             Ok(m) => m,
             Err(e) => {
                 self.log
@@ -416,7 +411,7 @@ impl Hook {
                 return not_mapped();
             }
         };
-        for d in &found.disagreements {
+        for d in found.disagreements() {
             self.log.line(
                 Level::Warn,
                 Some(id),
@@ -424,7 +419,8 @@ impl Hook {
             );
         }
 
-        let mut meta = container_meta(&state, &ann, kube.as_ref(), &found.path);
+        let path = found.rel_str();
+        let mut meta = container_meta(&state, &ann, kube.as_ref(), &path);
         let flags = RecordFlags {
             sandbox: meta.sandbox,
             removing: false,
@@ -433,9 +429,11 @@ impl Hook {
         // write: podmapd reads a record once.
         if let Some(sb) = kube.as_ref().and_then(|k| k.sandbox_id.as_ref()) {
             self.step("looking up the sandbox");
-            let found_sb = self.maps.lock().ok().and_then(|maps| {
-                sandbox::find(maps.as_ref()?, &layout, &found.path, &state.id, sb)
-            });
+            let found_sb = self
+                .maps
+                .lock()
+                .ok()
+                .and_then(|maps| sandbox::find(maps.as_ref()?, &layout, &path, &state.id, sb));
             match found_sb {
                 Some((sb_meta, how)) => {
                     fill_from_sandbox(&mut meta, &sb_meta);
@@ -481,7 +479,7 @@ impl Hook {
                 // a fail-closed namespace does not start it (not mapped, exit 1), others start
                 // it and say so. Memberships written before the failure are removed by
                 // podmapd's orphan sweep, as no record follows them.
-                if let Err(e) = m.add_memberships(&found.ids, &policy_ids) {
+                if let Err(e) = m.policy.add_memberships(&found.ids, &policy_ids) {
                     let closed = self.opts.fails_closed(namespace.as_deref());
                     self.log.line(
                         Level::Error,
@@ -513,8 +511,8 @@ impl Hook {
                     let ready = self.started.elapsed();
                     if let Ok(maps) = self.maps.lock() {
                         if let Some(m) = maps.as_ref() {
-                            m.counters().add(Counter::HookMapped, 1);
-                            m.counters().record_latency(ready.as_micros() as u64);
+                            m.counters.add(Counter::HookMapped, 1);
+                            m.counters.record_latency(ready.as_micros() as u64);
                         }
                     }
                     self.with_progress(|p| p.mapped = true);
@@ -543,7 +541,9 @@ impl Hook {
         let entry = Entry::Create {
             record: Box::new(record),
         };
-        let stored = self.store_change(id, &entry, Apply::WhenDue, pins_existed);
+        let stored = self
+            .store_queue()
+            .store_change(id, &entry, Apply::WhenDue, pins_existed);
         let Entry::Create { record } = entry else {
             unreachable!("built above")
         };
@@ -594,7 +594,9 @@ impl Hook {
         };
         // The run that applies the removal to the store starts the grace period in the map too.
         self.step("queuing the removal for the store");
-        let stored = self.store_change(id, &entry, Apply::Always, pins_existed);
+        let stored = self
+            .store_queue()
+            .store_change(id, &entry, Apply::Always, pins_existed);
         let how = if stored.applied() {
             stored.describe()
         } else {
@@ -633,21 +635,30 @@ impl Hook {
     ) -> Result<(), podmap_bpf::MapsError> {
         let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
         match maps.as_mut() {
-            Some(m) => m.insert(ids, meta, flags, Writer::OciHook),
+            Some(m) => m.records.insert(ids, meta, flags, Writer::OciHook),
             None => Ok(()),
         }
     }
 
-    pub(crate) fn mark_removed(&self, id: &str, ids: &CgroupIds, removed_ns: u64) {
-        let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(m) = maps.as_mut() {
-            if let Err(e) = m.mark_removed(ids, removed_ns) {
-                self.log.line(
-                    Level::Error,
-                    Some(id),
-                    format_args!("starting the grace period in the map: {e}"),
-                );
-            }
+    fn mark_removed(&self, id: &str, ids: &CgroupIds, removed_ns: u64) {
+        records::mark_removed(&self.maps, &self.log, id, ids, removed_ns);
+    }
+
+    /// The store's queue with this run's paths, deadline, grace, log and maps.
+    fn store_queue(&self) -> StoreQueue<'_> {
+        StoreQueue {
+            store_path: self.opts.state_dir.join("hook"),
+            deadline: self.deadline,
+            keep: Retention {
+                grace_ns: self.opts.grace.as_nanos() as u64,
+                boot_id: this_boot(),
+            },
+            cgroup_root: &self.opts.cgroup_root,
+            v1_controller: &self.opts.v1_controller,
+            bpffs_dir: &self.opts.bpffs_dir,
+            log: &self.log,
+            maps: &self.maps,
+            step: Box::new(|step| self.step(step)),
         }
     }
 
@@ -656,8 +667,8 @@ impl Hook {
         let maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
         let m = maps.as_ref()?;
         let mut ids = CgroupIds::default();
-        for key in m.keys() {
-            if matches!(m.meta(key), Ok(Some(meta)) if meta.container_id == *id) {
+        for key in m.records.keys() {
+            if matches!(m.records.meta(key), Ok(Some(meta)) if meta.container_id == *id) {
                 match key.hierarchy {
                     Hierarchy::V2 => ids.v2 = Some(key.id),
                     Hierarchy::V1 => ids.v1 = Some(key.id),

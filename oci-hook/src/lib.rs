@@ -5,16 +5,16 @@
 //! It is on every container's critical path, so it is small (no async runtime), bounded by a
 //! watchdog, and never fails a container for its own problems: those go to a log file and the
 //! shared counters. The modules follow the run: `options` (command line), `state` (stdin),
-//! `bundle` (config.json), `annotations` (Kubernetes metadata), `membership` (the cgroup),
-//! `meta` (the record), `sandbox` (a workload's pod labels), `policies` (memberships), `hook`
-//! (the stages), `records` and `spool` (the store, queued), `log`, `watchdog` (the time bound)
-//! and `panics` (a panic ends at the edge, not as exit status 101).
+//! `bundle` (config.json), `annotations` (Kubernetes metadata), `meta` (the record), `sandbox`
+//! (a workload's pod labels), `policies` (memberships), `hook` (the stages), `records` (the
+//! store's queue) and `spool` (its files), `log`, `watchdog` (the time bound) and `panics` (a
+//! panic ends at the edge, not as exit status 101). Which cgroup the container is in is
+//! podmap-cgroup's (`resolve_container`), shared with podmap-nri.
 
 pub mod annotations;
 pub mod bundle;
 pub mod hook;
 pub mod log;
-pub mod membership;
 pub mod meta;
 pub mod options;
 pub mod panics;

@@ -61,7 +61,7 @@ fn run(started: Instant) -> anyhow::Result<u8> {
         }
     };
     // The watchdog first, then the log: opening it can block on a hung filesystem.
-    let log = HookLog::new(&opts.log_file, opts.log_level, opts.stage);
+    let log = HookLog::new(&opts.log_file, opts.log_level(), opts.stage);
     let hook = Arc::new(Hook::new(opts, log, started));
     let on_fire = Arc::clone(&hook);
     let armed = watchdog::arm(hook.deadline(), move || on_fire.on_timeout());
@@ -72,6 +72,9 @@ fn run(started: Instant) -> anyhow::Result<u8> {
             None,
             format_args!("could not start the watchdog thread; running without the time bound"),
         );
+    }
+    for w in podmap_node::retired_env_warnings() {
+        hook.log().line(Level::Warn, None, format_args!("{w}"));
     }
     // Read under the watchdog: a runtime that never closes stdin is bounded too.
     let code = hook.guard(|| hook.run(|| state::read_input(std::io::stdin().lock())));

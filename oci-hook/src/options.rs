@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use podmap_node::NodeArgs;
 
 /// The OCI stage the runtime runs the hook at. One hooks.d entry lists both stages with the same
 /// arguments, so by default (`auto`) the stage comes from the state's status.
@@ -65,8 +66,6 @@ impl Level {
 }
 
 pub const DEFAULT_LOG_FILE: &str = "/var/log/podmap/hook.log";
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/podmap";
-pub const DEFAULT_POLICY_DIR: &str = "/etc/podmap/policies";
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -77,48 +76,22 @@ pub const DEFAULT_POLICY_DIR: &str = "/etc/podmap/policies";
              fails a container unless told to for listed namespaces."
 )]
 pub struct Options {
-    /// Directory of the pinned maps shared with podmapd (on bpffs).
-    #[arg(long, env = "PODMAP_BPFFS_DIR", default_value = podmap_bpf::DEFAULT_BPFFS_DIR)]
-    pub bpffs_dir: PathBuf,
-    /// podmap's state directory; the hook's own store is `<dir>/hook`.
-    #[arg(long, env = "PODMAP_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
-    pub state_dir: PathBuf,
-    /// The host's cgroupfs, as mounted where the hook runs.
-    #[arg(long, env = "PODMAP_CGROUP_ROOT", default_value = "/sys/fs/cgroup")]
-    pub cgroup_root: PathBuf,
-    /// The cgroup v1 controller whose ids podmapd tracks where containers live only in v1
-    /// (must match podmapd's).
-    #[arg(long, env = "PODMAP_V1_CONTROLLER", default_value = "memory")]
-    pub v1_controller: String,
-    /// The node's policy directory: a new container joins the policies that select it.
-    #[arg(long, env = "PODMAP_POLICY_DIR", default_value = DEFAULT_POLICY_DIR)]
-    pub policy_dir: PathBuf,
+    /// The flags every podmap binary on a node shares (pins, state, cgroup root, policy
+    /// directory, grace, log filter, own namespace). The hook's store is `<state-dir>/hook`;
+    /// it logs at the highest level `--log` names (`debug` also logs every mapping with its
+    /// timing).
+    #[command(flatten)]
+    pub node: NodeArgs,
     /// Where problems are logged (appended; the directory is created).
     #[arg(long, env = "PODMAP_LOG_FILE", default_value = DEFAULT_LOG_FILE)]
     pub log_file: PathBuf,
-    /// `error`, `warn`, `info` or `debug` (debug also logs every mapping with its timing).
-    #[arg(
-        long,
-        env = "PODMAP_LOG",
-        value_enum,
-        default_value = "info",
-        ignore_case = true
-    )]
-    pub log_level: Level,
-    /// Hard bound on the hook's run time, enforced by a watchdog ("1s", "250ms", or seconds).
-    #[arg(long, env = "PODMAP_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    /// Hard bound on the hook's run time, enforced by a watchdog ("1s", "250ms", or whole
+    /// seconds).
+    #[arg(long, env = "PODMAP_TIMEOUT", default_value = "1s", value_parser = podmap_node::parse_duration)]
     pub timeout: Duration,
-    /// How long a removed container's record stays mapped for late exit events ("30s",
-    /// "500ms", or seconds).
-    #[arg(long, env = "PODMAP_GRACE_SECONDS", default_value = "30", value_parser = parse_duration)]
-    pub grace: Duration,
     /// Namespaces whose containers fail to start when they cannot be mapped (comma-separated).
     #[arg(long, env = "PODMAP_FAIL_CLOSED_NAMESPACES", value_delimiter = ',')]
     pub fail_closed_namespaces: Vec<String>,
-    /// The namespace podmap itself runs in: never failed, whatever the list says (it would
-    /// deadlock podmap's own rollout).
-    #[arg(long, env = "POD_NAMESPACE")]
-    pub own_namespace: Option<String>,
     /// The OCI stage: create-runtime (alias createRuntime), poststop, or auto (from the
     /// state's status).
     #[arg(value_enum, default_value = "auto")]
@@ -131,31 +104,33 @@ impl Options {
         let Some(ns) = namespace.filter(|ns| !ns.is_empty()) else {
             return false;
         };
-        if self.own_namespace.as_deref() == Some(ns) {
+        if self.node.own_namespace() == Some(ns) {
             return false;
         }
         self.fail_closed_namespaces.iter().any(|n| n.trim() == ns)
     }
 }
 
-/// "1s", "250ms", "1.5" (seconds), "30" (seconds).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 1e-3)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else {
-        (s, 1.0)
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 1s, 250ms, 30)"))?;
-    if !v.is_finite() || v < 0.0 || v * scale > 86_400.0 {
-        return Err(format!("{s:?} is out of range"));
+impl std::ops::Deref for Options {
+    type Target = NodeArgs;
+
+    /// The shared flags read as the hook's own (`opts.bpffs_dir`, `opts.grace`).
+    fn deref(&self) -> &NodeArgs {
+        &self.node
     }
-    Ok(Duration::from_secs_f64(v * scale))
+}
+
+impl Options {
+    /// The hook's level: the highest `--log` (PODMAP_LOG) names; problems are always logged,
+    /// so `off` is `error`, and `trace` is `debug`.
+    pub fn log_level(&self) -> Level {
+        match self.node.log.max_level() {
+            podmap_node::Level::Off | podmap_node::Level::Error => Level::Error,
+            podmap_node::Level::Warn => Level::Warn,
+            podmap_node::Level::Info => Level::Info,
+            podmap_node::Level::Debug | podmap_node::Level::Trace => Level::Debug,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -170,12 +145,51 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("0.5"), Ok(Duration::from_millis(500)));
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("-1").is_err());
+        for (flag, a, b) in [
+            ("--timeout", "1", "1s"),
+            ("--timeout", "250ms", "0.25s"),
+            ("--grace", "30", "30s"),
+        ] {
+            let (x, y) = (opts(&[flag, a]), opts(&[flag, b]));
+            assert_eq!(
+                (x.timeout, x.grace),
+                (y.timeout, y.grace),
+                "{flag} {a} / {b}"
+            );
+        }
+        assert_eq!(
+            opts(&["--grace", "500ms"]).grace,
+            Duration::from_millis(500)
+        );
+        assert!(Options::try_parse_from(["podmap-oci-hook", "--timeout", "soon"]).is_err());
+        assert!(Options::try_parse_from(["podmap-oci-hook", "--grace", "-1"]).is_err());
+    }
+
+    #[test]
+    fn the_log_level_is_podmapds_filter() {
+        for (filter, level) in [
+            ("info", Level::Info),
+            ("DEBUG", Level::Debug),
+            ("warn,podmap_oci_hook=debug", Level::Debug),
+            ("podmap=trace", Level::Debug),
+            ("error", Level::Error),
+            ("off", Level::Error),
+            ("warn", Level::Warn),
+        ] {
+            assert_eq!(opts(&["--log", filter]).log_level(), level, "{filter}");
+        }
+        // The flag's old name.
+        assert_eq!(opts(&["--log-level", "debug"]).log_level(), Level::Debug);
+        assert_eq!(opts(&[]).log_level(), Level::Info);
+        assert!(Options::try_parse_from(["podmap-oci-hook", "--log", "podmap=loud"]).is_err());
+    }
+
+    #[test]
+    fn the_environment_is_read() {
+        podmap_node::testing::env_is_read::<Options>(
+            "options::tests::the_environment_is_read",
+            |o| &o.node,
+        );
     }
 
     #[test]

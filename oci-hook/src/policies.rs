@@ -6,7 +6,8 @@
 use std::path::Path;
 
 use podmap_bpf::ContainerMeta;
-use podmap_proto::policy::{Origin, PluginPolicies, Target};
+use podmap_policy::{Origin, PluginPolicies};
+use podmap_writer::policy_target;
 
 /// The ids of the policies selecting `meta` (from podmapd's published set, or the directory
 /// when there is none: proto's `PluginPolicies`), and what was refused or could not be read
@@ -20,13 +21,7 @@ pub fn selecting(
     let mut policies = PluginPolicies::new(dir);
     policies.refresh();
     let set = policies.set();
-    let target = Target {
-        namespace: &meta.namespace,
-        pod_labels: &meta.labels,
-        container_name: &meta.name,
-        sandbox: meta.sandbox,
-        own_namespace,
-    };
+    let target = policy_target(meta, own_namespace);
     let mut refused: Vec<String> = set.errors.iter().map(|e| e.to_string()).collect();
     if let Origin::Directory { why: Some(why) } = policies.origin() {
         refused.push(format!(
@@ -60,10 +55,7 @@ mod tests {
             ..Default::default()
         };
         let (ids, refused) = selecting(dir.path(), &meta, None);
-        assert_eq!(
-            ids,
-            vec![podmap_proto::policy::policy_id("no-shell-in-web")]
-        );
+        assert_eq!(ids, vec![podmap_policy::policy_id("no-shell-in-web")]);
         assert_eq!(refused.len(), 1, "{refused:?}");
         meta.namespace = "dev".into();
         assert!(selecting(dir.path(), &meta, None).0.is_empty());

@@ -4,19 +4,25 @@
 //! holding the store's lock applies the whole queue: every poststop (off the start path), and a
 //! createRuntime only when the queue has grown long or the pins are new. Applying also starts
 //! the grace period in the map for removals, sweeps what expired (map and store), and writes
-//! records back into pins that were just created.
+//! records back into pins that were just created. Sweeping and writing back are podmap-writer's
+//! (`sweep`, `restore`), the same as podmap-nri's.
+//!
+//! [`StoreQueue`] is given everything it uses (paths, deadline, grace, log, maps, a progress
+//! callback): it knows nothing of the hook's stages.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use podmap_bpf::cgroup::CgroupLayout;
 use podmap_bpf::layout::Counter;
 use podmap_bpf::maps::now_ns;
-use podmap_bpf::store::{boot_id, Opening, Store, StoreError};
-use podmap_bpf::{RecordFlags, Writer};
+use podmap_bpf::{SharedMaps, Writer};
+use podmap_cgroup::{CgroupIds, CgroupLayout};
+use podmap_writer::registry::{self, Retention};
+use podmap_writer::store::{boot_id, Opening, Store, StoreError};
 
-use crate::hook::Hook;
+use crate::log::HookLog;
 use crate::options::Level;
 use crate::spool::{Entry, Pending, Spool, StoreLock};
 
@@ -84,21 +90,72 @@ pub fn this_boot() -> String {
     boot_id().unwrap_or_else(|_| "unknown".to_string())
 }
 
-impl Hook {
-    pub(crate) fn store_path(&self) -> PathBuf {
-        self.opts.state_dir.join("hook")
+/// The store's queue, as one run sees it: the bounded lock queue in front of the sled store
+/// (`<state-dir>/hook`) and its spool (`<state-dir>/hook.spool/`).
+pub struct StoreQueue<'a> {
+    /// `<state-dir>/hook`.
+    pub store_path: PathBuf,
+    /// When the run's watchdog fires: applying stops well before.
+    pub deadline: Instant,
+    /// The grace period after removal and this boot (`this_boot`).
+    pub keep: Retention,
+    /// Where to detect the cgroup layout when records are written back into new pins.
+    pub cgroup_root: &'a Path,
+    pub v1_controller: &'a str,
+    /// Where the pins are (for the log).
+    pub bpffs_dir: &'a Path,
+    pub log: &'a HookLog,
+    /// The run's maps, shared with its watchdog; `None` inside when they did not open.
+    pub maps: &'a Mutex<Option<SharedMaps>>,
+    /// Told what the run is doing, for a timeout's or a panic's report.
+    pub step: Box<dyn Fn(&'static str) + 'a>,
+}
+
+/// Starts the grace period of `ids` in the map (when there is one); a failure is logged.
+pub fn mark_removed(
+    maps: &Mutex<Option<SharedMaps>>,
+    log: &HookLog,
+    id: &str,
+    ids: &CgroupIds,
+    removed_ns: u64,
+) {
+    let mut maps = maps.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(m) = maps.as_mut() {
+        if let Err(e) = m.records.mark_removed(ids, removed_ns) {
+            log.line(
+                Level::Error,
+                Some(id),
+                format_args!("starting the grace period in the map: {e}"),
+            );
+        }
+    }
+}
+
+impl StoreQueue<'_> {
+    fn count(&self, c: Counter) {
+        let maps = self.maps.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(m) = maps.as_ref() {
+            m.counters.add(c, 1);
+        }
+    }
+
+    fn has_maps(&self) -> bool {
+        self.maps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
     }
 
     /// Queues `entry` and, when `apply` says so, sees it into the store within the bound:
     /// applied by this run if the lock comes free, or by whichever run holds it.
-    pub(crate) fn store_change(
+    pub fn store_change(
         &self,
         id: &str,
         entry: &Entry,
         apply: Apply,
         pins_existed: bool,
     ) -> Stored {
-        let store_path = self.store_path();
+        let store_path = self.store_path.clone();
         let spool = Spool::new(&store_path);
         let own = match spool.push(entry, now_ns()) {
             Ok(p) => p,
@@ -129,7 +186,7 @@ impl Hook {
             match StoreLock::try_take(&store_path) {
                 Ok(Some(lock)) => {
                     let waited = asked.elapsed();
-                    self.step("applying the store's queue");
+                    (self.step)("applying the store's queue");
                     let ok = self.apply_queue(&spool, &store_path, pins_existed);
                     drop(lock);
                     return if ok {
@@ -227,7 +284,7 @@ impl Hook {
         }
     }
 
-    /// One attempt of [`Hook::apply_queue`]: the applied changes, or the store's error.
+    /// One attempt of [`StoreQueue::apply_queue`]: the applied changes, or the store's error.
     fn apply_queue_once(
         &self,
         spool: &Spool,
@@ -260,7 +317,7 @@ impl Hook {
             }
             self.sweep(&store);
             if !pins_existed && self.has_maps() {
-                match CgroupLayout::detect(&self.opts.cgroup_root, &self.opts.v1_controller) {
+                match CgroupLayout::detect(self.cgroup_root, self.v1_controller) {
                     Ok(layout) => self.restore(&store, &layout),
                     Err(e) => self.log.line(
                         Level::Warn,
@@ -315,7 +372,7 @@ impl Hook {
                 if let Some(mut rec) = store.get(&id)? {
                     // A second poststop does not restart the grace period.
                     let removed = *rec.removed_ns.get_or_insert(removed_ns);
-                    self.mark_removed(&id.0, &rec.ids, removed);
+                    mark_removed(self.maps, self.log, &id.0, &rec.ids, removed);
                     store.put(&rec)?;
                 }
                 Ok(())
@@ -335,82 +392,39 @@ impl Hook {
     }
 
     /// Drops expired records: from the map (anyone's, past this hook's grace) and from the
-    /// store (expired, or from another boot: cgroup ids restart at every boot).
+    /// store (expired, of another boot, or unparseable): podmap-writer's `sweep`.
     fn sweep(&self, store: &Store) {
-        let now = now_ns();
-        let grace = self.opts.grace.as_nanos() as u64;
-        if let Ok(mut maps) = self.maps.lock() {
-            if let Some(m) = maps.as_mut() {
-                m.sweep_expired(grace, now);
-            }
-        }
-        let boot = this_boot();
-        for rec in store.records() {
-            match rec {
-                Ok(rec) => {
-                    let expired = rec
-                        .removed_ns
-                        .is_some_and(|r| r.saturating_add(grace) <= now);
-                    if expired || rec.boot_id != boot {
-                        let _ = store.remove(&rec.meta.container_id);
-                    }
-                }
-                Err(StoreError::Corrupt { key, reason, .. }) => {
-                    self.log.line(
-                        Level::Warn,
-                        Some(&key),
-                        format_args!("dropping a store record that does not parse: {reason}"),
-                    );
-                    let _ = store.remove_key(&key);
-                }
-                Err(_) => {}
-            }
+        let report = {
+            let mut maps = self.maps.lock().unwrap_or_else(PoisonError::into_inner);
+            registry::sweep(maps.as_mut(), store, &self.keep, now_ns())
+        };
+        for p in &report.problems {
+            self.log.line(Level::Warn, None, format_args!("{p}"));
         }
     }
 
     /// This run created the pins (bpffs was emptied, e.g. by a reinstall): write back the
-    /// records of live containers from the store, which is what it is kept for.
+    /// records of live containers from the store, which is what it is kept for
+    /// (podmap-writer's `restore`).
     fn restore(&self, store: &Store, layout: &CgroupLayout) {
-        let boot = this_boot();
-        let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(m) = maps.as_mut() else {
-            return;
+        let report = {
+            let mut maps = self.maps.lock().unwrap_or_else(PoisonError::into_inner);
+            let Some(m) = maps.as_mut() else {
+                return;
+            };
+            registry::restore(m, store, layout, Writer::OciHook, &self.keep)
         };
-        let mut restored = 0;
-        for rec in store.records().into_iter().flatten() {
-            if rec.boot_id != boot {
-                continue;
-            }
-            let rel = rec.meta.cgroup_path.trim_start_matches('/');
-            if layout.resolve(Path::new(rel)) != rec.ids {
-                // The cgroup is gone or was recreated: the record is stale.
-                let _ = store.remove(&rec.meta.container_id);
-                continue;
-            }
-            let missing = rec.ids.keys().any(|k| matches!(m.get(k), Ok(None)));
-            if missing {
-                let flags = RecordFlags {
-                    sandbox: rec.meta.sandbox,
-                    removing: rec.removed_ns.is_some(),
-                };
-                if m.insert(&rec.ids, &rec.meta, flags, Writer::OciHook)
-                    .is_ok()
-                {
-                    if let Some(r) = rec.removed_ns {
-                        let _ = m.mark_removed(&rec.ids, r);
-                    }
-                    restored += 1;
-                }
-            }
+        for p in &report.problems {
+            self.log.line(Level::Warn, None, format_args!("{p}"));
         }
-        drop(maps);
-        if restored > 0 {
+        if report.rewritten > 0 {
             self.log.line(
                 Level::Info,
                 None,
                 format_args!(
-                    "the pinned maps under {} were new: wrote back {restored} records from {}",
-                    self.opts.bpffs_dir.display(),
+                    "the pinned maps under {} were new: wrote back {} records from {}",
+                    self.bpffs_dir.display(),
+                    report.rewritten,
                     store.path().display()
                 ),
             );

@@ -8,8 +8,8 @@
 //! The record must be complete at the first map write: podmapd reads a cgroup's metadata once
 //! and re-validates it only every few seconds, so a rewrite would not be seen at once.
 
-use podmap_bpf::cgroup::CgroupLayout;
 use podmap_bpf::{ContainerId, ContainerMeta, SharedMaps};
+use podmap_cgroup::CgroupLayout;
 
 /// How the sandbox's record was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,16 +44,17 @@ pub fn find(
     if let Some(path) = sibling_path(container_path, container, sandbox) {
         let ids = layout.resolve(std::path::Path::new(&path));
         for key in ids.keys() {
-            if let Ok(Some(m)) = maps.meta(key) {
+            if let Ok(Some(m)) = maps.records.meta(key) {
                 if is_sandbox(&m) {
                     return Some((m, Found::Sibling));
                 }
             }
         }
     }
-    maps.keys()
+    maps.records
+        .keys()
         .into_iter()
-        .filter_map(|k| maps.meta(k).ok().flatten())
+        .filter_map(|k| maps.records.meta(k).ok().flatten())
         .find(is_sandbox)
         .map(|m| (m, Found::Scan))
 }

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
-use podmap_bpf::store::ContainerRecord;
 use podmap_bpf::ContainerId;
+use podmap_writer::store::ContainerRecord;
 use serde::{Deserialize, Serialize};
 
 /// A change to the store.
@@ -198,7 +198,8 @@ impl StoreLock {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use podmap_bpf::{CgroupIds, ContainerMeta};
+    use podmap_bpf::ContainerMeta;
+    use podmap_cgroup::CgroupIds;
 
     fn record(id: &str) -> ContainerRecord {
         ContainerRecord {

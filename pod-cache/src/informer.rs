@@ -22,10 +22,12 @@ use serde::Deserialize;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use crate::backoff::Backoff;
 use crate::compact::{compact, Interner};
 use crate::store::{Retention, Store};
 use crate::wire::{Rejected, WirePod};
+use backon::ExponentialBuilder;
+use kube::runtime::utils::Backoff as _;
+use kube::runtime::watcher::ExponentialBackoff;
 
 /// A watch silent for its timeout plus this long is taken as dead (kube-runtime's margin).
 const WATCH_IDLE_MARGIN: Duration = Duration::from_secs(5);
@@ -167,7 +169,7 @@ pub(crate) struct Informer {
     node: String,
     config: CacheConfig,
     shared: Arc<Shared>,
-    backoff: Backoff,
+    backoff: ExponentialBackoff,
 }
 
 impl Informer {
@@ -177,7 +179,16 @@ impl Informer {
         config: CacheConfig,
         shared: Arc<Shared>,
     ) -> Informer {
-        let backoff = Backoff::new(config.backoff_min, config.backoff_max);
+        // client-go's reflector shape (kube-runtime's default: 800 ms doubling to 30 s, with
+        // jitter so that a cluster's nodes do not all relist at once after an API server
+        // restart), with bounds the tests can shrink.
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(config.backoff_min)
+            .with_max_delay(config.backoff_max)
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times()
+            .into();
         Informer {
             client,
             node: node.to_owned(),
@@ -185,6 +196,11 @@ impl Informer {
             shared,
             backoff,
         }
+    }
+
+    /// The wait before the next attempt (the backoff never runs out: no maximum of attempts).
+    fn next_delay(&mut self) -> Duration {
+        self.backoff.next().unwrap_or(self.config.backoff_max)
     }
 
     fn field_selector(&self) -> String {
@@ -229,7 +245,7 @@ impl Informer {
                     if !quick {
                         self.backoff.reset();
                     } else if quick_expiry {
-                        tokio::time::sleep(self.backoff.next_delay()).await;
+                        tokio::time::sleep(self.next_delay()).await;
                     }
                     quick_expiry = quick;
                     continue;
@@ -245,7 +261,7 @@ impl Informer {
 
     async fn failed(&mut self, what: &str, err: &AttemptError) {
         Counters::bump(&self.shared.counters.errors);
-        let delay = self.backoff.next_delay();
+        let delay = self.next_delay();
         warn!(node = %self.node, error = %err, retry_in = ?delay, "pod {what} failed");
         tokio::time::sleep(delay).await;
     }

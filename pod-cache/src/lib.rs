@@ -21,7 +21,6 @@ pub mod footprint;
 pub mod informer;
 pub mod workload;
 
-mod backoff;
 mod store;
 mod wire;
 

@@ -56,6 +56,9 @@ pub enum ProcessFlag {
     ArgsTruncated,
     ProcfsScan,
     PathUnreadable,
+    /// The working directory was deeper than the kernel reads: `cwd` holds its deepest
+    /// components only.
+    CwdTruncated,
     /// The container runtime's own init (runc's `init` stages), in the container's cgroup
     /// before it execs the container's program: the runtime at work, not the workload.
     RuntimeInit,

@@ -1,11 +1,13 @@
-//! Shared wire types of podmap: the events podmapd serves, the requests its socket accepts.
+//! podmap's API: everything a client of podmapd's socket sees, and nothing else. The events it
+//! streams, the one request line it accepts, the status report and the mapping table's rows.
 //!
-//! This crate owns the JSON shape users and programs see (docs/interfaces.md, "Events" and "The
-//! event socket"). It knows nothing of eBPF, runtimes or Kubernetes clients.
+//! This crate owns the JSON shape users and programs see (docs/interfaces.md), so a third-party
+//! client can depend on it alone. It knows nothing of eBPF, runtimes or Kubernetes clients.
 
+pub mod containers;
 pub mod event;
-pub mod policy;
 pub mod request;
+pub mod status;
 pub mod time;
 
 pub use event::{
@@ -13,5 +15,3 @@ pub use event::{
     ProcessFlag,
 };
 pub use request::{EventFilter, Request, RequestError, MAX_REQUEST_LINE};
-#[cfg(feature = "nri")]
-pub mod nri;

@@ -85,7 +85,7 @@ pub fn run(opts: &HookArgs) -> anyhow::Result<()> {
     let created: Vec<Created> = (0..n)
         .map(|_| Created::new(&rt, &rootfs, &parent, &hooks, cgroups))
         .collect::<anyhow::Result<_>>()?;
-    let timeouts = maps.counters().get(Counter::HookTimeouts);
+    let timeouts = maps.counters.get(Counter::HookTimeouts);
     let barrier = std::sync::Barrier::new(n);
     let mut walls: Vec<Duration> = std::thread::scope(|s| {
         let handles: Vec<_> = created
@@ -114,7 +114,7 @@ pub fn run(opts: &HookArgs) -> anyhow::Result<()> {
     println!("{n} hooks at once on {n} created containers:");
     println!(
         "  mapped {mapped}/{n}, within the {BOUND:?} bound {within}/{n}, watchdog timeouts {}",
-        maps.counters().get(Counter::HookTimeouts) - timeouts
+        maps.counters.get(Counter::HookTimeouts) - timeouts
     );
     println!("  wall time      {}", summary(&mut walls));
 
@@ -200,7 +200,7 @@ pub fn run(opts: &HookArgs) -> anyhow::Result<()> {
         "  ratio of medians {:.3} (target <= 1.05)",
         w50.as_secs_f64() / wo50.as_secs_f64()
     );
-    let hist = maps.counters().latency_histogram();
+    let hist = maps.counters.latency_histogram();
     println!(
         "create-to-mapping-ready (shared histogram, all writers of these pins): {}",
         histogram(&hist)

@@ -57,9 +57,9 @@ pub fn run(opts: &NriArgs) -> anyhow::Result<()> {
         load_average()
     );
 
-    let hist_before = maps.counters().latency_histogram();
-    let mapped_before = maps.counters().get(Counter::NriMapped);
-    let failures_before = maps.counters().get(Counter::NriFailures);
+    let hist_before = maps.counters.latency_histogram();
+    let mapped_before = maps.counters.get(Counter::NriMapped);
+    let failures_before = maps.counters.get(Counter::NriFailures);
     let (mut without, mut with) = (vec![], vec![]);
     for round in 0..opts.rounds {
         without.extend(phase(&ctrd, opts.containers, &format!("bare-{round}"))?);
@@ -70,14 +70,14 @@ pub fn run(opts: &NriArgs) -> anyhow::Result<()> {
     }
 
     let hist: Vec<u64> = maps
-        .counters()
+        .counters
         .latency_histogram()
         .iter()
         .zip(&hist_before)
         .map(|(a, b)| a - b)
         .collect();
-    let mapped = maps.counters().get(Counter::NriMapped) - mapped_before;
-    let failures = maps.counters().get(Counter::NriFailures) - failures_before;
+    let mapped = maps.counters.get(Counter::NriMapped) - mapped_before;
+    let failures = maps.counters.get(Counter::NriFailures) - failures_before;
     let samples: u64 = hist.iter().sum();
     ensure!(
         samples > 0,

@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use podmap_bpf::testing::{TestCgroup, TestPod};
-use podmap_bpf::{CgroupKey, SharedMaps};
+use podmap_bpf::SharedMaps;
+use podmap_cgroup::CgroupKey;
 use podmap_pod_cache::testing::{Resource, TestApiServer};
-use podmap_proto::policy::policy_id;
+use podmap_policy::policy_id;
 use serde_json::{json, Value};
 
 use crate::daemon::{cgroup2_mount, kubeconfig, Daemon, DaemonOptions};
@@ -54,7 +55,7 @@ fn until_member(
 ) -> anyhow::Result<Duration> {
     let id = policy_id(name);
     loop {
-        if maps.memberships().contains(&(id, key)) == member {
+        if maps.policy.memberships().contains(&(id, key)) == member {
             return Ok(since.elapsed());
         }
         if since.elapsed() > Duration::from_secs(30) {

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use podmap_bpf::{CgroupKey, SharedMaps};
+use podmap_bpf::SharedMaps;
+use podmap_cgroup::CgroupKey;
 
 use super::plugin::{NriPlugin, PluginSetup};
 use super::{Containerd, Options, Series};
@@ -137,7 +138,7 @@ impl Node {
         let maps = self.maps()?;
         let deadline = crate::deadline::after(timeout);
         loop {
-            if maps.get(CgroupKey::v2(cgroup_id))?.is_some() {
+            if maps.records.get(CgroupKey::v2(cgroup_id))?.is_some() {
                 return Ok(());
             }
             if Instant::now() > deadline {

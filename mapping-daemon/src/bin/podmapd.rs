@@ -2,13 +2,17 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
+    let args = podmap_daemon::daemon::Args::parse();
+    // PODMAP_LOG (--log) was checked against EnvFilter's grammar when parsed.
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_env("PODMAP_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_new(args.node.log.as_str()).unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
-    let args = podmap_daemon::daemon::Args::parse();
+    for w in podmap_node::retired_env_warnings() {
+        tracing::warn!("{w}");
+    }
     // One thread: the event path is a single pipeline, and cross-thread wake-ups would cost more
     // than they save.
     let rt = tokio::runtime::Builder::new_current_thread()

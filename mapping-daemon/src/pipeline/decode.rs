@@ -1,5 +1,7 @@
-//! Raw ring-buffer records to typed kernel events. Bounds are checked against the record's
-//! length: a short or corrupt record is reported, never read past.
+//! Raw ring-buffer records to typed kernel events: the one place the kernel's C structs and raw
+//! numbers are read. What leaves this module is domain types (cgroup keys, pids, typed actions
+//! and modes, process flags), so the pipeline and enrichment never see a C struct. Bounds are
+//! checked against the record's length: a short or corrupt record is reported, never read past.
 
 use std::sync::Arc;
 
@@ -7,6 +9,8 @@ use podmap_bpf::layout::{
     self, podmap_cgroup_event, podmap_event_header, podmap_exec_event, podmap_exit_event,
     podmap_open_event, podmap_policy_hit, podmap_task_ids,
 };
+use podmap_cgroup::{CgroupId, CgroupKey, LayoutKind};
+use podmap_proto::ProcessFlag;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KernelEvent {
@@ -18,30 +22,155 @@ pub enum KernelEvent {
     PolicyOpen(OpenRecord),
 }
 
+/// Who did it, as the kernel saw it when the record was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskIds {
+    /// The process (thread group) id.
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    /// The task's own cgroup in the cgroup2 hierarchy.
+    pub cgroup_v2: CgroupId,
+    /// The task's own cgroup in the tracked v1 controller's hierarchy; 0 when none is tracked.
+    pub cgroup_v1: CgroupId,
+    /// The mapped cgroup the kernel found the task in or below, if any.
+    pub container: Option<CgroupKey>,
+}
+
+impl TaskIds {
+    fn from_raw(ids: &podmap_task_ids) -> Self {
+        let container = (ids.container_cgid != 0).then(|| {
+            if ids.container_hier == layout::HIER_V1 {
+                CgroupKey::v1(ids.container_cgid)
+            } else {
+                CgroupKey::v2(ids.container_cgid)
+            }
+        });
+        TaskIds {
+            pid: ids.pid,
+            tid: ids.tid,
+            ppid: ids.ppid,
+            uid: ids.uid,
+            cgroup_v2: CgroupId(ids.cgroup_v2),
+            cgroup_v1: CgroupId(ids.cgroup_v1),
+            container,
+        }
+    }
+
+    /// The task's own cgroup in the hierarchy events are keyed by on this host.
+    pub fn leaf(&self, kind: LayoutKind) -> CgroupKey {
+        if kind == LayoutKind::Legacy {
+            CgroupKey::v1(self.cgroup_v1.0)
+        } else {
+            CgroupKey::v2(self.cgroup_v2.0)
+        }
+    }
+
+    /// The task's own cgroup id as events report it (docs/decisions.md #24): in the hierarchy its
+    /// container was found in, else cgroup2 wherever the host has it, else the tracked v1
+    /// controller's.
+    pub fn own_cgroup(&self, kind: LayoutKind) -> CgroupId {
+        match self.container.map(|k| k.hierarchy) {
+            Some(podmap_cgroup::Hierarchy::V1) => self.cgroup_v1,
+            Some(podmap_cgroup::Hierarchy::V2) => self.cgroup_v2,
+            None => self.leaf(kind).id,
+        }
+    }
+}
+
+/// What the rule that acted asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HitAction {
+    Audit,
+    Kill,
+    Deny,
+}
+
+/// How the kernel carried the action out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enforcement {
+    /// Recorded only.
+    Audit,
+    /// The process was sent SIGKILL.
+    Kill,
+    /// BPF-LSM refused the operation (EPERM).
+    Lsm,
+}
+
+impl HitAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HitAction::Audit => "audit",
+            HitAction::Kill => "kill",
+            HitAction::Deny => "deny",
+        }
+    }
+}
+
+impl Enforcement {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Enforcement::Audit => "audit",
+            Enforcement::Kill => "kill",
+            Enforcement::Lsm => "lsm",
+        }
+    }
+}
+
 /// The policy rule that acted on an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PolicyHit {
     pub policy_id: u32,
     pub rule_index: u16,
-    pub action: u8,
-    pub mode: u8,
+    pub action: HitAction,
+    pub mode: Enforcement,
 }
 
 impl PolicyHit {
+    /// None when no rule acted. Values this build does not know read as an audit: the event
+    /// still reaches clients, and claims no more than that the rule matched.
     fn from_raw(h: podmap_policy_hit) -> Option<Self> {
-        (h.mode != layout::MODE_NONE).then_some(PolicyHit {
+        if h.mode == layout::MODE_NONE {
+            return None;
+        }
+        Some(PolicyHit {
             policy_id: h.policy_id,
             rule_index: h.rule_index,
-            action: h.action,
-            mode: h.mode,
+            action: match h.action {
+                layout::ACT_KILL => HitAction::Kill,
+                layout::ACT_DENY => HitAction::Deny,
+                _ => HitAction::Audit,
+            },
+            mode: match h.mode {
+                layout::MODE_KILL => Enforcement::Kill,
+                layout::MODE_LSM => Enforcement::Lsm,
+                _ => Enforcement::Audit,
+            },
         })
     }
+}
+
+/// The kernel's record flags as process flags. Every `PODMAP_PF_*` bit has its flag; bits this
+/// build does not know are dropped (a newer kernel object than the daemon cannot happen: both
+/// ship in one binary).
+fn process_flags(bits: u32) -> Vec<ProcessFlag> {
+    [
+        (layout::PF_ARGS_TRUNCATED, ProcessFlag::ArgsTruncated),
+        (layout::PF_PROCFS_SCAN, ProcessFlag::ProcfsScan),
+        (layout::PF_PATH_UNREADABLE, ProcessFlag::PathUnreadable),
+        (layout::PF_CWD_TRUNCATED, ProcessFlag::CwdTruncated),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| bits & bit != 0)
+    .map(|(_, flag)| flag)
+    .collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenRecord {
     pub ktime: u64,
-    pub ids: podmap_task_ids,
+    pub ids: TaskIds,
     pub policy: PolicyHit,
     pub open_flags: i32,
     pub path: Arc<str>,
@@ -61,8 +190,8 @@ impl KernelEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecRecord {
     pub ktime: u64,
-    pub flags: u32,
-    pub ids: podmap_task_ids,
+    pub flags: Vec<ProcessFlag>,
+    pub ids: TaskIds,
     pub start_time: u64,
     pub parent_exec_ktime: u64,
     /// Set when a policy rule acted on this exec.
@@ -76,8 +205,8 @@ pub struct ExecRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExitRecord {
     pub ktime: u64,
-    pub flags: u32,
-    pub ids: podmap_task_ids,
+    pub flags: Vec<ProcessFlag>,
+    pub ids: TaskIds,
     pub exec_ktime: u64,
     pub exit_code: i32,
     /// The task's command name at exit.
@@ -174,8 +303,8 @@ pub fn decode(buf: &[u8]) -> Result<KernelEvent, DecodeError> {
             ));
             Ok(KernelEvent::Exec(ExecRecord {
                 ktime: hdr.ktime,
-                flags: hdr.flags,
-                ids: ev.ids,
+                flags: process_flags(hdr.flags),
+                ids: TaskIds::from_raw(&ev.ids),
                 start_time: ev.start_time,
                 parent_exec_ktime: ev.parent_exec_ktime,
                 policy: PolicyHit::from_raw(ev.policy),
@@ -188,8 +317,8 @@ pub fn decode(buf: &[u8]) -> Result<KernelEvent, DecodeError> {
             let ev: podmap_exit_event = read(buf)?;
             Ok(KernelEvent::Exit(ExitRecord {
                 ktime: hdr.ktime,
-                flags: hdr.flags,
-                ids: ev.ids,
+                flags: process_flags(hdr.flags),
+                ids: TaskIds::from_raw(&ev.ids),
                 exec_ktime: ev.exec_ktime,
                 exit_code: ev.exit_code,
                 comm: c_str(&ev.comm),
@@ -218,7 +347,7 @@ pub fn decode(buf: &[u8]) -> Result<KernelEvent, DecodeError> {
             let policy = PolicyHit::from_raw(ev.policy).ok_or(DecodeError::NoPolicy)?;
             Ok(KernelEvent::PolicyOpen(OpenRecord {
                 ktime: hdr.ktime,
-                ids: ev.ids,
+                ids: TaskIds::from_raw(&ev.ids),
                 policy,
                 open_flags: ev.open_flags,
                 path,
@@ -283,5 +412,46 @@ mod tests {
         assert_eq!(&*e.filename, "");
         assert!(e.args.is_empty());
         assert_eq!(&*e.cwd, "/");
+    }
+
+    #[test]
+    #[allow(clippy::field_reassign_with_default)]
+    fn every_kernel_flag_and_the_policy_hit_arrive_typed() {
+        let mut ev = podmap_exec_event::default();
+        ev.hdr.r#type = layout::EV_EXEC;
+        ev.hdr.flags = layout::PF_ARGS_TRUNCATED | layout::PF_CWD_TRUNCATED;
+        ev.ids.cgroup_v2 = 11;
+        ev.ids.cgroup_v1 = 22;
+        ev.ids.container_cgid = 33;
+        ev.ids.container_hier = layout::HIER_V1;
+        ev.policy.policy_id = 5;
+        ev.policy.action = layout::ACT_DENY;
+        ev.policy.mode = layout::MODE_KILL;
+        let KernelEvent::Exec(e) = decode(&bytes(&ev)).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            e.flags,
+            [ProcessFlag::ArgsTruncated, ProcessFlag::CwdTruncated]
+        );
+        assert_eq!(e.ids.container, Some(CgroupKey::v1(33)));
+        assert_eq!(e.ids.own_cgroup(LayoutKind::Hybrid), CgroupId(22));
+        assert_eq!(e.ids.leaf(LayoutKind::Hybrid), CgroupKey::v2(11));
+        let hit = e.policy.unwrap();
+        assert_eq!(
+            (hit.policy_id, hit.action, hit.mode),
+            (5, HitAction::Deny, Enforcement::Kill)
+        );
+
+        // No mapped cgroup: the own cgroup is the leaf's; no rule: no hit.
+        ev.ids.container_cgid = 0;
+        ev.policy.mode = layout::MODE_NONE;
+        let KernelEvent::Exec(e) = decode(&bytes(&ev)).unwrap() else {
+            panic!()
+        };
+        assert_eq!(e.ids.container, None);
+        assert_eq!(e.ids.own_cgroup(LayoutKind::Legacy), CgroupId(22));
+        assert_eq!(e.ids.own_cgroup(LayoutKind::Unified), CgroupId(11));
+        assert_eq!(e.policy, None);
     }
 }

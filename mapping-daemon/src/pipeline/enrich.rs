@@ -2,49 +2,18 @@
 
 use std::sync::Arc;
 
-use podmap_bpf::cgroup::{CgroupLayout, LayoutKind};
-use podmap_bpf::layout::{self, podmap_task_ids, HIER_V1};
+use podmap_cgroup::LayoutKind;
 use podmap_proto::{
     ContainerInfo, Event, EventType, ExitInfo, PodInfo, PolicyInfo, Process, ProcessFlag,
 };
 
-use super::decode::{KernelEvent, PolicyHit};
+use super::decode::{Enforcement, KernelEvent, PolicyHit, TaskIds};
 use super::Owner;
 use crate::clock::WallClock;
 use crate::policies::PolicyNames;
 use crate::procs::{exec_id, is_runtime_init, is_runtime_init_comm, ProcEntry, ProcTable};
 
-/// The process's cgroup id (docs/decisions.md #24): the id in the hierarchy its container was
-/// found in, else cgroup2 wherever the host has it, else the tracked v1 controller's.
-fn cgroup_id(ids: &podmap_task_ids, layout: &CgroupLayout) -> u64 {
-    if ids.container_cgid != 0 {
-        return if ids.container_hier == HIER_V1 {
-            ids.cgroup_v1
-        } else {
-            ids.cgroup_v2
-        };
-    }
-    if layout.kind == LayoutKind::Legacy {
-        ids.cgroup_v1
-    } else {
-        ids.cgroup_v2
-    }
-}
-
-fn flags(bits: u32) -> Vec<ProcessFlag> {
-    let mut v = Vec::new();
-    if bits & layout::PF_ARGS_TRUNCATED != 0 {
-        v.push(ProcessFlag::ArgsTruncated);
-    }
-    if bits & layout::PF_PROCFS_SCAN != 0 {
-        v.push(ProcessFlag::ProcfsScan);
-    }
-    if bits & layout::PF_PATH_UNREADABLE != 0 {
-        v.push(ProcessFlag::PathUnreadable);
-    }
-    v
-}
-
+/// The event's container and pod, from what attributed it.
 fn owner_parts(owner: &Owner) -> (Option<Arc<ContainerInfo>>, Option<Arc<PodInfo>>) {
     match owner {
         Owner::Container(m) => (Some(m.container.clone()), m.pod.clone()),
@@ -79,74 +48,81 @@ fn policy_info(names: &PolicyNames, hit: &PolicyHit, rule: &str, path: &str) -> 
         .get(&hit.policy_id)
         .map(|n| n.to_string())
         .unwrap_or_else(|| format!("policy-{:08x}", hit.policy_id));
-    let action = match hit.action {
-        layout::ACT_KILL => "kill",
-        layout::ACT_DENY => "deny",
-        _ => "audit",
-    };
-    let mode = match hit.mode {
-        layout::MODE_KILL => "kill",
-        layout::MODE_LSM => "lsm",
-        _ => "audit",
-    };
     PolicyInfo {
         name,
         rule: rule.to_string(),
         path: path.to_string(),
-        action: action.to_string(),
-        mode: mode.to_string(),
+        action: hit.action.as_str().to_string(),
+        mode: hit.mode.as_str().to_string(),
     }
 }
 
-/// The events a kernel record becomes: an exec a policy acted on gives a policy event, plus the
-/// exec event unless the exec was killed (it never ran); an open gives a policy event.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn events(
-    node: &Arc<str>,
-    procs: &mut ProcTable,
-    layout: &CgroupLayout,
-    names: &PolicyNames,
-    ev: KernelEvent,
-    owner: Owner,
-    clock: &WallClock,
-    mut emit: impl FnMut(Event),
-) {
-    match ev {
-        KernelEvent::PolicyOpen(o) => {
-            let (container, pod) = owner_parts(&owner);
-            let entry = procs.get(o.ids.pid).cloned();
-            let mut process = process_of(node, entry.as_deref(), &o.ids, o.ktime, layout, clock);
-            process.tid = o.ids.tid;
-            emit(Event {
-                kind: EventType::Policy,
-                time: clock.format(o.ktime),
-                node: node.clone(),
-                process,
-                container,
-                pod,
-                attribution: owner.attribution(),
-                path_derived: owner.path_derived(),
-                exit: None,
-                policy: Some(policy_info(names, &o.policy, "open", &o.path)),
-            });
-        }
-        KernelEvent::Exec(ref e) if e.policy.is_some() => {
-            let hit = e.policy.expect("checked");
-            let killed = hit.mode == layout::MODE_KILL;
-            let Some(exec) = event(node, procs, layout, ev, owner, clock) else {
-                return;
-            };
-            let mut policy = exec.clone();
-            policy.kind = EventType::Policy;
-            policy.policy = Some(policy_info(names, &hit, "exec", &exec.process.binary));
-            emit(policy);
-            if !killed {
-                emit(exec);
+/// What turns a decoded record and its owner into the events clients see: the node's name, the
+/// process table (exec data outlives the exec record), the host's cgroup layout kind and the
+/// policies' names.
+pub(super) struct Enricher {
+    pub node: Arc<str>,
+    pub procs: ProcTable,
+    pub layout: LayoutKind,
+    pub names: PolicyNames,
+}
+
+impl Enricher {
+    /// The events one record becomes, handed to `emit` in order: an exec a policy acted on gives
+    /// a policy event, then the exec event unless the exec was killed (it never ran); an open
+    /// gives a policy event.
+    pub fn events(
+        &mut self,
+        ev: KernelEvent,
+        owner: Owner,
+        clock: &WallClock,
+        mut emit: impl FnMut(Event),
+    ) {
+        let Enricher {
+            node,
+            procs,
+            layout,
+            names,
+        } = self;
+        let (node, layout) = (&*node, *layout);
+        match ev {
+            KernelEvent::PolicyOpen(o) => {
+                let (container, pod) = owner_parts(&owner);
+                let entry = procs.get(o.ids.pid).cloned();
+                let mut process =
+                    process_of(node, entry.as_deref(), &o.ids, o.ktime, layout, clock);
+                process.tid = o.ids.tid;
+                emit(Event {
+                    kind: EventType::Policy,
+                    time: clock.format(o.ktime),
+                    node: node.clone(),
+                    process,
+                    container,
+                    pod,
+                    attribution: owner.attribution(),
+                    path_derived: owner.path_derived(),
+                    exit: None,
+                    policy: Some(policy_info(names, &o.policy, "open", &o.path)),
+                });
             }
-        }
-        other => {
-            if let Some(e) = event(node, procs, layout, other, owner, clock) {
-                emit(e);
+            KernelEvent::Exec(ref e) if e.policy.is_some() => {
+                let hit = e.policy.expect("checked");
+                let killed = hit.mode == Enforcement::Kill;
+                let Some(exec) = event(node, procs, layout, ev, owner, clock) else {
+                    return;
+                };
+                let mut policy = exec.clone();
+                policy.kind = EventType::Policy;
+                policy.policy = Some(policy_info(names, &hit, "exec", &exec.process.binary));
+                emit(policy);
+                if !killed {
+                    emit(exec);
+                }
+            }
+            other => {
+                if let Some(e) = event(node, procs, layout, other, owner, clock) {
+                    emit(e);
+                }
             }
         }
     }
@@ -156,9 +132,9 @@ pub(super) fn events(
 fn process_of(
     node: &Arc<str>,
     entry: Option<&ProcEntry>,
-    ids: &podmap_task_ids,
+    ids: &TaskIds,
     ktime: u64,
-    layout: &CgroupLayout,
+    layout: LayoutKind,
     clock: &WallClock,
 ) -> Process {
     let (binary, args, cwd, exec_id_s, start_time, flags) = match entry {
@@ -194,7 +170,7 @@ fn process_of(
         } else {
             String::new()
         },
-        cgroup_id: cgroup_id(ids, layout),
+        cgroup_id: ids.own_cgroup(layout).0,
         flags,
     }
 }
@@ -203,7 +179,7 @@ fn process_of(
 fn event(
     node: &Arc<str>,
     procs: &mut ProcTable,
-    layout: &CgroupLayout,
+    layout: LayoutKind,
     ev: KernelEvent,
     owner: Owner,
     clock: &WallClock,
@@ -225,7 +201,7 @@ fn event(
             });
             let (args, binary, cwd) = (e.args, e.filename, e.cwd);
             let runtime_init = is_runtime_init(&binary, &args);
-            let mut flags = flags(e.flags);
+            let mut flags = e.flags;
             if runtime_init {
                 flags.push(ProcessFlag::RuntimeInit);
             }
@@ -258,7 +234,7 @@ fn event(
                     exec_id: id,
                     parent_exec_id,
                     start_time: clock.format(e.start_time),
-                    cgroup_id: cgroup_id(&e.ids, layout),
+                    cgroup_id: e.ids.own_cgroup(layout).0,
                     flags,
                 },
                 container,
@@ -281,7 +257,7 @@ fn event(
             });
             let mut process =
                 process_of(node, entry.as_deref(), &e.ids, e.exec_ktime, layout, clock);
-            for f in flags(e.flags) {
+            for f in e.flags {
                 if !process.flags.contains(&f) {
                     process.flags.push(f);
                 }

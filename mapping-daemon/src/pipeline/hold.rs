@@ -6,8 +6,8 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use podmap_bpf::cgroup::ContainerShape;
-use podmap_bpf::CgroupKey;
+use podmap_cgroup::CgroupKey;
+use podmap_cgroup::ContainerShape;
 
 /// How many events may wait, per cgroup and in total.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,11 +9,9 @@ pub mod reader;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use podmap_bpf::cgroup::{
-    classify, CgroupLayout, ContainerShape, LayoutKind, PodParents, ShapeVerdict,
-};
-use podmap_bpf::layout::{podmap_task_ids, HIER_V1};
-use podmap_bpf::{CgroupKey, SharedMaps};
+use podmap_bpf::SharedMaps;
+use podmap_cgroup::CgroupKey;
+use podmap_cgroup::{classify, CgroupLayout, ContainerShape, PodParents, ShapeVerdict};
 use podmap_proto::Attribution;
 
 use crate::cgroups::CgroupPaths;
@@ -23,7 +21,8 @@ use crate::hub::Published;
 use crate::policies::PolicyNames;
 use crate::procs::ProcTable;
 use crate::stats::Stats;
-use decode::{decode, KernelEvent};
+use decode::{decode, KernelEvent, TaskIds};
+use enrich::Enricher;
 use hold::HoldQueue;
 use podmap_pod_cache::PodCache;
 
@@ -45,17 +44,15 @@ pub enum Owner {
 }
 
 pub struct Pipeline {
-    node: Arc<str>,
     maps: Arc<SharedMaps>,
     layout: CgroupLayout,
     cgroups: CgroupPaths,
     containers: ContainerCache,
-    procs: ProcTable,
+    enrich: Enricher,
     /// Below these, a container-shaped cgroup's name is believed (docs/decisions.md #29).
     parents: PodParents,
     held: HoldQueue<KernelEvent>,
     stats: Arc<Stats>,
-    policy_names: PolicyNames,
     pods: Option<PodCache>,
     pod_seq: u64,
     batch_now: u64,
@@ -81,16 +78,19 @@ impl Pipeline {
             "initial scan done"
         );
         Pipeline {
-            node,
+            enrich: Enricher {
+                node,
+                procs,
+                layout: layout.kind,
+                names: policy_names,
+            },
             maps,
             layout,
             cgroups,
             containers: ContainerCache::new(stats.clone()),
-            procs,
             parents,
             held: HoldQueue::new(hold::DEFAULT_LIMITS),
             stats,
-            policy_names,
             pods,
             pod_seq: 0,
             batch_now: 0,
@@ -157,12 +157,12 @@ impl Pipeline {
                 return;
             }
         };
-        let leaf = self.leaf_key(&ids);
+        let leaf = ids.leaf(self.layout.kind);
         // Events of a cgroup with held events queue behind them, so a process's exit never
         // overtakes its exec.
         let ev = if !self.held.contains(leaf) {
             ev
-        } else if ids.container_cgid != 0 {
+        } else if ids.container.is_some() {
             // The kernel found the mapping: what waited goes out attributed, then this.
             self.release_cgroup(leaf, false, clock, out);
             ev
@@ -236,22 +236,8 @@ impl Pipeline {
             .fetch_max(self.held.peak() as u64, Ordering::Relaxed);
     }
 
-    /// The key of the process's own cgroup in the hierarchy events are keyed by.
-    fn leaf_key(&self, ids: &podmap_task_ids) -> CgroupKey {
-        if self.layout.kind == LayoutKind::Legacy {
-            CgroupKey::v1(ids.cgroup_v1)
-        } else {
-            CgroupKey::v2(ids.cgroup_v2)
-        }
-    }
-
-    fn attribute(&mut self, ids: &podmap_task_ids, leaf: CgroupKey) -> Attributed {
-        if ids.container_cgid != 0 {
-            let key = if ids.container_hier == HIER_V1 {
-                CgroupKey::v1(ids.container_cgid)
-            } else {
-                CgroupKey::v2(ids.container_cgid)
-            };
+    fn attribute(&mut self, ids: &TaskIds, leaf: CgroupKey) -> Attributed {
+        if let Some(key) = ids.container {
             if let Some(m) = self.containers.get(&self.maps, self.pods.as_ref(), key) {
                 return Attributed::Now(Owner::Container(m));
             }
@@ -369,16 +355,8 @@ impl Pipeline {
         Stats::inc(counter);
         self.stats
             .record_latency(self.batch_now.saturating_sub(ev.ktime()) / 1000);
-        enrich::events(
-            &self.node,
-            &mut self.procs,
-            &self.layout,
-            &self.policy_names,
-            ev,
-            owner,
-            clock,
-            |e| out.push(Published::new(e)),
-        );
+        self.enrich
+            .events(ev, owner, clock, |e| out.push(Published::new(e)));
     }
 
     /// A container no plugin mapped may still be in the pod cache (it started before podmap).

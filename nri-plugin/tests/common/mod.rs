@@ -10,21 +10,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use podmap_bpf::cgroup::CgroupLayout;
 use podmap_bpf::testing::{unique_name, PinDir, TestCgroup};
+use podmap_cgroup::CgroupLayout;
 use podmap_nri::config::{Mode, Settings};
-use podmap_proto::nri::api::{
+use podmap_nri_protocol::api::{
     ConfigureRequest, ConfigureResponse, Container, ContainerState, CreateContainerRequest, Empty,
     Event, LinuxContainer, LinuxPodSandbox, PodSandbox, RegisterPluginRequest, StateChangeEvent,
     SynchronizeRequest,
 };
-use podmap_proto::nri::api_ttrpc::{create_runtime, PluginClient, Runtime};
-use podmap_proto::nri::mux::{ConnId, Multiplexer};
-use podmap_proto::nri::protobuf::MessageField;
-use podmap_proto::nri::transport::{client, single_connection_listener};
-use podmap_proto::nri::ttrpc;
-use podmap_proto::nri::ttrpc::context;
-use podmap_proto::nri::ttrpc::r#async::{Server, TtrpcContext};
+use podmap_nri_protocol::api_ttrpc::{create_runtime, PluginClient, Runtime};
+use podmap_nri_protocol::mux::{ConnId, Multiplexer};
+use podmap_nri_protocol::protobuf::MessageField;
+use podmap_nri_protocol::transport::{client, single_connection_listener};
+use podmap_nri_protocol::ttrpc;
+use podmap_nri_protocol::ttrpc::context;
+use podmap_nri_protocol::ttrpc::r#async::{Server, TtrpcContext};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 

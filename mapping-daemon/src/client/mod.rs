@@ -1,0 +1,256 @@
+//! `podmap`, the command-line client of podmapd's socket (docs/interfaces.md, "podmap").
+//!
+//! Blocking std I/O on purpose: the client does one thing at a time, and a runtime would only add
+//! start-up cost. This module owns the command line and runs the commands; the socket exchange
+//! is `connection`, and each output format has its module: compact event lines (`event_line`),
+//! the status table (`status_table`), the containers table (`containers_table`), with the
+//! escaping they share (`text`). The protocol types are the API crate's (podmap-proto).
+
+mod connection;
+mod containers_table;
+mod event_line;
+mod status_table;
+mod text;
+
+pub use connection::{events, ServerError};
+pub use containers_table::containers_table;
+pub use event_line::compact_line;
+pub use status_table::status_table;
+
+use std::io::{self, BufWriter, IsTerminal as _, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use podmap_proto::containers::ContainerRow;
+use podmap_proto::status::StatusReport;
+use podmap_proto::{EventFilter, EventType, Request};
+
+use crate::server::DEFAULT_SOCKET;
+use connection::one_reply;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "podmap",
+    version,
+    about = "Ask podmapd for events, status and the container mapping"
+)]
+pub struct Cli {
+    /// podmapd's socket.
+    #[arg(long, global = true, env = "PODMAP_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Stream events (exec, exit, policy), filtered by podmapd.
+    Events(EventsArgs),
+    /// Counters, attribution, modes and latencies of the daemon.
+    Status {
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = TableOrJson::Table)]
+        output: TableOrJson,
+    },
+    /// The container mapping table as this node sees it.
+    Containers {
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = TableOrJson::Table)]
+        output: TableOrJson,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EventsArgs {
+    /// compact: one readable line per event; json: the events as podmapd sends them.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = EventFormat::Compact)]
+    pub output: EventFormat,
+    /// Only events of pods in this namespace.
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Only events of this pod.
+    #[arg(long)]
+    pub pod: Option<String>,
+    /// Only events of containers with this name.
+    #[arg(long)]
+    pub container: Option<String>,
+    /// Only events of pods with this label (repeat: all must match).
+    #[arg(long = "label", value_name = "K=V", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Only these event types, comma-separated: exec,exit,policy.
+    #[arg(long = "type", value_name = "TYPES", value_delimiter = ',', value_parser = parse_type)]
+    pub types: Vec<EventType>,
+    /// Exit after this many events.
+    #[arg(long)]
+    pub count: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EventFormat {
+    Compact,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TableOrJson {
+    Table,
+    Json,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
+fn parse_type(s: &str) -> Result<EventType, String> {
+    EventType::parse(s)
+        .ok_or_else(|| format!("unknown event type {s:?}: expected exec, exit or policy"))
+}
+
+impl EventsArgs {
+    /// The server-side filter these flags ask for.
+    pub fn filter(&self) -> EventFilter {
+        EventFilter {
+            types: (!self.types.is_empty()).then(|| self.types.clone()),
+            namespace: self.namespace.clone(),
+            pod: self.pod.clone(),
+            container: self.container.clone(),
+            labels: self.labels.iter().cloned().collect(),
+        }
+    }
+}
+
+/// Runs the command; a closed stdout (`podmap events | head`) ends it cleanly.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let stdout = io::stdout();
+    let to_terminal = stdout.is_terminal();
+    let mut out = BufWriter::new(stdout.lock());
+    let result = match &cli.command {
+        Command::Events(args) => events(&cli.socket, args, &mut out, to_terminal).map(|_| ()),
+        Command::Status { output } => status(&cli.socket, *output, &mut out),
+        Command::Containers { output } => containers(&cli.socket, *output, &mut out),
+    };
+    let result = result.and_then(|()| out.flush().context("writing to stdout"));
+    match result {
+        Err(e) if is_broken_pipe(&e) => Ok(()),
+        other => other,
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+    })
+}
+
+pub fn status(socket: &Path, output: TableOrJson, out: &mut impl Write) -> anyhow::Result<()> {
+    let reply = one_reply(socket, &Request::Status(Default::default()))?;
+    let text = match output {
+        TableOrJson::Json => pretty_json(&reply)?,
+        TableOrJson::Table => {
+            let report: StatusReport =
+                serde_json::from_slice(&reply).context("podmapd's status reply")?;
+            status_table(&report)
+        }
+    };
+    out.write_all(text.as_bytes()).context("writing to stdout")
+}
+
+pub fn containers(socket: &Path, output: TableOrJson, out: &mut impl Write) -> anyhow::Result<()> {
+    let reply = one_reply(socket, &Request::Containers(Default::default()))?;
+    let text = match output {
+        TableOrJson::Json => pretty_json(&reply)?,
+        TableOrJson::Table => {
+            let rows: Vec<ContainerRow> =
+                serde_json::from_slice(&reply).context("podmapd's containers reply")?;
+            containers_table(&rows)
+        }
+    };
+    out.write_all(text.as_bytes()).context("writing to stdout")
+}
+
+fn pretty_json(reply: &[u8]) -> anyhow::Result<String> {
+    let value: serde_json::Value = serde_json::from_slice(reply).context("podmapd's reply")?;
+    let mut text = serde_json::to_string_pretty(&value).context("formatting the reply")?;
+    text.push('\n');
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_parses_the_documented_flags() {
+        let cli = Cli::try_parse_from([
+            "podmap",
+            "events",
+            "-o",
+            "json",
+            "--namespace",
+            "prod",
+            "--pod",
+            "web-1",
+            "--container",
+            "nginx",
+            "--label",
+            "app=web",
+            "--label",
+            "tier=front",
+            "--type",
+            "exec,exit",
+            "--count",
+            "3",
+            "--socket",
+            "/tmp/s.sock",
+        ])
+        .unwrap();
+        assert_eq!(cli.socket, PathBuf::from("/tmp/s.sock"));
+        let Command::Events(args) = cli.command else {
+            panic!("not events")
+        };
+        assert_eq!(args.output, EventFormat::Json);
+        assert_eq!(args.count, Some(3));
+        let f = args.filter();
+        assert_eq!(f.types, Some(vec![EventType::Exec, EventType::Exit]));
+        assert_eq!(f.namespace.as_deref(), Some("prod"));
+        assert_eq!(f.pod.as_deref(), Some("web-1"));
+        assert_eq!(f.container.as_deref(), Some("nginx"));
+        assert_eq!(f.labels.len(), 2);
+        assert_eq!(f.labels["tier"], "front");
+
+        let cli = Cli::try_parse_from(["podmap", "events"]).unwrap();
+        let Command::Events(args) = cli.command else {
+            panic!("not events")
+        };
+        assert_eq!(args.output, EventFormat::Compact);
+        assert!(args.filter().is_empty());
+
+        let cli = Cli::try_parse_from(["podmap", "status", "-o", "json"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Status {
+                output: TableOrJson::Json
+            }
+        ));
+        let cli = Cli::try_parse_from(["podmap", "containers"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Containers {
+                output: TableOrJson::Table
+            }
+        ));
+
+        for bad in [
+            &["podmap", "events", "--type", "fork"][..],
+            &["podmap", "events", "--label", "novalue"],
+            &["podmap", "events", "-o", "yaml"],
+            &["podmap", "status", "-o", "compact"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}
