@@ -63,8 +63,8 @@ struct podmap_cgroup_key {
 
 /* Compact record the programs read: enough to attribute and (later) to enforce. */
 struct podmap_container {
-	__u64 created_ns; /* CLOCK_REALTIME ns when the writer mapped it */
-	__u64 removed_ns; /* CLOCK_REALTIME ns when the runtime removed it (grace period), or 0 */
+	__u64 created_ns; /* CLOCK_BOOTTIME ns when the writer mapped it */
+	__u64 removed_ns; /* CLOCK_BOOTTIME ns when the runtime removed it (grace period), or 0 */
 	__u32 flags;      /* PODMAP_CF_* */
 	__u32 writer;     /* PODMAP_WRITER_* */
 };

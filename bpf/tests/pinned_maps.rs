@@ -59,7 +59,7 @@ fn writers_share_one_set_of_pins() {
     a.records
         .insert(&ids, &meta("c1"), RecordFlags::default(), Writer::Test)
         .unwrap();
-    let t0 = podmap_bpf::maps::now_ns();
+    let t0 = podmap_bpf::maps::boot_ns();
     assert!(a.records.mark_removed(&ids, t0).unwrap());
     let rec = b.records.get(CgroupKey::v2(4242)).unwrap().unwrap();
     assert!(rec.flags.removing);
@@ -83,6 +83,51 @@ fn writers_share_one_set_of_pins() {
     assert_eq!(b.records.get(CgroupKey::v2(4242)).unwrap(), None);
     assert_eq!(b.records.meta(CgroupKey::v1(4343)).unwrap(), None);
     a.records.remove(&ids).expect("removing twice is fine");
+}
+
+/// Seconds since boot as the kernel reports them, independent of the code under test.
+fn uptime_ns() -> u64 {
+    let text = std::fs::read_to_string("/proc/uptime").unwrap();
+    let secs: f64 = text.split_whitespace().next().unwrap().parse().unwrap();
+    (secs * 1e9) as u64
+}
+
+#[test]
+fn records_are_stamped_in_boot_time_and_a_wall_clock_removal_is_swept() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
+    let dir = PinDir::new("podmap-test-boot-clock");
+    let mut maps = SharedMaps::open(&dir.path).expect("create pins");
+    let ids = CgroupIds {
+        v2: Some(CgroupId(5151)),
+        v1: None,
+    };
+    let before = uptime_ns();
+    maps.records
+        .insert(&ids, &meta("c1"), RecordFlags::default(), Writer::Test)
+        .unwrap();
+    let after = uptime_ns();
+    let rec = maps.records.get(CgroupKey::v2(5151)).unwrap().unwrap();
+    // The wall clock would put this decades past the uptime; boot time can step with neither
+    // NTP nor `date`, so a grace period is neither cut short nor stretched.
+    assert!(
+        rec.created_ns + 1_000_000_000 >= before && rec.created_ns <= after + 1_000_000_000,
+        "created_ns {} outside the uptime window {before}..{after}",
+        rec.created_ns
+    );
+    // A removal stamped by the wall clock (an older podmap's record in a pinned map) lies in
+    // boot time's future: it is swept, not kept until the map fills.
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    assert!(maps.records.mark_removed(&ids, wall).unwrap());
+    let now = podmap_bpf::maps::boot_ns();
+    assert_eq!(
+        maps.records.sweep_expired(30_000_000_000, now),
+        vec![CgroupKey::v2(5151)]
+    );
 }
 
 #[test]

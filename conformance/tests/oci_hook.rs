@@ -630,6 +630,13 @@ fn poststop_keeps_the_record_for_the_grace_then_a_later_run_sweeps_it() {
     for k in &keys {
         let r = maps.records.get(*k).unwrap().expect("mapped");
         assert!(r.flags.removing && r.removed_ns != 0, "{r:?}");
+        // Stamped in boot time, the clock that never steps: a minute at most before now.
+        let now = podmap_bpf::maps::boot_ns();
+        assert!(
+            r.removed_ns <= now && r.removed_ns + 60_000_000_000 > now,
+            "removal at {} is not boot time (now {now})",
+            r.removed_ns
+        );
     }
     let nothing = json!({"id": unique_name("nothing"), "status": "stopped"}).to_string();
     assert!(hooks

@@ -1,19 +1,7 @@
 //! Kernel boot-time nanoseconds to wall-clock RFC 3339 strings.
 
-fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into a valid timespec; the clocks used always exist on Linux.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// Boot-time ns now (the clock of bpf_ktime_get_boot_ns).
-pub fn boot_ns() -> u64 {
-    clock_ns(libc::CLOCK_BOOTTIME)
-}
+/// Boot-time ns now (the clock of bpf_ktime_get_boot_ns and of the container records).
+pub use podmap_bpf::maps::boot_ns;
 
 /// Converts boot-time stamps to wall-clock time. The offset is refreshed per batch, so a clock
 /// step shows up in the next batch.
@@ -24,7 +12,9 @@ pub struct WallClock {
 
 impl WallClock {
     pub fn now() -> Self {
-        let real = clock_ns(libc::CLOCK_REALTIME);
+        let real = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
         let boot = boot_ns();
         WallClock {
             offset_ns: real.saturating_sub(boot),
@@ -49,7 +39,9 @@ mod tests {
     #[test]
     fn wall_clock_is_near_now() {
         let w = WallClock::now();
-        let real = clock_ns(libc::CLOCK_REALTIME);
+        let real = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
         let diff = w.wall_ns(boot_ns()).abs_diff(real);
         assert!(diff < 1_000_000_000, "{diff}");
     }

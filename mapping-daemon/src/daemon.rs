@@ -339,7 +339,7 @@ async fn sweep(mut maps: SharedMaps, grace: Duration, mut stop: watch::Receiver<
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let swept = maps.records.sweep_expired(grace_ns(grace), podmap_bpf::maps::now_ns());
+                let swept = maps.records.sweep_expired(grace_ns(grace), podmap_bpf::maps::boot_ns());
                 if !swept.is_empty() {
                     tracing::debug!(records = swept.len(), "swept expired container records");
                 }

@@ -165,6 +165,8 @@ impl StatusSource for DaemonState {
             of.sort();
             of
         };
+        // Records are stamped in boot time; shown as wall-clock time.
+        let clock = crate::clock::WallClock::now();
         let mut rows: Vec<ContainerRow> = self
             .maps
             .records
@@ -181,7 +183,7 @@ impl StatusSource for DaemonState {
                     .to_string(),
                     removing: rec.map(|r| r.flags.removing),
                     sandbox: rec.map(|r| r.flags.sandbox),
-                    mapped_at: rec.map(|r| crate::clock::format_rfc3339(r.created_ns)),
+                    mapped_at: rec.map(|r| clock.format(r.created_ns)),
                     policies: policies_of(key),
                     ..Default::default()
                 };

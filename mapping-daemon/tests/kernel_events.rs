@@ -323,7 +323,7 @@ fn the_daemon_sweeps_records_whose_grace_ended() {
         .unwrap();
     assert!(maps
         .records
-        .mark_removed(&removed, podmap_bpf::maps::now_ns())
+        .mark_removed(&removed, podmap_bpf::maps::boot_ns())
         .unwrap());
     let deadline = std::time::Instant::now() + WAIT;
     while maps

@@ -89,7 +89,7 @@ fn a_grace_too_large_for_nanoseconds_keeps_records_and_the_sweeper_alive() {
         .unwrap();
     assert!(maps
         .records
-        .mark_removed(&ids, podmap_bpf::maps::now_ns())
+        .mark_removed(&ids, podmap_bpf::maps::boot_ns())
         .unwrap());
     // The sweeper ticks every min(grace, 5) s: two ticks.
     let until = Instant::now() + Duration::from_secs(11);

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
 use podmap_bpf::layout::Counter;
-use podmap_bpf::maps::{now_ns, CONTAINERS_MAP};
+use podmap_bpf::maps::{boot_ns, CONTAINERS_MAP};
 use podmap_bpf::{ContainerId, ContainerMeta, RecordFlags, SharedMaps, Writer};
 use podmap_cgroup::{resolve_container, CgroupLayout, ProcCgroups, Process, Request};
 use podmap_cgroup::{CgroupIds, Hierarchy};
@@ -535,7 +535,7 @@ impl Hook {
             meta,
             ids: found.ids,
             boot_id: this_boot(),
-            created_ns: now_ns(),
+            created_ns: boot_ns(),
             removed_ns: None,
         };
         let entry = Entry::Create {
@@ -590,7 +590,7 @@ impl Hook {
         let id = state.id.0.as_str();
         let entry = Entry::Remove {
             id: state.id.clone(),
-            removed_ns: now_ns(),
+            removed_ns: boot_ns(),
         };
         // The run that applies the removal to the store starts the grace period in the map too.
         self.step("queuing the removal for the store");

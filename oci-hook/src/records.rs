@@ -16,7 +16,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use podmap_bpf::layout::Counter;
-use podmap_bpf::maps::now_ns;
+use podmap_bpf::maps::boot_ns;
 use podmap_bpf::{SharedMaps, Writer};
 use podmap_cgroup::{CgroupIds, CgroupLayout};
 use podmap_writer::registry::{self, Retention};
@@ -157,7 +157,7 @@ impl StoreQueue<'_> {
     ) -> Stored {
         let store_path = self.store_path.clone();
         let spool = Spool::new(&store_path);
-        let own = match spool.push(entry, now_ns()) {
+        let own = match spool.push(entry, boot_ns()) {
             Ok(p) => p,
             Err(e) => {
                 self.log.line(
@@ -396,7 +396,7 @@ impl StoreQueue<'_> {
     fn sweep(&self, store: &Store) {
         let report = {
             let mut maps = self.maps.lock().unwrap_or_else(PoisonError::into_inner);
-            registry::sweep(maps.as_mut(), store, &self.keep, now_ns())
+            registry::sweep(maps.as_mut(), store, &self.keep, boot_ns())
         };
         for p in &report.problems {
             self.log.line(Level::Warn, None, format_args!("{p}"));

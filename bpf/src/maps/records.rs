@@ -3,12 +3,10 @@
 //! creation (metadata first, so a reader that finds a record always finds its metadata), marked
 //! when the runtime removes the container, swept after the grace period.
 
-use std::path::Path;
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use aya::maps::{HashMap, Map, MapData, MapError};
 use podmap_cgroup::{CgroupIds, CgroupKey};
+use std::path::Path;
+use std::sync::Arc;
 
 use crate::keys::{self, RawKey};
 use crate::layout::{self, podmap_cgroup_key, podmap_container, podmap_container_meta, Counter};
@@ -112,7 +110,7 @@ impl RecordMaps {
         };
         value.data[..blob.len()].copy_from_slice(&blob);
         let record = podmap_container {
-            created_ns: now_ns(),
+            created_ns: boot_ns(),
             removed_ns: 0,
             flags: flags.bits(),
             writer: writer as u32,
@@ -189,7 +187,7 @@ impl RecordMaps {
             .containers
             .iter()
             .filter_map(Result::ok)
-            .filter(|(_, r)| r.removed_ns != 0 && r.removed_ns.saturating_add(grace_ns) <= now_ns)
+            .filter(|(_, r)| r.removed_ns != 0 && grace_over(r.removed_ns, grace_ns, now_ns))
             .map(|(k, _)| k)
             .collect();
         let mut out = Vec::with_capacity(expired.len());
@@ -289,12 +287,27 @@ pub enum MetaError {
     Map(String),
 }
 
-/// Wall-clock ns, the time base of `created_ns` and `removed_ns`.
-pub fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
+/// CLOCK_BOOTTIME ns: the time base of `created_ns`, `removed_ns` and the hook's spool order
+/// (the clock of `bpf_ktime_get_boot_ns`). Unlike the wall clock it never steps (NTP at boot, an
+/// operator's `date`), so a grace period is never cut short or stretched and a removal never
+/// sorts before its creation. It restarts at every boot, like cgroup ids: records of another
+/// boot are dropped by boot id before any time is compared.
+pub fn boot_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the valid timespec it is given; CLOCK_BOOTTIME exists on
+    // every kernel podmap runs on.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Whether a record removed at `removed_ns` has outlived its grace period at `now_ns` (both boot
+/// time). A removal stamp later than now cannot be of this clock (a wall-clock stamp left by an
+/// older podmap in the pinned map or the store): it counts as expired rather than kept forever.
+pub fn grace_over(removed_ns: u64, grace_ns: u64, now_ns: u64) -> bool {
+    removed_ns > now_ns || removed_ns.saturating_add(grace_ns) <= now_ns
 }
 
 /// The level of a cgroup from its path relative to the hierarchy root (the root is 0).

@@ -11,7 +11,7 @@
 use std::path::Path;
 
 use podmap_bpf::layout::Counter;
-use podmap_bpf::maps::{now_ns, MapsError, RecordFlags, SharedMaps, Writer};
+use podmap_bpf::maps::{boot_ns, grace_over, MapsError, RecordFlags, SharedMaps, Writer};
 use podmap_bpf::{ContainerId, ContainerMeta};
 use podmap_cgroup::{CgroupIds, CgroupLayout};
 
@@ -66,7 +66,7 @@ pub struct Retention {
 
 impl Retention {
     fn expired(&self, removed_ns: Option<u64>, now: u64) -> bool {
-        removed_ns.is_some_and(|r| r.saturating_add(self.grace_ns) <= now)
+        removed_ns.is_some_and(|r| grace_over(r, self.grace_ns, now))
     }
 }
 
@@ -137,7 +137,7 @@ pub fn restore(
     keep: &Retention,
 ) -> RestoreReport {
     let mut report = RestoreReport::default();
-    let now = now_ns();
+    let now = boot_ns();
     for rec in store.records() {
         let rec = match rec {
             Ok(r) => r,
@@ -255,7 +255,7 @@ impl Registry {
             meta,
             ids,
             boot_id: self.keep.boot_id.clone(),
-            created_ns: now_ns(),
+            created_ns: boot_ns(),
             removed_ns: None,
         };
         self.store.put(&rec).inspect_err(|_| {
@@ -269,7 +269,7 @@ impl Registry {
         let Some(mut rec) = self.store.get(id)? else {
             return Ok(false);
         };
-        let now = now_ns();
+        let now = boot_ns();
         self.maps.records.mark_removed(&rec.ids, now)?;
         rec.removed_ns = Some(now);
         self.store.put(&rec).inspect_err(|_| {
@@ -281,7 +281,7 @@ impl Registry {
     /// Drops what expired, from the maps (anyone's records) and from this writer's store
     /// ([`sweep`]); returns how many map entries went.
     pub fn sweep(&mut self) -> usize {
-        sweep(Some(&mut self.maps), &self.store, &self.keep, now_ns()).map_expired
+        sweep(Some(&mut self.maps), &self.store, &self.keep, boot_ns()).map_expired
     }
 
     /// After a restart ([`restore`]).

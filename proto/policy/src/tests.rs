@@ -86,6 +86,29 @@ fn podmaps_own_namespace_is_never_selected() {
 }
 
 #[test]
+fn an_empty_namespace_list_also_selects_containers_of_no_pod_and_a_list_does_not() {
+    // What the README promises: podman or plain runc containers have no namespace; only a
+    // policy that lists no namespace reaches them, and podmap's own namespace stays spared.
+    let policy = |ns: &str| {
+        parse_documents(
+            &format!(
+                "apiVersion: podmap.dev/v1alpha1\nkind: PodPolicy\nmetadata: {{name: p}}\n\
+                 spec: {{namespaces: [{ns}], rules: [{{exec: {{paths: [/bin/sh]}}, action: kill}}]}}\n"
+            ),
+            "p.yaml",
+        )
+        .unwrap()
+        .remove(0)
+    };
+    let none = labels(&[]);
+    let podman = Target::container("", &none, "box", false, Some("podmap"));
+    let pause = Target::container("", &none, "box", true, Some("podmap"));
+    assert!(policy("").selects(&podman));
+    assert!(!policy("").selects(&pause), "a sandbox is never selected");
+    assert!(!policy("prod").selects(&podman));
+}
+
+#[test]
 fn selector_operators_follow_kubernetes() {
     let sel = |op, values: &[&str]| LabelSelector {
         match_labels: BTreeMap::new(),
