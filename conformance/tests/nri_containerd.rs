@@ -154,6 +154,116 @@ fn entrypoint_exec_is_attributed(series: Series, pure: bool) -> Result<()> {
 }
 on_both_layouts!(entrypoint_exec_is_attributed);
 
+/// The capabilities deploy/kubernetes/daemonset.yaml gives one of its containers: every other
+/// one dropped, none privileged (checked here, so the list below is all the container has).
+fn daemonset_capabilities(container: &str) -> Result<Vec<String>> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/kubernetes/daemonset.yaml"
+    );
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    let ds: Value = serde_yaml_ng::from_str(&text).with_context(|| format!("parsing {path}"))?;
+    let spec = &ds["spec"]["template"]["spec"];
+    let c = spec["containers"]
+        .as_array()
+        .into_iter()
+        .chain(spec["initContainers"].as_array())
+        .flatten()
+        .find(|c| c["name"] == container)
+        .with_context(|| format!("no container {container} in {path}"))?;
+    let sc = &c["securityContext"];
+    ensure!(sc["privileged"] != json!(true), "{container} is privileged");
+    ensure!(
+        sc["capabilities"]["drop"] == json!(["ALL"]),
+        "{container} does not drop ALL: {sc}"
+    );
+    Ok(sc["capabilities"]["add"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.as_str().map(str::to_owned))
+        .collect())
+}
+
+/// The effective capability mask of a process.
+fn effective_capabilities(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .context("no CapEff")?;
+    Ok(u64::from_str_radix(hex.trim(), 16)?)
+}
+
+/// podmap-nri holding only the capabilities the DaemonSet gives it (no `privileged`) maps a
+/// container before its entrypoint runs and writes its policy memberships.
+fn the_plugin_needs_only_the_daemonsets_capabilities(series: Series, pure: bool) -> Result<()> {
+    let caps = daemonset_capabilities("podmap-nri")?;
+    let mut opts = NodeOptions::new(pure, PluginMode::External).series(series);
+    opts.plugin_capabilities = Some(caps.clone());
+    let mut node = Node::start(opts)?;
+    let pid = node.plugin.as_ref().context("plugin")?.pid();
+    // CAP_BPF is 39, CAP_DAC_OVERRIDE 1, ...: compare with what the kernel says the process has.
+    let mut want = 0u64;
+    for c in &caps {
+        let bit = match c.as_str() {
+            "BPF" => 39,
+            "DAC_OVERRIDE" => 1,
+            "DAC_READ_SEARCH" => 2,
+            "SYS_PTRACE" => 19,
+            "SYS_RESOURCE" => 24,
+            "PERFMON" => 38,
+            other => anyhow::bail!("the test does not know capability {other}"),
+        };
+        want |= 1 << bit;
+    }
+    ensure!(
+        effective_capabilities(pid)? == want,
+        "podmap-nri runs with {:#x}, not {want:#x} ({caps:?})",
+        effective_capabilities(pid)?
+    );
+    std::fs::write(
+        node.setup.policies.join("capped.yaml"),
+        "apiVersion: podmap.dev/v1alpha1\nkind: PodPolicy\nmetadata: {name: capped}\n\
+         spec: {podSelector: {matchLabels: {tier: front}}, \
+         rules: [{exec: {paths: [/bin/false]}, action: audit}]}\n",
+    )?;
+    entrypoint_exec_checked(&node, "capped")?;
+    let maps = node.maps()?;
+    ensure!(
+        !maps.policy.memberships().is_empty(),
+        "no membership written\n{}",
+        node.diagnostics()
+    );
+    let log = node.setup.log_text();
+    ensure!(
+        !log.contains("Operation not permitted") && !log.contains("Permission denied"),
+        "podmap-nri lacked a capability:\n{log}"
+    );
+
+    // On a node where podmap-nri starts before podmapd it creates the maps itself (bpf(2) map
+    // creation is what needs CAP_BPF; opening pins someone made needs only the file).
+    node.plugin = None;
+    let fresh = podmap_bpf::testing::PinDir::new("podmap-test-capped");
+    let mut setup = podmap_conformance::containerd::PluginSetup::new(&fresh.path)?;
+    setup.capabilities = Some(caps);
+    let _plugin = NriPlugin::start_registered(&node.ctrd, &setup)?;
+    let pod = node.ctrd.run_pod(pod_spec("capped-first"))?;
+    let cid = pod.run(&ContainerSpec::new(
+        "app",
+        &["/bin/sh", "-c", images::WAIT_FOR_TERM],
+    ))?;
+    let cg = pod.cgroup_id(&cid)?;
+    let maps = podmap_bpf::SharedMaps::open(&fresh.path)?;
+    ensure!(
+        maps.records.get(CgroupKey::v2(cg))?.is_some(),
+        "podmap-nri did not create the maps and map {cid}:\n{}",
+        setup.log_text()
+    );
+    Ok(())
+}
+on_both_layouts!(the_plugin_needs_only_the_daemonsets_capabilities);
+
 fn two_hundred_short_lived_processes_are_all_attributed(series: Series, pure: bool) -> Result<()> {
     let node = Node::start(NodeOptions::new(pure, PluginMode::External).series(series))?;
     let spec = pod_spec("burst").label("app", "burst");

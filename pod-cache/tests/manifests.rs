@@ -229,14 +229,31 @@ fn daemonset_runs_podmapd_and_podmap_nri_with_the_host_access_they_need() {
         );
     }
 
+    // Only podmapd, which loads the programs, is privileged; the others drop every capability
+    // and add back what they use (the containerd suite runs podmap-nri with exactly this list).
+    let caps = |c: &Container| {
+        let sc = c.security_context.as_ref().unwrap();
+        let caps = sc.capabilities.as_ref().unwrap();
+        assert_ne!(sc.privileged, Some(true), "{} privileged", c.name);
+        assert_eq!(
+            caps.drop.as_deref(),
+            Some(&["ALL".to_string()][..]),
+            "{}",
+            c.name
+        );
+        caps.add.clone().unwrap_or_default()
+    };
+    let podmapd = container(&pod.containers, "podmapd");
+    assert_eq!(
+        podmapd.security_context.as_ref().unwrap().privileged,
+        Some(true)
+    );
+    assert_eq!(caps(container(&pod.containers, "podmap-nri")), ["BPF"]);
+    let init = pod.init_containers.as_deref().unwrap();
+    assert!(caps(container(init, "install-oci-hook")).is_empty());
     for name in ["podmapd", "podmap-nri"] {
         let c = container(&pod.containers, name);
         assert_eq!(c.image.as_deref(), Some("ghcr.io/podmap/podmap:latest"));
-        assert_eq!(
-            c.security_context.as_ref().unwrap().privileged,
-            Some(true),
-            "{name} privileged"
-        );
         assert_eq!(
             env_field_ref(c, "NODE_NAME").as_deref(),
             Some("spec.nodeName"),
@@ -361,6 +378,89 @@ fn daemonset_runs_podmapd_and_podmap_nri_with_the_host_access_they_need() {
     assert!(
         targets.contains(&"/usr/local/bin") && targets.contains(&"/etc/containers/oci/hooks.d")
     );
+}
+
+/// The installer's own script, run as root with every capability dropped (as its
+/// securityContext says) against stand-ins for the host directories and the image's files: it
+/// installs on a CRI-O host, leaves other hosts alone, and never leaves a half-written file.
+#[test]
+fn the_hook_installer_needs_no_capability() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    if !status.lines().any(|l| l.starts_with("Uid:\t0\t")) {
+        eprintln!("skipped: needs root (setpriv changes the bounding set)");
+        return;
+    }
+    let m = load().unwrap();
+    let pod = m.daemonsets[0].spec.template.spec.as_ref().unwrap();
+    let init = container(pod.init_containers.as_ref().unwrap(), "install-oci-hook");
+    let env = |name: &str| {
+        init.env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == name)
+            .unwrap()
+            .value
+            .clone()
+            .unwrap()
+    };
+    assert_eq!(env("INSTALL_OCI_HOOK"), "auto");
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    for d in [
+        "host/run/crio",
+        "host/usr/local/bin",
+        "host/hooks.d",
+        "image",
+    ] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::write(root.join("image/podmap-oci-hook"), "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::write(root.join("image/podmap.json"), "{\"version\": \"1.0.0\"}").unwrap();
+    // The image's and the host's paths, moved under the temporary root.
+    let script = init.args.as_ref().unwrap().join("\n");
+    let image_binary = "cp /usr/local/bin/podmap-oci-hook ";
+    assert!(script.contains(image_binary), "{script}");
+    let script = script
+        .replace("/host/", &format!("{}/host/", root.display()))
+        .replace(
+            image_binary,
+            &format!("cp {}/image/podmap-oci-hook ", root.display()),
+        );
+    let run = || {
+        std::process::Command::new("setpriv")
+            .args(["--bounding-set=-all", "--inh-caps=-all", "--"])
+            .args(&init.command.as_ref().unwrap()[..])
+            .arg(&script)
+            .env("INSTALL_OCI_HOOK", "auto")
+            .env("HOOK_JSON", root.join("image/podmap.json"))
+            .output()
+            .unwrap()
+    };
+    let installed = root.join("host/usr/local/bin/podmap-oci-hook");
+    let out = run();
+    assert!(out.status.success(), "{out:?}");
+    assert!(!installed.exists(), "no CRI-O socket, nothing installed");
+
+    let _crio =
+        std::os::unix::net::UnixListener::bind(root.join("host/run/crio/crio.sock")).unwrap();
+    let out = run();
+    assert!(out.status.success(), "{out:?}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&installed).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o755);
+    assert_eq!(
+        std::fs::read(root.join("host/hooks.d/podmap.json")).unwrap(),
+        std::fs::read(root.join("image/podmap.json")).unwrap()
+    );
+    let left: Vec<_> = std::fs::read_dir(root.join("host/hooks.d"))
+        .unwrap()
+        .chain(std::fs::read_dir(root.join("host/usr/local/bin")).unwrap())
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
 }
 
 #[test]

@@ -34,6 +34,8 @@ pub struct NodeOptions {
     pub daemon_env: Vec<(String, String)>,
     /// podmapd's socket (default: one in its private temporary directory).
     pub daemon_socket: Option<PathBuf>,
+    /// The only capabilities podmap-nri keeps ([`PluginSetup::capabilities`]).
+    pub plugin_capabilities: Option<Vec<String>>,
 }
 
 impl NodeOptions {
@@ -45,6 +47,7 @@ impl NodeOptions {
             nri_request_timeout: Options::default().nri_request_timeout,
             daemon_env: Vec::new(),
             daemon_socket: None,
+            plugin_capabilities: None,
         }
     }
 
@@ -73,6 +76,7 @@ impl Node {
         // The plugin's dirs first: podmapd and the plugin share one policy directory. The pins
         // are podmapd's, set once it made them.
         let mut setup = PluginSetup::new(Path::new(""))?;
+        setup.capabilities = opts.plugin_capabilities.clone();
         std::fs::create_dir_all(&setup.policies).context("policy dir")?;
         // The instance's pods live below this cgroup, as a cluster's below /kubepods: podmapd
         // takes it as a pod parent, so events that beat their mapping are held, not the host's

@@ -24,6 +24,9 @@ pub struct PluginSetup {
     pub grace: Option<u64>,
     /// The policy directory shared with podmapd (`--policy-dir`).
     pub policies: PathBuf,
+    /// The only capabilities the plugin runs with (names as in a container's securityContext:
+    /// `BPF`); None keeps root's. How the DaemonSet's list is checked against the binary.
+    pub capabilities: Option<Vec<String>>,
     _dir: tempfile::TempDir,
 }
 
@@ -39,6 +42,7 @@ impl PluginSetup {
             log: dir.path().join("nri.log"),
             grace: None,
             policies: dir.path().join("policies"),
+            capabilities: None,
             _dir: dir,
         })
     }
@@ -95,7 +99,23 @@ impl NriPlugin {
             .create(true)
             .append(true)
             .open(setup.log.with_extension("out"))?;
-        let mut cmd = ctrd.command_beside(&PluginSetup::binary());
+        let mut cmd = match &setup.capabilities {
+            None => ctrd.command_beside(&PluginSetup::binary()),
+            Some(caps) => {
+                // Root keeps exactly the bounding set across exec: what a container with
+                // `drop: [ALL]` and `add: caps` gets.
+                let mut c = ctrd.command_beside(Path::new("setpriv"));
+                let keep: String = caps
+                    .iter()
+                    .map(|c| format!(",+{}", c.to_ascii_lowercase()))
+                    .collect();
+                c.arg(format!("--bounding-set=-all{keep}"))
+                    .arg("--inh-caps=-all")
+                    .arg("--")
+                    .arg(PluginSetup::binary());
+                c
+            }
+        };
         cmd.arg("--nri-socket")
             .arg(&ctrd.layout.nri_socket)
             .args(["--plugin-name", PLUGIN_NAME, "--plugin-idx", PLUGIN_IDX])
