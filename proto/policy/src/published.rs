@@ -14,6 +14,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use super::{Loaded, PodPolicy, PolicyDir, PolicySet};
+use crate::file::{read_bounded, ReadError, MAX_POLICY_FILE_BYTES};
 
 /// In the policy directory; a dot file not ending in .yaml, so no reader takes it for a policy.
 pub const ACTIVE_FILE: &str = ".podmap-active.json";
@@ -54,9 +55,10 @@ impl PolicySet {
     /// The set podmapd published in `dir`: `None` when there is none.
     pub fn load_published(dir: &Path) -> Option<Result<PolicySet, String>> {
         let path = dir.join(ACTIVE_FILE);
-        let text = match std::fs::read(&path) {
+        // Every policy file may be at its limit; the snapshot holds them all, as JSON.
+        let text = match read_bounded(&path, 16 * MAX_POLICY_FILE_BYTES) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(ReadError::Gone) => return None,
             Err(e) => return Some(Err(format!("{}: {e}", path.display()))),
         };
         Some(

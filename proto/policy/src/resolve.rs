@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 
 use crate::compile::{closure, direct_refs, Direct, EntryKey, KernelRule, Limits, Table};
+use crate::file::{read_bounded, ReadError, MAX_POLICY_FILE_BYTES};
 use crate::format::PodPolicy;
 use crate::mirrored::text_is_mirrored;
 use crate::select::Target;
@@ -84,14 +85,22 @@ impl Candidates {
         let mut c = Candidates::default();
         for f in files {
             let src = f.display().to_string();
-            match std::fs::read_to_string(&f) {
-                Ok(text) => c.add(&text, &src),
+            match read_bounded(&f, MAX_POLICY_FILE_BYTES) {
+                Ok(bytes) => match String::from_utf8(bytes) {
+                    Ok(text) => c.add(&text, &src),
+                    Err(_) => {
+                        c.errors.push(err(&src, "", "not UTF-8 text"));
+                        c.failed_files.insert(src);
+                    }
+                },
                 // Removed since the listing: it is simply gone.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(ReadError::Gone) => {}
                 Err(e) => {
-                    c.errors.push(err(&src, "", format!("reading: {e}")));
+                    c.errors.push(err(&src, "", e.to_string()));
+                    // An I/O error is tried again at the next look; a FIFO or an oversized file
+                    // is refused until the listing changes.
+                    c.unreadable |= e.transient();
                     c.failed_files.insert(src);
-                    c.unreadable = true;
                 }
             }
         }

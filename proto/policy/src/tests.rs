@@ -382,6 +382,66 @@ fn a_policy_that_overflows_a_kernel_entry_is_refused_alone() {
     assert_eq!(set.errors.len(), 2, "{:?}", set.errors);
 }
 
+/// A FIFO named like a policy file would block every reader of the directory (podmapd's policy
+/// tick, every hook run) on its open; a huge file would fill their memory. Both are refused,
+/// the others load, and a file replaced by one of them keeps its last good policies.
+#[test]
+fn a_fifo_or_a_huge_file_in_the_directory_is_refused_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.yaml"), EXAMPLE).unwrap();
+    std::fs::write(
+        dir.path().join("b.yaml"),
+        named("b", "{exec: {paths: [/bin/sh]}, action: audit}"),
+    )
+    .unwrap();
+    let fifo = dir.path().join("stuck.yaml");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: mkfifo reads a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = dir.path().to_owned();
+    std::thread::spawn(move || {
+        let mut pd = PolicyDir::new(&path);
+        pd.refresh();
+        let _ = tx.send(pd);
+    });
+    let mut pd = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("reading the policy directory blocked on a FIFO");
+    let set = pd.set();
+    assert_eq!(set.policies.len(), 2, "{:?}", set.errors);
+    assert!(
+        set.errors
+            .iter()
+            .any(|e| e.source_name.ends_with("stuck.yaml") && e.reason.contains("FIFO")),
+        "{:?}",
+        set.errors
+    );
+    // b.yaml grows past the limit: refused, its last good policy stays, no retry storm.
+    let f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.path().join("b.yaml"))
+        .unwrap();
+    f.set_len(crate::MAX_POLICY_FILE_BYTES + 1).unwrap();
+    pd.refresh();
+    let set = pd.set();
+    assert!(
+        set.policies.iter().any(|l| l.policy.name() == "b"),
+        "{:?}",
+        set.errors
+    );
+    assert!(
+        set.errors
+            .iter()
+            .any(|e| e.source_name.ends_with("b.yaml") && e.reason.contains("more than")),
+        "{:?}",
+        set.errors
+    );
+    let failures = pd.read_failures();
+    assert!(!pd.refresh(), "nothing changed: not read again");
+    assert_eq!(pd.read_failures(), failures);
+}
+
 #[test]
 fn a_failed_read_of_the_directory_keeps_the_last_good_set() {
     let base = tempfile::tempdir().unwrap();
