@@ -10,7 +10,8 @@ PACKAGES=(
   clang-format     # the C style check (scripts/test.sh, .clang-format)
   libbpf-dev       # bpf_helpers.h, bpf_core_read.h
   linux-libc-dev   # linux/bpf.h, linux/types.h
-  util-linux       # unshare, for the pure-cgroup2 tests
+  util-linux       # unshare, for the pure-cgroup2 tests; fsfreeze, for the frozen-disk test
+  e2fsprogs        # mkfs.ext4: the frozen-disk test's loop filesystem
   bpftrace         # the benchmark's reference tracers
   libbpf-tools
   bpftool          # the benchmark reads BPF run time per program

@@ -259,14 +259,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // A handle of its own: sweeping writes the maps, the pipeline only reads them.
     let sweeper =
         SharedMaps::open(&args.node.bpffs_dir).context("opening the pinned maps for sweeping")?;
-    let sweep_task = tokio::spawn(sweep(sweeper, args.node.grace, stop_rx.clone()));
     let pins_counters = maps.counters.clone();
-    let policy_task = tokio::spawn(watch_policies(
+    let housekeeping = Housekeeping {
         policies,
-        (attached, pins_counters),
-        state.clone(),
-        stop_rx.clone(),
-    ));
+        attached,
+        counters: pins_counters,
+        sweeper,
+        grace: args.node.grace,
+        state: state.clone(),
+    }
+    .start(stop_rx.clone())
+    .context("starting the housekeeping thread")?;
     let reader_task = tokio::spawn(reader::run(
         events,
         reader_flag,
@@ -291,8 +294,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let _ = stop_tx.send(true);
     let _ = server_task.await;
-    let _ = sweep_task.await;
-    let _ = policy_task.await;
+    // Its last tick ends within a quarter second, unless a disk holds it: then it is left to
+    // the process's exit (the programs stay attached through their pinned links either way).
+    let joined = tokio::task::spawn_blocking(move || housekeeping.join());
+    if tokio::time::timeout(Duration::from_secs(2), joined)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the housekeeping thread is still busy: not waiting for it");
+    }
     if let Some((task, _)) = mirror {
         task.abort();
     }
@@ -332,20 +342,59 @@ async fn kube_client(args: &Args) -> anyhow::Result<Option<kube::Client>> {
     Ok(Some(client))
 }
 
-/// Drops records whose grace period ended (docs/decisions.md #5): hooks never sleep out the grace,
-/// so someone else must sweep.
-async fn sweep(mut maps: SharedMaps, grace: Duration, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(grace.as_secs().clamp(1, 5)));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                let swept = maps.records.sweep_expired(grace_ns(grace), podmap_bpf::maps::boot_ns());
-                if !swept.is_empty() {
-                    tracing::debug!(records = swept.len(), "swept expired container records");
+/// The node's periodic work, on a thread of its own: reading and parsing the policy directory,
+/// writing rule tables and memberships, publishing the active set, walking the maps to sweep and
+/// putting back removed pins all do blocking I/O, and the runtime's only thread carries the
+/// event path, the socket and the metrics, which must never wait on a disk.
+struct Housekeeping {
+    policies: PolicyManager,
+    /// Held here so the links' and podmapd's own maps' pins can be put back.
+    attached: Attached,
+    counters: Arc<Counters>,
+    sweeper: SharedMaps,
+    grace: Duration,
+    state: Arc<DaemonState>,
+}
+
+impl Housekeeping {
+    /// Policy changes and new containers reach membership every quarter second ("takes effect
+    /// within a second" with room to spare), and removed pins are put back at the same pace:
+    /// while podmapd runs, a removed pin directory turns nothing off. Records whose grace period
+    /// ended are dropped every `min(grace, 5)` s (docs/decisions.md #5): hooks never sleep out
+    /// the grace, so someone else must sweep.
+    fn start(
+        mut self,
+        stop: watch::Receiver<bool>,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("podmap-house".into())
+            .spawn(move || {
+                let sweep_every = Duration::from_secs(self.grace.as_secs().clamp(1, 5));
+                let mut next_sweep = std::time::Instant::now() + sweep_every;
+                while !*stop.borrow() {
+                    self.attached.keep_pins(&self.counters);
+                    self.policies.tick();
+                    *self
+                        .state
+                        .policies
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = self.policies.status();
+                    if std::time::Instant::now() >= next_sweep {
+                        next_sweep = std::time::Instant::now() + sweep_every;
+                        let swept = self
+                            .sweeper
+                            .records
+                            .sweep_expired(grace_ns(self.grace), podmap_bpf::maps::boot_ns());
+                        if !swept.is_empty() {
+                            tracing::debug!(
+                                records = swept.len(),
+                                "swept expired container records"
+                            );
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(250));
                 }
-            }
-            _ = stop.changed() => return,
-        }
+            })
     }
 }
 
@@ -353,29 +402,6 @@ async fn sweep(mut maps: SharedMaps, grace: Duration, mut stop: watch::Receiver<
 /// wraps in release builds, and a huge grace would become a short one that sweeps at once.
 fn grace_ns(grace: Duration) -> u64 {
     u64::try_from(grace.as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// Applies policy changes and new containers to membership; a quarter second keeps "takes
-/// effect within a second" with room to spare. At the same pace, puts back the pins of the links
-/// and of podmapd's own maps if someone removed them (the policy maps' own are put back by the
-/// policy manager): while podmapd runs, a removed pin directory turns nothing off.
-async fn watch_policies(
-    mut policies: PolicyManager,
-    (mut attached, counters): (Attached, Arc<Counters>),
-    state: Arc<DaemonState>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                attached.keep_pins(&counters);
-                policies.tick();
-                *state.policies.lock().unwrap_or_else(|p| p.into_inner()) = policies.status();
-            }
-            _ = stop.changed() => return,
-        }
-    }
 }
 
 async fn wait(mut rx: watch::Receiver<bool>) {

@@ -222,19 +222,43 @@ impl Mirror {
 
     /// Watches the resources until the task is aborted. The watcher lists, watches, relists
     /// after a 410 and backs off on errors (kube-runtime's); every error is logged and counted.
-    pub async fn run(mut self, client: kube::Client) {
+    /// The files are written on a thread of the mirror's own: a write and its fsync can wait on
+    /// a slow or frozen disk, and the runtime's only thread carries the event path.
+    pub async fn run(self, client: kube::Client) {
         let api: Api<DynamicObject> = Api::all_with(client, &api_resource());
         let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
         let mut stream = std::pin::pin!(stream);
-        let mut listing: Option<Vec<DynamicObject>> = None;
+        // Bounded: while the disk is stuck the watch waits too (and relists if it expires).
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let worker = std::thread::Builder::new()
+            .name("podmap-mirror".into())
+            .spawn(move || self.apply_all(rx));
+        if let Err(e) = worker {
+            tracing::error!(error = %e, "cannot start the PodPolicy mirror's thread: resources are not mirrored");
+            return;
+        }
         while let Some(event) = stream.next().await {
+            let event = event.map_err(|e| watch_error(&e));
+            if tx.send(event).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Applies the watch's events in order until the watch ends.
+    fn apply_all(
+        mut self,
+        mut events: tokio::sync::mpsc::Receiver<Result<Event<DynamicObject>, String>>,
+    ) {
+        let mut listing: Option<Vec<DynamicObject>> = None;
+        while let Some(event) = events.blocking_recv() {
             match event {
                 Ok(Event::Init) => listing = Some(Vec::new()),
                 Ok(Event::InitApply(object)) => listing.get_or_insert_with(Vec::new).push(object),
                 Ok(Event::InitDone) => self.resync(listing.take().unwrap_or_default()),
                 Ok(Event::Apply(object)) => self.applied(&object),
                 Ok(Event::Delete(object)) => self.deleted(&object),
-                Err(e) => self.failed(&watch_error(&e)),
+                Err(e) => self.failed(&e),
             }
         }
     }

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use podmap_conformance::daemon::{kubeconfig, Daemon, DaemonOptions};
+use podmap_conformance::daemon::{cgroup2_mount, kubeconfig, Daemon, DaemonOptions};
 use podmap_pod_cache::testing::{Resource, TestApiServer};
 use podmap_policy::MIRRORED_HEADER;
 use serde_json::{json, Value};
@@ -218,5 +218,157 @@ async fn an_unreachable_api_server_is_reported_and_mirroring_can_be_turned_off()
         let st = daemon.status();
         assert!(st["policies"].get("resources").is_none(), "{st:#}");
         assert_eq!(st["mode"], "kubernetes");
+    });
+}
+
+/// A small ext4 filesystem on a loop device: a policy directory the test can freeze, so that
+/// every write to it waits (as on a stuck disk). Thawed, unmounted and its loop device released
+/// on drop, also when an assertion fails.
+struct FreezableDisk {
+    mnt: std::path::PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+fn run(what: &str, cmd: &mut std::process::Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(out.status.success(), "{what}: {out:?}");
+}
+
+impl FreezableDisk {
+    fn new() -> FreezableDisk {
+        let tmp = tempfile::tempdir().unwrap();
+        let image = tmp.path().join("disk.img");
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(16 << 20)
+            .unwrap();
+        let mnt = tmp.path().join("policies");
+        std::fs::create_dir(&mnt).unwrap();
+        run(
+            "mkfs.ext4",
+            std::process::Command::new("mkfs.ext4")
+                .args(["-q", "-F"])
+                .arg(&image),
+        );
+        run(
+            "mount -o loop",
+            std::process::Command::new("mount")
+                .args(["-o", "loop"])
+                .arg(&image)
+                .arg(&mnt),
+        );
+        FreezableDisk { mnt, _tmp: tmp }
+    }
+
+    /// Freezes the filesystem until the guard is dropped. Declared after the daemon, the guard
+    /// thaws first when an assertion fails: a process stuck on a frozen disk cannot even die.
+    fn freeze(&self) -> Frozen<'_> {
+        run(
+            "fsfreeze -f",
+            std::process::Command::new("fsfreeze")
+                .arg("-f")
+                .arg(&self.mnt),
+        );
+        Frozen(self)
+    }
+}
+
+struct Frozen<'a>(&'a FreezableDisk);
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("fsfreeze")
+            .arg("-u")
+            .arg(&self.0.mnt)
+            .status();
+    }
+}
+
+impl Drop for FreezableDisk {
+    fn drop(&mut self) {
+        // The loop device is released with the last unmount (mount -o loop sets autoclear).
+        let _ = std::process::Command::new("umount").arg(&self.mnt).status();
+    }
+}
+
+/// The threads of a process that wait in the kernel uninterruptibly (state D), by name.
+fn threads_in_d(pid: u32) -> Vec<String> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+            // pid (comm) state ...: the comm may hold spaces, the state follows the last ')'.
+            let (head, rest) = stat.rsplit_once(')')?;
+            let comm = head.split_once('(')?.1.to_string();
+            (rest.trim_start().starts_with('D')).then_some(comm)
+        })
+        .collect()
+}
+
+/// A disk that stops taking writes (frozen here; a stuck or full-speed-degraded disk on a node)
+/// holds up only the work that writes to it: while podmapd's mirror waits to write a new
+/// resource's file, events keep flowing and the socket answers. Once the disk thaws, the
+/// resource is mirrored and loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_policy_disk_holds_up_neither_events_nor_the_socket() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
+    let server = TestApiServer::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = FreezableDisk::new();
+    let kc = kubeconfig(tmp.path(), &server.url());
+    tokio::task::block_in_place(|| {
+        let daemon = Daemon::start_with(DaemonOptions {
+            env: vec![
+                ("PODMAP_KUBECONFIG".into(), kc.display().to_string()),
+                ("PODMAP_POLICY_DIR".into(), disk.mnt.display().to_string()),
+            ],
+            ..Default::default()
+        });
+        daemon.wait_status("the first list mirrored", |st| {
+            st["policies"]["resources"]["synced"] == true
+        });
+        let cg =
+            podmap_bpf::testing::TestCgroup::new(&cgroup2_mount(), "podmap-test-frozen").unwrap();
+        let mut stream = daemon.events("{}");
+
+        let frozen = disk.freeze();
+        server.apply_object(Resource::PodPolicies, policy("while-frozen", "/bin/false"));
+        // Wait until a thread of podmapd is really stuck on the disk.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let stuck = loop {
+            let stuck = threads_in_d(daemon.child.id());
+            if !stuck.is_empty() {
+                break stuck;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no podmapd thread ever waited on the frozen disk; log:\n{}",
+                daemon.log_text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        // The socket answers and an exec made now is delivered, while the write still waits.
+        let st = daemon.status();
+        assert_eq!(st["policies"]["resources"]["synced"], true, "{st:#}");
+        let exec = stream.echo_in(
+            &cg.path(),
+            "podmap-frozen-disk",
+            std::time::Duration::from_secs(20),
+        );
+        assert_eq!(exec["process"]["cgroup_id"], cg.id(), "{exec:#}");
+        assert!(
+            !threads_in_d(daemon.child.id()).is_empty(),
+            "the write no longer waited: the check above proved nothing ({stuck:?})"
+        );
+
+        drop(frozen);
+        daemon.wait_status("the resource mirrored once the disk thawed", |st| {
+            loaded(st) == ["while-frozen"]
+        });
     });
 }
