@@ -3,7 +3,7 @@
 //! wakes it because much is queued. Idle, it stops its timer: it tells the programs it sleeps,
 //! and the next record wakes it. Each wake-up drains what is queued in batches of at most
 //! `MAX_BATCH` records: each batch is published, then the reader yields, so a storm never
-//! starves the socket, metrics and policy tasks sharing its thread, and the batch buffer stays
+//! starves the socket and metrics sharing its thread, and the batch buffer stays
 //! bounded (docs/decisions.md #27).
 
 use std::sync::atomic::Ordering;
