@@ -121,7 +121,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         links,
         attached,
         lsm,
-        lock: _pins_lock,
+        lock: pins_lock,
     } = loaded;
     let programs_status = podmap_proto::status::ProgramsStatus {
         links: links.mode.to_string(),
@@ -261,6 +261,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         SharedMaps::open(&args.node.bpffs_dir).context("opening the pinned maps for sweeping")?;
     let pins_counters = maps.counters.clone();
     let housekeeping = Housekeeping {
+        _pins_lock: pins_lock,
         policies,
         attached,
         counters: pins_counters,
@@ -291,16 +292,26 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             r.context("reader task")?.context("reading the ring buffer")?;
             anyhow::bail!("the ring buffer reader stopped");
         }
+        // It runs until told to stop; ending before (a panic) would leave policies unreconciled
+        // without a word: podmapd exits instead, to be restarted.
+        () = thread_ended(&housekeeping) => {
+            let _ = stop_tx.send(true);
+            let _ = std::fs::remove_file(&args.socket);
+            anyhow::bail!("the housekeeping thread stopped (see the panic above)");
+        }
     }
     let _ = stop_tx.send(true);
     let _ = server_task.await;
-    // Its last tick ends within a quarter second, unless a disk holds it: then it is left to
-    // the process's exit (the programs stay attached through their pinned links either way).
-    let joined = tokio::task::spawn_blocking(move || housekeeping.join());
-    if tokio::time::timeout(Duration::from_secs(2), joined)
-        .await
-        .is_err()
-    {
+    // Its last tick ends within a quarter second, unless a disk holds it: then it is left to the
+    // process's exit, with the pin directory's lock it holds (no other podmapd takes the
+    // directory while this one may still write the maps). The programs stay attached through
+    // their pinned links either way. Polled, not joined on a blocking task: the runtime would
+    // wait for that task when it is dropped.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while !housekeeping.is_finished() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if !housekeeping.is_finished() {
         tracing::warn!("the housekeeping thread is still busy: not waiting for it");
     }
     if let Some((task, _)) = mirror {
@@ -313,8 +324,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(&args.socket);
     // The programs stay attached through their pinned links (docs/decisions.md #30): policies
-    // keep acting until the next podmapd adopts or replaces them (the policy task has dropped
-    // this process's hold on them).
+    // keep acting until the next podmapd adopts or replaces them (the housekeeping thread has
+    // dropped this process's hold on them).
     drop(procs);
     Ok(())
 }
@@ -347,6 +358,8 @@ async fn kube_client(args: &Args) -> anyhow::Result<Option<kube::Client>> {
 /// putting back removed pins all do blocking I/O, and the runtime's only thread carries the
 /// event path, the socket and the metrics, which must never wait on a disk.
 struct Housekeeping {
+    /// The pin directory's lock, released only when this thread ends: it writes the maps.
+    _pins_lock: std::fs::File,
     policies: PolicyManager,
     /// Held here so the links' and podmapd's own maps' pins can be put back.
     attached: Attached,
@@ -402,6 +415,13 @@ impl Housekeeping {
 /// wraps in release builds, and a huge grace would become a short one that sweeps at once.
 fn grace_ns(grace: Duration) -> u64 {
     u64::try_from(grace.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Resolves once `thread` has ended.
+async fn thread_ended(thread: &std::thread::JoinHandle<()>) {
+    while !thread.is_finished() {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 async fn wait(mut rx: watch::Receiver<bool>) {

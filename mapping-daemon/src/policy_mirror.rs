@@ -20,8 +20,8 @@ use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use podmap_policy::{
-    is_mirrored, policy_id, valid_dns_subdomain, PodPolicy, PolicyError, API_VERSION, KIND,
-    MIRRORED_HEADER, MIRRORED_PREFIX,
+    is_mirrored, policy_id, read_bounded, valid_dns_subdomain, PodPolicy, PolicyError, ReadError,
+    API_VERSION, KIND, MAX_POLICY_FILE_BYTES, MIRRORED_HEADER, MIRRORED_PREFIX,
 };
 use podmap_proto::status::MirrorStatus;
 
@@ -150,9 +150,12 @@ impl MirrorDir {
             source,
         })?;
         let text = format!("{MIRRORED_HEADER}\n{yaml}");
-        match std::fs::read_to_string(&path) {
-            Ok(current) if current == text => return Ok(false),
-            Ok(_) if !is_mirrored(&path) => return Err(MirrorError::HandWritten(path)),
+        // Read within bounds: whatever sits at that name (a FIFO, a huge file) must not block or
+        // fill podmapd; anything that is not our own earlier file is left alone.
+        match read_bounded(&path, MAX_POLICY_FILE_BYTES) {
+            Ok(current) if current == text.as_bytes() => return Ok(false),
+            Err(ReadError::Gone) => {}
+            _ if !is_mirrored(&path) => return Err(MirrorError::HandWritten(path)),
             _ => {}
         }
         std::fs::create_dir_all(&self.dir).map_err(io("creating", &self.dir))?;
@@ -230,6 +233,7 @@ impl Mirror {
         let mut stream = std::pin::pin!(stream);
         // Bounded: while the disk is stuck the watch waits too (and relists if it expires).
         let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let status = self.status.clone();
         let worker = std::thread::Builder::new()
             .name("podmap-mirror".into())
             .spawn(move || self.apply_all(rx));
@@ -240,6 +244,12 @@ impl Mirror {
         while let Some(event) = stream.next().await {
             let event = event.map_err(|e| watch_error(&e));
             if tx.send(event).await.is_err() {
+                // Only a panic ends the thread while the watch runs: say so in status.
+                let error = "the mirror's thread stopped (see the panic in the log): PodPolicy resources are no longer mirrored";
+                tracing::error!("{error}");
+                let mut status = status.lock();
+                status.errors += 1;
+                status.last_error = Some(error.to_string());
                 return;
             }
         }
@@ -368,6 +378,7 @@ fn watch_error(e: &watcher::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::FileTypeExt as _;
 
     fn object(name: &str, spec: serde_json::Value) -> DynamicObject {
         let mut o = DynamicObject::new(name, &api_resource());
@@ -377,6 +388,40 @@ mod tests {
 
     fn kill_sleep() -> serde_json::Value {
         serde_json::json!({"rules": [{"exec": {"paths": ["/bin/sleep"]}, "action": "kill"}]})
+    }
+
+    /// A FIFO dropped where a resource's file goes would block the mirror's thread forever on a
+    /// plain read: it is left alone and reported instead, and resync does not touch it either.
+    #[test]
+    fn a_fifo_in_a_resources_place_is_reported_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = MirrorDir::new(dir.path());
+        let fifo = files.file_of("no-sleep").unwrap();
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo reads a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = dir.path().to_owned();
+        std::thread::spawn(move || {
+            let mut mirror = Mirror::new(&path, MirrorHandle::default());
+            mirror.resync(vec![object("no-sleep", kill_sleep())]);
+            let _ = tx.send(mirror.status.snapshot());
+        });
+        let status = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the mirror blocked on a FIFO");
+        assert_eq!(status.errors, 1, "{status:?}");
+        assert!(
+            status
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("hand-written")),
+            "{status:?}"
+        );
+        assert!(std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo());
     }
 
     #[test]

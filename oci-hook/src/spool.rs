@@ -138,7 +138,16 @@ impl Spool {
                 files.push(path);
             }
         }
-        files.sort();
+        // Names sort in time order, except across an upgrade: entries an older hook named by
+        // the wall clock (decades of nanoseconds) came before every boot-clock one.
+        let now = podmap_bpf::maps::boot_ns();
+        files.sort_by_cached_key(|f| {
+            let stamp = f
+                .file_name()
+                .and_then(|n| n.to_str()?.split('-').next()?.parse::<u64>().ok());
+            let later = stamp.is_some_and(|s| podmap_bpf::maps::of_boot_clock(s, now));
+            (later, f.clone())
+        });
         Ok(files
             .into_iter()
             .filter(|f| !taken.contains(f))
@@ -212,6 +221,31 @@ mod tests {
             created_ns: 1,
             removed_ns: None,
         }
+    }
+
+    /// After an upgrade, a queue may hold an older hook's entries, named by the wall clock: they
+    /// were queued before any of the boot-clock ones and are applied first, so an old create
+    /// never lands after its new remove.
+    #[test]
+    fn entries_an_older_hook_named_by_the_wall_clock_come_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::new(&dir.path().join("hook"));
+        let create = Entry::Create {
+            record: Box::new(record("a")),
+        };
+        let rm = Entry::Remove {
+            id: ContainerId("a".into()),
+            removed_ns: podmap_bpf::maps::boot_ns(),
+        };
+        let old = spool.push(&create, 1_780_000_000_000_000_000).unwrap();
+        let new = spool.push(&rm, podmap_bpf::maps::boot_ns()).unwrap();
+        let order: Vec<PathBuf> = spool
+            .pending()
+            .unwrap()
+            .into_iter()
+            .map(|p| p.path)
+            .collect();
+        assert_eq!(order, [old, new]);
     }
 
     #[test]

@@ -251,6 +251,41 @@ fn daemonset_runs_podmapd_and_podmap_nri_with_the_host_access_they_need() {
     assert_eq!(caps(container(&pod.containers, "podmap-nri")), ["BPF"]);
     let init = pod.init_containers.as_deref().unwrap();
     assert!(caps(container(init, "install-oci-hook")).is_empty());
+    // The API server refuses Bidirectional propagation in a container that is not privileged.
+    for c in pod.containers.iter().chain(init) {
+        let privileged = c.security_context.as_ref().and_then(|s| s.privileged) == Some(true);
+        for m in c.volume_mounts.iter().flatten() {
+            assert!(
+                privileged || m.mount_propagation.as_deref() != Some("Bidirectional"),
+                "{}: {} is Bidirectional but the container is not privileged",
+                c.name,
+                m.mount_path
+            );
+        }
+    }
+    // AppArmor: the field, and the annotation older API servers read, agree.
+    let annotations = spec
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .annotations
+        .as_ref()
+        .unwrap();
+    for c in &pod.containers {
+        let field = c
+            .security_context
+            .as_ref()
+            .and_then(|s| s.app_armor_profile.as_ref())
+            .map(|p| p.type_.to_lowercase());
+        let key = format!("container.apparmor.security.beta.kubernetes.io/{}", c.name);
+        assert_eq!(
+            field.as_deref(),
+            annotations.get(&key).map(String::as_str),
+            "{}",
+            c.name
+        );
+    }
     for name in ["podmapd", "podmap-nri"] {
         let c = container(&pod.containers, name);
         assert_eq!(c.image.as_deref(), Some("ghcr.io/podmap/podmap:latest"));

@@ -31,7 +31,9 @@ pub use pins::{
 pub use policy::{
     KernelAction, MatchedRules, PathRule, PolicyMaps, RuleRef, RuleTable, RulesError,
 };
-pub use records::{boot_ns, grace_over, MetaError, Record, RecordFlags, RecordMaps, Writer};
+pub use records::{
+    boot_ns, grace_over, of_boot_clock, MetaError, Record, RecordFlags, RecordMaps, Writer,
+};
 
 /// Every pinned map, opened: the records, the policy maps and the counters they count in.
 pub struct SharedMaps {

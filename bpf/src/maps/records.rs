@@ -303,14 +303,44 @@ pub fn boot_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// A removal stamp this far past a sweeper's `now` is not of the boot clock. (A writer may stamp a
+/// removal a moment after a sweeper read its clock: such a stamp is only slightly later.)
+const NOT_BOOT_TIME_NS: u64 = 3_600_000_000_000;
+
 /// Whether a record removed at `removed_ns` has outlived its grace period at `now_ns` (both boot
-/// time). A removal stamp later than now cannot be of this clock (a wall-clock stamp left by an
-/// older podmap in the pinned map or the store): it counts as expired rather than kept forever.
+/// time). A removal stamp more than an hour past now cannot be of this clock (a wall-clock stamp,
+/// decades since 1970, left by an older podmap in the pinned map or the store): it counts as
+/// expired rather than kept forever.
 pub fn grace_over(removed_ns: u64, grace_ns: u64, now_ns: u64) -> bool {
-    removed_ns > now_ns || removed_ns.saturating_add(grace_ns) <= now_ns
+    !of_boot_clock(removed_ns, now_ns) || removed_ns.saturating_add(grace_ns) <= now_ns
+}
+
+/// Whether `stamp` can be a boot-clock time read before (or just after) `now_ns`, rather than a
+/// wall-clock one an older podmap wrote.
+pub fn of_boot_clock(stamp: u64, now_ns: u64) -> bool {
+    stamp <= now_ns.saturating_add(NOT_BOOT_TIME_NS)
 }
 
 /// The level of a cgroup from its path relative to the hierarchy root (the root is 0).
 fn cgroup_level(rel: &str) -> usize {
     rel.split('/').filter(|c| !c.is_empty()).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_removal_stamped_after_the_sweeper_read_its_clock_keeps_its_grace() {
+        let now = 1_000_000_000_000;
+        let grace = 30_000_000_000;
+        assert!(
+            !grace_over(now + 5_000_000, grace, now),
+            "a racing writer's stamp"
+        );
+        assert!(!grace_over(now - 1, grace, now));
+        assert!(grace_over(now - grace, grace, now));
+        // A wall-clock stamp of 2026: expired, not kept until the map fills.
+        assert!(grace_over(1_780_000_000_000_000_000, grace, now));
+    }
 }

@@ -21,7 +21,11 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// Writes `bytes` in pieces ending at `cuts` (fractions of the length).
-async fn write_cut(w: &mut (impl AsyncWriteExt + Unpin), bytes: &[u8], cuts: &[f64]) {
+async fn write_cut(
+    w: &mut (impl AsyncWriteExt + Unpin),
+    bytes: &[u8],
+    cuts: &[f64],
+) -> std::io::Result<()> {
     let mut at: Vec<usize> = cuts
         .iter()
         .map(|f| (f * bytes.len() as f64) as usize)
@@ -31,10 +35,11 @@ async fn write_cut(w: &mut (impl AsyncWriteExt + Unpin), bytes: &[u8], cuts: &[f
     let mut from = 0;
     for to in at {
         if to > from {
-            w.write_all(&bytes[from..to]).await.unwrap();
+            w.write_all(&bytes[from..to]).await?;
             from = to;
         }
     }
+    Ok(())
 }
 
 fn chunk(id: u32, payload: &[u8]) -> Vec<u8> {
@@ -74,7 +79,12 @@ proptest! {
             let valid_len = bytes.len();
             bytes.extend_from_slice(&garbage);
             let readers = tokio::spawn(async move { tokio::join!(read_all(one), read_all(two)) });
-            write_cut(&mut runtime_end, &bytes, &cuts).await;
+            // Garbage may announce an oversized chunk: the mux then closes the socket, and the
+            // rest of the write may fail. The valid chunks before it were written whole.
+            let written = write_cut(&mut runtime_end, &bytes, &cuts).await;
+            if garbage.is_empty() {
+                written.unwrap();
+            }
             drop(runtime_end);
             let closed = tokio::time::timeout(Duration::from_secs(5), mux.closed())
                 .await
@@ -130,7 +140,10 @@ proptest! {
             let streams: Vec<Vec<u8>> = per_conn.iter().map(|ms| ms.concat()).collect();
             let [c1, c2] = &mut conns;
             let writes = async {
-                tokio::join!(write_cut(c1, &streams[0], &cuts), write_cut(c2, &streams[1], &cuts));
+                let (a, b) =
+                    tokio::join!(write_cut(c1, &streams[0], &cuts), write_cut(c2, &streams[1], &cuts));
+                a.unwrap();
+                b.unwrap();
             };
             let reads = async {
                 let mut seen: [Vec<usize>; 2] = [Vec::new(), Vec::new()];

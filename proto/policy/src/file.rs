@@ -40,26 +40,18 @@ pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
         .open(path)
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => ReadError::Gone,
+        .map_err(|e| match e.raw_os_error() {
+            _ if e.kind() == std::io::ErrorKind::NotFound => ReadError::Gone,
+            // What a socket (or a device with no driver) answers to open: name it, so it is
+            // refused like the other special files rather than retried as an I/O error.
+            Some(libc::ENXIO) => ReadError::NotRegular(
+                std::fs::metadata(path).map_or("special file", |m| kind(m.file_type())),
+            ),
             _ => ReadError::Io(e),
         })?;
     let md = file.metadata()?;
-    let ft = md.file_type();
-    if !ft.is_file() {
-        use std::os::unix::fs::FileTypeExt;
-        let kind = if ft.is_fifo() {
-            "FIFO"
-        } else if ft.is_socket() {
-            "socket"
-        } else if ft.is_char_device() || ft.is_block_device() {
-            "device"
-        } else if ft.is_dir() {
-            "directory"
-        } else {
-            "special file"
-        };
-        return Err(ReadError::NotRegular(kind));
+    if !md.file_type().is_file() {
+        return Err(ReadError::NotRegular(kind(md.file_type())));
     }
     if md.len() > limit {
         return Err(ReadError::TooLarge {
@@ -77,6 +69,22 @@ pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
         });
     }
     Ok(bytes)
+}
+
+/// What a file that is not a regular one is, for the error.
+fn kind(ft: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_fifo() {
+        "FIFO"
+    } else if ft.is_socket() {
+        "socket"
+    } else if ft.is_char_device() || ft.is_block_device() {
+        "device"
+    } else if ft.is_dir() {
+        "directory"
+    } else {
+        "special file"
+    }
 }
 
 #[cfg(test)]
@@ -117,6 +125,11 @@ mod tests {
             read_within(dir.path(), 1024),
             Err(ReadError::NotRegular("directory"))
         ));
+        let socket = dir.path().join("socket.yaml");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let e = read_within(&socket, 1024).unwrap_err();
+        assert!(matches!(e, ReadError::NotRegular("socket")), "{e}");
+        assert!(!e.transient(), "a socket is refused, not retried");
         assert!(matches!(
             read_within(&dir.path().join("none.yaml"), 1024),
             Err(ReadError::Gone)

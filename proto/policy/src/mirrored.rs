@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+use crate::file::{read_bounded, MAX_POLICY_FILE_BYTES};
+
 /// Files podmapd writes for the cluster's PodPolicy resources (docs/decisions.md #10) are named
 /// `podpolicy.<resource name>.yaml`...
 pub const MIRRORED_PREFIX: &str = "podpolicy.";
@@ -13,13 +15,14 @@ pub const MIRRORED_HEADER: &str =
     "# Mirrored by podmapd from a PodPolicy resource: edit the resource, not this file.";
 
 /// Whether a file of the policy directory is one podmapd mirrored: its name and first line say so.
+/// Read within the policy files' bounds: a FIFO or a huge file there is no mirrored file, and
+/// must not block or fill podmapd.
 pub fn is_mirrored(path: &Path) -> bool {
-    use std::io::BufRead;
     named_as_mirrored(path)
-        && std::fs::File::open(path)
+        && read_bounded(path, MAX_POLICY_FILE_BYTES)
             .ok()
-            .and_then(|f| std::io::BufReader::new(f).lines().next()?.ok())
-            .is_some_and(|first| first == MIRRORED_HEADER)
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .is_some_and(|text| text_is_mirrored(path, &text))
 }
 
 /// The same, for a file already read.
