@@ -8,12 +8,14 @@
 //! `bundle` (config.json), `annotations` (Kubernetes metadata), `meta` (the record), `sandbox`
 //! (a workload's pod labels), `policies` (memberships), `hook` (the stages), `records` (the
 //! store's queue) and `spool` (its files), `log`, `watchdog` (the time bound) and `panics` (a
-//! panic ends at the edge, not as exit status 101). Which cgroup the container is in is
+//! panic ends at the edge, not as exit status 101). `install` puts the binary and its hooks.d
+//! entry on a host and takes them off again (`podmap-oci-hook install|uninstall`). Which cgroup the container is in is
 //! podmap-cgroup's (`resolve_container`), shared with podmap-nri.
 
 pub mod annotations;
 pub mod bundle;
 pub mod hook;
+pub mod install;
 pub mod log;
 pub mod meta;
 pub mod options;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use clap::Parser;
 use podmap_oci_hook::hook::Hook;
 use podmap_oci_hook::log::HookLog;
@@ -15,6 +16,14 @@ use podmap_oci_hook::{panics, state, watchdog};
 fn main() -> ExitCode {
     // The create-to-mapping-ready clock starts here.
     let started = Instant::now();
+    // Installing and uninstalling are commands of a person or of the DaemonSet, not a runtime's
+    // hook run: no watchdog, and a failure is said on stderr with a non-zero exit.
+    let command = std::env::args_os().nth(1);
+    match command.as_ref().and_then(|a| a.to_str()) {
+        Some("install") => return manage(install_command()),
+        Some("uninstall") => return manage(uninstall_command()),
+        _ => {}
+    }
     panics::install_quiet_hook();
     // The run catches panics of the stage itself (it knows the container then); this catches
     // the rest: the command line, opening the log, starting the watchdog.
@@ -40,6 +49,67 @@ fn main() -> ExitCode {
         );
     });
     ExitCode::SUCCESS
+}
+
+fn manage(res: anyhow::Result<()>) -> ExitCode {
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("podmap-oci-hook: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn install_command() -> anyhow::Result<()> {
+    use podmap_oci_hook::install::{self, InstallArgs, Installed, StopSignals};
+    let args = InstallArgs::parse_from(std::env::args_os().skip(1));
+    let stop = if args.stay {
+        Some(StopSignals::block().context("blocking SIGTERM and SIGINT")?)
+    } else {
+        None
+    };
+    let binary = std::fs::read("/proc/self/exe").context("reading this executable")?;
+    match install::install(&args, &binary)? {
+        Installed::Done { binary, entry } => println!(
+            "podmap-oci-hook: installed {} and {}",
+            binary.display(),
+            entry.display()
+        ),
+        Installed::Skipped(why) => println!("podmap-oci-hook: not installed: {why}"),
+    }
+    if let Some(stop) = stop {
+        let sig = stop.wait().context("waiting for SIGTERM or SIGINT")?;
+        let removed = install::uninstall_if_ours(&args, &binary)?;
+        if removed.is_empty() {
+            println!("podmap-oci-hook: signal {sig}: removed nothing (none installed, or another installer's binary is there now)");
+        } else {
+            println!(
+                "podmap-oci-hook: signal {sig}: removed {}",
+                describe(&removed)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn uninstall_command() -> anyhow::Result<()> {
+    use podmap_oci_hook::install::{self, UninstallArgs};
+    let args = UninstallArgs::parse_from(std::env::args_os().skip(1));
+    let removed = install::uninstall(&args)?;
+    println!("podmap-oci-hook: removed {}", describe(&removed));
+    Ok(())
+}
+
+fn describe(paths: &[std::path::PathBuf]) -> String {
+    if paths.is_empty() {
+        return "nothing (not installed)".into();
+    }
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(" and ")
 }
 
 /// The bound of a run whose --timeout is unknown (a bad command line), less the watchdog's

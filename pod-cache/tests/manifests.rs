@@ -249,10 +249,13 @@ fn daemonset_runs_podmapd_and_podmap_nri_with_the_host_access_they_need() {
         Some(true)
     );
     assert_eq!(caps(container(&pod.containers, "podmap-nri")), ["BPF"]);
-    let init = pod.init_containers.as_deref().unwrap();
-    assert!(caps(container(init, "install-oci-hook")).is_empty());
+    assert!(caps(container(&pod.containers, "oci-hook")).is_empty());
+    assert!(
+        pod.init_containers.is_none(),
+        "the hook installer stays, to uninstall"
+    );
     // The API server refuses Bidirectional propagation in a container that is not privileged.
-    for c in pod.containers.iter().chain(init) {
+    for c in &pod.containers {
         let privileged = c.security_context.as_ref().and_then(|s| s.privileged) == Some(true);
         for m in c.volume_mounts.iter().flatten() {
             assert!(
@@ -399,103 +402,27 @@ fn daemonset_runs_podmapd_and_podmap_nri_with_the_host_access_they_need() {
         "loopback must be the pod's, not the node's"
     );
 
-    // The installer puts the hook where CRI-O finds it.
-    let init = container(pod.init_containers.as_ref().unwrap(), "install-oci-hook");
-    let script = init.args.as_ref().unwrap().join("\n");
-    assert!(script.contains("podmap-oci-hook") && script.contains("hooks.d"));
-    let targets: Vec<&str> = init
+    // The installer puts the hook where CRI-O finds it: it runs `install --root=/host` and
+    // stays (to uninstall at stop), and each host directory it writes is mounted at /host plus
+    // its host path, so the paths it writes below --root are the host's.
+    let hook = container(&pod.containers, "oci-hook");
+    let args = hook.args.as_ref().unwrap();
+    assert_eq!(args[0], "install");
+    assert!(args.contains(&"--root=/host".to_string()) && args.contains(&"--stay".to_string()));
+    let mounts: BTreeMap<&str, &str> = hook
         .volume_mounts
         .as_ref()
         .unwrap()
         .iter()
-        .map(|m| volumes[m.name.as_str()])
+        .map(|m| (volumes[m.name.as_str()], m.mount_path.as_str()))
         .collect();
-    assert!(
-        targets.contains(&"/usr/local/bin") && targets.contains(&"/etc/containers/oci/hooks.d")
-    );
-}
-
-/// The installer's own script, run as root with every capability dropped (as its
-/// securityContext says) against stand-ins for the host directories and the image's files: it
-/// installs on a CRI-O host, leaves other hosts alone, and never leaves a half-written file.
-#[test]
-fn the_hook_installer_needs_no_capability() {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    if !status.lines().any(|l| l.starts_with("Uid:\t0\t")) {
-        eprintln!("skipped: needs root (setpriv changes the bounding set)");
-        return;
-    }
-    let m = load().unwrap();
-    let pod = m.daemonsets[0].spec.template.spec.as_ref().unwrap();
-    let init = container(pod.init_containers.as_ref().unwrap(), "install-oci-hook");
-    let env = |name: &str| {
-        init.env
-            .as_ref()
-            .unwrap()
-            .iter()
-            .find(|e| e.name == name)
-            .unwrap()
-            .value
-            .clone()
-            .unwrap()
-    };
-    assert_eq!(env("INSTALL_OCI_HOOK"), "auto");
-
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    for d in [
-        "host/run/crio",
-        "host/usr/local/bin",
-        "host/hooks.d",
-        "image",
-    ] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::write(root.join("image/podmap-oci-hook"), "#!/bin/sh\nexit 0\n").unwrap();
-    std::fs::write(root.join("image/podmap.json"), "{\"version\": \"1.0.0\"}").unwrap();
-    // The image's and the host's paths, moved under the temporary root.
-    let script = init.args.as_ref().unwrap().join("\n");
-    let image_binary = "cp /usr/local/bin/podmap-oci-hook ";
-    assert!(script.contains(image_binary), "{script}");
-    let script = script
-        .replace("/host/", &format!("{}/host/", root.display()))
-        .replace(
-            image_binary,
-            &format!("cp {}/image/podmap-oci-hook ", root.display()),
+    for host in ["/usr/local/bin", "/etc/containers/oci/hooks.d", "/run"] {
+        assert_eq!(
+            mounts.get(host).copied(),
+            Some(&*format!("/host{host}")),
+            "{host}"
         );
-    let run = || {
-        std::process::Command::new("setpriv")
-            .args(["--bounding-set=-all", "--inh-caps=-all", "--"])
-            .args(&init.command.as_ref().unwrap()[..])
-            .arg(&script)
-            .env("INSTALL_OCI_HOOK", "auto")
-            .env("HOOK_JSON", root.join("image/podmap.json"))
-            .output()
-            .unwrap()
-    };
-    let installed = root.join("host/usr/local/bin/podmap-oci-hook");
-    let out = run();
-    assert!(out.status.success(), "{out:?}");
-    assert!(!installed.exists(), "no CRI-O socket, nothing installed");
-
-    let _crio =
-        std::os::unix::net::UnixListener::bind(root.join("host/run/crio/crio.sock")).unwrap();
-    let out = run();
-    assert!(out.status.success(), "{out:?}");
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(&installed).unwrap().permissions().mode();
-    assert_eq!(mode & 0o777, 0o755);
-    assert_eq!(
-        std::fs::read(root.join("host/hooks.d/podmap.json")).unwrap(),
-        std::fs::read(root.join("image/podmap.json")).unwrap()
-    );
-    let left: Vec<_> = std::fs::read_dir(root.join("host/hooks.d"))
-        .unwrap()
-        .chain(std::fs::read_dir(root.join("host/usr/local/bin")).unwrap())
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with('.'))
-        .collect();
-    assert!(left.is_empty(), "temporary files left: {left:?}");
+    }
 }
 
 #[test]
