@@ -70,16 +70,27 @@ fn install_command() -> anyhow::Result<()> {
         None
     };
     let binary = std::fs::read("/proc/self/exe").context("reading this executable")?;
-    match install::install(&args, &binary)? {
-        Installed::Done { binary, entry } => println!(
-            "podmap-oci-hook: installed {} and {}",
-            binary.display(),
-            entry.display()
-        ),
-        Installed::Skipped(why) => println!("podmap-oci-hook: not installed: {why}"),
-    }
+    let installed = match install::install(&args, &binary)? {
+        Installed::Done { binary, entry } => {
+            println!(
+                "podmap-oci-hook: installed {} and {}",
+                binary.display(),
+                entry.display()
+            );
+            true
+        }
+        Installed::Skipped(why) => {
+            println!("podmap-oci-hook: not installed: {why}");
+            false
+        }
+    };
     if let Some(stop) = stop {
         let sig = stop.wait().context("waiting for SIGTERM or SIGINT")?;
+        if !installed {
+            // A hook someone installed by hand on this host is theirs.
+            println!("podmap-oci-hook: signal {sig}: nothing of mine to remove");
+            return Ok(());
+        }
         let removed = install::uninstall_if_ours(&args, &binary)?;
         if removed.is_empty() {
             println!("podmap-oci-hook: signal {sig}: removed nothing (none installed, or another installer's binary is there now)");

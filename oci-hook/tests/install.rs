@@ -72,6 +72,37 @@ fn a_staying_installer_puts_the_hook_on_the_host_and_takes_it_away_on_sigterm() 
     assert!(!entry.exists() && !binary.exists(), "{said}");
 }
 
+/// A staying installer that skipped (no CRI-O here) leaves a hook installed by hand alone at stop,
+/// even one with its own bytes.
+#[test]
+fn a_staying_installer_that_installed_nothing_removes_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let root_arg = root.path().display().to_string();
+    let out = Command::new(BIN)
+        .args(["install", "--root", &root_arg, "--when", "always"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let entry = root.path().join("etc/containers/oci/hooks.d/podmap.json");
+    let mut child = Command::new(BIN)
+        .args(["install", "--root", &root_arg, "--when", "never", "--stay"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its first line comes after it blocked the stop signals.
+    let mut said = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut said, &mut line).unwrap();
+    assert!(line.contains("not installed"), "{line}");
+    // SAFETY: kill(2) on the child's pid, which has not been reaped yet.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let status = child.wait().unwrap();
+    std::io::BufRead::read_line(&mut said, &mut line).unwrap();
+    assert!(status.success(), "{status:?}: {line}");
+    assert!(line.contains("nothing of mine"), "{line}");
+    assert!(entry.exists(), "{line}");
+}
+
 #[test]
 fn uninstall_and_bad_arguments_say_what_happened() {
     let root = tempfile::tempdir().unwrap();
