@@ -576,6 +576,11 @@ impl Podman {
         }
     }
 
+    /// The hooks directory this podman reads (`--hooks-dir`).
+    pub fn hooks_dir(&self) -> PathBuf {
+        self.dir.path().join("hooks.d")
+    }
+
     pub fn command(&self, args: &[&str]) -> Command {
         let d = self.dir.path();
         let mut c = self.cgroups.command("podman");

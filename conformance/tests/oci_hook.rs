@@ -21,8 +21,8 @@ use podmap_bpf::testing::{unique_name, TestCgroup};
 use podmap_cgroup::Hierarchy;
 use podmap_conformance::daemon::{cgroup2_mount, Daemon, DaemonOptions, EventStream};
 use podmap_conformance::oci::{
-    container_id, hook_times_ms, path_str, Bundle, BundleSpec, CgroupParent, Cgroups, HookEnv,
-    OciRuntime, Pod, Podman, Rootfs, Runtime,
+    container_id, hook_binary, hook_times_ms, path_str, Bundle, BundleSpec, CgroupParent, Cgroups,
+    HookEnv, OciRuntime, Pod, Podman, Rootfs, Runtime,
 };
 use podmap_writer::store::Store;
 use serde_json::{json, Value};
@@ -291,6 +291,86 @@ fn podman_entrypoint_is_attributed(runtime: Runtime, cgroups: Cgroups, extra: &[
     );
     assert!(rec.removed_ns.is_some(), "podman ran the poststop stage");
     assert_clean_log(&hooks);
+}
+
+/// The hook as `podmap-oci-hook install` puts it on a host (its own copy of the binary, the
+/// entry it carries, the test's private settings through --set) maps podman's containers; after
+/// `podmap-oci-hook uninstall` a container starts with no podmap code running: no hook run, no
+/// record, nothing in the log.
+#[test]
+fn an_installed_hook_maps_containers_and_after_uninstall_none_runs() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
+    let hooks = HookEnv::new("podmap-install");
+    let parent = CgroupParent::new("podmap-install");
+    let rootfs = Rootfs::busybox();
+    let podman = Podman::new(&hooks, Runtime::Runc, Cgroups::Hybrid, &parent);
+    // The harness's own entry goes: the installer's takes its place.
+    std::fs::remove_file(podman.hooks_dir().join("podmap.json")).unwrap();
+    let bin_dir = hooks.scratch().join("bin");
+    let dirs = [
+        "--root".to_string(),
+        "/".to_string(),
+        "--bin-dir".to_string(),
+        path_str(&bin_dir),
+        "--hooks-dir".to_string(),
+        path_str(&podman.hooks_dir()),
+    ];
+    let mut install = Command::new(hook_binary());
+    install
+        .arg("install")
+        .args(&dirs)
+        .args(["--when", "always"]);
+    for kv in hooks.env_strings() {
+        install.arg("--set").arg(kv);
+    }
+    let out = install.output().unwrap();
+    assert!(out.status.success(), "install: {out:?}");
+    let entry: Value =
+        serde_json::from_slice(&std::fs::read(podman.hooks_dir().join("podmap.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        entry["hook"]["path"],
+        path_str(&bin_dir.join("podmap-oci-hook"))
+    );
+
+    let (out, id) = podman.run(&rootfs, &BTreeMap::new(), false, &[], &["/bin/true"]);
+    assert_ok("a container with the installed hook", &out, &hooks);
+    assert_keys(&hooks, &id, Cgroups::Hybrid);
+    // podman runs poststop from its cleanup, after `run` returns: wait for it, so that every
+    // run of the installed hook is counted before the uninstall.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !hooks.record(&id).is_some_and(|r| r.removed_ns.is_some()) {
+        assert!(
+            Instant::now() < deadline,
+            "poststop never ran; log:\n{}",
+            hooks.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let runs = hooks.counter(Counter::HookRuns);
+    assert!(runs >= 2, "createRuntime and poststop ran: {runs}");
+
+    let out = Command::new(hook_binary())
+        .arg("uninstall")
+        .args(&dirs)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "uninstall: {out:?}");
+    assert!(!bin_dir.join("podmap-oci-hook").exists());
+    let (out, after) = podman.run(&rootfs, &BTreeMap::new(), false, &[], &["/bin/true"]);
+    assert_ok("a container after uninstall", &out, &hooks);
+    // Its cleanup too has run by now (the same wait as above would never end: nothing records
+    // it). The first container's may still be finishing a second poststop (podman's own cleanup
+    // and conmon's both run it): only this container's traces count.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(hooks.mapped(&after).is_empty() && hooks.record(&after).is_none());
+    let log = hooks.log();
+    assert!(
+        log.lines().any(|l| l.contains(&id[..16])) && !log.contains(&after[..16]),
+        "the first container is in the hook's log, the second is not:\n{log}"
+    );
 }
 
 #[test]
