@@ -341,7 +341,7 @@ fn an_installed_hook_maps_containers_and_after_uninstall_none_runs() {
     // podman runs poststop from its cleanup, after `run` returns: wait for it, so that every
     // run of the installed hook is counted before the uninstall.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !hooks.record(&id).is_some_and(|r| r.removed_ns.is_some()) {
+    while hooks.record(&id).is_none_or(|r| r.removed_ns.is_none()) {
         assert!(
             Instant::now() < deadline,
             "poststop never ran; log:\n{}",
