@@ -33,12 +33,9 @@ pub enum When {
     Never,
 }
 
-#[derive(Debug, Clone, Parser)]
-#[command(
-    name = "podmap-oci-hook install",
-    about = "Installs the hook binary and its hooks.d entry on the host"
-)]
-pub struct InstallArgs {
+/// Where the hook goes on the host, and where this process reaches the host's root.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HostPaths {
     /// The host's root as this process sees it (`/host` in the DaemonSet).
     #[arg(long, default_value = "/")]
     pub root: PathBuf,
@@ -48,6 +45,33 @@ pub struct InstallArgs {
     /// The hooks directory CRI-O and podman read, on the host.
     #[arg(long, default_value = "/etc/containers/oci/hooks.d")]
     pub hooks_dir: PathBuf,
+}
+
+impl HostPaths {
+    /// The binary's path on the host (what the entry names).
+    fn host_binary(&self) -> PathBuf {
+        self.bin_dir.join(BINARY_NAME)
+    }
+
+    /// The binary as this process reaches it.
+    fn binary(&self) -> PathBuf {
+        under(&self.root, &self.host_binary())
+    }
+
+    /// The entry as this process reaches it.
+    fn entry(&self) -> PathBuf {
+        under(&self.root, &self.hooks_dir.join(ENTRY_NAME))
+    }
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "podmap-oci-hook install",
+    about = "Installs the hook binary and its hooks.d entry on the host"
+)]
+pub struct InstallArgs {
+    #[command(flatten)]
+    pub paths: HostPaths,
     /// The CRI-O socket whose presence `--when auto` looks for, on the host.
     #[arg(long, default_value = "/run/crio/crio.sock")]
     pub crio_socket: PathBuf,
@@ -68,12 +92,8 @@ pub struct InstallArgs {
     about = "Removes the hooks.d entry, then the hook binary, from the host"
 )]
 pub struct UninstallArgs {
-    #[arg(long, default_value = "/")]
-    pub root: PathBuf,
-    #[arg(long, default_value = "/usr/local/bin")]
-    pub bin_dir: PathBuf,
-    #[arg(long, default_value = "/etc/containers/oci/hooks.d")]
-    pub hooks_dir: PathBuf,
+    #[command(flatten)]
+    pub paths: HostPaths,
 }
 
 fn parse_setting(s: &str) -> Result<(String, String), String> {
@@ -177,7 +197,7 @@ fn replace(target: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallError> {
 pub fn install(args: &InstallArgs, binary: &[u8]) -> Result<Installed, InstallError> {
     match args.when {
         When::Never => return Ok(Installed::Skipped("--when never".into())),
-        When::Auto if !under(&args.root, &args.crio_socket).exists() => {
+        When::Auto if !under(&args.paths.root, &args.crio_socket).exists() => {
             return Ok(Installed::Skipped(format!(
                 "no CRI-O socket at {} (containerd hosts are mapped by podmap-nri)",
                 args.crio_socket.display()
@@ -185,13 +205,12 @@ pub fn install(args: &InstallArgs, binary: &[u8]) -> Result<Installed, InstallEr
         }
         _ => {}
     }
-    let host_binary = args.bin_dir.join(BINARY_NAME);
-    let binary_at = under(&args.root, &host_binary);
+    let binary_at = args.paths.binary();
     if std::fs::read(&binary_at).ok().as_deref() != Some(binary) {
         replace(&binary_at, binary, 0o755)?;
     }
-    let entry_at = under(&args.root, &args.hooks_dir.join(ENTRY_NAME));
-    let text = entry(&host_binary, &args.settings)?;
+    let entry_at = args.paths.entry();
+    let text = entry(&args.paths.host_binary(), &args.settings)?;
     if std::fs::read(&entry_at).ok().as_deref() != Some(text.as_bytes()) {
         replace(&entry_at, text.as_bytes(), 0o644)?;
     }
@@ -202,12 +221,9 @@ pub fn install(args: &InstallArgs, binary: &[u8]) -> Result<Installed, InstallEr
 }
 
 /// Removes the entry, then the binary; what is already gone is fine. Returns what it removed.
-pub fn uninstall(args: &UninstallArgs) -> Result<Vec<PathBuf>, InstallError> {
+pub fn uninstall(paths: &HostPaths) -> Result<Vec<PathBuf>, InstallError> {
     let mut removed = Vec::new();
-    for path in [
-        under(&args.root, &args.hooks_dir.join(ENTRY_NAME)),
-        under(&args.root, &args.bin_dir.join(BINARY_NAME)),
-    ] {
+    for path in [paths.entry(), paths.binary()] {
         match std::fs::remove_file(&path) {
             Ok(()) => removed.push(path),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -221,20 +237,9 @@ pub fn uninstall(args: &UninstallArgs) -> Result<Vec<PathBuf>, InstallError> {
 /// put a different binary there since (a newer podmap's pod started before this one stopped),
 /// both files are theirs and stay.
 pub fn uninstall_if_ours(args: &InstallArgs, binary: &[u8]) -> Result<Vec<PathBuf>, InstallError> {
-    let binary_at = under(&args.root, &args.bin_dir.join(BINARY_NAME));
-    match std::fs::read(&binary_at) {
+    match std::fs::read(args.paths.binary()) {
         Ok(installed) if installed != binary => Ok(Vec::new()),
-        _ => uninstall(&args.uninstall_args()),
-    }
-}
-
-impl InstallArgs {
-    pub fn uninstall_args(&self) -> UninstallArgs {
-        UninstallArgs {
-            root: self.root.clone(),
-            bin_dir: self.bin_dir.clone(),
-            hooks_dir: self.hooks_dir.clone(),
-        }
+        _ => uninstall(&args.paths),
     }
 }
 
@@ -368,7 +373,7 @@ mod tests {
         assert!(entry.exists() && binary.exists());
         let removed = uninstall_if_ours(&args, b"#!/bin/false\n").unwrap();
         assert_eq!(removed, [entry.clone(), binary.clone()], "the entry first");
-        assert!(uninstall(&args.uninstall_args()).unwrap().is_empty());
+        assert!(uninstall(&args.paths).unwrap().is_empty());
     }
 
     #[test]

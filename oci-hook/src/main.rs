@@ -107,7 +107,7 @@ fn install_command() -> anyhow::Result<()> {
 fn uninstall_command() -> anyhow::Result<()> {
     use podmap_oci_hook::install::{self, UninstallArgs};
     let args = UninstallArgs::parse_from(std::env::args_os().skip(1));
-    let removed = install::uninstall(&args)?;
+    let removed = install::uninstall(&args.paths)?;
     println!("podmap-oci-hook: removed {}", describe(&removed));
     Ok(())
 }
