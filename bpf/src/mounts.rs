@@ -84,6 +84,21 @@ pub fn ensure_bpffs(dir: &Path) -> Result<(), MountError> {
     }
 }
 
+/// Whether `path` is on a bpffs (a look only: nothing is mounted).
+pub fn on_bpffs(path: &Path) -> io::Result<bool> {
+    Ok(fs_magic(path)? == BPF_FS_MAGIC)
+}
+
+/// Whether tracefs is mounted where [`ensure_tracefs`] looks (a look only).
+pub fn tracefs_mounted() -> bool {
+    [
+        Path::new(TRACEFS_ROOT),
+        Path::new("/sys/kernel/debug/tracing"),
+    ]
+    .iter()
+    .any(|p| matches!(fs_magic(p), Ok(TRACEFS_MAGIC)))
+}
+
 /// Makes sure tracefs is mounted where tracepoint programs find their ids.
 pub fn ensure_tracefs() -> Result<(), MountError> {
     let root = Path::new(TRACEFS_ROOT);

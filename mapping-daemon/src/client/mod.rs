@@ -4,8 +4,9 @@
 //! start-up cost. This module owns the command line and runs the commands; the socket exchange
 //! is `connection`, and each output format has its module: compact event lines (`event_line`),
 //! the status table (`status_table`), the containers table (`containers_table`), with the
-//! escaping they share (`text`). The protocol types are the API crate's (podmap-proto).
+//! escaping they share (`text`); the node preflight is `check`. The protocol types are the API crate's (podmap-proto).
 
+mod check;
 mod connection;
 mod containers_table;
 mod event_line;
@@ -57,6 +58,9 @@ pub enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = TableOrJson::Table)]
         output: TableOrJson,
     },
+    /// Checks this node for what podmap needs, line by line, with the fix for each failure;
+    /// exits 1 if any failed. Changes nothing.
+    Check(check::CheckArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -130,6 +134,27 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Events(args) => events(&cli.socket, args, &mut out, to_terminal).map(|_| ()),
         Command::Status { output } => status(&cli.socket, *output, &mut out),
         Command::Containers { output } => containers(&cli.socket, *output, &mut out),
+        Command::Check(args) => {
+            let status = one_reply(&cli.socket, &Request::Status(Default::default()))
+                .and_then(|reply| {
+                    serde_json::from_slice::<StatusReport>(&reply).context("podmapd's status reply")
+                })
+                .map_err(|e| format!("{} ({e:#})", cli.socket.display()));
+            let found = check::findings(args, status);
+            match check::write(&found, &mut out).context("writing to stdout")? {
+                true => Ok(()),
+                false => {
+                    let failed = found
+                        .iter()
+                        .filter(|f| f.verdict == check::Verdict::Fail)
+                        .count();
+                    out.flush().context("writing to stdout")?;
+                    Err(anyhow::anyhow!(
+                        "{failed} check(s) failed: see the fixes above"
+                    ))
+                }
+            }
+        }
     };
     let result = result.and_then(|()| out.flush().context("writing to stdout"));
     match result {
