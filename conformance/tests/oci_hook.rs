@@ -359,6 +359,7 @@ fn an_installed_hook_maps_containers_and_after_uninstall_none_runs() {
         .unwrap();
     assert!(out.status.success(), "uninstall: {out:?}");
     assert!(!bin_dir.join("podmap-oci-hook").exists());
+    assert!(!podman.hooks_dir().join("podmap.json").exists());
     let (out, after) = podman.run(&rootfs, &BTreeMap::new(), false, &[], &["/bin/true"]);
     assert_ok("a container after uninstall", &out, &hooks);
     // Its cleanup too has run by now (the same wait as above would never end: nothing records

@@ -167,19 +167,57 @@ pub fn entry(host_binary: &Path, settings: &[(String, String)]) -> Result<String
     Ok(text)
 }
 
-/// Writes `bytes` to `target` through a dot file beside it (runtimes read only `*.json` in
-/// hooks.d, and a binary is only run once renamed), flushed before the rename.
-fn replace(target: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallError> {
+/// Whether the files at `a` and `b` hold the same bytes, read in chunks: the hook binary is tens
+/// of megabytes with its debug info, and the installer's container has a small memory limit.
+fn same_bytes(a: &Path, b: &Path) -> bool {
+    use std::io::Read;
+    let (Ok(mut fa), Ok(mut fb)) = (std::fs::File::open(a), std::fs::File::open(b)) else {
+        return false;
+    };
+    match (fa.metadata(), fb.metadata()) {
+        (Ok(ma), Ok(mb)) if ma.len() == mb.len() => {}
+        _ => return false,
+    }
+    let (mut ba, mut bb) = (vec![0u8; 64 << 10], vec![0u8; 64 << 10]);
+    loop {
+        let n = match fa.read(&mut ba) {
+            Ok(0) => return fb.read(&mut bb[..1]).is_ok_and(|m| m == 0),
+            Ok(n) => n,
+            Err(_) => return false,
+        };
+        if fb.read_exact(&mut bb[..n]).is_err() || ba[..n] != bb[..n] {
+            return false;
+        }
+    }
+}
+
+/// Writes `target` through a new dot file beside it (runtimes read only `*.json` in hooks.d, and
+/// a binary is only run once renamed), flushed, then renamed into place. The dot file is created
+/// exclusively and never through a symlink, so nothing planted under its name is written to.
+fn replace(
+    target: &Path,
+    mode: u32,
+    fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> Result<(), InstallError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = target.parent().unwrap_or(Path::new("/"));
     std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
     let name = target
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.new", std::process::id()));
-    let mut f = std::fs::File::create(&tmp).map_err(io("creating", &tmp))?;
-    let written = f
-        .write_all(bytes)
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = dir.join(format!(".{name}.{}.{nanos}.new", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)
+        .map_err(io("creating", &tmp))?;
+    let written = fill(&mut f)
         .and_then(|()| f.set_permissions(std::fs::Permissions::from_mode(mode)))
         .and_then(|()| f.sync_all());
     if let Err(e) = written {
@@ -192,9 +230,9 @@ fn replace(target: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallError> {
     })
 }
 
-/// Installs `binary` (this executable's bytes) and the entry, the binary first: the entry is
-/// what makes runtimes call it. Files already identical are left as they are.
-pub fn install(args: &InstallArgs, binary: &[u8]) -> Result<Installed, InstallError> {
+/// Installs the binary at `source` (this executable) and the entry, the binary first: the entry
+/// is what makes runtimes call it. Files already identical are left as they are.
+pub fn install(args: &InstallArgs, source: &Path) -> Result<Installed, InstallError> {
     match args.when {
         When::Never => return Ok(Installed::Skipped("--when never".into())),
         When::Auto if !under(&args.paths.root, &args.crio_socket).exists() => {
@@ -206,13 +244,14 @@ pub fn install(args: &InstallArgs, binary: &[u8]) -> Result<Installed, InstallEr
         _ => {}
     }
     let binary_at = args.paths.binary();
-    if std::fs::read(&binary_at).ok().as_deref() != Some(binary) {
-        replace(&binary_at, binary, 0o755)?;
+    if !same_bytes(source, &binary_at) {
+        let mut from = std::fs::File::open(source).map_err(io("opening", source))?;
+        replace(&binary_at, 0o755, |f| std::io::copy(&mut from, f).map(drop))?;
     }
     let entry_at = args.paths.entry();
     let text = entry(&args.paths.host_binary(), &args.settings)?;
     if std::fs::read(&entry_at).ok().as_deref() != Some(text.as_bytes()) {
-        replace(&entry_at, text.as_bytes(), 0o644)?;
+        replace(&entry_at, 0o644, |f| f.write_all(text.as_bytes()))?;
     }
     Ok(Installed::Done {
         binary: binary_at,
@@ -233,14 +272,20 @@ pub fn uninstall(paths: &HostPaths) -> Result<Vec<PathBuf>, InstallError> {
     Ok(removed)
 }
 
-/// The uninstall of a staying installer: only what it installed. Should another installer have
-/// put a different binary there since (a newer podmap's pod started before this one stopped),
+/// The uninstall of a staying installer: only a hook that is the one it installs (the binary at
+/// `source`, the entry its arguments make). Should another installer have put a different binary
+/// or entry there since (a newer podmap's pod, other settings, started before this one stopped),
 /// both files are theirs and stay.
-pub fn uninstall_if_ours(args: &InstallArgs, binary: &[u8]) -> Result<Vec<PathBuf>, InstallError> {
-    match std::fs::read(args.paths.binary()) {
-        Ok(installed) if installed != binary => Ok(Vec::new()),
-        _ => uninstall(&args.paths),
+pub fn uninstall_if_ours(args: &InstallArgs, source: &Path) -> Result<Vec<PathBuf>, InstallError> {
+    let binary_at = args.paths.binary();
+    let entry_at = args.paths.entry();
+    let text = entry(&args.paths.host_binary(), &args.settings)?;
+    let other_binary = binary_at.exists() && !same_bytes(source, &binary_at);
+    let other_entry = std::fs::read(&entry_at).is_ok_and(|e| e != text.as_bytes());
+    if other_binary || other_entry {
+        return Ok(Vec::new());
     }
+    uninstall(&args.paths)
 }
 
 /// SIGTERM and SIGINT, blocked so that they wait for [`StopSignals::wait`] instead of ending the
@@ -325,17 +370,22 @@ mod tests {
         assert!(parse_setting("=1").is_err());
     }
 
+    /// A file holding `bytes`, standing in for this executable.
+    fn source(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
     #[test]
     fn install_is_atomic_idempotent_and_undone_entry_first() {
         let root = tempfile::tempdir().unwrap();
-        let args = InstallArgs::parse_from([
-            "install",
-            "--root",
-            &root.path().display().to_string(),
-            "--when",
-            "always",
-        ]);
-        let got = install(&args, b"#!/bin/true\n").unwrap();
+        let src = tempfile::tempdir().unwrap();
+        let v1 = source(src.path(), "v1", b"#!/bin/true\n");
+        let v2 = source(src.path(), "v2", b"#!/bin/false\n");
+        let root_arg = root.path().display().to_string();
+        let args = InstallArgs::parse_from(["install", "--root", &root_arg, "--when", "always"]);
+        let got = install(&args, &v1).unwrap();
         let Installed::Done { binary, entry } = got else {
             panic!("{got:?}")
         };
@@ -353,7 +403,7 @@ mod tests {
         // Again: nothing rewritten (same inode), no temporary left.
         let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
         let (b, e) = (inode(&binary), inode(&entry));
-        install(&args, b"#!/bin/true\n").unwrap();
+        install(&args, &v1).unwrap();
         assert_eq!((inode(&binary), inode(&entry)), (b, e));
         for dir in [binary.parent().unwrap(), entry.parent().unwrap()] {
             let names: Vec<String> = std::fs::read_dir(dir)
@@ -363,34 +413,78 @@ mod tests {
             assert!(names.iter().all(|n| !n.starts_with('.')), "{names:?}");
         }
         // A new binary replaces the old one.
-        install(&args, b"#!/bin/false\n").unwrap();
+        install(&args, &v2).unwrap();
         assert_eq!(std::fs::read(&binary).unwrap(), b"#!/bin/false\n");
 
-        // A staying installer of the old bytes leaves a newer installer's files alone.
-        assert!(uninstall_if_ours(&args, b"#!/bin/true\n")
-            .unwrap()
-            .is_empty());
+        // A staying installer of the old bytes leaves a newer installer's files alone, and so
+        // does one whose settings are not those of the entry in place.
+        assert!(uninstall_if_ours(&args, &v1).unwrap().is_empty());
+        let mut other = args.clone();
+        other.settings.push(("PODMAP_GRACE".into(), "1m".into()));
+        assert!(uninstall_if_ours(&other, &v2).unwrap().is_empty());
         assert!(entry.exists() && binary.exists());
-        let removed = uninstall_if_ours(&args, b"#!/bin/false\n").unwrap();
+        let removed = uninstall_if_ours(&args, &v2).unwrap();
         assert_eq!(removed, [entry.clone(), binary.clone()], "the entry first");
         assert!(uninstall(&args.paths).unwrap().is_empty());
+    }
+
+    /// A symlink planted where the temporary file goes is never written through: the temporary
+    /// is created new, without following links.
+    #[test]
+    fn a_link_planted_beside_the_target_is_never_written_through() {
+        let root = tempfile::tempdir().unwrap();
+        let elsewhere = root.path().join("elsewhere");
+        std::fs::write(&elsewhere, b"keep").unwrap();
+        let dir = root.path().join("d");
+        std::fs::create_dir(&dir).unwrap();
+        // Links under every name a run of this process could pick within this second's
+        // nanoseconds are impossible to plant; one at a fixed guess shows the open's flags.
+        let planted = dir.join(".x.json.1.1.new");
+        std::os::unix::fs::symlink(&elsewhere, &planted).unwrap();
+        replace(&dir.join("x.json"), 0o644, |f| f.write_all(b"new")).unwrap();
+        assert_eq!(std::fs::read(&elsewhere).unwrap(), b"keep");
+        assert_eq!(std::fs::read(dir.join("x.json")).unwrap(), b"new");
+        // The same open at the planted name fails instead of following the link.
+        use std::os::unix::fs::OpenOptionsExt;
+        let through = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&planted);
+        assert!(through.is_err());
+        assert_eq!(std::fs::read(&elsewhere).unwrap(), b"keep");
+    }
+
+    #[test]
+    fn same_bytes_compares_whole_files_in_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let big: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        let a = source(dir.path(), "a", &big);
+        let b = source(dir.path(), "b", &big);
+        assert!(same_bytes(&a, &b));
+        let mut changed = big.clone();
+        changed[150_000] ^= 1;
+        let c = source(dir.path(), "c", &changed);
+        assert!(!same_bytes(&a, &c));
+        assert!(!same_bytes(&a, &dir.path().join("missing")));
+        let short = source(dir.path(), "d", &big[..100]);
+        assert!(!same_bytes(&a, &short));
     }
 
     #[test]
     fn auto_installs_only_where_crio_runs() {
         let root = tempfile::tempdir().unwrap();
-        let args =
-            InstallArgs::parse_from(["install", "--root", &root.path().display().to_string()]);
-        assert!(matches!(
-            install(&args, b"x").unwrap(),
-            Installed::Skipped(_)
-        ));
+        let src = tempfile::tempdir().unwrap();
+        let x = source(src.path(), "x", b"x");
+        let root_arg = root.path().display().to_string();
+        let args = InstallArgs::parse_from(["install", "--root", &root_arg]);
+        assert!(matches!(install(&args, &x).unwrap(), Installed::Skipped(_)));
         assert!(!root.path().join("etc").exists() && !root.path().join("usr").exists());
         std::fs::create_dir_all(root.path().join("run/crio")).unwrap();
         let _crio =
             std::os::unix::net::UnixListener::bind(root.path().join("run/crio/crio.sock")).unwrap();
         assert!(matches!(
-            install(&args, b"x").unwrap(),
+            install(&args, &x).unwrap(),
             Installed::Done { .. }
         ));
         let never = InstallArgs {
@@ -398,7 +492,7 @@ mod tests {
             ..args
         };
         assert!(matches!(
-            install(&never, b"x").unwrap(),
+            install(&never, &x).unwrap(),
             Installed::Skipped(_)
         ));
     }

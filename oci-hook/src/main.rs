@@ -69,8 +69,9 @@ fn install_command() -> anyhow::Result<()> {
     } else {
         None
     };
-    let binary = std::fs::read("/proc/self/exe").context("reading this executable")?;
-    let installed = match install::install(&args, &binary)? {
+    // Read from where it is, in chunks, never whole: with its debug info it is tens of MiB.
+    let binary = std::path::Path::new("/proc/self/exe");
+    let installed = match install::install(&args, binary)? {
         Installed::Done { binary, entry } => {
             println!(
                 "podmap-oci-hook: installed {} and {}",
@@ -91,9 +92,9 @@ fn install_command() -> anyhow::Result<()> {
             println!("podmap-oci-hook: signal {sig}: nothing of mine to remove");
             return Ok(());
         }
-        let removed = install::uninstall_if_ours(&args, &binary)?;
+        let removed = install::uninstall_if_ours(&args, binary)?;
         if removed.is_empty() {
-            println!("podmap-oci-hook: signal {sig}: removed nothing (none installed, or another installer's binary is there now)");
+            println!("podmap-oci-hook: signal {sig}: removed nothing (another installer's binary or entry is there now)");
         } else {
             println!(
                 "podmap-oci-hook: signal {sig}: removed {}",

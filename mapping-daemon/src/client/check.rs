@@ -233,11 +233,13 @@ pub fn findings(args: &CheckArgs, status: Result<StatusReport, String>) -> Vec<F
                     ),
                 ));
             }
+            // The shared counters live as long as the pins: a count says podmap-nri has run
+            // since they were made, not that it runs now (containerd does not tell).
             let nri_events = st.shared_counters.get("nri_events").copied().unwrap_or(0);
             if nri_events > 0 {
                 v.push(ok(
                     "podmap-nri",
-                    format!("has handled {nri_events} NRI events"),
+                    format!("has handled {nri_events} NRI events since the pins were made"),
                 ));
             } else if !crio {
                 v.push(note(
@@ -290,7 +292,11 @@ fn hook_finding(entry: &Path) -> Finding {
     match std::fs::metadata(&path) {
         Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => ok(
             "OCI hook",
-            format!("{} runs {}", entry.display(), path.display()),
+            format!(
+                "{} runs {} (CRI-O must read this directory: hooks_dir in crio.conf)",
+                entry.display(),
+                path.display()
+            ),
         ),
         _ => fail(
             "OCI hook",
@@ -359,7 +365,12 @@ mod tests {
             .filter(|f| f.verdict == Verdict::Fail)
             .map(|f| f.what)
             .collect();
-        assert_eq!(failed, ["cgroups", "NRI", "pins", "podmapd"], "{found:#?}");
+        // The kernel's own lines depend on the machine running the test: only the others.
+        for what in ["cgroups", "NRI", "pins", "podmapd"] {
+            assert!(failed.contains(&what), "{what} passed: {found:#?}");
+        }
+        let known = ["cgroups", "NRI", "pins", "podmapd", "kernel", "BTF"];
+        assert!(failed.iter().all(|f| known.contains(f)), "{found:#?}");
         assert!(found
             .iter()
             .filter(|f| f.verdict == Verdict::Fail)
