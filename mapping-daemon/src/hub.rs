@@ -234,15 +234,6 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// Waits for the next event; None once the hub is gone.
-    pub async fn recv(&mut self) -> Option<Arc<Published>> {
-        let ev = self.rx.recv().await;
-        if ev.is_some() {
-            self.shared.delivered.fetch_add(1, Ordering::Relaxed);
-        }
-        ev
-    }
-
     /// Waits until at least one event is queued, then moves up to `limit` queued events into
     /// `buf`; returns how many were added (0 once the hub is gone). Lets the writer send
     /// everything queued in one write.

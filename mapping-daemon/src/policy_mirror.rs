@@ -20,8 +20,9 @@ use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use podmap_policy::{
-    is_mirrored, policy_id, read_bounded, valid_dns_subdomain, PodPolicy, PolicyError, ReadError,
-    API_VERSION, KIND, MAX_POLICY_FILE_BYTES, MIRRORED_HEADER, MIRRORED_PREFIX,
+    is_mirrored, policy_id, read_bounded, text_is_mirrored, valid_dns_subdomain, PodPolicy,
+    PolicyError, ReadError, API_VERSION, KIND, MAX_POLICY_FILE_BYTES, MIRRORED_HEADER,
+    MIRRORED_PREFIX,
 };
 use podmap_proto::status::MirrorStatus;
 
@@ -155,8 +156,11 @@ impl MirrorDir {
         match read_bounded(&path, MAX_POLICY_FILE_BYTES) {
             Ok(current) if current == text.as_bytes() => return Ok(false),
             Err(ReadError::Gone) => {}
-            _ if !is_mirrored(&path) => return Err(MirrorError::HandWritten(path)),
-            _ => {}
+            // Ours to rewrite only if it carries the mirror's marks; anything unreadable is not.
+            Ok(current)
+                if std::str::from_utf8(&current)
+                    .is_ok_and(|current| text_is_mirrored(&path, current)) => {}
+            _ => return Err(MirrorError::HandWritten(path)),
         }
         std::fs::create_dir_all(&self.dir).map_err(io("creating", &self.dir))?;
         // A dot file: the policy loaders read only *.yaml and *.yml, so a half-written temporary

@@ -41,7 +41,7 @@ pub struct SharedMaps {
     pub records: RecordMaps,
     pub policy: PolicyMaps,
     pub counters: Arc<Counters>,
-    /// The pins of these very maps, put back when they go missing ([`SharedMaps::repair_pins`]).
+    /// The pins of these very maps, put back when they go missing ([`SharedMaps::keep_pins`]).
     pins: PinWatch,
 }
 

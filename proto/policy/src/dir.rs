@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use crate::compile::Limits;
-use crate::resolve::{dir_error, Candidates, Loaded, PolicySet};
+use crate::resolve::{dir_error, policy_files, Candidates, Loaded, PolicySet};
 use crate::validate::PolicyError;
 
 /// A policy directory kept current: reloaded when its listing (names, sizes, times) changes.
@@ -55,27 +55,17 @@ impl PolicyDir {
 
     #[allow(clippy::type_complexity)]
     fn listing(&self) -> std::io::Result<Vec<(PathBuf, Option<std::time::SystemTime>, u64)>> {
-        let rd = match std::fs::read_dir(&self.dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        let mut v = Vec::new();
-        for e in rd {
-            let e = e?;
-            // Only what `Candidates::read_dir` reads: the file podmapd publishes here must not
-            // look like a change of the directory (it would reload, and publish, forever).
-            let path = e.path();
-            if !path.extension().is_some_and(|x| x == "yaml" || x == "yml") {
-                continue;
-            }
-            // A file removed since the listing has no metadata: it is gone.
-            if let Ok(md) = e.metadata() {
-                v.push((path, md.modified().ok(), md.len()));
-            }
-        }
-        v.sort();
-        Ok(v)
+        // Only what `Candidates::read_dir` reads: the file podmapd publishes here must not look
+        // like a change of the directory (it would reload, and publish, forever).
+        Ok(policy_files(&self.dir)?
+            .into_iter()
+            // A file removed since the listing has no metadata: it is gone. Not followed, as
+            // the directory entry's own metadata never was.
+            .filter_map(|path| {
+                let md = std::fs::symlink_metadata(&path).ok()?;
+                Some((path, md.modified().ok(), md.len()))
+            })
+            .collect())
     }
 
     /// Reloads if the directory changed since the last look (or was never read); returns

@@ -20,7 +20,7 @@ pub use compile::{
 pub use dir::PolicyDir;
 pub use file::{read_bounded, ReadError, MAX_POLICY_FILE_BYTES};
 pub use format::*;
-pub use mirrored::{is_mirrored, MIRRORED_HEADER, MIRRORED_PREFIX};
+pub use mirrored::{is_mirrored, text_is_mirrored, MIRRORED_HEADER, MIRRORED_PREFIX};
 pub use published::{Origin, PluginPolicies, ACTIVE_FILE};
 pub use resolve::{Candidates, Loaded, PolicySet};
 pub use select::Target;

@@ -26,7 +26,7 @@ pub fn is_mirrored(path: &Path) -> bool {
 }
 
 /// The same, for a file already read.
-pub(crate) fn text_is_mirrored(path: &Path, text: &str) -> bool {
+pub fn text_is_mirrored(path: &Path, text: &str) -> bool {
     named_as_mirrored(path) && text.lines().next() == Some(MIRRORED_HEADER)
 }
 

@@ -63,25 +63,32 @@ pub(crate) fn dir_error(dir: &Path, e: &std::io::Error) -> PolicyError {
     )
 }
 
+/// The policy files of `dir` (`*.yaml`, `*.yml`), sorted; none when it does not exist. An error
+/// mid-listing fails the whole listing: it would silently leave files out. What the loader reads
+/// and what `PolicyDir` watches for changes, so the two never disagree.
+pub(crate) fn policy_files(dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
 impl Candidates {
     /// Reads every `*.yaml` (and `*.yml`) file of `dir`, in name order. A missing directory has
     /// no policies; a directory that cannot be listed is an error, so that a caller can keep
     /// what it had instead of taking it for an empty one.
     pub fn read_dir(dir: &Path) -> Result<Candidates, PolicyError> {
-        let entries = match std::fs::read_dir(dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Candidates::default()),
-            Err(e) => return Err(dir_error(dir, &e)),
-        };
-        let mut files = Vec::new();
-        for entry in entries {
-            // An error mid-listing would silently leave files out: the listing fails whole.
-            let path = entry.map_err(|e| dir_error(dir, &e))?.path();
-            if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-                files.push(path);
-            }
-        }
-        files.sort();
+        let files = policy_files(dir).map_err(|e| dir_error(dir, &e))?;
         let mut c = Candidates::default();
         for f in files {
             let src = f.display().to_string();
