@@ -199,7 +199,6 @@ fn replace(
     mode: u32,
     fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
 ) -> Result<(), InstallError> {
-    use std::os::unix::fs::OpenOptionsExt;
     let dir = target.parent().unwrap_or(Path::new("/"));
     std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
     let name = target
@@ -210,22 +209,33 @@ fn replace(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     let tmp = dir.join(format!(".{name}.{}.{nanos}.new", std::process::id()));
+    replace_through(&tmp, target, mode, fill)
+}
+
+/// [`replace`] through the temporary file `tmp` (a name in the target's directory).
+fn replace_through(
+    tmp: &Path,
+    target: &Path,
+    mode: u32,
+    fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> Result<(), InstallError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&tmp)
-        .map_err(io("creating", &tmp))?;
+        .open(tmp)
+        .map_err(io("creating", tmp))?;
     let written = fill(&mut f)
         .and_then(|()| f.set_permissions(std::fs::Permissions::from_mode(mode)))
         .and_then(|()| f.sync_all());
     if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io("writing", &tmp)(e));
+        let _ = std::fs::remove_file(tmp);
+        return Err(io("writing", tmp)(e));
     }
-    std::fs::rename(&tmp, target).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
+    std::fs::rename(tmp, target).map_err(|e| {
+        let _ = std::fs::remove_file(tmp);
         io("renaming into place", target)(e)
     })
 }
@@ -437,21 +447,17 @@ mod tests {
         std::fs::write(&elsewhere, b"keep").unwrap();
         let dir = root.path().join("d");
         std::fs::create_dir(&dir).unwrap();
-        // Links under every name a run of this process could pick within this second's
-        // nanoseconds are impossible to plant; one at a fixed guess shows the open's flags.
+        // A link at the very name the temporary gets: the write fails instead of following it,
+        // and neither the link's target nor the target file is touched.
         let planted = dir.join(".x.json.1.1.new");
         std::os::unix::fs::symlink(&elsewhere, &planted).unwrap();
-        replace(&dir.join("x.json"), 0o644, |f| f.write_all(b"new")).unwrap();
+        let target = dir.join("x.json");
+        assert!(replace_through(&planted, &target, 0o644, |f| f.write_all(b"new")).is_err());
         assert_eq!(std::fs::read(&elsewhere).unwrap(), b"keep");
-        assert_eq!(std::fs::read(dir.join("x.json")).unwrap(), b"new");
-        // The same open at the planted name fails instead of following the link.
-        use std::os::unix::fs::OpenOptionsExt;
-        let through = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&planted);
-        assert!(through.is_err());
+        assert!(!target.exists());
+        // Through a name of its own it writes.
+        replace(&target, 0o644, |f| f.write_all(b"new")).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"new");
         assert_eq!(std::fs::read(&elsewhere).unwrap(), b"keep");
     }
 

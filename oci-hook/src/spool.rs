@@ -237,8 +237,9 @@ mod tests {
             id: ContainerId("a".into()),
             removed_ns: podmap_bpf::maps::boot_ns(),
         };
-        let old = spool.push(&create, 1_780_000_000_000_000_000).unwrap();
+        // Queued in the other order, so neither write order nor times can pass for the rule.
         let new = spool.push(&rm, podmap_bpf::maps::boot_ns()).unwrap();
+        let old = spool.push(&create, 1_780_000_000_000_000_000).unwrap();
         let order: Vec<PathBuf> = spool
             .pending()
             .unwrap()

@@ -64,7 +64,8 @@ proptest! {
             (prop::sample::select(vec![1u32, 2, 3, 7]), prop::collection::vec(any::<u8>(), 0..3000)),
             0..24,
         ),
-        garbage in prop::collection::vec(any::<u8>(), 0..64),
+        // Half the cases end cleanly, where every byte is checked exactly.
+        garbage in prop_oneof![Just(Vec::new()), prop::collection::vec(any::<u8>(), 1..64)],
         cuts in prop::collection::vec(0.0f64..1.0, 0..12),
     ) {
         runtime().block_on(async {
@@ -76,7 +77,6 @@ proptest! {
             for (id, payload) in &chunks {
                 bytes.extend(chunk(*id, payload));
             }
-            let valid_len = bytes.len();
             bytes.extend_from_slice(&garbage);
             let readers = tokio::spawn(async move { tokio::join!(read_all(one), read_all(two)) });
             // Garbage may announce an oversized chunk: the mux then closes the socket, and the
@@ -109,7 +109,6 @@ proptest! {
                 prop_assert!(got_two.starts_with(&want(2)), "conn 2 lost data before the garbage");
                 prop_assert!(matches!(closed, Closed::Eof | Closed::Failed(_)), "{:?}", closed);
             }
-            prop_assert!(valid_len <= bytes.len());
             Ok(())
         })?;
     }
