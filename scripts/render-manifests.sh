@@ -30,8 +30,9 @@ render() {
   {
     echo "# Rendered from deploy/helm/podmap/$1"
     echo "# by scripts/render-manifests.sh: edit the chart, not this file, and run the script again."
-    # helm marks each document with its source; the header above says it once.
-    grep -v '^# Source: ' "$from" | sed '1{/^---$/d}'
+    # helm marks each document with its source (the header above says it once) and ends the
+    # file with a blank line; printf "%s\n" of a command substitution ends it with one newline.
+    printf '%s\n' "$(grep -v '^# Source: ' "$from" | sed '1{/^---$/d}')"
   } >"$to.tmp"
   mv "$to.tmp" "$to"
 }
