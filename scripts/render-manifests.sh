@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Renders the plain manifests in deploy/kubernetes/ from the Helm chart in deploy/helm/podmap,
-# with the chart's defaults (runtime both, namespace podmap): the chart is the one source, and
-# the chart test (`cargo test -p podmap-pod-cache --test manifests`) fails when the committed
-# files differ from what this prints. Run it after every change to the chart.
+# with the chart's defaults (runtime both, namespace podmap) and the namespace created: the
+# chart is the one source, and the chart test (`cargo test -p podmap-pod-cache --test
+# manifests`) fails when the committed files differ from what this prints. Run it after every
+# change to the chart.
 #
 # Usage: scripts/render-manifests.sh [OUT_DIR]
 #   OUT_DIR defaults to deploy/kubernetes. helm is $HELM, else scripts/fetch-helm.sh's (cached
@@ -16,8 +17,11 @@ helm="${HELM:-$("$repo/scripts/fetch-helm.sh")}"
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-# Fixed release name and namespace, so the output does not depend on who renders it.
-"$helm" template podmap "$chart" --namespace podmap --include-crds --output-dir "$tmp" >/dev/null
+# Fixed release name and namespace, so the output does not depend on who renders it. The
+# plain manifests bring their namespace, labelled for Pod Security Admission (`kubectl apply`
+# has no --create-namespace).
+"$helm" template podmap "$chart" --namespace podmap --include-crds --set namespace.create=true \
+  --output-dir "$tmp" >/dev/null
 
 # The chart's file -> the manifest's name (kept as the manifests were named before the chart,
 # since tests and the daemon read them by these names).

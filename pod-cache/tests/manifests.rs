@@ -933,8 +933,15 @@ fn each_runtime_mode_renders_strictly_with_its_own_containers_and_volumes() {
         check_daemonset(&m, mode);
         check_rbac(&m);
         check_crd(&m);
-        check_namespace(&m);
+        // helm install -n podmap --create-namespace makes the namespace: the chart must not.
+        assert!(m.namespaces.is_empty());
         assert!(m.services.is_empty() && m.service_monitors.is_empty());
+        let m = render(&[
+            &format!("runtime={}", mode.value()),
+            "namespace.create=true",
+        ]);
+        check_namespace(&m);
+        check_daemonset(&m, mode);
     }
     // The default is both.
     check_daemonset(&render(&[]), Mode::Both);
@@ -1169,11 +1176,9 @@ fn the_values_reach_the_objects() {
         "nodeSelector.podmap=yes",
         "tolerations=null",
         "priorityClassName=",
-        "namespace.create=false",
         "logLevel=debug",
         "socketGroup=998",
     ]);
-    assert!(m.namespaces.is_empty(), "namespace.create=false");
     let pod = m.daemonsets[0].spec.template.spec.clone().unwrap();
     let volumes = host_volumes(&m.daemonsets[0]);
     let hook = container(&pod.containers, "oci-hook");
