@@ -21,9 +21,9 @@ cache="${1:-${PODMAP_HELM_CACHE:-/var/cache/podmap-conformance}}"
 prefix="$cache/helm-$helm_version"
 
 mkdir -p "$cache"
-# Test processes started side by side share one download (the same lock as the containerd
-# fetch: both write under the same cache directory).
-exec 9>"$cache/.lock"
+# Test processes started side by side share one download. A lock of its own: a containerd
+# download under the same cache directory need not hold up the chart tests.
+exec 9>"$cache/.helm.lock"
 flock 9
 
 if [ -f "$prefix/.complete" ] && [ -x "$prefix/bin/helm" ]; then
