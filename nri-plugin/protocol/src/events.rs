@@ -2,7 +2,8 @@
 
 use crate::api::Event;
 
-/// Every event NRI v0.6.1 (containerd 1.7) knows: bits of later events make it reject the plugin.
+/// Every event NRI v0.6.1 (containerd 1.7) knows: bits of later events (UPDATE_POD_SANDBOX and
+/// on, from v0.10) make it reject the plugin, so a subscription never reaches past them.
 pub const VALID_EVENTS: i32 = 0x7FF;
 
 /// A set of events, as ConfigureResponse.events carries it: bit `E - 1` for event `E`.

@@ -1,7 +1,8 @@
-//! The NRI plugin protocol, as containerd 1.7 speaks it (containerd/nri v0.6.1):
-//! the API messages and ttrpc services generated from `nri/api.proto` at build time, the
-//! multiplexer that carries the two ttrpc connections over one socket, and the glue that hands
-//! those connections to the ttrpc crate.
+//! The NRI plugin protocol as containerd/nri v0.12.2 defines it, of which every release back to
+//! v0.6.1 speaks a subset (containerd 1.7: v0.6; containerd 2.1: v0.8): the API messages and
+//! ttrpc services generated from `nri/api.proto` at build time, the multiplexer that carries
+//! the two ttrpc connections over one socket, and the glue that hands those connections to the
+//! ttrpc crate.
 //!
 //! Not here: what a plugin does with the messages (that is podmap-nri's).
 
