@@ -14,9 +14,17 @@ use async_trait::async_trait;
 use podmap_bpf::layout::Counter;
 use podmap_bpf::Counters;
 use podmap_nri_protocol::api::{
-    ConfigureRequest, ConfigureResponse, CreateContainerRequest, CreateContainerResponse, Empty,
-    Event, StateChangeEvent, StopContainerRequest, StopContainerResponse, SynchronizeRequest,
-    SynchronizeResponse, UpdateContainerRequest, UpdateContainerResponse,
+    ConfigureRequest, ConfigureResponse, Container, CreateContainerRequest,
+    CreateContainerResponse, Empty, Event, PodSandbox, PostCreateContainerRequest,
+    PostCreateContainerResponse, PostStartContainerRequest, PostStartContainerResponse,
+    PostUpdateContainerRequest, PostUpdateContainerResponse, PostUpdatePodSandboxRequest,
+    PostUpdatePodSandboxResponse, RemoveContainerRequest, RemoveContainerResponse,
+    RemovePodSandboxRequest, RemovePodSandboxResponse, RunPodSandboxRequest, RunPodSandboxResponse,
+    StartContainerRequest, StartContainerResponse, StateChangeEvent, StopContainerRequest,
+    StopContainerResponse, StopPodSandboxRequest, StopPodSandboxResponse, SynchronizeRequest,
+    SynchronizeResponse, UpdateContainerRequest, UpdateContainerResponse, UpdatePodSandboxRequest,
+    UpdatePodSandboxResponse, ValidateContainerAdjustmentRequest,
+    ValidateContainerAdjustmentResponse,
 };
 use podmap_nri_protocol::api_ttrpc::Plugin;
 use podmap_nri_protocol::ttrpc;
@@ -64,6 +72,17 @@ pub struct Shared {
     runtime: Mutex<String>,
     /// Fault injection for tests: the next call's work holds the mapper's lock this long (ms).
     stall_ms: AtomicU64,
+    /// The parts of a split Synchronize received so far: the state is
+    /// reconciled once, when the last part has come, since a part alone would make the mapper
+    /// forget every container of the parts still to come (docs/decisions.md #34).
+    sync_parts: Mutex<SyncParts>,
+}
+
+/// Pods and containers of a Synchronize split over several requests.
+#[derive(Default)]
+struct SyncParts {
+    pods: Vec<PodSandbox>,
+    containers: Vec<Container>,
 }
 
 impl Shared {
@@ -120,6 +139,7 @@ impl PodmapPlugin {
                 counters: OnceLock::new(),
                 log,
                 stall_ms: AtomicU64::new(0),
+                sync_parts: Mutex::new(SyncParts::default()),
             }),
         })
     }
@@ -200,6 +220,57 @@ impl PodmapPlugin {
     }
 }
 
+impl PodmapPlugin {
+    /// One lifecycle event, however it came: its own call (NRI v0.12 and up) or StateChange
+    /// (earlier runtimes, and later ones talking to a plugin without the call). Events podmap
+    /// does not use are answered and dropped.
+    async fn on_event(&self, event: Event, pod: PodSandbox, c: Container) {
+        let received = Instant::now();
+        self.shared.count(Counter::NriEvents);
+        match event {
+            Event::RUN_POD_SANDBOX => {
+                self.bounded("RunPodSandbox", move |m| {
+                    let _ = m.sandbox_started(&pod);
+                })
+                .await
+            }
+            Event::CREATE_CONTAINER => {
+                self.bounded("CreateContainer", move |m| m.created(&pod, &c))
+                    .await
+            }
+            Event::POST_CREATE_CONTAINER => {
+                self.bounded("PostCreateContainer", move |m| {
+                    m.post_created(&pod, &c, received)
+                })
+                .await
+            }
+            Event::START_CONTAINER => {
+                self.bounded("StartContainer", move |m| {
+                    let _ = m.started(&pod, &c, received);
+                })
+                .await
+            }
+            Event::REMOVE_CONTAINER => {
+                self.bounded("RemoveContainer", move |m| {
+                    let _ = m.removed(&c.id);
+                })
+                .await
+            }
+            Event::REMOVE_POD_SANDBOX => {
+                self.bounded("RemovePodSandbox", move |m| {
+                    let _ = m.removed(&pod.id);
+                })
+                .await
+            }
+            other => tracing::debug!(event = ?other, "event not used"),
+        }
+    }
+}
+
+/// Every method of the service is answered here, none left to the generated default: that
+/// default answers NOT_FOUND, which a runtime of NRI v0.12 and up takes as a failed event
+/// (it falls back to StateChange only on UNIMPLEMENTED). Methods of a future API version,
+/// unknown to this build, get UNIMPLEMENTED from the ttrpc server and the connection stays.
 #[async_trait]
 impl Plugin for PodmapPlugin {
     async fn configure(
@@ -211,6 +282,8 @@ impl Plugin for PodmapPlugin {
         tracing::info!(
             runtime = %req.runtime_name,
             version = %req.runtime_version,
+            nri_version = %req.NRI_version,
+            request_timeout_ms = req.request_timeout,
             config_bytes = req.config.len(),
             "configured by the runtime"
         );
@@ -250,6 +323,13 @@ impl Plugin for PodmapPlugin {
         // restore) takes longer than the reply bound; no event comes before this answer, and
         // the first ones wait for the opening on the mapper's lock.
         self.shared.may_open.store(true, Ordering::Release);
+        // A new connection starts a new Synchronize: parts left by a runtime that went away in
+        // the middle of a split one belong to no state.
+        *self
+            .shared
+            .sync_parts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = SyncParts::default();
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || shared.with_mapper(|_| ()));
         let mut resp = ConfigureResponse::new();
@@ -263,11 +343,33 @@ impl Plugin for PodmapPlugin {
         req: SynchronizeRequest,
     ) -> ttrpc::Result<SynchronizeResponse> {
         self.shared.count(Counter::NriEvents);
+        let mut resp = SynchronizeResponse::new();
+        // Answering `more` as asked tells the runtime this plugin takes a split state.
+        resp.more = req.more;
+        let (pods, containers) = {
+            let mut parts = self
+                .shared
+                .sync_parts
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            parts.pods.extend(req.pods);
+            parts.containers.extend(req.containers);
+            if req.more {
+                tracing::debug!(
+                    pods = parts.pods.len(),
+                    containers = parts.containers.len(),
+                    "part of a split Synchronize; waiting for the rest"
+                );
+                return Ok(resp);
+            }
+            let SyncParts { pods, containers } = std::mem::take(&mut *parts);
+            (pods, containers)
+        };
         self.bounded("Synchronize", move |m| {
-            let r = m.synchronize(&req.pods, &req.containers);
+            let r = m.synchronize(&pods, &containers);
             tracing::info!(
-                pods = req.pods.len(),
-                containers = req.containers.len(),
+                pods = pods.len(),
+                containers = containers.len(),
                 mapped = r.mapped,
                 waiting_for_start = r.waiting,
                 unresolved = r.unresolved,
@@ -276,7 +378,7 @@ impl Plugin for PodmapPlugin {
             );
         })
         .await;
-        Ok(SynchronizeResponse::new())
+        Ok(resp)
     }
 
     async fn shutdown(&self, _ctx: &TtrpcContext, _req: Empty) -> ttrpc::Result<Empty> {
@@ -284,18 +386,92 @@ impl Plugin for PodmapPlugin {
         Ok(Empty::new())
     }
 
+    async fn run_pod_sandbox(
+        &self,
+        _ctx: &TtrpcContext,
+        req: RunPodSandboxRequest,
+    ) -> ttrpc::Result<RunPodSandboxResponse> {
+        let pod = req.pod.into_option().unwrap_or_default();
+        self.on_event(Event::RUN_POD_SANDBOX, pod, Container::new())
+            .await;
+        Ok(RunPodSandboxResponse::new())
+    }
+
+    async fn update_pod_sandbox(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: UpdatePodSandboxRequest,
+    ) -> ttrpc::Result<UpdatePodSandboxResponse> {
+        Ok(UpdatePodSandboxResponse::new())
+    }
+
+    async fn post_update_pod_sandbox(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: PostUpdatePodSandboxRequest,
+    ) -> ttrpc::Result<PostUpdatePodSandboxResponse> {
+        Ok(PostUpdatePodSandboxResponse::new())
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: StopPodSandboxRequest,
+    ) -> ttrpc::Result<StopPodSandboxResponse> {
+        Ok(StopPodSandboxResponse::new())
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        _ctx: &TtrpcContext,
+        req: RemovePodSandboxRequest,
+    ) -> ttrpc::Result<RemovePodSandboxResponse> {
+        let pod = req.pod.into_option().unwrap_or_default();
+        self.on_event(Event::REMOVE_POD_SANDBOX, pod, Container::new())
+            .await;
+        Ok(RemovePodSandboxResponse::new())
+    }
+
     async fn create_container(
         &self,
         _ctx: &TtrpcContext,
         req: CreateContainerRequest,
     ) -> ttrpc::Result<CreateContainerResponse> {
-        self.shared.count(Counter::NriEvents);
         let pod = req.pod.into_option().unwrap_or_default();
         let c = req.container.into_option().unwrap_or_default();
-        self.bounded("CreateContainer", move |m| m.created(&pod, &c))
-            .await;
+        self.on_event(Event::CREATE_CONTAINER, pod, c).await;
         // No adjustment: podmap only observes.
         Ok(CreateContainerResponse::new())
+    }
+
+    async fn post_create_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: PostCreateContainerRequest,
+    ) -> ttrpc::Result<PostCreateContainerResponse> {
+        let pod = req.pod.into_option().unwrap_or_default();
+        let c = req.container.into_option().unwrap_or_default();
+        self.on_event(Event::POST_CREATE_CONTAINER, pod, c).await;
+        Ok(PostCreateContainerResponse::new())
+    }
+
+    async fn start_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: StartContainerRequest,
+    ) -> ttrpc::Result<StartContainerResponse> {
+        let pod = req.pod.into_option().unwrap_or_default();
+        let c = req.container.into_option().unwrap_or_default();
+        self.on_event(Event::START_CONTAINER, pod, c).await;
+        Ok(StartContainerResponse::new())
+    }
+
+    async fn post_start_container(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: PostStartContainerRequest,
+    ) -> ttrpc::Result<PostStartContainerResponse> {
+        Ok(PostStartContainerResponse::new())
     }
 
     async fn update_container(
@@ -306,6 +482,14 @@ impl Plugin for PodmapPlugin {
         Ok(UpdateContainerResponse::new())
     }
 
+    async fn post_update_container(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: PostUpdateContainerRequest,
+    ) -> ttrpc::Result<PostUpdateContainerResponse> {
+        Ok(PostUpdateContainerResponse::new())
+    }
+
     async fn stop_container(
         &self,
         _ctx: &TtrpcContext,
@@ -314,50 +498,38 @@ impl Plugin for PodmapPlugin {
         Ok(StopContainerResponse::new())
     }
 
+    async fn remove_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: RemoveContainerRequest,
+    ) -> ttrpc::Result<RemoveContainerResponse> {
+        let pod = req.pod.into_option().unwrap_or_default();
+        let c = req.container.into_option().unwrap_or_default();
+        self.on_event(Event::REMOVE_CONTAINER, pod, c).await;
+        Ok(RemoveContainerResponse::new())
+    }
+
     async fn state_change(
         &self,
         _ctx: &TtrpcContext,
         req: StateChangeEvent,
     ) -> ttrpc::Result<Empty> {
-        let received = Instant::now();
-        self.shared.count(Counter::NriEvents);
+        // An event number this build does not know decodes as UNKNOWN and is dropped.
         let event = req.event.enum_value_or(Event::UNKNOWN);
         let pod = req.pod.into_option().unwrap_or_default();
         let c = req.container.into_option().unwrap_or_default();
-        match event {
-            Event::RUN_POD_SANDBOX => {
-                self.bounded("RunPodSandbox", move |m| {
-                    let _ = m.sandbox_started(&pod);
-                })
-                .await
-            }
-            Event::POST_CREATE_CONTAINER => {
-                self.bounded("PostCreateContainer", move |m| {
-                    m.post_created(&pod, &c, received)
-                })
-                .await
-            }
-            Event::START_CONTAINER => {
-                self.bounded("StartContainer", move |m| {
-                    let _ = m.started(&pod, &c, received);
-                })
-                .await
-            }
-            Event::REMOVE_CONTAINER => {
-                self.bounded("RemoveContainer", move |m| {
-                    let _ = m.removed(&c.id);
-                })
-                .await
-            }
-            Event::REMOVE_POD_SANDBOX => {
-                self.bounded("RemovePodSandbox", move |m| {
-                    let _ = m.removed(&pod.id);
-                })
-                .await
-            }
-            other => tracing::debug!(event = ?other, "event not used"),
-        }
+        self.on_event(event, pod, c).await;
         Ok(Empty::new())
+    }
+
+    /// Never subscribed to (podmap adjusts nothing, so it has nothing to say about others'
+    /// adjustments); answered so that a runtime asking anyway gets no error.
+    async fn validate_container_adjustment(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: ValidateContainerAdjustmentRequest,
+    ) -> ttrpc::Result<ValidateContainerAdjustmentResponse> {
+        Ok(ValidateContainerAdjustmentResponse::new())
     }
 }
 

@@ -261,6 +261,150 @@ async fn external_plugin_maps_pods_and_containers_through_their_lifecycle() {
     sweeper.abort();
 }
 
+/// What a runtime of NRI v0.8 to v0.12 does that containerd 1.7 never did: a Synchronize split
+/// over several requests, one call per lifecycle event instead of StateChange, and calls the
+/// plugin may not know. Each is answered, and the split state is reconciled as one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_runtimes_split_synchronize_and_per_event_calls_are_handled() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
+    let env = Env::new();
+    let listener = tokio::net::UnixListener::bind(&env.socket).unwrap();
+    let plugin = PodmapPlugin::new(env.settings(Duration::from_secs(30)), None);
+    {
+        let p = plugin.clone();
+        assert!(tokio::task::spawn_blocking(move || p.open_backend())
+            .await
+            .unwrap());
+    }
+    let maps = SharedMaps::open(&env.pins.path).unwrap();
+    let socket = env.socket.clone();
+    let p = plugin.clone();
+    let serving =
+        tokio::spawn(async move { connection::run_external(&socket, p, "podmap", "10").await });
+    let mut rt = FakeRuntime::accept(&listener).await;
+    rt.registered().await;
+    rt.configure("containerd", "").await;
+
+    // Two running containers, told in two parts. The first part alone must not be taken for
+    // the whole state (it would forget the second part's container if that were mapped).
+    let pod = TestPod::new("split");
+    let sandbox = pod.start_sandbox();
+    let mut first = pod.container("first");
+    let mut second = pod.container("second");
+    first.state = ContainerState::CONTAINER_RUNNING.into();
+    second.state = ContainerState::CONTAINER_RUNNING.into();
+    let first_id = pod.run(&first);
+    let second_id = pod.run(&second);
+    let part = rt
+        .synchronize_part(vec![pod.pod.clone()], vec![first.clone()], true)
+        .await;
+    assert!(part.more, "a plugin that takes a split answers more = true");
+    assert!(part.update.is_empty());
+    assert!(
+        meta_of(&maps, first_id).is_none(),
+        "nothing is reconciled before the last part"
+    );
+    let last = rt
+        .synchronize_part(vec![], vec![second.clone()], false)
+        .await;
+    assert!(!last.more);
+    for (id, name) in [(first_id, "first"), (second_id, "second")] {
+        let m = eventually("both parts' containers mapped", || meta_of(&maps, id)).await;
+        assert_eq!((m.name.as_str(), m.pod_name.as_str()), (name, "split"));
+    }
+    assert!(meta_of(&maps, sandbox).unwrap().sandbox);
+
+    // One call per event (NRI v0.12): RunPodSandbox maps the sandbox, StartContainer the
+    // container, RemoveContainer marks it, each before its answer, as StateChange does.
+    use podmap_nri_protocol::api::{
+        CreateContainerRequest, RemoveContainerRequest, RunPodSandboxRequest, StartContainerRequest,
+    };
+    use podmap_nri_protocol::protobuf::{Message, MessageField};
+    let next = TestPod::new("percall");
+    let next_sandbox = next.start_sandbox();
+    let mut run = RunPodSandboxRequest::new();
+    run.pod = MessageField::some(next.pod.clone());
+    rt.call("RunPodSandbox", run.write_to_bytes().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        meta_of(&maps, next_sandbox)
+            .expect("sandbox mapped")
+            .sandbox
+    );
+    let c = next.container("web");
+    let mut create = CreateContainerRequest::new();
+    create.pod = MessageField::some(next.pod.clone());
+    create.container = MessageField::some(c.clone());
+    rt.call("CreateContainer", create.write_to_bytes().unwrap())
+        .await
+        .unwrap();
+    let c_id = next.run(&c);
+    let mut start = StartContainerRequest::new();
+    start.pod = MessageField::some(next.pod.clone());
+    start.container = MessageField::some(c.clone());
+    rt.call("StartContainer", start.write_to_bytes().unwrap())
+        .await
+        .unwrap();
+    let m = meta_of(&maps, c_id).expect("mapped when StartContainer is answered");
+    assert_eq!((m.name.as_str(), m.pod_name.as_str()), ("web", "percall"));
+    let mut remove = RemoveContainerRequest::new();
+    remove.pod = MessageField::some(next.pod.clone());
+    remove.container = MessageField::some(c.clone());
+    rt.call("RemoveContainer", remove.write_to_bytes().unwrap())
+        .await
+        .unwrap();
+    let rec = maps.records.get(CgroupKey::v2(c_id)).unwrap().unwrap();
+    assert!(
+        rec.flags.removing,
+        "marked when RemoveContainer is answered"
+    );
+
+    assert_eq!(maps.counters.get(Counter::NriFailures), 0);
+
+    // Every method of the service is answered with success, whatever podmap makes of it: a
+    // method left to the generated default would answer NOT_FOUND, which a v0.12 runtime takes
+    // as a failed event. An empty payload is every request message with no field set.
+    let methods: Vec<String> = podmap_nri_protocol::api::file_descriptor()
+        .proto()
+        .service
+        .iter()
+        .find(|s| s.name() == "Plugin")
+        .expect("the Plugin service")
+        .method
+        .iter()
+        .map(|m| m.name().to_string())
+        .collect();
+    assert_eq!(methods.len(), 18, "the v0.12 service: {methods:?}");
+    for method in &methods {
+        if method == "Shutdown" {
+            continue;
+        }
+        if let Err(status) = rt.call(method, Vec::new()).await {
+            panic!("{method} answered {status:?}");
+        }
+    }
+    // A method of an API newer than this build: UNIMPLEMENTED (a runtime then falls back to
+    // StateChange), and the connection goes on serving.
+    let status = rt.call("NextYearsCall", Vec::new()).await.unwrap_err();
+    assert_eq!(
+        status.code(),
+        podmap_nri_protocol::ttrpc::Code::UNIMPLEMENTED
+    );
+    // An event number from the future, through StateChange: answered, ignored.
+    let mut future = podmap_nri_protocol::api::StateChangeEvent::new();
+    future.event = podmap_nri_protocol::protobuf::EnumOrUnknown::from_i32(99);
+    rt.call("StateChange", future.write_to_bytes().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(rt.configure("containerd", "").await.events & !0x7ff, 0);
+
+    rt.close().await;
+    serving.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_over_4096_bytes_from_the_plugin_is_split_into_chunks() {
     if podmap_bpf::testing::requires_root() {

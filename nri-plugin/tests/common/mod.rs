@@ -16,7 +16,7 @@ use podmap_nri::config::{Mode, Settings};
 use podmap_nri_protocol::api::{
     ConfigureRequest, ConfigureResponse, Container, ContainerState, CreateContainerRequest, Empty,
     Event, LinuxContainer, LinuxPodSandbox, PodSandbox, RegisterPluginRequest, StateChangeEvent,
-    SynchronizeRequest,
+    SynchronizeRequest, SynchronizeResponse,
 };
 use podmap_nri_protocol::api_ttrpc::{create_runtime, PluginClient, Runtime};
 use podmap_nri_protocol::mux::{ConnId, Multiplexer};
@@ -51,6 +51,8 @@ impl Runtime for RuntimeService {
 pub struct FakeRuntime {
     pub mux: Multiplexer,
     pub plugin: PluginClient,
+    /// The same connection, for calls by name (methods the typed client may not know).
+    pub raw: ttrpc::r#async::Client,
     server: Server,
     registrations: mpsc::UnboundedReceiver<RegisterPluginRequest>,
 }
@@ -68,10 +70,12 @@ impl FakeRuntime {
             ))
             .register_service(create_runtime(service));
         server.start().await.unwrap();
-        let plugin = PluginClient::new(client(mux.take(ConnId::PLUGIN_SERVICE).unwrap()));
+        let raw = client(mux.take(ConnId::PLUGIN_SERVICE).unwrap());
+        let plugin = PluginClient::new(raw.clone());
         FakeRuntime {
             mux,
             plugin,
+            raw,
             server,
             registrations,
         }
@@ -110,6 +114,35 @@ impl FakeRuntime {
         req.pods = pods;
         req.containers = containers;
         self.plugin.synchronize(Self::ctx(), &req).await.unwrap();
+    }
+
+    /// One part of a Synchronize split the way NRI v0.8 and up splits a large state.
+    pub async fn synchronize_part(
+        &self,
+        pods: Vec<PodSandbox>,
+        containers: Vec<Container>,
+        more: bool,
+    ) -> SynchronizeResponse {
+        let mut req = SynchronizeRequest::new();
+        req.pods = pods;
+        req.containers = containers;
+        req.more = more;
+        self.plugin.synchronize(Self::ctx(), &req).await.unwrap()
+    }
+
+    /// Calls `method` of the Plugin service by name with `payload`; the answer's payload, or
+    /// the status the plugin answered with.
+    pub async fn call(&self, method: &str, payload: Vec<u8>) -> Result<Vec<u8>, ttrpc::Status> {
+        let mut req = ttrpc::Request::new();
+        req.service = podmap_nri_protocol::PLUGIN_SERVICE.into();
+        req.method = method.into();
+        req.timeout_nano = Duration::from_secs(2).as_nanos() as i64;
+        req.payload = payload;
+        match self.raw.request(req).await {
+            Ok(resp) => Ok(resp.payload),
+            Err(ttrpc::Error::RpcStatus(status)) => Err(status),
+            Err(e) => panic!("{method}: the connection failed: {e}"),
+        }
     }
 
     /// CreateContainer; returns how long the answer took.
