@@ -16,6 +16,7 @@ use anyhow::{ensure, Context, Result};
 use podmap_bpf::testing::unique_name;
 use podmap_cgroup::CgroupKey;
 use podmap_conformance::containerd::events as ev;
+use podmap_conformance::containerd::plugin::probe;
 use podmap_conformance::containerd::{
     images, teardown, ContainerSpec, Containerd, Node, NodeOptions, NriPlugin, Options, PluginMode,
     Pod, PodSpec, Series,
@@ -442,9 +443,17 @@ fn timed_pod<'a>(ctrd: &'a Containerd, name: &str) -> Result<(Pod<'a>, Duration)
 fn creation_survives_a_stopped_hung_or_crashing_plugin(series: Series, pure: bool) -> Result<()> {
     let mut node = Node::start(NodeOptions::new(pure, PluginMode::External).series(series))?;
     let budget = node.ctrd.options.nri_request_timeout + SLACK;
+    // The readiness probe follows the registration: ready now, naming the runtime.
+    let (ready, said) = probe(&node.setup)?;
+    ensure!(
+        ready && said.contains("registered with containerd"),
+        "{said}"
+    );
 
     // Stopped.
     node.plugin.as_mut().expect("external").stop();
+    let (ready, said) = probe(&node.setup)?;
+    ensure!(!ready, "ready with the plugin stopped: {said}");
     let (_stopped, took) = timed_pod(&node.ctrd, "while-stopped")?;
     eprintln!("pod and container created in {took:?} with the plugin stopped");
     ensure!(
@@ -476,6 +485,9 @@ fn creation_survives_a_stopped_hung_or_crashing_plugin(series: Series, pure: boo
         node.plugin.as_mut().expect("registered").crash();
         creating.join().expect("creating thread")
     })?;
+    // Killed, it left its file saying registered: the probe does not believe a dead writer.
+    let (ready, said) = probe(&node.setup)?;
+    ensure!(!ready && said.contains("gone"), "after a crash: {said}");
     eprintln!("pod and container created in {took:?} with the plugin crashing");
     ensure!(
         took < budget,

@@ -43,6 +43,10 @@ pub struct Args {
     /// Log file (default: stderr in external mode, /var/log/podmap/nri.log when pre-launched).
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
+    /// Do not run: say whether the podmap-nri of this state directory is registered with the
+    /// runtime now, and exit 0 if it is, 1 if not (a readiness probe).
+    #[arg(long)]
+    pub probe: bool,
 }
 
 /// How the plugin reaches the runtime.

@@ -64,7 +64,7 @@ where
     let called = mux
         .take(ConnId::RUNTIME_SERVICE)
         .expect("the mux opened the runtime connection");
-    let service: Arc<dyn Plugin + Send + Sync> = plugin;
+    let service: Arc<dyn Plugin + Send + Sync> = plugin.clone();
     let mut server = Server::new()
         .add_listener(single_connection_listener(served))
         .register_service(create_plugin(service));
@@ -98,6 +98,9 @@ where
     };
     // Even unregistered, stay until the runtime closes: a pre-launched plugin that leaves
     // first takes containerd down with it; an external one is retried by the caller.
+    if registered {
+        plugin.session_changed(true);
+    }
     let closed = if registered {
         mux.closed().await
     } else {
@@ -107,6 +110,9 @@ where
         }
     };
     tracing::info!(reason = %closed, "connection to the runtime ended");
+    if registered {
+        plugin.session_changed(false);
+    }
     let _ = tokio::time::timeout(Duration::from_secs(1), server.shutdown()).await;
     drop(runtime);
     drop(mux);

@@ -1,5 +1,5 @@
 //! podmap-nri: podmap's NRI plugin. It learns of every pod sandbox and container from the
-//! runtime (containerd 1.7, CRI-O) and writes each one's cgroup-id -> container record into the
+//! runtime (containerd 1.7 and 2.x, CRI-O with NRI) and writes each one's cgroup-id -> container record into the
 //! pinned maps before the container's first instruction, keeping a durable copy in its own store.
 //!
 //! - config.rs: flags, environment, the runtime's YAML configuration.
@@ -7,13 +7,15 @@
 //! - plugin.rs: the `Plugin` service, every call answered within a bound.
 //! - mapper.rs: what each event does to the maps and the store.
 //! - records.rs: container records and cgroup ids from NRI messages.
+//! - health.rs: whether it is registered right now, for `podmap-nri --probe`.
 //! - logging.rs: stderr or a log file.
 //!
-//! The wire protocol (messages, multiplexer) is podmap-proto's (`nri` feature); maps, store and
-//! cgroup resolution are podmap-bpf's.
+//! The wire protocol (messages, multiplexer) is podmap-nri-protocol's; maps are podmap-bpf's,
+//! records and store podmap-writer's, cgroup resolution podmap-cgroup's.
 
 pub mod config;
 pub mod connection;
+pub mod health;
 pub mod logging;
 pub mod mapper;
 pub mod plugin;

@@ -9,6 +9,7 @@ use clap::Parser;
 
 use podmap_nri::config::{Args, Mode, PreLaunchEnv, Settings};
 use podmap_nri::connection;
+use podmap_nri::health;
 use podmap_nri::logging::LogSink;
 use podmap_nri::plugin::PodmapPlugin;
 
@@ -20,10 +21,12 @@ fn main() -> ExitCode {
     // bad arguments or environment fall back to defaults, and the log says so.
     let mut early_problem = None;
     let mut filter = podmap_node::LogFilter::default();
+    let mut probe = false;
     let settings = match Args::try_parse()
         .map_err(anyhow::Error::from)
         .and_then(|a| {
             filter = a.node.log.clone();
+            probe = a.probe;
             Settings::new(a, &env).map_err(anyhow::Error::from)
         }) {
         Ok(s) => s,
@@ -39,6 +42,18 @@ fn main() -> ExitCode {
             }
         },
     };
+    if probe {
+        return match health::probe(&health::path_in(&settings.state_dir)) {
+            Ok(ready) => {
+                println!("{ready}");
+                ExitCode::SUCCESS
+            }
+            Err(not_ready) => {
+                println!("{not_ready}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(file) = &settings.log_file {
         if let Err(e) = log.set_file(file) {
             eprintln!("podmap-nri: cannot log to {}: {e}", file.display());
@@ -115,6 +130,7 @@ async fn run(settings: Settings, log: LogSink) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT"); Ok(()) }
     };
     sweeper.abort();
+    plugin.clear_health();
     let p = plugin.clone();
     let _ = tokio::task::spawn_blocking(move || p.flush()).await;
     tracing::info!("podmap-nri stopped");

@@ -32,6 +32,7 @@ use podmap_nri_protocol::ttrpc::r#async::TtrpcContext;
 use podmap_nri_protocol::EventMask;
 
 use crate::config::Settings;
+use crate::health::{self, Health};
 use crate::logging::LogSink;
 use crate::mapper::Mapper;
 
@@ -76,6 +77,8 @@ pub struct Shared {
     /// reconciled once, when the last part has come, since a part alone would make the mapper
     /// forget every container of the parts still to come (docs/decisions.md #34).
     sync_parts: Mutex<SyncParts>,
+    /// What the health file says (health.rs), kept to rewrite it whole at each change.
+    health: Mutex<Health>,
 }
 
 /// Pods and containers of a Synchronize split over several requests.
@@ -97,6 +100,17 @@ impl Shared {
     fn count(&self, c: Counter) {
         if let Some(m) = self.counters.get() {
             m.add(c, 1);
+        }
+    }
+
+    /// Changes what the health file says and rewrites it. A failed write is logged; the probe
+    /// then reports the old state or none, which is the safe side.
+    fn update_health(&self, change: impl FnOnce(&mut Health)) {
+        let mut h = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        change(&mut h);
+        let path = health::path_in(&self.settings().state_dir);
+        if let Err(e) = health::write(&path, &h) {
+            tracing::warn!(error = %e, "cannot update the health file");
         }
     }
 
@@ -140,12 +154,36 @@ impl PodmapPlugin {
                 log,
                 stall_ms: AtomicU64::new(0),
                 sync_parts: Mutex::new(SyncParts::default()),
+                health: Mutex::new(Health {
+                    pid: std::process::id(),
+                    ..Default::default()
+                }),
             }),
         })
     }
 
     pub fn settings(&self) -> Settings {
         self.shared.settings().clone()
+    }
+
+    /// A session with the runtime began (registered) or ended: for the health file.
+    pub fn session_changed(&self, registered: bool) {
+        self.shared.update_health(|h| {
+            if h.registered != registered {
+                h.since_unix_ms = health::now_ms();
+            }
+            h.registered = registered;
+            if !registered {
+                h.runtime.clear();
+                h.runtime_version.clear();
+                h.nri_version.clear();
+            }
+        });
+    }
+
+    /// Removes the health file (at exit): no file is the plainest "not ready".
+    pub fn clear_health(&self) {
+        let _ = std::fs::remove_file(health::path_in(&self.shared.settings().state_dir));
     }
 
     /// Runs `f` on the mapper (blocking; tests and shutdown).
@@ -330,6 +368,11 @@ impl Plugin for PodmapPlugin {
             .sync_parts
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = SyncParts::default();
+        self.shared.update_health(|h| {
+            h.runtime = req.runtime_name.clone();
+            h.runtime_version = req.runtime_version.clone();
+            h.nri_version = req.NRI_version.clone();
+        });
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || shared.with_mapper(|_| ()));
         let mut resp = ConfigureResponse::new();

@@ -4,7 +4,7 @@
 //! Also the configuration a pre-launched copy receives through Configure.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -218,6 +218,24 @@ impl Drop for NriPlugin {
             let _ = self.child.wait();
         }
     }
+}
+
+/// What `podmap-nri --probe` says about the plugin of `setup` (the DaemonSet's readiness probe):
+/// whether it exited 0, and its line.
+pub fn probe(setup: &PluginSetup) -> Result<(bool, String)> {
+    let out = Command::new(PluginSetup::binary())
+        .arg("--probe")
+        .arg("--bpffs-dir")
+        .arg(&setup.pins)
+        .arg("--state-dir")
+        .arg(&setup.state)
+        .args(["--cgroup-root", "/sys/fs/cgroup"])
+        .output()
+        .context("running podmap-nri --probe")?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+    ))
 }
 
 /// containerd's log line, written after `from`, that says the podmap plugin registered.
