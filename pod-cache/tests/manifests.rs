@@ -1287,3 +1287,49 @@ fn helm_lint_strict_passes() {
     assert!(!out.status.success(), "{stdout}");
     assert!(stdout.contains("unable to parse YAML"), "{stdout}");
 }
+
+#[test]
+fn podmap_nri_is_ready_once_registered_and_may_be_a_required_plugin() {
+    let probe_of = |m: &Manifests| {
+        let pod = m.daemonsets[0].spec.template.spec.clone().unwrap();
+        let nri = container(&pod.containers, "podmap-nri").clone();
+        assert!(nri.liveness_probe.is_none(), "it reconnects by itself");
+        nri.readiness_probe
+            .map(|p| p.exec.expect("an exec probe").command.unwrap())
+    };
+    // With containerd only, readiness follows the registration.
+    let m = render(&["runtime=containerd"]);
+    assert_eq!(
+        probe_of(&m),
+        Some(vec![
+            "/usr/local/bin/podmap-nri".to_string(),
+            "--probe".to_string()
+        ])
+    );
+    // Under "both", a CRI-O node without NRI would never be ready: no readiness probe there.
+    assert_eq!(probe_of(&render(&["runtime=both"])), None);
+
+    let annotations = |m: &Manifests| {
+        m.daemonsets[0]
+            .spec
+            .template
+            .metadata
+            .clone()
+            .unwrap()
+            .annotations
+            .unwrap_or_default()
+    };
+    let key = "tolerate-missing-nri-plugins.noderesource.dev";
+    assert!(!annotations(&render(&[])).contains_key(key));
+    for mode in ["containerd", "crio"] {
+        let m = render(&[
+            &format!("runtime={mode}"),
+            &format!("nri.tolerateMissingPluginsAnnotation={key}"),
+        ]);
+        assert_eq!(
+            annotations(&m).get(key).map(String::as_str),
+            Some("true"),
+            "{mode}"
+        );
+    }
+}
