@@ -449,6 +449,24 @@ fn creation_survives_a_stopped_hung_or_crashing_plugin(series: Series, pure: boo
         ready && said.contains("registered with containerd"),
         "{said}"
     );
+    // `podmap check` on the node reads the same state.
+    let out = std::process::Command::new(podmap_conformance::bins::path("podmap"))
+        .arg("check")
+        .arg("--socket")
+        .arg(&node.daemon.socket)
+        .arg("--bpffs-dir")
+        .arg(&node.daemon.pins.path)
+        .arg("--state-dir")
+        .arg(&node.setup.state)
+        .arg("--nri-socket")
+        .arg(&node.ctrd.layout.nri_socket)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        text.lines()
+            .any(|l| l.starts_with("ok    podmap-nri") && l.contains("registered with containerd")),
+        "podmap check:\n{text}"
+    );
 
     // Stopped.
     node.plugin.as_mut().expect("external").stop();

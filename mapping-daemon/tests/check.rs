@@ -24,6 +24,8 @@ fn a_node_with_podmapd_running_passes_every_check() {
         .arg(&nri)
         .arg("--crio-socket")
         .arg(tmp.path().join("no-crio.sock"))
+        .arg("--state-dir")
+        .arg(tmp.path())
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -31,6 +33,12 @@ fn a_node_with_podmapd_running_passes_every_check() {
         out.status.success(),
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    // No podmap-nri here: a note, not a failure (its file is absent).
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("note  podmap-nri") && l.contains("not ready")),
+        "{text}"
     );
     for line in [
         "ok    kernel",
@@ -44,6 +52,34 @@ fn a_node_with_podmapd_running_passes_every_check() {
         assert!(text.contains(line), "no {line:?} in:\n{text}");
     }
     assert!(!text.contains("FAIL"), "{text}");
+
+    // A file left by a podmap-nri that died (a pid no process has) still claims registration:
+    // not believed.
+    let stale = podmap_node::nri_health::Health {
+        pid: u32::MAX - 1,
+        registered: true,
+        runtime: "containerd".into(),
+        ..Default::default()
+    };
+    podmap_node::nri_health::write(&podmap_node::nri_health::path_in(tmp.path()), &stale).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_podmap"))
+        .arg("check")
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .arg("--bpffs-dir")
+        .arg(&daemon.pins.path)
+        .arg("--nri-socket")
+        .arg(&nri)
+        .arg("--state-dir")
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("note  podmap-nri") && l.contains("is gone")),
+        "{text}"
+    );
 
     // podmapd gone: that line fails with its fix, and the exit status says so.
     drop(daemon);

@@ -7,15 +7,14 @@
 //! - plugin.rs: the `Plugin` service, every call answered within a bound.
 //! - mapper.rs: what each event does to the maps and the store.
 //! - records.rs: container records and cgroup ids from NRI messages.
-//! - health.rs: whether it is registered right now, for `podmap-nri --probe`.
 //! - logging.rs: stderr or a log file.
 //!
 //! The wire protocol (messages, multiplexer) is podmap-nri-protocol's; maps are podmap-bpf's,
-//! records and store podmap-writer's, cgroup resolution podmap-cgroup's.
+//! records and store podmap-writer's, cgroup resolution podmap-cgroup's, the health file
+//! (whether it is registered now, for `--probe` and `podmap check`) podmap-node's.
 
 pub mod config;
 pub mod connection;
-pub mod health;
 pub mod logging;
 pub mod mapper;
 pub mod plugin;

@@ -7,9 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 
+use podmap_node::nri_health as health;
 use podmap_nri::config::{Args, Mode, PreLaunchEnv, Settings};
 use podmap_nri::connection;
-use podmap_nri::health;
 use podmap_nri::logging::LogSink;
 use podmap_nri::plugin::PodmapPlugin;
 

@@ -32,9 +32,9 @@ use podmap_nri_protocol::ttrpc::r#async::TtrpcContext;
 use podmap_nri_protocol::EventMask;
 
 use crate::config::Settings;
-use crate::health::{self, Health};
 use crate::logging::LogSink;
 use crate::mapper::Mapper;
+use podmap_node::nri_health::{self as health, Health};
 
 /// How long a call's work may take before the call is answered anyway. The runtime waits up to
 /// 2 s; podmap promises 50 ms (docs/decisions.md #20). The rest of the 50 ms is for the transport

@@ -3,14 +3,19 @@
 //! so each flag and each `PODMAP_*` variable has one name, one default and one meaning on every
 //! binary (docs/interfaces.md, "Flags every binary shares").
 //!
-//! Lean on purpose: the OCI hook depends on it, and the hook starts for every container. clap and
-//! humantime only; `PODMAP_LOG` is checked by a small parser of tracing's EnvFilter syntax rather
+//! Also the one file of shared state that is not a pin or a store: podmap-nri's registration
+//! (`nri_health`).
+//!
+//! Lean on purpose: the OCI hook depends on it, and the hook starts for every container. clap,
+//! humantime, serde and libc (which the hook has anyway) only; `PODMAP_LOG` is checked by a small parser of tracing's EnvFilter syntax rather
 //! than tracing-subscriber's (which would bring regex into the hook).
 
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
+
+pub mod nri_health;
 
 pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/podmap";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/podmap";

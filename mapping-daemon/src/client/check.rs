@@ -233,20 +233,26 @@ pub fn findings(args: &CheckArgs, status: Result<StatusReport, String>) -> Vec<F
                     ),
                 ));
             }
-            // The shared counters live as long as the pins: a count says podmap-nri has run
-            // since they were made, not that it runs now (containerd does not tell).
+            // Whether podmap-nri is registered now: its health file, believed only from a
+            // living podmap-nri. The shared counters only say it has run since the pins were
+            // made, which is the fallback's hint.
             let nri_events = st.shared_counters.get("nri_events").copied().unwrap_or(0);
-            if nri_events > 0 {
-                v.push(ok(
+            match podmap_node::nri_health::probe(&podmap_node::nri_health::path_in(
+                &args.node.state_dir,
+            )) {
+                Ok(ready) => v.push(ok("podmap-nri", ready)),
+                Err(not_ready) if !crio => v.push(note(
                     "podmap-nri",
-                    format!("has handled {nri_events} NRI events since the pins were made"),
-                ));
-            } else if !crio {
-                v.push(note(
-                    "podmap-nri",
-                    "has handled no NRI event yet",
-                    Some("check that podmap-nri runs and is registered (its log says so)".into()),
-                ));
+                    format!(
+                        "{not_ready} ({nri_events} NRI events handled since the pins were made)"
+                    ),
+                    Some(
+                        "start podmap-nri (or check its log: it says why it is not registered), \
+                         or point --state-dir at its state directory"
+                            .into(),
+                    ),
+                )),
+                Err(_) => {}
             }
             match &st.pod_cache {
                 Some(pc) if pc.synced => v.push(ok("pod cache", "synced")),

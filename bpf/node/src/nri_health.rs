@@ -1,10 +1,11 @@
-//! Whether podmap-nri is registered with the runtime right now, for a readiness probe and for
-//! the people reading `podmap-nri --probe`: a small JSON file in the state directory, replaced
-//! (written beside it, then renamed) at each change: connected and registered, configured by
-//! the runtime, session ended. The file names the process, so a file left by a process that
-//! died says nothing about the one running now.
+//! Whether podmap-nri is registered with the runtime right now: a small JSON file in the state
+//! directory that podmap-nri replaces (writes beside it, then renames) at each change (connected
+//! and registered, configured by the runtime, session ended), and that `podmap-nri --probe` (a
+//! readiness probe) and `podmap check` read. The file names the process, so a file left by a
+//! process that died says nothing about the one running now.
 
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -39,7 +40,7 @@ pub enum HealthError {
     #[error("reading {path}: {source}")]
     Read {
         path: PathBuf,
-        source: podmap_policy::ReadError,
+        source: std::io::Error,
     },
     #[error("{path} is not podmap-nri's health file: {source}")]
     Parse {
@@ -77,17 +78,33 @@ pub fn write(path: &Path, health: &Health) -> Result<(), HealthError> {
 }
 
 pub fn read(path: &Path) -> Result<Health, HealthError> {
-    // The file is small and ours; the bounded read still refuses a FIFO or a giant put there.
-    let text =
-        podmap_policy::read_bounded(path, 64 * 1024).map_err(|source| HealthError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    let err = |source| HealthError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    // Opened without blocking and checked on the open file: whatever sits at the path (a FIFO,
+    // a device, a giant) is refused or read only up to the bound.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(err)?;
+    if !file.metadata().map_err(err)?.is_file() {
+        return Err(err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a regular file",
+        )));
+    }
+    let mut text = Vec::new();
+    file.take(MAX_BYTES).read_to_end(&mut text).map_err(err)?;
     serde_json::from_slice(&text).map_err(|source| HealthError::Parse {
         path: path.to_path_buf(),
         source,
     })
 }
+
+/// The file is a few hundred bytes.
+const MAX_BYTES: u64 = 64 * 1024;
 
 /// The probe's verdict on the file at `path`: `Ok(summary)` when a living podmap-nri says it is
 /// registered, `Err(reason)` otherwise.
