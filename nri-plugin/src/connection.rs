@@ -20,7 +20,7 @@ use tokio::net::UnixStream;
 use crate::plugin::PodmapPlugin;
 use backon::{BackoffBuilder as _, ExponentialBuilder};
 
-/// How long registration may take: the runtime's own registration timeout (nri v0.6.1: 5 s).
+/// How long registration may take: the runtime's own registration timeout (5 s by default in every NRI release).
 pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
 /// First and longest wait between connection attempts.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(200);

@@ -243,5 +243,5 @@ pub fn registration_line(ctrd: &Containerd, from: u64) -> Option<String> {
     ctrd.log_line_after(from, &[REGISTERED, PLUGIN_NAME])
 }
 
-/// containerd's log message when a plugin has registered (nri v0.6.1 adaptation).
+/// containerd's log message when a plugin has registered (NRI's adaptation, v0.6 to v0.8).
 pub const REGISTERED: &str = "registered as";

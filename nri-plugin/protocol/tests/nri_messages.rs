@@ -107,13 +107,18 @@ fn field_numbers_match_the_wire() {
 #[test]
 fn fields_of_newer_nri_are_tolerated() {
     // ConfigureRequest{config=1 "a: b", runtime_name=2 "containerd",
-    //   registration_timeout=4 5000, NRI_version=6 "v0.9"}: the last two are newer than v0.6.1.
+    //   registration_timeout=4 5000, NRI_version=6 "v0.12.2", 40 "later"}: field 40 is newer
+    //   than any NRI this build knows.
     let mut wire = b"\x0a\x04a: b\x12\x0acontainerd".to_vec();
     wire.extend_from_slice(b"\x20\x88\x27");
-    wire.extend_from_slice(b"\x32\x04v0.9");
+    wire.extend_from_slice(b"\x32\x07v0.12.2");
+    wire.extend_from_slice(b"\xc2\x02\x05later");
     let c = ConfigureRequest::parse_from_bytes(&wire).unwrap();
     assert_eq!(c.config, "a: b");
     assert_eq!(c.runtime_name, "containerd");
+    assert_eq!(c.registration_timeout, 5000);
+    assert_eq!(c.NRI_version, "v0.12.2");
+    assert_eq!(c.special_fields.unknown_fields().iter().count(), 1);
     // Unknown fields survive a re-encode, so nothing is lost passing a message on.
     let again = ConfigureRequest::parse_from_bytes(&c.write_to_bytes().unwrap()).unwrap();
     assert_eq!(again, c);
