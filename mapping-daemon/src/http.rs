@@ -193,7 +193,7 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 
 /// Ready: the kernel programs are attached (events flow and policies act), and in Kubernetes
 /// mode the pod cache has synced (events carry their pod). The NRI plugin is a process of its
-/// own: its readiness is not podmapd's to judge.
+/// own with a probe of its own (`podmap-nri --probe`): the pod is ready when both are.
 pub fn readiness(status: &StatusReport) -> Result<(), String> {
     if status.programs.attached.is_empty() {
         return Err("the kernel programs are not attached".into());

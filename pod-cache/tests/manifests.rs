@@ -1289,25 +1289,32 @@ fn helm_lint_strict_passes() {
 }
 
 #[test]
-fn podmap_nri_is_ready_once_registered_and_may_be_a_required_plugin() {
-    let probe_of = |m: &Manifests| {
+fn podmap_nri_is_probed_on_its_registration_and_may_be_a_required_plugin() {
+    let probes_of = |m: &Manifests| {
         let pod = m.daemonsets[0].spec.template.spec.clone().unwrap();
         let nri = container(&pod.containers, "podmap-nri").clone();
-        assert!(nri.liveness_probe.is_none(), "it reconnects by itself");
-        nri.readiness_probe
-            .map(|p| p.exec.expect("an exec probe").command.unwrap())
+        [nri.startup_probe, nri.readiness_probe, nri.liveness_probe].map(|p| {
+            p.map(|p| {
+                let command = p.exec.expect("an exec probe").command.unwrap();
+                let window = p.period_seconds.unwrap() * p.failure_threshold.unwrap();
+                (command, window)
+            })
+        })
     };
-    // With containerd only, readiness follows the registration.
-    let m = render(&["runtime=containerd"]);
-    assert_eq!(
-        probe_of(&m),
-        Some(vec![
-            "/usr/local/bin/podmap-nri".to_string(),
-            "--probe".to_string()
-        ])
-    );
-    // Under "both", a CRI-O node without NRI would never be ready: no readiness probe there.
-    assert_eq!(probe_of(&render(&["runtime=both"])), None);
+    // With containerd only, all three follow the registration.
+    let command = vec![
+        "/usr/local/bin/podmap-nri".to_string(),
+        "--probe".to_string(),
+    ];
+    let [startup, ready, alive] = probes_of(&render(&["runtime=containerd"]));
+    for p in [&startup, &ready, &alive] {
+        assert_eq!(p.as_ref().map(|p| &p.0), Some(&command));
+    }
+    // A restart only for a plugin unregistered for minutes (it reconnects by itself in seconds).
+    assert!(startup.unwrap().1 >= 300 && alive.unwrap().1 >= 300);
+    assert!(ready.unwrap().1 <= 60);
+    // Under "both", a CRI-O node without NRI would never register: no probe there.
+    assert_eq!(probes_of(&render(&["runtime=both"])), [None, None, None]);
 
     let annotations = |m: &Manifests| {
         m.daemonsets[0]
