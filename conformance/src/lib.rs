@@ -7,4 +7,5 @@ pub mod bins;
 pub mod containerd;
 pub mod daemon;
 pub mod deadline;
+pub mod image;
 pub mod oci;
