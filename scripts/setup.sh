@@ -19,6 +19,7 @@ PACKAGES=(
   runc             # real OCI runtimes for the hook and containerd suites
   crun
   podman
+  binutils         # strip and readelf: scripts/image.sh strips the image's binaries, its test reads them
   busybox-static   # the test images' and bundles' root filesystem
   ca-certificates  # apt over https for the private containerd download
   python3          # scripts/check-import-circles.py
