@@ -229,10 +229,11 @@ LABEL org.opencontainers.image.title="podmap" \\
       org.opencontainers.image.licenses="Apache-2.0"
 EOF
 
-# What the image is built from: every file's path, type, mode, link target and content, and the
-# Containerfile. Equal digests, equal images.
+# What the image is built from: every file's path, type, mode, link target and content, the
+# Containerfile and the time stamped on it. Equal digests, equal images.
 content="$(
   cd "$work" && {
+    echo "$epoch"
     cat Containerfile
     find rootfs -printf '%p %y %m %l\n' | LC_ALL=C sort
     find rootfs -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
@@ -244,7 +245,8 @@ current="$(podman image inspect --format "{{ index .Labels \"$label\" }}" "$tag"
 if [ "$force" = 0 ] && [ "$current" = "$content" ]; then
   echo "image: $tag is current (content $content)"
 else
-  podman build --quiet --pull=never --timestamp "$epoch" \
+  # No layer cache: a cached image would keep an older creation time than the one asked for.
+  podman build --quiet --pull=never --no-cache --timestamp "$epoch" \
     --label "$label=$content" -f "$work/Containerfile" -t "$tag" "$work" >/dev/null
   echo "image: built $tag (content $content)"
 fi
