@@ -217,6 +217,34 @@ fn sections_of(tag: &str, bin: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&r.stdout).into_owned())
 }
 
+/// Runs every exec probe (startup, liveness, readiness) the DaemonSet gives container `name`
+/// inside `container`; each must succeed now that it is up.
+fn run_probes(template: &Value, name: &str, container: &Container) -> Result<()> {
+    let c = template["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["name"] == name)
+        .with_context(|| format!("no container {name}"))?;
+    for kind in ["startupProbe", "livenessProbe", "readinessProbe"] {
+        let Some(argv) = c[kind]["exec"]["command"].as_array() else {
+            continue;
+        };
+        let argv: Vec<&str> = argv.iter().filter_map(Value::as_str).collect();
+        let out = container.exec(&argv)?;
+        ensure!(
+            out.status.success(),
+            "{name}'s {kind} {argv:?} failed ({}): {}{}\nits output:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            container.logs()
+        );
+        eprintln!("{name}'s {kind} {argv:?} passed");
+    }
+    Ok(())
+}
+
 /// One request line to podmapd's socket; its one-line reply.
 fn request(socket: &Path, line: &str) -> Option<Value> {
     let mut s = UnixStream::connect(socket).ok()?;
@@ -286,6 +314,21 @@ fn the_daemonset_runs_from_the_image() -> Result<()> {
     let tag = image::build()?;
     let ds = daemonset()?;
     let template = &ds["spec"]["template"];
+    // Every container of the DaemonSet names the image this workspace builds (a registry may
+    // prefix it), never a moving tag; the test runs the local build of it.
+    for c in template["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .chain(template["spec"]["initContainers"].as_array())
+        .flatten()
+    {
+        let named = c["image"].as_str().unwrap_or_default();
+        ensure!(
+            named == tag || named.ends_with(&format!("/{tag}")),
+            "the DaemonSet's container {} names the image {named:?}, not {tag} (scripts/image.sh)",
+            c["name"]
+        );
+    }
 
     // Declared in the order their drops must not run: the last declared goes first (the
     // subscriber, then the pod, the plugin, containerd, podmapd, the pins, the directories).
@@ -347,24 +390,8 @@ fn the_daemonset_runs_from_the_image() -> Result<()> {
     }
     eprintln!("podmapd answers after {:.1?}", started.elapsed());
 
-    // The manifest's liveness probe, run as kubelet runs it.
-    let probe: Vec<&str> = template["spec"]["containers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|c| c["name"] == "podmapd")
-        .and_then(|c| c["livenessProbe"]["exec"]["command"].as_array())
-        .context("podmapd has no exec liveness probe")?
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
-    let out = daemon.exec(&probe)?;
-    ensure!(
-        out.status.success(),
-        "the liveness probe {probe:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // Its probes, run as kubelet runs them: in the container, through the image's binaries.
+    run_probes(template, "podmapd", &daemon)?;
 
     let ctrd = Containerd::start(Options {
         series: Series::V2_1,
@@ -402,6 +429,7 @@ fn the_daemonset_runs_from_the_image() -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    run_probes(template, "podmap-nri", &nri)?;
     // It runs with CAP_BPF alone, as the manifest gives it, and registered all the same.
     let pid = image::podman_ok(&["inspect", "--format", "{{.State.Pid}}", &nri.name])?;
     let pid = String::from_utf8_lossy(&pid.stdout).trim().to_string();
