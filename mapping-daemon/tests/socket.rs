@@ -2,7 +2,7 @@
 //! events published through the hub, and clients speaking the wire protocol (and the podmap
 //! client's own functions).
 
-use podmap_daemon::client::{self, EventFormat, EventsArgs, ServerError, TableOrJson};
+use podmap_daemon::client::{self, EventFormat, EventsArgs, FilterArgs, ServerError, TableOrJson};
 use podmap_daemon::hub::{Hub, Published};
 use podmap_daemon::server::{bind, serve_with_config, ServerConfig};
 use podmap_daemon::status::StatusSource;
@@ -726,11 +726,13 @@ async fn the_socket_gets_the_numeric_group_given() {
 fn events_args(count: u64, output: EventFormat) -> EventsArgs {
     EventsArgs {
         output,
-        namespace: Some("prod".into()),
-        pod: None,
-        container: None,
-        labels: vec![],
-        types: vec![EventType::Exec, EventType::Exit],
+        filters: FilterArgs {
+            namespace: Some("prod".into()),
+            pod: None,
+            container: None,
+            labels: vec![],
+            types: vec![EventType::Exec, EventType::Exit],
+        },
         count: Some(count),
     }
 }

@@ -28,7 +28,7 @@ struct ErrorLine {
 
 /// The server's error message, when `line` is an error line. Events start with `{"type"`, so
 /// only a line starting like an error object is parsed.
-fn server_error(line: &[u8]) -> Option<ServerError> {
+pub(super) fn server_error(line: &[u8]) -> Option<ServerError> {
     if !line.starts_with(b"{\"error\"") {
         return None;
     }
@@ -37,7 +37,7 @@ fn server_error(line: &[u8]) -> Option<ServerError> {
         .map(|e| ServerError(e.error))
 }
 
-fn connect(socket: &Path, request: &Request) -> anyhow::Result<UnixStream> {
+pub(super) fn connect(socket: &Path, request: &Request) -> anyhow::Result<UnixStream> {
     let mut stream = UnixStream::connect(socket).map_err(|e| {
         let hint = if e.kind() == io::ErrorKind::PermissionDenied {
             "the socket is for root and group podmap"

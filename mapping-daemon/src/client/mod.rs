@@ -10,6 +10,7 @@ mod check;
 mod connection;
 mod containers_table;
 mod event_line;
+mod export;
 mod status_table;
 mod text;
 
@@ -61,6 +62,9 @@ pub enum Command {
     /// Checks this node for what podmap needs, line by line, with the fix for each failure;
     /// exits 1 if any failed. Changes nothing.
     Check(check::CheckArgs),
+    /// Sends podmapd's events on: to an OpenTelemetry collector (OTLP logs), to a JSON-lines
+    /// file rotated by size, and/or to stdout; reconnects when podmapd restarts.
+    Export(export::ExportArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -68,6 +72,17 @@ pub struct EventsArgs {
     /// compact: one readable line per event; json: the events as podmapd sends them.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = EventFormat::Compact)]
     pub output: EventFormat,
+    #[command(flatten)]
+    pub filters: FilterArgs,
+    /// Exit after this many events.
+    #[arg(long)]
+    pub count: Option<u64>,
+}
+
+/// The event filters podmapd applies, shared by `podmap events` and `podmap export`: one
+/// definition, so the two commands take the same flags.
+#[derive(Debug, Clone, Default, Args)]
+pub struct FilterArgs {
     /// Only events of pods in this namespace.
     #[arg(long)]
     pub namespace: Option<String>,
@@ -83,9 +98,6 @@ pub struct EventsArgs {
     /// Only these event types, comma-separated: exec,exit,policy.
     #[arg(long = "type", value_name = "TYPES", value_delimiter = ',', value_parser = parse_type)]
     pub types: Vec<EventType>,
-    /// Exit after this many events.
-    #[arg(long)]
-    pub count: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -115,6 +127,13 @@ fn parse_type(s: &str) -> Result<EventType, String> {
 impl EventsArgs {
     /// The server-side filter these flags ask for.
     pub fn filter(&self) -> EventFilter {
+        self.filters.filter()
+    }
+}
+
+impl FilterArgs {
+    /// The server-side filter these flags ask for.
+    pub fn filter(&self) -> EventFilter {
         EventFilter {
             types: (!self.types.is_empty()).then(|| self.types.clone()),
             namespace: self.namespace.clone(),
@@ -134,6 +153,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Events(args) => events(&cli.socket, args, &mut out, to_terminal).map(|_| ()),
         Command::Status { output } => status(&cli.socket, *output, &mut out),
         Command::Containers { output } => containers(&cli.socket, *output, &mut out),
+        // Long-running, with its own outputs: stdout is the export's when --stdout asks for it.
+        Command::Export(args) => {
+            drop(out);
+            return export::run(&cli.socket, args);
+        }
         Command::Check(args) => {
             let status = one_reply(&cli.socket, &Request::Status(Default::default()))
                 .and_then(|reply| {
