@@ -1340,3 +1340,144 @@ fn podmap_nri_is_probed_on_its_registration_and_may_be_a_required_plugin() {
         );
     }
 }
+
+/// The export sidecar (`podmap export`): absent by default (the plain manifests stay as they
+/// are), and when switched on, one container with the command line and `PODMAP_EXPORT_*`
+/// settings the values ask for, the socket directory read-only, the file's host directory, no
+/// capability; with no sink the chart refuses.
+#[test]
+fn the_export_sidecar_renders_only_when_switched_on_with_its_settings() {
+    let m = render(&[]);
+    let pod = m.daemonsets[0].spec.template.spec.clone().unwrap();
+    assert!(pod.containers.iter().all(|c| c.name != "export"));
+    assert!(!host_volumes(&m.daemonsets[0]).contains_key("export-files"));
+
+    let m = render(&[
+        "export.enabled=true",
+        "export.otlp.endpoint=http://collector.observability:4318",
+        "export.otlp.protocol=http",
+        "export.file.enabled=true",
+        "export.file.hostPath=/var/log/podmap-events",
+        "export.file.name=podmap.jsonl",
+        "export.file.maxSizeMb=7",
+        "export.file.backups=2",
+        "export.stdout=true",
+        "export.filters.namespace=prod",
+        "export.filters.types={exec,exit}",
+        "export.resources.limits.memory=64Mi",
+    ]);
+    let ds = &m.daemonsets[0];
+    let pod = ds.spec.template.spec.clone().unwrap();
+    let volumes = host_volumes(ds);
+    let export = container(&pod.containers, "export");
+    assert_eq!(
+        export.command.as_deref(),
+        Some(&["/usr/local/bin/podmap".to_string(), "export".to_string()][..])
+    );
+    assert_eq!(
+        export.args.as_deref(),
+        Some(
+            &[
+                "--namespace=prod".to_string(),
+                "--type=exec,exit".to_string()
+            ][..]
+        )
+    );
+    for (name, want) in [
+        ("PODMAP_SOCKET", "/run/podmap/podmap.sock"),
+        (
+            "PODMAP_EXPORT_OTLP_ENDPOINT",
+            "http://collector.observability:4318",
+        ),
+        ("PODMAP_EXPORT_OTLP_PROTOCOL", "http"),
+        ("PODMAP_EXPORT_FILE", "/var/log/podmap-export/podmap.jsonl"),
+        ("PODMAP_EXPORT_FILE_MAX_SIZE_MB", "7"),
+        ("PODMAP_EXPORT_FILE_BACKUPS", "2"),
+        ("PODMAP_EXPORT_FILE_MODE", "0640"),
+        ("PODMAP_EXPORT_STDOUT", "true"),
+    ] {
+        assert_eq!(env_value(export, name).as_deref(), Some(want), "{name}");
+    }
+    assert_eq!(
+        env_field_ref(export, "HOST_IP").as_deref(),
+        Some("status.hostIP")
+    );
+    // Every PODMAP_EXPORT_* the chart sets is one `podmap export` reads (clap's `env = ...`).
+    let source =
+        std::fs::read_to_string(repo().join("mapping-daemon/src/client/export/mod.rs")).unwrap();
+    for e in export.env.as_ref().unwrap() {
+        if e.name.starts_with("PODMAP_EXPORT_") {
+            assert!(
+                source.contains(&format!("env = \"{}\"", e.name)),
+                "podmap export reads no {}",
+                e.name
+            );
+        }
+    }
+    let mounts = export.volume_mounts.as_ref().unwrap();
+    let run = mounts.iter().find(|m| m.name == "run").expect("the socket");
+    assert_eq!(run.mount_path, "/run/podmap");
+    assert_eq!(run.read_only, Some(true));
+    assert_eq!(volumes["run"], "/run/podmap");
+    let files = mounts
+        .iter()
+        .find(|m| m.name == "export-files")
+        .expect("the file's directory");
+    assert_eq!(files.mount_path, "/var/log/podmap-export");
+    assert_eq!(volumes["export-files"], "/var/log/podmap-events");
+    assert_eq!(mounts.len(), 2, "{mounts:?}");
+    let sc = export.security_context.as_ref().unwrap();
+    assert_eq!(sc.privileged, None);
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(
+        sc.capabilities.as_ref().unwrap().drop.as_deref(),
+        Some(&["ALL".to_string()][..])
+    );
+    assert!(sc.capabilities.as_ref().unwrap().add.is_none());
+    let resources = serde_json::to_value(&export.resources).unwrap();
+    assert_eq!(resources["limits"]["memory"], "64Mi");
+    // The other containers are as without the sidecar.
+    check_daemonset_without_export(&m);
+
+    // Only the sinks asked for: OTLP alone sets no file, mounts no host directory.
+    let m = render(&[
+        "export.enabled=true",
+        "export.otlp.endpoint=http://$(HOST_IP):4317",
+    ]);
+    let pod = m.daemonsets[0].spec.template.spec.clone().unwrap();
+    let export = container(&pod.containers, "export");
+    assert_eq!(
+        env_value(export, "PODMAP_EXPORT_OTLP_ENDPOINT").as_deref(),
+        Some("http://$(HOST_IP):4317")
+    );
+    assert_eq!(
+        env_value(export, "PODMAP_EXPORT_OTLP_PROTOCOL").as_deref(),
+        Some("grpc")
+    );
+    for absent in ["PODMAP_EXPORT_FILE", "PODMAP_EXPORT_STDOUT"] {
+        assert_eq!(env_value(export, absent), None, "{absent}");
+    }
+    assert_eq!(export.args, None);
+    assert!(!host_volumes(&m.daemonsets[0]).contains_key("export-files"));
+
+    let err = render_error(&["export.enabled=true"]);
+    assert!(err.contains("export.enabled needs a sink"), "{err}");
+}
+
+/// `check_daemonset` for mode both, on a rendering with the export sidecar: the checks see the
+/// DaemonSet without it.
+fn check_daemonset_without_export(m: &Manifests) {
+    let mut ds = m.daemonsets[0].clone();
+    let pod = ds.spec.template.spec.as_mut().unwrap();
+    pod.containers.retain(|c| c.name != "export");
+    pod.volumes
+        .as_mut()
+        .unwrap()
+        .retain(|v| v.name != "export-files");
+    let without = Manifests {
+        daemonsets: vec![ds],
+        ..Default::default()
+    };
+    check_daemonset(&without, Mode::Both);
+}
