@@ -288,6 +288,9 @@ enum podmap_counter {
 	PODMAP_C_PINS_RESTORED,
 	/* pins found naming other maps than the ones a writer holds: writers no longer share them */
 	PODMAP_C_PINS_FOREIGN,
+	/* the sum of the create-to-mapping-ready latencies in the histogram below, in microseconds
+	 * (the histogram's sum in metrics) */
+	PODMAP_C_MAPPING_LATENCY_SUM_US,
 	/* create-to-mapping-ready histogram: bucket i counts latencies < 2^i microseconds */
 	PODMAP_C_LATENCY_BUCKET0 = 64,
 	PODMAP_C_LATENCY_BUCKETS = 32,

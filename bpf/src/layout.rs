@@ -192,10 +192,11 @@ pub enum Counter {
     DeepContainers = PODMAP_C_DEEP_CONTAINERS,
     PinsRestored = PODMAP_C_PINS_RESTORED,
     PinsForeign = PODMAP_C_PINS_FOREIGN,
+    MappingLatencySumUs = PODMAP_C_MAPPING_LATENCY_SUM_US,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 36] = [
+    pub const ALL: [Counter; 37] = [
         Counter::Exec,
         Counter::Exit,
         Counter::RingbufDropped,
@@ -232,6 +233,7 @@ impl Counter {
         Counter::DeepContainers,
         Counter::PinsRestored,
         Counter::PinsForeign,
+        Counter::MappingLatencySumUs,
     ];
 
     /// The name in status and metrics.
@@ -273,6 +275,7 @@ impl Counter {
             Counter::DeepContainers => "deep_containers",
             Counter::PinsRestored => "pins_restored",
             Counter::PinsForeign => "pins_foreign",
+            Counter::MappingLatencySumUs => "mapping_latency_sum_us",
         }
     }
 

@@ -185,6 +185,10 @@ fn latency_histogram_buckets_by_power_of_two() {
     assert_eq!(h[10], 1);
     assert_eq!(h[31], 1);
     assert_eq!(h.iter().sum::<u64>(), 3);
+    assert_eq!(
+        m.counters.get(Counter::MappingLatencySumUs),
+        700 + 1_000_000_000_000
+    );
 }
 
 #[test]

@@ -93,12 +93,14 @@ impl Counters {
             .map_or(0, |cell| cell.load(Ordering::Relaxed))
     }
 
-    /// Records one create-to-mapping-ready latency in the shared log2 histogram.
+    /// Records one create-to-mapping-ready latency in the shared log2 histogram, and adds it to
+    /// the histogram's sum.
     pub fn record_latency(&self, micros: u64) {
         let bucket = (64 - micros.leading_zeros()).min(layout::LATENCY_BUCKETS - 1);
         if let Some(cell) = self.cell(layout::LATENCY_BUCKET0 + bucket) {
             cell.fetch_add(1, Ordering::Relaxed);
         }
+        self.add(Counter::MappingLatencySumUs, micros);
     }
 
     /// The latency histogram: element i counts latencies below 2^i microseconds (and at least
