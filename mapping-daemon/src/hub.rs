@@ -263,6 +263,7 @@ mod tests {
 
     fn event(kind: EventType, ns: Option<&str>) -> Event {
         Event {
+            schema_version: podmap_proto::SCHEMA_VERSION,
             kind,
             time: "2026-11-25T12:00:00.123456789Z".into(),
             node: "node-a".into(),

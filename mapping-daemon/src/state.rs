@@ -15,7 +15,7 @@ use podmap_proto::ContainerInfo;
 use crate::hub::Hub;
 use crate::stats::{histogram_percentile, Stats};
 use crate::status::StatusSource;
-use podmap_proto::status::{LatencySummary, StatusReport};
+use podmap_proto::status::{Enforcement, LatencySummary, StatusReport};
 
 pub struct DaemonState {
     pub node: String,
@@ -38,13 +38,41 @@ pub struct DaemonState {
     pub programs: podmap_proto::status::ProgramsStatus,
 }
 
-fn summary(h: &[u64]) -> LatencySummary {
+fn summary(h: &[u64], sum_us: u64) -> LatencySummary {
     LatencySummary {
         count: h.iter().sum(),
         p50: histogram_percentile(h, 0.50),
         p99: histogram_percentile(h, 0.99),
         max: h.iter().rposition(|&n| n > 0).map(|i| 1u64 << i),
+        buckets: h.to_vec(),
+        sum_us,
     }
+}
+
+/// When this process started, in seconds since the Unix epoch, as the kernel recorded it (what
+/// Prometheus' `process_start_time_seconds` means): the boot time of /proc/stat plus the start
+/// field of /proc/self/stat. Read once; 0 when unreadable.
+fn process_start_time() -> f64 {
+    static START: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *START.get_or_init(|| {
+        let read = || -> Option<f64> {
+            let stat = std::fs::read_to_string("/proc/stat").ok()?;
+            let btime: f64 = stat
+                .lines()
+                .find_map(|l| l.strip_prefix("btime "))?
+                .trim()
+                .parse()
+                .ok()?;
+            let own = std::fs::read_to_string("/proc/self/stat").ok()?;
+            // Fields after the command (which may hold spaces), from field 3 on: start time is 22.
+            let after_comm = &own[own.rfind(')')? + 2..];
+            let ticks: f64 = after_comm.split(' ').nth(22 - 3)?.parse().ok()?;
+            // SAFETY: sysconf has no preconditions.
+            let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+            (hz > 0).then(|| btime + ticks / hz as f64)
+        };
+        read().unwrap_or(0.0)
+    })
 }
 
 impl StatusSource for DaemonState {
@@ -65,6 +93,7 @@ impl StatusSource for DaemonState {
             node: self.node.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_seconds: self.started.elapsed().as_secs_f64(),
+            start_time_seconds: process_start_time(),
             mode: if pods.is_some() {
                 "kubernetes"
             } else {
@@ -130,8 +159,15 @@ impl StatusSource for DaemonState {
                 errors: p.errors,
             }),
             enforcement_mode: self.enforcement.clone(),
+            // daemon.rs writes exactly "lsm" when BPF-LSM is active, a sentence otherwise.
+            enforcement: if self.enforcement == "lsm" {
+                Enforcement::Lsm
+            } else {
+                Enforcement::Fallback
+            },
             policies: podmap_proto::status::PolicyStatus {
                 resources: self.policy_resources.as_ref().map(|m| m.snapshot()),
+                actions: s.policy_actions(),
                 ..self
                     .policies
                     .lock()
@@ -139,8 +175,11 @@ impl StatusSource for DaemonState {
                     .clone()
             },
             shared_counters: shared,
-            mapping_latency_us: summary(&c.latency_histogram()),
-            event_latency_us: summary(&s.latency_histogram()),
+            mapping_latency_us: summary(
+                &c.latency_histogram(),
+                c.get(Counter::MappingLatencySumUs),
+            ),
+            event_latency_us: summary(&s.latency_histogram(), Stats::get(&s.latency_sum_us)),
             programs: podmap_proto::status::ProgramsStatus {
                 backlog_read_at_start: Stats::get(&s.backlog_at_start),
                 ..self.programs.clone()

@@ -1,6 +1,10 @@
 //! podmapd's own counters (the kernel's and the plugins' live in the pinned counters map).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use podmap_proto::status::PolicyActionCount;
 
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -42,8 +46,11 @@ pub struct Stats {
     pub reader_asleep: AtomicBool,
     /// Metrics connections turned away over the cap (shared with the metrics endpoint).
     pub metrics_refused: std::sync::Arc<AtomicU64>,
-    /// Kernel timestamp to hand-off to clients, microseconds, log2 buckets.
+    /// Kernel timestamp to hand-off to clients, microseconds, log2 buckets, and their sum.
     pub latency_us: [AtomicU64; 32],
+    pub latency_sum_us: AtomicU64,
+    /// Policy events handed on, by (policy, action, mode): rare, so a lock is cheap.
+    pub policy_actions: Mutex<BTreeMap<(String, String, String), u64>>,
 }
 
 impl Stats {
@@ -58,6 +65,34 @@ impl Stats {
     pub fn record_latency(&self, micros: u64) {
         let b = (64 - micros.leading_zeros()).min(31) as usize;
         self.latency_us[b].fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// Counts one policy event.
+    pub fn policy_action(&self, policy: &str, action: &str, mode: &str) {
+        let mut counts = self
+            .policy_actions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let key = (policy.to_string(), action.to_string(), mode.to_string());
+        *counts.entry(key).or_default() += 1;
+    }
+
+    /// The policy events counted, sorted by policy, action and mode.
+    pub fn policy_actions(&self) -> Vec<PolicyActionCount> {
+        let counts = self
+            .policy_actions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        counts
+            .iter()
+            .map(|((policy, action, mode), count)| PolicyActionCount {
+                policy: policy.clone(),
+                action: action.clone(),
+                mode: mode.clone(),
+                count: *count,
+            })
+            .collect()
     }
 
     pub fn latency_histogram(&self) -> Vec<u64> {

@@ -40,6 +40,7 @@ fn report() -> StatusReport {
             p50: Some(900),
             p99: Some(900),
             max: Some(900),
+            ..Default::default()
         },
         ..Default::default()
     }
@@ -215,6 +216,7 @@ fn container(name: &str) -> Option<Arc<ContainerInfo>> {
 
 fn event(kind: EventType, pid: u32, ns: Option<&str>, labels: &[(&str, &str)]) -> Event {
     let mut ev = Event {
+        schema_version: podmap_proto::SCHEMA_VERSION,
         kind,
         time: "2026-11-25T12:00:00.123456789Z".into(),
         node: "node-a".into(),

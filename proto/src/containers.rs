@@ -3,12 +3,13 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::event::ContainerInfo;
 
 /// One mapped cgroup and what its writer recorded of the container in it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ContainerRow {
     /// The cgroup's id (its directory's inode number) in `hierarchy`.
     pub cgroup_id: u64,
@@ -37,7 +38,7 @@ pub struct ContainerRow {
 }
 
 /// The pod as the writer recorded it at creation (labels from the runtime's annotations).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct RowPod {
     /// None for a container outside Kubernetes.
     pub uid: Option<String>,

@@ -1,15 +1,39 @@
 //! The enriched event, one JSON object per line on the socket.
+//!
+//! The event contract (docs/interfaces.md, "Compatibility of the event contract"): every event
+//! carries [`SCHEMA_VERSION`]; within one version fields and enum values are only ever added, so
+//! a client ignores fields it does not know, and every enum a client decodes takes a value it
+//! does not know as its `Other` variant instead of failing. proto/schema/ holds the JSON Schema
+//! generated from these types.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// The version of the event contract every event carries as `schema_version`. It changes only
+/// when an event changes in a way an existing client could misread (a field removed, renamed,
+/// retyped or given another meaning); additions never change it.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// What an event without `schema_version` is: events written before the field existed have
+/// version 1's shape.
+fn schema_version_of_unversioned() -> u32 {
+    1
+}
+
+/// The event's type. Clients must accept types they do not know (they decode as `Other`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum EventType {
     Exec,
     Exit,
     Policy,
+    /// A type this build does not know, from a newer podmapd (a client decodes it, never
+    /// fails; it is re-encoded as `"other"`). podmapd never sends it.
+    #[serde(other)]
+    #[schemars(skip)]
+    Other,
 }
 
 impl EventType {
@@ -20,6 +44,7 @@ impl EventType {
             EventType::Exec => "exec",
             EventType::Exit => "exit",
             EventType::Policy => "policy",
+            EventType::Other => "other",
         }
     }
 
@@ -28,8 +53,9 @@ impl EventType {
     }
 }
 
-/// How an event's process was tied to a container.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// How an event's process was tied to a container. Clients must accept values they do not know
+/// (they decode as `Other`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Attribution {
     /// Mapped to a container record written by a runtime plugin.
@@ -38,6 +64,11 @@ pub enum Attribution {
     Host,
     /// In a cgroup shaped like a container's, but with no record (always counted).
     Unknown,
+    /// A value this build does not know, from a newer podmapd (re-encoded as `"other"`).
+    /// podmapd never sends it.
+    #[serde(other)]
+    #[schemars(skip)]
+    Other,
 }
 
 impl Attribution {
@@ -46,11 +77,14 @@ impl Attribution {
             Attribution::Container => "container",
             Attribution::Host => "host",
             Attribution::Unknown => "unknown",
+            Attribution::Other => "other",
         }
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// Something to know about a process's fields. Clients must accept flags they do not know (they
+/// decode as `Other`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ProcessFlag {
     ArgsTruncated,
@@ -62,11 +96,16 @@ pub enum ProcessFlag {
     /// The container runtime's own init (runc's `init` stages), in the container's cgroup
     /// before it execs the container's program: the runtime at work, not the workload.
     RuntimeInit,
+    /// A flag this build does not know, from a newer podmapd (re-encoded as `"other"`).
+    /// podmapd never sends it.
+    #[serde(other)]
+    #[schemars(skip)]
+    Other,
 }
 
 /// A process. The strings an exec fixes (binary, args, cwd, exec id) are shared, so an exit
 /// event or another client's copy costs a reference count, not a copy.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Process {
     pub pid: u32,
     pub tid: u32,
@@ -83,7 +122,7 @@ pub struct Process {
     pub flags: Vec<ProcessFlag>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ContainerInfo {
     pub id: String,
     pub name: String,
@@ -91,7 +130,7 @@ pub struct ContainerInfo {
     pub image: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PodInfo {
     pub uid: String,
     pub name: String,
@@ -101,7 +140,7 @@ pub struct PodInfo {
     pub workload_kind: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ExitInfo {
     /// The exit status when the process exited; None when a signal killed it.
     pub code: Option<i32>,
@@ -109,7 +148,7 @@ pub struct ExitInfo {
     pub signal: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PolicyInfo {
     pub name: String,
     pub rule: String,
@@ -120,8 +159,12 @@ pub struct PolicyInfo {
 
 /// One enriched event. `container` and `pod` are shared (`Arc`) because every event of a
 /// container carries the same values; the daemon builds them once per container.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Event {
+    /// The event contract's version, [`SCHEMA_VERSION`] (an integer). Absent from events
+    /// written before it existed, which decode as version 1.
+    #[serde(default = "schema_version_of_unversioned")]
+    pub schema_version: u32,
     #[serde(rename = "type")]
     pub kind: EventType,
     pub time: String,
@@ -239,6 +282,7 @@ mod tests {
     #[test]
     fn event_json_shape_matches_design() {
         let ev = Event {
+            schema_version: SCHEMA_VERSION,
             kind: EventType::Exit,
             time: "2026-11-25T12:00:00.123456789Z".into(),
             node: "node-a".into(),
@@ -267,6 +311,7 @@ mod tests {
             policy: None,
         };
         let v: serde_json::Value = serde_json::to_value(&ev).unwrap();
+        assert_eq!(v["schema_version"], 1);
         assert_eq!(v["type"], "exit");
         assert_eq!(v["attribution"], "host");
         assert_eq!(v["exit"]["code"], 0);

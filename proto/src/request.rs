@@ -24,7 +24,12 @@ pub struct Empty {}
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventFilter {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Only types this podmapd knows: an unknown one is refused, never taken as `other`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "known_types"
+    )]
     pub types: Option<Vec<EventType>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
@@ -34,6 +39,20 @@ pub struct EventFilter {
     pub container: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+}
+
+/// A filter's types, each one this build knows: [`EventType`]'s `Other` is for decoding events
+/// from a newer podmapd, not for requests.
+fn known_types<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<EventType>>, D::Error> {
+    let Some(names) = Option::<Vec<String>>::deserialize(d)? else {
+        return Ok(None);
+    };
+    const KNOWN: [&str; 3] = ["exec", "exit", "policy"];
+    names
+        .iter()
+        .map(|n| EventType::parse(n).ok_or_else(|| serde::de::Error::unknown_variant(n, &KNOWN)))
+        .collect::<Result<_, _>>()
+        .map(Some)
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -2,20 +2,25 @@
 //! printed by `podmap status`, and rendered as Prometheus metrics. One struct so the three never
 //! disagree (docs/interfaces.md, "Status").
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct HoldLimitsStatus {
     pub per_cgroup: u64,
     pub total: u64,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct StatusReport {
     pub node: String,
     pub version: String,
     pub uptime_seconds: f64,
+    /// When podmapd's process started, in seconds since the Unix epoch (the kernel's record of
+    /// it, so every report of one process gives the same value); 0 when it could not be read.
+    #[serde(default)]
+    pub start_time_seconds: f64,
     /// "standalone" or "kubernetes".
     pub mode: String,
     /// cgroup hierarchy events are keyed by: "cgroup2" (pure v2 or hybrid with containers in the
@@ -84,7 +89,11 @@ pub struct StatusReport {
     pub metrics_connections_refused: u64,
     pub containers_mapped: u64,
     pub pods_cached: u64,
+    /// `lsm`, or the fallback with the reason BPF-LSM did not load (a sentence).
     pub enforcement_mode: String,
+    /// `enforcement_mode` as one word: `lsm` or `fallback`.
+    #[serde(default)]
+    pub enforcement: Enforcement,
     /// Every shared counter of the pinned counters map (kernel programs and runtime plugins),
     /// by name.
     pub shared_counters: BTreeMap<String, u64>,
@@ -106,7 +115,7 @@ pub struct StatusReport {
 
 /// The programs run through links pinned beside the maps, so they outlive podmapd; this says
 /// what podmapd found at start.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ProgramsStatus {
     /// "adopted" (the running programs were this podmapd's own: kept, never stopped),
     /// "replaced" (other programs: this podmapd's attached first, then the old ones detached) or
@@ -130,7 +139,7 @@ pub struct ProgramsStatus {
     pub lost_kernel_before_start: u64,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PodCacheStatus {
     pub synced: bool,
     /// Seconds since the last list, watch event or bookmark; None before the first.
@@ -144,16 +153,48 @@ pub struct PodCacheStatus {
     pub errors: u64,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// How policies are enforced on this node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Enforcement {
+    /// BPF-LSM is active: deny rules refuse the operation.
+    Lsm,
+    /// BPF-LSM did not load: deny rules act as kill where they say `fallback: kill`, else audit.
+    Fallback,
+    /// Not reported (a podmapd older than the field), or a value this build does not know.
+    #[default]
+    #[serde(other)]
+    Unknown,
+}
+
+impl Enforcement {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Enforcement::Lsm => "lsm",
+            Enforcement::Fallback => "fallback",
+            Enforcement::Unknown => "unknown",
+        }
+    }
+}
+
+/// A latency distribution in microseconds: a summary, and the log2 histogram it comes from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct LatencySummary {
     pub count: u64,
     pub p50: Option<u64>,
     pub p99: Option<u64>,
     pub max: Option<u64>,
+    /// Samples per bucket: element i counts latencies below 2^i microseconds (and at least
+    /// 2^(i-1)); the last element also counts every larger one. Empty when not reported.
+    #[serde(default)]
+    pub buckets: Vec<u64>,
+    /// The sum of the samples, in whole microseconds (each sample rounded down).
+    #[serde(default)]
+    pub sum_us: u64,
 }
 
 /// What status shows of policies.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct PolicyStatus {
     pub dir: String,
     pub loaded: Vec<String>,
@@ -175,13 +216,28 @@ pub struct PolicyStatus {
     /// while podmapd was down, or a plugin that died between the membership and the record).
     #[serde(default)]
     pub orphan_memberships_removed: u64,
+    /// Policy events podmapd handed on since it started, by policy, action and mode.
+    #[serde(default)]
+    pub actions: Vec<PolicyActionCount>,
     /// The PodPolicy resources mirrored into the directory, in Kubernetes mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<MirrorStatus>,
 }
 
+/// Policy events of one policy with one action in one mode.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PolicyActionCount {
+    /// The policy's name (`policy-<id>` when podmapd no longer knows it).
+    pub policy: String,
+    /// The rule's action: `audit`, `kill` or `deny`.
+    pub action: String,
+    /// What the kernel did: `lsm`, `kill` or `audit` (the event's `policy.mode`).
+    pub mode: String,
+    pub count: u64,
+}
+
 /// What `podmap status` shows of the mirror.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct MirrorStatus {
     /// The first complete list of resources has been mirrored: files of deleted resources are
     /// gone from the directory.

@@ -26,6 +26,8 @@ pub fn compact_line(ev: &Event) -> String {
             ProcessFlag::PathUnreadable => " [path unreadable]",
             ProcessFlag::CwdTruncated => " [cwd truncated]",
             ProcessFlag::RuntimeInit => " [runtime init]",
+            // A flag of a newer podmapd this client does not know.
+            ProcessFlag::Other => " [other flag]",
         });
     }
     if let Some(exit) = &ev.exit {
@@ -87,6 +89,8 @@ fn whereabouts(ev: &Event) -> String {
     match ev.attribution {
         Attribution::Host => "host".to_string(),
         Attribution::Unknown => format!("unknown({})", ev.process.cgroup_id),
+        // An attribution of a newer podmapd this client does not know.
+        Attribution::Other => format!("other({})", ev.process.cgroup_id),
         Attribution::Container => match (ev.pod.as_deref(), ev.container.as_deref()) {
             (Some(pod), Some(c)) => format!(
                 "{}/{}/{}",

@@ -241,6 +241,7 @@ mod tests {
                 p50: Some(800),
                 p99: Some(2500),
                 max: Some(1_500_000),
+                ..Default::default()
             },
             ..Default::default()
         };

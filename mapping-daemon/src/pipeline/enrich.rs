@@ -93,6 +93,7 @@ impl Enricher {
                     process_of(node, entry.as_deref(), &o.ids, o.ktime, layout, clock);
                 process.tid = o.ids.tid;
                 emit(Event {
+                    schema_version: podmap_proto::SCHEMA_VERSION,
                     kind: EventType::Policy,
                     time: clock.format(o.ktime),
                     node: node.clone(),
@@ -220,6 +221,7 @@ fn event(
                 }),
             );
             Some(Event {
+                schema_version: podmap_proto::SCHEMA_VERSION,
                 kind: EventType::Exec,
                 time: clock.format(e.ktime),
                 node: node.clone(),
@@ -274,6 +276,7 @@ fn event(
                 }
             }
             Some(Event {
+                schema_version: podmap_proto::SCHEMA_VERSION,
                 kind: EventType::Exit,
                 time: clock.format(e.ktime),
                 node: node.clone(),

@@ -347,16 +347,21 @@ impl Pipeline {
         clock: &WallClock,
         out: &mut Vec<Arc<Published>>,
     ) {
-        let counter = match owner.attribution() {
-            Attribution::Container => &self.stats.attributed_container,
-            Attribution::Host => &self.stats.attributed_host,
-            Attribution::Unknown => &self.stats.attributed_unknown,
+        let counter = match owner {
+            Owner::Container(_) => &self.stats.attributed_container,
+            Owner::Host => &self.stats.attributed_host,
+            Owner::Unknown(..) => &self.stats.attributed_unknown,
         };
         Stats::inc(counter);
         self.stats
             .record_latency(self.batch_now.saturating_sub(ev.ktime()) / 1000);
-        self.enrich
-            .events(ev, owner, clock, |e| out.push(Published::new(e)));
+        let stats = &self.stats;
+        self.enrich.events(ev, owner, clock, |e| {
+            if let Some(p) = &e.policy {
+                stats.policy_action(&p.name, &p.action, &p.mode);
+            }
+            out.push(Published::new(e))
+        });
     }
 
     /// A container no plugin mapped may still be in the pod cache (it started before podmap).
