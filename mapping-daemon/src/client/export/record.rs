@@ -130,6 +130,11 @@ pub fn log_record(ev: &Event, raw: &str, observed_ns: u64) -> LogRecord {
         }
     }
     a.push(kv("podmap.event.type", s(ev.kind.as_str())));
+    // The event contract's version, so a pipeline can route or refuse by it without the body.
+    a.push(kv(
+        "podmap.schema_version",
+        Value::IntValue(ev.schema_version.into()),
+    ));
     a.push(kv("podmap.attribution", s(ev.attribution.as_str())));
     if ev.path_derived {
         a.push(kv("podmap.path_derived", Value::BoolValue(true)));

@@ -80,6 +80,7 @@ fn an_exit_event_becomes_a_record_with_every_attribute() {
         ("process.creation.time", "2026-11-25T12:00:00Z"),
         ("process.exit.code", "int:3"),
         ("podmap.event.type", "exit"),
+        ("podmap.schema_version", "int:1"),
         ("podmap.attribution", "container"),
         ("podmap.workload.kind", "Deployment"),
         ("podmap.workload.name", "web"),
