@@ -67,7 +67,10 @@ int podmap_exec(struct sched_process_exec_args *ctx)
 	parent = bpf_map_lookup_elem(&podmap_procs, &ppid);
 	s->ev.parent_exec_ktime = parent ? parent->exec_ktime : 0;
 
+	s->ev.entry_pid = entry_pid(task, &s->ev.ids, parent);
+
 	proc.exec_ktime = s->ev.hdr.ktime;
+	proc.entry_pid = s->ev.entry_pid;
 	if (bpf_map_update_elem(&podmap_procs, &s->ev.ids.pid, &proc, BPF_ANY))
 		count(PODMAP_C_PROC_TABLE_FULL);
 
@@ -83,7 +86,6 @@ int podmap_exec(struct sched_process_exec_args *ctx)
 	s->ev.filename_len = n;
 
 	s->ev.policy = (struct podmap_policy_hit){};
-	s->ev._pad2 = 0;
 	struct podmap_policy_state *st = policy_state();
 	if (st && st->exec_rules && s->ev.ids.container_cgid) {
 		struct podmap_path_key *key = bpf_map_lookup_elem(&exec_path_scratch, &zero);
@@ -152,14 +154,14 @@ int podmap_exit(void *ctx)
 	ev->exit_code = BPF_CORE_READ(task, signal, group_exit_code);
 	if (!ev->exit_code)
 		ev->exit_code = BPF_CORE_READ(task, exit_code);
-	ev->_pad = 0;
+	ev->entry_pid = proc ? proc->entry_pid : 0;
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 	bpf_map_delete_elem(&podmap_procs, &tgid);
 	bpf_ringbuf_submit(ev, wakeup_flag());
 	return 0;
 }
 
-/* A new process inherits its parent's latest exec until it execs itself. */
+/* A new process inherits its parent's latest exec (and line of entry) until it execs itself. */
 SEC("raw_tracepoint/sched_process_fork")
 int podmap_fork(struct bpf_raw_tracepoint_args *ctx)
 {

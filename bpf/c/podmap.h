@@ -85,11 +85,11 @@ struct podmap_container_meta {
 	__u8 data[PODMAP_META_MAX];
 };
 
-/* The process table (not pinned): tgid -> the boot-time ns of its latest exec. */
+/* The process table (podmapd's own pin): tgid -> the boot-time ns of its latest exec. */
 struct podmap_proc {
 	__u64 exec_ktime;
-	__u32 flags; /* PODMAP_PF_* */
-	__u32 _pad;
+	__u32 flags;     /* PODMAP_PF_* */
+	__u32 entry_pid; /* see podmap_exec_event.entry_pid */
 };
 
 enum podmap_event_type {
@@ -199,7 +199,14 @@ struct podmap_exec_event {
 	struct podmap_event_header hdr;
 	struct podmap_task_ids ids;
 	struct podmap_policy_hit policy;
-	__u32 _pad2; /* 4 bytes of implicit padding follow: kept for the records queued by older programs */
+	/*
+	 * The tgid of the process through which this one's line came into its container: the
+	 * process whose exec found its parent outside the container (the container's init, or a
+	 * process the runtime's exec put there), inherited by everything that process starts
+	 * inside. 0: unknown (not in a container, a parent older than the programs, or a record
+	 * of programs older than this field, whose 4 bytes of padding were always 0).
+	 */
+	__u32 entry_pid;
 	__u64 start_time;        /* task start, boot-time ns */
 	__u64 parent_exec_ktime; /* the parent's latest exec, 0 if unknown */
 	__u16 filename_len;      /* bytes including the NUL */
@@ -213,8 +220,8 @@ struct podmap_exit_event {
 	struct podmap_task_ids ids;
 	__u64 exec_ktime; /* this process's latest exec, 0 if unknown */
 	__s32 exit_code;  /* task->exit_code: wait(2) status layout */
-	__u32 _pad;
-	__u8 comm[16]; /* names processes podmap never saw exec (runc's init helpers, forks) */
+	__u32 entry_pid;  /* as in podmap_exec_event; 0 from older programs */
+	__u8 comm[16];    /* names processes podmap never saw exec (runc's init helpers, forks) */
 };
 
 /* Followed by path_len bytes of the cgroup path (NUL-terminated). */

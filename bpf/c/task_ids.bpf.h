@@ -53,8 +53,11 @@ static __always_inline struct cgroup *v1_cgroup(struct task_struct *task)
 	return BPF_CORE_READ(css, cgroup);
 }
 
-/* Id of `cg`'s ancestor at `level` (0 the root), read from the cgroup's own ancestor array. */
-static __always_inline __u64 v1_ancestor_id(struct cgroup *cg, int level)
+/*
+ * Id of `cg`'s ancestor at `level` (0 the root), read from the cgroup's own ancestor array: for
+ * v1 cgroups, which have no helper, and for a cgroup other than the current task's.
+ */
+static __always_inline __u64 ancestor_id(struct cgroup *cg, int level)
 {
 	struct cgroup *anc = 0;
 	__u64 id = 0;
@@ -130,7 +133,7 @@ static __always_inline void task_ids(struct task_struct *task, struct podmap_tas
 	for (i = 0; i < PODMAP_MAX_CONTAINER_LEVEL; i++) {
 		if (top - i < 1)
 			break;
-		key.id = v1_ancestor_id(cg, top - i);
+		key.id = ancestor_id(cg, top - i);
 		if (key.id && bpf_map_lookup_elem(&podmap_containers, &key)) {
 			ids->container_cgid = key.id;
 			ids->container_hier = PODMAP_HIER_V1;
@@ -148,6 +151,55 @@ static __always_inline void task_pids(struct task_struct *task, struct podmap_ta
 	ids->ppid = BPF_CORE_READ(task, real_parent, tgid);
 	ids->uid = (__u32)bpf_get_current_uid_gid();
 	ids->_pad = 0;
+}
+
+/*
+ * Whether `task`'s parent lives in the container `ids` attributes the task to: the parent's
+ * cgroup (in the container's hierarchy) is the task's own, or has the container's cgroup among
+ * its ancestors (a sub-cgroup the container made for itself). A parent elsewhere is the runtime:
+ * its shim for the container's init, its exec for a process it put into the container.
+ */
+static __always_inline int parent_in_container(struct task_struct *task,
+					       const struct podmap_task_ids *ids)
+{
+	struct task_struct *parent = BPF_CORE_READ(task, real_parent);
+	struct cgroup *cg;
+	__u64 own;
+	int level, i;
+
+	if (ids->container_hier == PODMAP_HIER_V2) {
+		cg = BPF_CORE_READ(parent, cgroups, dfl_cgrp);
+		own = ids->cgroup_v2;
+	} else {
+		cg = v1_cgroup(parent);
+		own = ids->cgroup_v1;
+	}
+	if (!cg)
+		return 0;
+	if (BPF_CORE_READ(cg, kn, id) == own)
+		return 1;
+	level = BPF_CORE_READ(cg, level);
+	for (i = 1; i <= PODMAP_MAX_CONTAINER_LEVEL; i++) {
+		if (i > level)
+			break;
+		if (ancestor_id(cg, i) == ids->container_cgid)
+			return 1;
+	}
+	return 0;
+}
+
+/*
+ * The process through which the exec'ing task's line came into its container (see
+ * podmap_exec_event.entry_pid): itself when its parent is outside, else its parent's, if known.
+ */
+static __always_inline __u32 entry_pid(struct task_struct *task, const struct podmap_task_ids *ids,
+				       const struct podmap_proc *parent)
+{
+	if (!ids->container_cgid)
+		return 0;
+	if (!parent_in_container(task, ids))
+		return ids->pid;
+	return parent ? parent->entry_pid : 0;
 }
 
 #endif

@@ -296,7 +296,7 @@ impl Counter {
 no_hidden_padding!(podmap_cgroup_key: id, hierarchy, _pad);
 no_hidden_padding!(podmap_container: created_ns, removed_ns, flags, writer);
 no_hidden_padding!(podmap_container_meta: len, data);
-no_hidden_padding!(podmap_proc: exec_ktime, flags, _pad);
+no_hidden_padding!(podmap_proc: exec_ktime, flags, entry_pid);
 no_hidden_padding!(podmap_member_key: policy_id, hierarchy, cgroup_id);
 no_hidden_padding!(podmap_path_key: prefixlen, path);
 no_hidden_padding!(podmap_rule_ref: policy_id, rule_index, action, flags);
@@ -307,14 +307,15 @@ no_hidden_padding!(podmap_policy_state: exec_rules, open_rules, lsm_active, _pad
 no_hidden_padding!(podmap_event_header: r#type, flags, ktime);
 no_hidden_padding!(podmap_task_ids: cgroup_v2, cgroup_v1, container_cgid, container_hier, pid, tid, ppid, uid, _pad);
 no_hidden_padding!(podmap_policy_hit: policy_id, rule_index, action, mode);
-no_hidden_padding!(podmap_exit_event: hdr, ids, exec_ktime, exit_code, _pad, comm);
+no_hidden_padding!(podmap_exit_event: hdr, ids, exec_ktime, exit_code, entry_pid, comm);
 no_hidden_padding!(podmap_cgroup_event: hdr, id, hierarchy_id, level, path_len, _pad);
 
 const _: () = {
-    // Two records carry implicit padding the kernel never writes (podmapd ignores it): 4 bytes
-    // before podmap_exec_event.start_time, 4 at the end of podmap_open_event. Their layouts stay:
-    // records queued by the pinned programs of an older podmapd are read with this one.
-    assert!(offset_of!(podmap_exec_event, _pad2) == 72);
+    // The layouts stay: records queued by the pinned programs of an older podmapd are read with
+    // this one. podmap_exec_event.entry_pid took the 4 bytes of padding before start_time, which
+    // older programs wrote as 0 (read as "unknown"); podmap_open_event keeps 4 bytes of implicit
+    // padding at its end, which the kernel never writes and podmapd ignores.
+    assert!(offset_of!(podmap_exec_event, entry_pid) == 72);
     assert!(offset_of!(podmap_exec_event, start_time) == 80);
     assert!(offset_of!(podmap_exec_event, _pad) + 2 == size_of::<podmap_exec_event>());
     assert!(offset_of!(podmap_open_event, _pad) + 6 == 84);

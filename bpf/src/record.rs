@@ -56,6 +56,11 @@ pub struct ContainerMeta {
     /// The cgroup path relative to the hierarchy root, as resolved.
     #[serde(default)]
     pub cgroup_path: String,
+    /// The container's init process (host pid), as the runtime reported it when the container
+    /// started: the one process whose line into the container is not an exec
+    /// (docs/decisions.md #35). None where the runtime did not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_pid: Option<u32>,
 }
 
 impl ContainerMeta {

@@ -19,6 +19,7 @@ fn meta(id: &str) -> ContainerMeta {
         runtime: "test".into(),
         sandbox: false,
         cgroup_path: "/x".into(),
+        init_pid: None,
     }
 }
 

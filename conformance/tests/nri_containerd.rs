@@ -138,6 +138,11 @@ fn entrypoint_exec_checked(node: &Node, pod_name: &str) -> Result<()> {
         "the exec of the container's PID 1"
     );
     assert_eq!(exec["process"]["cgroup_id"], cg);
+    // The container's own init: not something an exec put there.
+    assert_eq!(
+        exec["process"]["entered_via_exec"], false,
+        "the init's exec: {exec:#}"
+    );
 
     // No retry or delay: the record was in the map before the entrypoint's first instruction.
     let exec_ns = ev::time_ns(exec).context("event time")?;
@@ -517,6 +522,58 @@ fn creation_survives_a_stopped_hung_or_crashing_plugin(series: Series, pure: boo
     Ok(())
 }
 on_both_layouts!(creation_survives_a_stopped_hung_or_crashing_plugin);
+
+/// What ExecSync runs (as `kubectl exec` and exec probes do: the runtime's exec) is marked
+/// entered_via_exec, and so is what it starts; the entrypoint and its children are not.
+fn exec_sessions_are_told_from_the_containers_own_processes(
+    series: Series,
+    pure: bool,
+) -> Result<()> {
+    let node = Node::start(NodeOptions::new(pure, PluginMode::External).series(series))?;
+    let spec = pod_spec("exec-provenance").label("app", "exec");
+    let mut stream = stream_of(&node, &spec);
+    let pod = node.ctrd.run_pod(spec)?;
+    let own = unique_name("own-child");
+    let cid = pod.run(&ContainerSpec::shell_then_wait(
+        "app",
+        &format!("/bin/true {own}"),
+    ))?;
+    let events = stream.until(WAIT, |e| ev::is(e, "exec") && ev::args_contain(e, &own));
+    let child = events.last().expect("match");
+    assert_attributed(child, &pod, &cid, "app");
+    ensure!(
+        child["process"]["entered_via_exec"] == false,
+        "the entrypoint's child: {child:#}"
+    );
+
+    let marker = unique_name("exec-child");
+    let out = node.ctrd.cri().exec_sync(
+        &cid,
+        &["/bin/sh", "-c", &format!("/bin/true {marker}; exit 0")],
+        30,
+    )?;
+    assert_eq!(out.exit_code, 0, "{out:?}");
+    let events = stream.until(WAIT, |e| {
+        ev::is(e, "exec") && ev::binary(e) == "/bin/true" && ev::args_contain(e, &marker)
+    });
+    let session = events
+        .iter()
+        .find(|e| ev::is(e, "exec") && ev::binary(e) == "/bin/sh" && ev::args_contain(e, &marker))
+        .with_context(|| format!("no exec of the session's shell: {events:#?}"))?;
+    assert_attributed(session, &pod, &cid, "app");
+    ensure!(
+        session["process"]["entered_via_exec"] == true,
+        "the session's shell: {session:#}"
+    );
+    let child = events.last().expect("match");
+    ensure!(
+        child["process"]["entered_via_exec"] == true
+            && child["process"]["ppid"] == session["process"]["pid"],
+        "the session's child: {child:#}"
+    );
+    Ok(())
+}
+on_both_layouts!(exec_sessions_are_told_from_the_containers_own_processes);
 
 fn prelaunched_plugin_registers_and_maps(series: Series, pure: bool) -> Result<()> {
     let node = Node::start(NodeOptions::new(pure, PluginMode::Prelaunched).series(series))?;

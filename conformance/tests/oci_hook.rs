@@ -171,6 +171,32 @@ fn entrypoint_is_attributed(runtime: Runtime, cgroups: Cgroups) {
     });
     assert_eq!(exec["process"]["binary"], "/bin/sh", "{exec:#}");
     assert_attributed(&exec, &pod, &id, "app", "cri-o");
+    // The container's init: not something an exec put there.
+    assert_eq!(exec["process"]["entered_via_exec"], false, "{exec:#}");
+
+    // The runtime's exec into the running sandbox: the session and what it starts came in
+    // through it.
+    let marker = unique_name("exec");
+    let script = format!("/bin/true {marker}; exit 0");
+    let out = rt
+        .command(&["exec", &sandbox_id, "/bin/sh", "-c", &script])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("the runtime's exec");
+    assert_ok("exec into the sandbox", &out, &hooks);
+    let session = wait_for(&mut stream, &daemon, &hooks, |e| {
+        e["type"] == "exec"
+            && e["process"]["binary"] == "/bin/sh"
+            && e["process"]["args"].to_string().contains(&marker)
+    });
+    assert_eq!(session["process"]["entered_via_exec"], true, "{session:#}");
+    let child = wait_for(&mut stream, &daemon, &hooks, |e| {
+        e["type"] == "exec"
+            && e["process"]["binary"] == "/bin/true"
+            && e["process"]["args"].to_string().contains(&marker)
+    });
+    assert_eq!(child["process"]["entered_via_exec"], true, "{child:#}");
+    assert_eq!(child["process"]["ppid"], session["process"]["pid"]);
 
     let rec = hooks.record(&id).expect("the workload's store record");
     assert_eq!(

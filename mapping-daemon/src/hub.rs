@@ -280,6 +280,7 @@ mod tests {
                 start_time: "2026-11-25T12:00:00Z".into(),
                 cgroup_id: 7,
                 flags: vec![],
+                entered_via_exec: None,
             },
             container: ns.map(|_| {
                 Arc::new(ContainerInfo {

@@ -126,7 +126,9 @@ impl ProcTable {
             let rec = podmap_proc {
                 exec_ktime: entry.exec_ktime,
                 flags: layout::PF_PROCFS_SCAN,
-                _pad: 0,
+                // Its line into a container is not known from /proc: unknown for it and for
+                // what it starts.
+                entry_pid: 0,
             };
             // BPF_NOEXIST: a process that exec'd during the scan keeps its real entry.
             let _ = kernel.insert(pid, rec, BPF_NOEXIST);

@@ -120,6 +120,7 @@ fn meta(id: &str) -> ContainerMeta {
         runtime: "containerd".into(),
         sandbox: false,
         cgroup_path: "/test".into(),
+        init_pid: None,
     }
 }
 
@@ -539,4 +540,100 @@ fn a_removed_pin_directory_is_pinned_again_and_later_writers_reach_the_programs(
     });
     let st = again.status();
     assert_eq!(st["programs"]["links"], "adopted", "{st:#}");
+}
+
+/// The container's init and what it starts are not `entered_via_exec`; a process the runtime's
+/// exec put in (its parent outside the container) and what that one starts are
+/// (docs/decisions.md #35). A container with no init pid on record says nothing.
+#[test]
+fn processes_entered_from_outside_are_told_from_the_inits_line() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let daemon = Daemon::start();
+    let mut maps = SharedMaps::open(&daemon.pins.path).expect("the daemon's pins");
+    let cg = TestCgroup::new(&cgroup2_mount(), "podmap-test-entry").unwrap();
+    let ids = CgroupIds {
+        v2: Some(CgroupId(cg.id())),
+        v1: None,
+    };
+    let mut stream = daemon.events(r#"{"types": ["exec"]}"#);
+
+    // The "init": moves itself into the cgroup, then waits to be told its pid is on record
+    // before it execs (as a runtime's init waits for start), and starts a child inside.
+    let mut init = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs || exit 97; read go; exec /bin/sh -c '/bin/true init-child; exit 0' init-sh",
+            cg.path().display()
+        ))
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let init_pid = init.id();
+    let mut m = meta(&("e0".repeat(32)));
+    m.init_pid = Some(init_pid);
+    maps.records
+        .insert(&ids, &m, RecordFlags::default(), Writer::Test)
+        .unwrap();
+    writeln!(init.stdin.take().unwrap(), "go").unwrap();
+    assert!(init.wait().unwrap().success());
+    let events = stream.until(WAIT, |v| v["process"]["args"][0] == "init-child");
+    let init_exec = find(&events, |v| {
+        pid_of(v) == init_pid as u64 && v["process"]["args"][2] == "init-sh"
+    })
+    .unwrap_or_else(|| panic!("no exec of the init: {events:#?}"));
+    assert_eq!(init_exec["attribution"], "container", "{init_exec}");
+    assert_eq!(
+        init_exec["process"]["entered_via_exec"], false,
+        "{init_exec}"
+    );
+    let child = events.last().unwrap();
+    assert_eq!(child["process"]["ppid"], init_pid, "{child}");
+    assert_eq!(child["process"]["entered_via_exec"], false, "{child}");
+
+    // An "exec": a process from outside (this test's child) joins and execs, and starts a
+    // child inside; both entered through the exec.
+    let (pid, status) = run_in_cgroup(
+        &cg.path(),
+        &["/bin/sh", "-c", "/bin/true exec-child; exit 0", "exec-sh"],
+    );
+    assert!(status.success());
+    let events = stream.until(WAIT, |v| v["process"]["args"][0] == "exec-child");
+    let entered = find(&events, |v| {
+        pid_of(v) == pid as u64 && v["process"]["args"][2] == "exec-sh"
+    })
+    .unwrap_or_else(|| panic!("no exec of {pid}: {events:#?}"));
+    assert_eq!(entered["process"]["entered_via_exec"], true, "{entered}");
+    let child = events.last().unwrap();
+    assert_eq!(child["process"]["ppid"], pid, "{child}");
+    assert_eq!(child["process"]["entered_via_exec"], true, "{child}");
+
+    // Exits say the same as their execs.
+    let mut exits = daemon.events(r#"{"types": ["exit"]}"#);
+    let (pid, _) = run_in_cgroup(&cg.path(), &["/bin/true", "exec-exit"]);
+    let events = exits.until(WAIT, |v| pid_of(v) == pid as u64);
+    assert_eq!(events.last().unwrap()["process"]["entered_via_exec"], true);
+
+    // No init pid on record: unknown, not a guess.
+    m.init_pid = None;
+    maps.records.remove(&ids).unwrap();
+    let other = TestCgroup::new(&cgroup2_mount(), "podmap-test-entry-unknown").unwrap();
+    let other_ids = CgroupIds {
+        v2: Some(CgroupId(other.id())),
+        v1: None,
+    };
+    m.container_id = ContainerId("e1".repeat(32));
+    maps.records
+        .insert(&other_ids, &m, RecordFlags::default(), Writer::Test)
+        .unwrap();
+    let (pid, _) = run_in_cgroup(&other.path(), &["/bin/true", "no-init-on-record"]);
+    let events = stream.until(WAIT, |v| {
+        pid_of(v) == pid as u64 && v["process"]["binary"] == "/bin/true"
+    });
+    let ev = events.last().unwrap();
+    assert_eq!(ev["attribution"], "container", "{ev}");
+    assert!(ev["process"].get("entered_via_exec").is_none(), "{ev}");
 }

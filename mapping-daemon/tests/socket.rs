@@ -233,6 +233,7 @@ fn event(kind: EventType, pid: u32, ns: Option<&str>, labels: &[(&str, &str)]) -
             start_time: "2026-11-25T12:00:00Z".into(),
             cgroup_id: 7311,
             flags: vec![],
+            entered_via_exec: None,
         },
         container: None,
         pod: None,

@@ -464,6 +464,8 @@ impl Mapper {
                     tracing::warn!(container = %meta.container_id, "cgroup disagreement, {d}");
                 }
                 meta.cgroup_path = r.record_path();
+                // The runtime's pid of the container (or the sandbox's pause) is its init.
+                meta.init_pid = (pid > 0).then_some(pid);
                 backend.write_memberships(&meta, &r.ids);
                 backend
                     .registry

@@ -21,6 +21,8 @@ pub fn container_meta(
         container_id: state.id.clone(),
         runtime,
         cgroup_path: cgroup_path.to_string(),
+        // At createRuntime the state's pid is the container's init, not yet running its program.
+        init_pid: state.pid.map(|p| p.0),
         ..ContainerMeta::default()
     };
     if let Some(k) = kube {

@@ -120,6 +120,11 @@ pub struct Process {
     pub cgroup_id: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub flags: Vec<ProcessFlag>,
+    /// Whether the process came into its container through the runtime's exec (`kubectl exec`,
+    /// exec probes, `runc exec`) or descends from one that did: false for the container's init
+    /// and what it starts; absent when unknown (docs/decisions.md #35).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entered_via_exec: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -299,6 +304,7 @@ mod tests {
                 start_time: "2026-11-25T12:00:00Z".into(),
                 cgroup_id: 7,
                 flags: vec![ProcessFlag::ArgsTruncated],
+                entered_via_exec: None,
             },
             container: None,
             pod: None,

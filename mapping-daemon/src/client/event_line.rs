@@ -30,6 +30,10 @@ pub fn compact_line(ev: &Event) -> String {
             ProcessFlag::Other => " [other flag]",
         });
     }
+    // What came in through `kubectl exec` (or any runtime exec) is what people look for.
+    if ev.process.entered_via_exec == Some(true) {
+        line.push_str(" [via exec]");
+    }
     if let Some(exit) = &ev.exit {
         match (&exit.code, &exit.signal) {
             (_, Some(sig)) => {
@@ -118,6 +122,28 @@ fn command(binary: &str, args: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_entered_through_the_runtimes_exec_is_marked() {
+        let mut ev: Event = serde_json::from_value(serde_json::json!({
+            "schema_version": 1,
+            "type": "exec", "time": "2026-11-25T12:00:00Z", "node": "n",
+            "process": {"pid": 9, "tid": 9, "ppid": 1, "uid": 0, "binary": "/bin/sh",
+                "args": [], "cwd": "/", "exec_id": "e", "parent_exec_id": null,
+                "start_time": "", "cgroup_id": 1, "entered_via_exec": true},
+            "container": null, "pod": null, "attribution": "host"
+        }))
+        .unwrap();
+        assert!(
+            compact_line(&ev).ends_with(" [via exec]"),
+            "{}",
+            compact_line(&ev)
+        );
+        ev.process.entered_via_exec = Some(false);
+        assert!(!compact_line(&ev).contains("via exec"));
+        ev.process.entered_via_exec = None;
+        assert!(!compact_line(&ev).contains("via exec"));
+    }
 
     #[test]
     fn clock_takes_hms_and_milliseconds() {

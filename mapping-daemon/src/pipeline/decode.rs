@@ -194,6 +194,9 @@ pub struct ExecRecord {
     pub ids: TaskIds,
     pub start_time: u64,
     pub parent_exec_ktime: u64,
+    /// The process whose entry into the container this one's line goes back to (the kernel's
+    /// `entry_pid`); None when unknown or not in a container.
+    pub entry_pid: Option<u32>,
     /// Set when a policy rule acted on this exec.
     pub policy: Option<PolicyHit>,
     pub filename: Arc<str>,
@@ -209,6 +212,8 @@ pub struct ExitRecord {
     pub ids: TaskIds,
     pub exec_ktime: u64,
     pub exit_code: i32,
+    /// As [`ExecRecord::entry_pid`].
+    pub entry_pid: Option<u32>,
     /// The task's command name at exit.
     pub comm: String,
 }
@@ -307,6 +312,7 @@ pub fn decode(buf: &[u8]) -> Result<KernelEvent, DecodeError> {
                 ids: TaskIds::from_raw(&ev.ids),
                 start_time: ev.start_time,
                 parent_exec_ktime: ev.parent_exec_ktime,
+                entry_pid: (ev.entry_pid != 0).then_some(ev.entry_pid),
                 policy: PolicyHit::from_raw(ev.policy),
                 filename,
                 cwd,
@@ -321,6 +327,7 @@ pub fn decode(buf: &[u8]) -> Result<KernelEvent, DecodeError> {
                 ids: TaskIds::from_raw(&ev.ids),
                 exec_ktime: ev.exec_ktime,
                 exit_code: ev.exit_code,
+                entry_pid: (ev.entry_pid != 0).then_some(ev.entry_pid),
                 comm: c_str(&ev.comm),
             }))
         }

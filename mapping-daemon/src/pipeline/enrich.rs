@@ -173,7 +173,18 @@ fn process_of(
         },
         cgroup_id: ids.own_cgroup(layout).0,
         flags,
+        entered_via_exec: None,
     }
+}
+
+/// Whether a process came into its container through the runtime's exec: its line's entry is
+/// not the container's init (docs/decisions.md #35). None when either is unknown, and for an
+/// owner that rests on a cgroup's name alone (no record vouches for an init).
+fn entered_via_exec(owner: &Owner, entry_pid: Option<u32>) -> Option<bool> {
+    let Owner::Container(mapped) = owner else {
+        return None;
+    };
+    Some(entry_pid? != mapped.meta.init_pid?)
 }
 
 /// None for records that are not process events.
@@ -238,6 +249,7 @@ fn event(
                     start_time: clock.format(e.start_time),
                     cgroup_id: e.ids.own_cgroup(layout).0,
                     flags,
+                    entered_via_exec: entered_via_exec(&owner, e.entry_pid),
                 },
                 container,
                 pod,
@@ -265,6 +277,7 @@ fn event(
                 }
             }
             process.parent_exec_id = procs.get(e.ids.ppid).map(|p| p.exec_id.clone());
+            process.entered_via_exec = entered_via_exec(&owner, e.entry_pid);
             if process.binary.is_empty() && !e.comm.is_empty() {
                 // Never seen exec'ing (forked before podmapd, or a runtime's own helper such as
                 // runc's init stages): name it like ps does.
