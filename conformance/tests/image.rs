@@ -470,8 +470,6 @@ fn the_daemonset_runs_from_the_image() -> Result<()> {
             "app",
             "--type",
             "exec",
-            "--count",
-            "1",
             "-o",
             "json",
         ]
@@ -493,6 +491,15 @@ fn the_daemonset_runs_from_the_image() -> Result<()> {
         name: client_name.clone(),
     };
     let mut client = ChildGuard(client);
+    let stdout = client.0.stdout.take().context("the client's stdout")?;
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let st = request(&socket, r#"{"status": {}}"#).context("status")?;
@@ -513,29 +520,46 @@ fn the_daemonset_runs_from_the_image() -> Result<()> {
     let pid = ctrd.cri().container_status(&cid)?.pid as u64;
     let cgroup_id = pod.cgroup_id(&cid)?;
 
-    // `--count 1`: the client exits after the first event it is sent.
+    // The events of the pod's container until its entrypoint's exec. A runtime's own re-exec
+    // in the container's cgroup before it (runc's `init`, flagged runtime_init) may come first;
+    // the entrypoint must be the first exec that is not the runtime's.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while client.0.try_wait()?.is_none() {
-        if Instant::now() > deadline {
-            let _ = client.0.kill();
-            bail!(
-                "no event within 60 s; client: {}\npodmapd:\n{}\npodmap-nri:\n{}",
-                client.take_output(),
-                daemon.logs(),
-                nri.logs()
-            );
+    let mut seen: Vec<Value> = Vec::new();
+    let (e, line) = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.starts_with('{') => {
+                let v: Value =
+                    serde_json::from_str(&line).with_context(|| format!("event {line}"))?;
+                let runtimes = v["process"]["flags"]
+                    .as_array()
+                    .is_some_and(|f| f.iter().any(|f| f == "runtime_init"));
+                if !runtimes {
+                    break (v, line);
+                }
+                seen.push(v);
+            }
+            Ok(other) => bail!("podmap events printed {other:?}"),
+            Err(_) => {
+                let _ = client.0.kill();
+                bail!(
+                    "no exec of the container's own within 60 s; events before: {seen:#?}\n\
+                     client: {}\npodmapd:\n{}\npodmap-nri:\n{}",
+                    client.take_output(),
+                    daemon.logs(),
+                    nri.logs()
+                );
+            }
         }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let exit = client.0.wait()?;
-    let out = client.take_output();
-    ensure!(exit.success(), "podmap events failed ({exit}): {out}");
-    let line = out
-        .lines()
-        .find(|l| l.starts_with('{'))
-        .with_context(|| format!("no JSON event from podmap events: {out}"))?;
-    let e: Value = serde_json::from_str(line).with_context(|| format!("event {line}"))?;
+    };
     eprintln!("the first exec, from the image's podmap events: {e}");
+    for r in &seen {
+        assert_eq!(
+            r["container"]["id"],
+            cid.as_str(),
+            "the runtime's exec: {r:#}"
+        );
+    }
 
     // The container's entrypoint (its PID 1, the marker in its argv), attributed to the pod.
     let ctx = || format!("event: {e:#}");
