@@ -147,6 +147,13 @@ pub fn log_record(ev: &Event, raw: &str, observed_ns: u64) -> LogRecord {
     // The kernel's cgroup ids are u64; OTLP's integers are i64. Ids past i63 are not seen in
     // practice, and a string keeps even those exact.
     a.push(kv("podmap.process.cgroup_id", s(p.cgroup_id.to_string())));
+    // Which processes came in through `kubectl exec`: absent when podmapd could not tell.
+    if let Some(via_exec) = p.entered_via_exec {
+        a.push(kv(
+            "podmap.process.entered_via_exec",
+            Value::BoolValue(via_exec),
+        ));
+    }
     if !p.flags.is_empty() {
         let flags: Vec<String> = p
             .flags

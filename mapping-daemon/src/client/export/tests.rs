@@ -41,7 +41,7 @@ fn attrs(kvs: &[KeyValue]) -> BTreeMap<String, String> {
     m
 }
 
-const EXIT: &str = r#"{"type":"exit","time":"2026-11-25T12:00:01.500000000Z","node":"node-a","process":{"pid":4242,"tid":4242,"ppid":4200,"uid":1000,"binary":"/bin/sleep","args":["0.1","x y"],"cwd":"/srv","exec_id":"ZXhlYw","parent_exec_id":"cGFyZW50","start_time":"2026-11-25T12:00:00Z","cgroup_id":77,"flags":["args_truncated"]},"container":{"id":"c0ffee","name":"app","runtime":"containerd","image":"registry.local:5000/team/app:1.2"},"pod":{"uid":"uid-1","name":"web-1","namespace":"prod","labels":{"app":"web"},"workload":"web","workload_kind":"Deployment"},"attribution":"container","exit":{"code":3,"signal":null}}"#;
+const EXIT: &str = r#"{"type":"exit","time":"2026-11-25T12:00:01.500000000Z","node":"node-a","process":{"pid":4242,"tid":4242,"ppid":4200,"uid":1000,"binary":"/bin/sleep","args":["0.1","x y"],"cwd":"/srv","exec_id":"ZXhlYw","parent_exec_id":"cGFyZW50","start_time":"2026-11-25T12:00:00Z","cgroup_id":77,"flags":["args_truncated"],"entered_via_exec":true},"container":{"id":"c0ffee","name":"app","runtime":"containerd","image":"registry.local:5000/team/app:1.2"},"pod":{"uid":"uid-1","name":"web-1","namespace":"prod","labels":{"app":"web"},"workload":"web","workload_kind":"Deployment"},"attribution":"container","exit":{"code":3,"signal":null}}"#;
 
 const POLICY: &str = r#"{"type":"policy","time":"2026-11-25T12:00:02Z","node":"node-a","process":{"pid":1,"tid":1,"ppid":0,"uid":0,"binary":"/bin/nc","args":[],"cwd":"/","exec_id":"e","parent_exec_id":null,"start_time":"2026-11-25T12:00:00Z","cgroup_id":5},"container":null,"pod":null,"attribution":"host","policy":{"name":"no-nc","rule":"r1","path":"/bin/nc","action":"deny","mode":"enforce"}}"#;
 
@@ -91,6 +91,7 @@ fn an_exit_event_becomes_a_record_with_every_attribute() {
         ("podmap.process.parent_exec_id", "cGFyZW50"),
         ("podmap.process.cgroup_id", "77"),
         ("podmap.process.flags", "[args_truncated]"),
+        ("podmap.process.entered_via_exec", "bool:true"),
     ];
     for (k, v) in want {
         assert_eq!(a.get(k).map(String::as_str), Some(v), "attribute {k}");
