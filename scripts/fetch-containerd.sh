@@ -28,35 +28,23 @@ cache="${1:-${PODMAP_CONTAINERD_CACHE:-/var/cache/podmap-conformance}}"
 mirror="${PODMAP_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 prefix="$cache/containerd-$series"
 
-mkdir -p "$cache"
-# Test processes started side by side share one download.
-exec 9>"$cache/.lock"
-flock 9
+# shellcheck source=scripts/lib/fetch.sh
+. "$(dirname "$0")/lib/fetch.sh"
+# The lock fetch-nri-upstream.sh takes too: both use the same private apt directories.
+fetch_lock .lock
 
 if [ -f "$prefix/.complete" ] && [ -x "$prefix/usr/bin/containerd" ]; then
   echo "$prefix"
   exit 0
 fi
 
-apt_dir="$cache/apt-$suite"
-mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/debs"
-echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror $suite main" \
-  >"$apt_dir/sources.list"
-apt_opts=(
-  -o "Dir::Etc::SourceList=$apt_dir/sources.list"
-  -o "Dir::Etc::SourceParts=/dev/null"
-  -o "Dir::Etc::PreferencesParts=/dev/null"
-  -o "Dir::State::Lists=$apt_dir/lists"
-  -o "Dir::Cache=$apt_dir/cache"
-  # Keeps downloads owned by root inside our private dirs (apt would switch to _apt).
-  -o "APT::Sandbox::User=root"
-  -q
-)
 echo "fetch-containerd: downloading containerd $series from Debian $suite into $prefix" >&2
-apt-get "${apt_opts[@]}" update >&2
-rm -f "$apt_dir/debs"/containerd_*.deb
-(cd "$apt_dir/debs" && apt-get "${apt_opts[@]}" download containerd >&2)
-deb=$(ls "$apt_dir/debs"/containerd_*.deb)
+apt_private "$suite"
+debs="$apt_dir/debs"
+rm -rf "$debs"
+mkdir -p "$debs"
+(cd "$debs" && apt-get "${apt_opts[@]}" download containerd >&2)
+deb=$(ls "$debs"/containerd_*.deb)
 version=$(dpkg-deb -f "$deb" Version)
 case "$version" in
   "$series".*) ;;
@@ -66,13 +54,10 @@ case "$version" in
     ;;
 esac
 
-tmp="$prefix.tmp.$$"
-rm -rf "$tmp"
-dpkg -x "$deb" "$tmp"
-echo "$version" >"$tmp/.complete"
-rm -rf "$prefix"
-mv "$tmp" "$prefix"
+fetch_staging "$prefix"
+dpkg -x "$deb" "$staging"
+fetch_publish "$prefix" "$version"
 # The package is unpacked: its download and apt's cache are no longer needed.
-rm -rf "$apt_dir/debs" "$apt_dir/cache"
+rm -rf "$debs" "$apt_dir/cache"
 echo "fetch-containerd: containerd $version ready" >&2
 echo "$prefix"

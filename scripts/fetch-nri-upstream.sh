@@ -16,41 +16,24 @@ cache="${1:-${PODMAP_CONTAINERD_CACHE:-/var/cache/podmap-conformance}}"
 mirror="${PODMAP_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 prefix="$cache/nri-upstream"
 
-mkdir -p "$cache"
-# Shares fetch-containerd.sh's lock: both use the same private apt directories.
-exec 9>"$cache/.lock"
-flock 9
+# shellcheck source=scripts/lib/fetch.sh
+. "$(dirname "$0")/lib/fetch.sh"
+# fetch-containerd.sh's lock: both use the same private apt directories.
+fetch_lock .lock
 
 if [ -f "$prefix/.complete" ]; then
   echo "$prefix"
   exit 0
 fi
 
-tmp="$prefix.tmp.$$"
-rm -rf "$tmp"
-mkdir -p "$tmp"
-
-# Downloads PACKAGES from Debian SUITE and unpacks them all into DEST.
+# Downloads PACKAGES from Debian SUITE and unpacks them all into DEST. "+go" stands for the
+# toolchain golang-go depends on in that suite (golang-1.NN-go) and its standard library.
 fetch() {
   local suite="$1" dest="$2"
   shift 2
-  local apt_dir="$cache/apt-$suite"
-  mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/nri-debs"
-  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror $suite main" \
-    >"$apt_dir/sources.list"
-  local apt_opts=(
-    -o "Dir::Etc::SourceList=$apt_dir/sources.list"
-    -o "Dir::Etc::SourceParts=/dev/null"
-    -o "Dir::Etc::PreferencesParts=/dev/null"
-    -o "Dir::State::Lists=$apt_dir/lists"
-    -o "Dir::Cache=$apt_dir/cache"
-    -o "APT::Sandbox::User=root"
-    -q
-  )
-  apt-get "${apt_opts[@]}" update >&2
+  apt_private "$suite"
   local packages=("$@")
   if [ "${packages[0]}" = "+go" ]; then
-    # The toolchain golang-go stands for in this suite (golang-1.NN-go), and its standard library.
     local go
     go=$(apt-cache "${apt_opts[@]}" depends golang-go | awk '/Depends: golang-1\.[0-9]+-go/ {print $2; exit}')
     [ -n "$go" ] || {
@@ -59,21 +42,21 @@ fetch() {
     }
     packages=("${packages[@]:1}" "$go" "${go%-go}-src")
   fi
-  rm -f "$apt_dir/nri-debs"/*.deb
-  (cd "$apt_dir/nri-debs" && apt-get "${apt_opts[@]}" download "${packages[@]}" >&2)
-  local deb
-  for deb in "$apt_dir/nri-debs"/*.deb; do
+  local debs="$apt_dir/nri-debs" deb
+  rm -rf "$debs"
+  mkdir -p "$debs"
+  (cd "$debs" && apt-get "${apt_opts[@]}" download "${packages[@]}" >&2)
+  for deb in "$debs"/*.deb; do
     dpkg -x "$deb" "$dest"
     echo "$(dpkg-deb -f "$deb" Package) $(dpkg-deb -f "$deb" Version)" >>"$dest/.packages"
   done
-  rm -rf "$apt_dir/nri-debs" "$apt_dir/cache"
+  rm -rf "$debs" "$apt_dir/cache"
 }
 
 echo "fetch-nri-upstream: downloading the NRI API of containerd 1.7 and 2.1 from Debian" >&2
-fetch trixie "$tmp/trixie" golang-github-containerd-nri-dev
-fetch forky "$tmp/forky" +go golang-github-containerd-nri-dev golang-google-protobuf-dev
-touch "$tmp/.complete"
-rm -rf "$prefix"
-mv "$tmp" "$prefix"
-cat "$prefix"/*/.packages >&2
+fetch_staging "$prefix"
+fetch trixie "$staging/trixie" golang-github-containerd-nri-dev
+fetch forky "$staging/forky" +go golang-github-containerd-nri-dev golang-google-protobuf-dev
+cat "$staging"/*/.packages >&2
+fetch_publish "$prefix" done
 echo "$prefix"

@@ -24,11 +24,11 @@ wheel_sha256=2f4117e58410c933e0dc042a268ef738dab2e3a5d63b5831209acdac2a6ddcb7
 cache="${1:-${PODMAP_ROTEL_CACHE:-/var/cache/podmap-conformance}}"
 prefix="$cache/rotel-$rotel_version"
 
-mkdir -p "$cache"
-# Test processes started side by side share one download. A lock of its own: a helm or
-# containerd download under the same cache directory need not hold up the export tests.
-exec 9>"$cache/.rotel.lock"
-flock 9
+# shellcheck source=scripts/lib/fetch.sh
+. "$(dirname "$0")/lib/fetch.sh"
+# A lock of its own: a helm or containerd download under the same cache directory need not hold
+# up the export tests.
+fetch_lock .rotel.lock
 
 if [ -f "$prefix/.complete" ] && [ -x "$prefix/bin/rotel-agent" ]; then
   echo "$prefix/bin/rotel-agent"
@@ -40,23 +40,13 @@ if [ "$(uname -m)" != x86_64 ]; then
   exit 1
 fi
 
-tmp="$prefix.tmp.$$"
-rm -rf "$tmp"
-mkdir -p "$tmp/wheel" "$tmp/bin"
-trap 'rm -rf "$tmp"' EXIT
-echo "fetch-rotel: downloading rotel $rotel_version from PyPI" >&2
-python3 -m pip download --quiet --no-deps --disable-pip-version-check \
-  --only-binary=:all: --python-version "$wheel_python" --platform "$wheel_platform" \
-  "rotel==$rotel_version" -d "$tmp/wheel" >&2
-wheel=$(ls "$tmp/wheel"/*.whl)
-got=$(sha256sum "$wheel" | cut -d' ' -f1)
-if [ "$got" != "$wheel_sha256" ]; then
-  echo "fetch-rotel: $wheel has sha256 $got, expected $wheel_sha256" >&2
-  exit 1
-fi
+fetch_staging "$prefix"
+mkdir -p "$staging/bin"
+wheel=$(pypi_wheel rotel "$rotel_version" "$wheel_sha256" "$staging/wheel" \
+  --only-binary=:all: --python-version "$wheel_python" --platform "$wheel_platform")
 
 # The wheel is a zip file; Python's zipfile reads it (python3 is here for pip, unzip may not be).
-python3 - "$wheel" "$tmp" <<'PY'
+python3 - "$wheel" "$staging" <<'PY'
 import sys, zipfile
 wheel, out = sys.argv[1], sys.argv[2]
 with zipfile.ZipFile(wheel) as w:
@@ -64,17 +54,14 @@ with zipfile.ZipFile(wheel) as w:
 with open(out + "/bin/rotel-agent", "wb") as f:
     f.write(data)
 PY
-chmod 0755 "$tmp/bin/rotel-agent"
-rm -rf "$tmp/wheel"
+chmod 0755 "$staging/bin/rotel-agent"
+rm -rf "$staging/wheel"
 # The agent must run here (glibc, CPU): a wheel that unpacks but cannot start is refused now,
 # not in the middle of a test.
-if ! "$tmp/bin/rotel-agent" --help >/dev/null 2>&1; then
+if ! "$staging/bin/rotel-agent" --help >/dev/null 2>&1; then
   echo "fetch-rotel: the wheel's rotel-agent does not run on this machine" >&2
   exit 1
 fi
-echo "$rotel_version" >"$tmp/.complete"
-rm -rf "$prefix"
-mv "$tmp" "$prefix"
-trap - EXIT
+fetch_publish "$prefix" "$rotel_version"
 echo "fetch-rotel: rotel $rotel_version ready" >&2
 echo "$prefix/bin/rotel-agent"
