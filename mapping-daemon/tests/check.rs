@@ -14,20 +14,25 @@ fn a_node_with_podmapd_running_passes_every_check() {
     let tmp = tempfile::tempdir().unwrap();
     let nri = tmp.path().join("nri.sock");
     let _runtime = std::os::unix::net::UnixListener::bind(&nri).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_podmap"))
-        .arg("check")
-        .arg("--socket")
-        .arg(&daemon.socket)
-        .arg("--bpffs-dir")
-        .arg(&daemon.pins.path)
-        .arg("--nri-socket")
-        .arg(&nri)
-        .arg("--crio-socket")
-        .arg(tmp.path().join("no-crio.sock"))
-        .arg("--state-dir")
-        .arg(tmp.path())
-        .output()
-        .unwrap();
+    // The node as podmap check sees it: this podmapd, the stand-in NRI socket, no CRI-O, and
+    // the state directory where podmap-nri would keep its health file.
+    let check = || {
+        Command::new(env!("CARGO_BIN_EXE_podmap"))
+            .arg("check")
+            .arg("--socket")
+            .arg(&daemon.socket)
+            .arg("--bpffs-dir")
+            .arg(&daemon.pins.path)
+            .arg("--nri-socket")
+            .arg(&nri)
+            .arg("--crio-socket")
+            .arg(tmp.path().join("no-crio.sock"))
+            .arg("--state-dir")
+            .arg(tmp.path())
+            .output()
+            .unwrap()
+    };
+    let out = check();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -62,18 +67,7 @@ fn a_node_with_podmapd_running_passes_every_check() {
         ..Default::default()
     };
     podmap_node::nri_health::write(&podmap_node::nri_health::path_in(tmp.path()), &stale).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_podmap"))
-        .arg("check")
-        .arg("--socket")
-        .arg(&daemon.socket)
-        .arg("--bpffs-dir")
-        .arg(&daemon.pins.path)
-        .arg("--nri-socket")
-        .arg(&nri)
-        .arg("--state-dir")
-        .arg(tmp.path())
-        .output()
-        .unwrap();
+    let out = check();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.lines()
