@@ -569,17 +569,8 @@ fn the_daemonset_runs_from_the_image() -> Result<()> {
     assert_eq!(e["process"]["binary"], "/bin/sh", "{}", ctx());
     assert_eq!(e["process"]["cgroup_id"], cgroup_id, "{}", ctx());
     assert!(line.contains(&marker), "the entrypoint's argv: {}", ctx());
-    assert_eq!(e["container"]["id"], cid.as_str(), "{}", ctx());
-    assert_eq!(e["container"]["name"], "app", "{}", ctx());
+    podmap_conformance::containerd::events::assert_attributed(&e, &pod, &cid, "app");
     assert_eq!(e["container"]["image"], images::TEST_IMAGE, "{}", ctx());
-    assert_eq!(e["pod"]["name"], pod.spec.name.as_str(), "{}", ctx());
-    assert_eq!(
-        e["pod"]["namespace"],
-        pod.spec.namespace.as_str(),
-        "{}",
-        ctx()
-    );
-    assert_eq!(e["pod"]["uid"], pod.spec.uid.as_str(), "{}", ctx());
     assert_eq!(e["pod"]["labels"], json!({"app": "web"}), "{}", ctx());
     assert_eq!(e["node"], node.as_str(), "{}", ctx());
 

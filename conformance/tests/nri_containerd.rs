@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use podmap_bpf::testing::unique_name;
 use podmap_cgroup::CgroupKey;
-use podmap_conformance::containerd::events as ev;
+use podmap_conformance::containerd::events::{self as ev, assert_attributed};
 use podmap_conformance::containerd::plugin::probe;
 use podmap_conformance::containerd::{
     images, teardown, ContainerSpec, Containerd, Node, NodeOptions, NriPlugin, Options, PluginMode,
@@ -81,24 +81,6 @@ fn pod_spec(name: &str) -> PodSpec {
 fn stream_of(node: &Node, spec: &PodSpec) -> EventStream {
     node.daemon
         .events(&json!({ "namespace": spec.namespace }).to_string())
-}
-
-/// Asserts an event is attributed to container `cid` named `name` of `pod`, with the pod's
-/// uid, name, namespace and its own labels (runtime-added keys stripped).
-fn assert_attributed(e: &Value, pod: &Pod, cid: &str, name: &str) {
-    let ctx = || format!("event: {e:#}");
-    assert_eq!(e["attribution"], "container", "{}", ctx());
-    assert_eq!(e["container"]["id"], cid, "{}", ctx());
-    assert_eq!(e["container"]["name"], name, "{}", ctx());
-    assert_eq!(e["pod"]["uid"], pod.spec.uid.as_str(), "{}", ctx());
-    assert_eq!(e["pod"]["name"], pod.spec.name.as_str(), "{}", ctx());
-    assert_eq!(
-        e["pod"]["namespace"],
-        pod.spec.namespace.as_str(),
-        "{}",
-        ctx()
-    );
-    assert_eq!(e["pod"]["labels"], json!(pod.spec.labels), "{}", ctx());
 }
 
 /// Starts a container whose PID 1 carries a unique marker and checks the exec of PID 1 itself

@@ -1,7 +1,28 @@
 //! Reading podmapd's event lines in the containerd suites: which container an event names, its
-//! arguments, and its time as wall-clock nanoseconds (to compare with a record's creation).
+//! arguments, its time as wall-clock nanoseconds (to compare with a record's creation), and the
+//! one check that an event is attributed to a pod's container.
 
-use serde_json::Value;
+use serde_json::{json, Value};
+
+use super::Pod;
+
+/// Asserts that `e` is attributed to container `cid` (named `name`) of `pod`: the container's id
+/// and name, and the pod's uid, name, namespace and its own labels (runtime-added keys stripped).
+pub fn assert_attributed(e: &Value, pod: &Pod, cid: &str, name: &str) {
+    let ctx = || format!("event: {e:#}");
+    assert_eq!(e["attribution"], "container", "{}", ctx());
+    assert_eq!(e["container"]["id"], cid, "{}", ctx());
+    assert_eq!(e["container"]["name"], name, "{}", ctx());
+    assert_eq!(e["pod"]["uid"], pod.spec.uid.as_str(), "{}", ctx());
+    assert_eq!(e["pod"]["name"], pod.spec.name.as_str(), "{}", ctx());
+    assert_eq!(
+        e["pod"]["namespace"],
+        pod.spec.namespace.as_str(),
+        "{}",
+        ctx()
+    );
+    assert_eq!(e["pod"]["labels"], json!(pod.spec.labels), "{}", ctx());
+}
 
 /// The container id an event names: the mapped container's, or for an `unknown` event the one
 /// read from its cgroup path.
