@@ -102,13 +102,18 @@ impl LogSink {
 
     /// Installs the global subscriber writing here, filtered by `filter` (PODMAP_LOG, `--log`:
     /// already checked against EnvFilter's grammar by podmap-node).
-    pub fn install(&self, filter: &podmap_node::LogFilter) {
+    /// `format` is `--log-format`: text, or one JSON object per line. Never coloured: the sink
+    /// may be a file, and a runtime's log is not a terminal.
+    pub fn install(&self, filter: &podmap_node::LogFilter, format: podmap_node::LogFormat) {
         let filter = EnvFilter::try_new(filter.as_str()).unwrap_or_else(|_| EnvFilter::new("info"));
-        let _ = tracing_subscriber::fmt()
+        let fmt = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_ansi(false)
-            .with_writer(self.clone())
-            .try_init();
+            .with_writer(self.clone());
+        let _ = match format {
+            podmap_node::LogFormat::Text => fmt.try_init(),
+            podmap_node::LogFormat::Json => fmt.json().try_init(),
+        };
     }
 }
 

@@ -21,11 +21,13 @@ fn main() -> ExitCode {
     // bad arguments or environment fall back to defaults, and the log says so.
     let mut early_problem = None;
     let mut filter = podmap_node::LogFilter::default();
+    let mut format = podmap_node::LogFormat::default();
     let mut probe = false;
     let settings = match Args::try_parse()
         .map_err(anyhow::Error::from)
         .and_then(|a| {
             filter = a.node.log.clone();
+            format = a.node.log_format;
             probe = a.probe;
             Settings::new(a, &env).map_err(anyhow::Error::from)
         }) {
@@ -59,7 +61,7 @@ fn main() -> ExitCode {
             eprintln!("podmap-nri: cannot log to {}: {e}", file.display());
         }
     }
-    log.install(&filter);
+    log.install(&filter, format);
     if let Some(e) = early_problem {
         tracing::error!(error = %format!("{e:#}"), "bad arguments or environment; running on defaults");
     }

@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use podmap_node::LogFormat;
+
 use crate::options::{Level, Stage};
 
 pub struct HookLog {
@@ -25,6 +27,8 @@ pub struct HookLog {
     stage: AtomicU8,
     /// Why the file could not be opened (on stderr, with each line).
     open_error: OnceLock<String>,
+    /// `--log-format`: the text line, or one JSON object per line.
+    format: LogFormat,
 }
 
 /// A log past this size is moved to `<log>.1` (replacing the previous one) by the next run that
@@ -70,7 +74,15 @@ impl HookLog {
             level,
             stage: AtomicU8::new(stage as u8),
             open_error: OnceLock::new(),
+            format: LogFormat::Text,
         }
+    }
+
+    /// The same log, its lines written as `format` says (never coloured: the hook's output is
+    /// a file or a runtime's pipe).
+    pub fn with_format(mut self, format: LogFormat) -> HookLog {
+        self.format = format;
+        self
     }
 
     /// Opens `path` for appending, creating its directory.
@@ -122,6 +134,37 @@ impl HookLog {
         if !self.enabled(level) {
             return;
         }
+        let mut line = match self.format {
+            LogFormat::Text => self.text_line(level, container, msg),
+            LogFormat::Json => self.json_line(level, container, msg),
+        };
+        line.push('\n');
+        let written = self
+            .file
+            .get()
+            .is_some_and(|mut f| f.write_all(line.as_bytes()).is_ok());
+        if !written {
+            // Not eprint!: it panics when stderr is a closed pipe, and logging never fails the
+            // hook.
+            let mut err = std::io::stderr().lock();
+            if let Some(e) = self.open_error.get() {
+                let _ = match self.format {
+                    LogFormat::Text => writeln!(err, "podmap-oci-hook: {e}"),
+                    LogFormat::Json => writeln!(
+                        err,
+                        "{}",
+                        self.json_line(level, container, format_args!("{e}"))
+                    ),
+                };
+            }
+            let _ = err.write_all(line.as_bytes());
+        }
+    }
+}
+
+impl HookLog {
+    /// `<time> <LEVEL> podmap-oci-hook[<pid>] <stage> id=<id>: <message>`, without the newline.
+    fn text_line(&self, level: Level, container: Option<&str>, msg: fmt::Arguments<'_>) -> String {
         let mut line = format!(
             "{} {} podmap-oci-hook[{}] {}",
             utc_timestamp(SystemTime::now()),
@@ -137,20 +180,24 @@ impl HookLog {
         // One line per entry, whatever the message holds.
         let msg = msg.to_string();
         line.extend(msg.chars().map(|c| if c == '\n' { ' ' } else { c }));
-        line.push('\n');
-        let written = self
-            .file
-            .get()
-            .is_some_and(|mut f| f.write_all(line.as_bytes()).is_ok());
-        if !written {
-            // Not eprint!: it panics when stderr is a closed pipe, and logging never fails the
-            // hook.
-            let mut err = std::io::stderr().lock();
-            if let Some(e) = self.open_error.get() {
-                let _ = writeln!(err, "podmap-oci-hook: {e}");
-            }
-            let _ = err.write_all(line.as_bytes());
+        line
+    }
+
+    /// The same entry as one JSON object (serde_json escapes newlines, so it stays one line):
+    /// `timestamp`, `level`, `message`, `target`, `pid`, `stage` and, when known, `container_id`.
+    fn json_line(&self, level: Level, container: Option<&str>, msg: fmt::Arguments<'_>) -> String {
+        let mut obj = serde_json::json!({
+            "timestamp": utc_timestamp(SystemTime::now()),
+            "level": level.as_str(),
+            "message": msg.to_string(),
+            "target": "podmap-oci-hook",
+            "pid": std::process::id(),
+            "stage": self.stage().as_str(),
+        });
+        if let Some(id) = container {
+            obj["container_id"] = id.into();
         }
+        obj.to_string()
     }
 }
 
@@ -239,6 +286,27 @@ mod tests {
             .recv_timeout(Duration::from_secs(5))
             .expect("opening a FIFO as the log blocked");
         assert!(err.is_some_and(|e| e.contains("hook.log")));
+    }
+
+    #[test]
+    fn json_lines_are_one_object_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hook.log");
+        let log = HookLog::open(&path, Level::Info, Stage::Poststop).with_format(LogFormat::Json);
+        log.line(Level::Error, Some("abc"), format_args!("bad\n\"thing\""));
+        log.line(Level::Warn, None, format_args!("second"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines[0]["level"], "ERROR");
+        assert_eq!(lines[0]["message"], "bad\n\"thing\"");
+        assert_eq!(lines[0]["container_id"], "abc");
+        assert_eq!(lines[0]["stage"], "poststop");
+        assert_eq!(lines[1]["message"], "second");
+        assert!(lines[1].get("container_id").is_none());
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Parser;
+use podmap_node::LogFormat;
 use podmap_oci_hook::hook::Hook;
 use podmap_oci_hook::log::HookLog;
 use podmap_oci_hook::options::{Level, Options, Stage, DEFAULT_LOG_FILE};
@@ -42,11 +43,16 @@ fn main() -> ExitCode {
     watchdog::arm(started + DEFAULT_BOUND, || 0);
     let _ = std::panic::catch_unwind(|| {
         let path = std::env::var_os("PODMAP_LOG_FILE").unwrap_or(DEFAULT_LOG_FILE.into());
-        HookLog::open(path.as_ref(), Level::Error, Stage::CreateRuntime).line(
-            Level::Error,
-            None,
-            format_args!("{failure}"),
-        );
+        // The format as the environment says, if it says so plainly (the flags did not parse).
+        let json = std::env::var("PODMAP_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+        let format = if json {
+            LogFormat::Json
+        } else {
+            LogFormat::Text
+        };
+        HookLog::open(path.as_ref(), Level::Error, Stage::CreateRuntime)
+            .with_format(format)
+            .line(Level::Error, None, format_args!("{failure}"));
     });
     ExitCode::SUCCESS
 }
@@ -143,7 +149,8 @@ fn run(started: Instant) -> anyhow::Result<u8> {
         }
     };
     // The watchdog first, then the log: opening it can block on a hung filesystem.
-    let log = HookLog::new(&opts.log_file, opts.log_level(), opts.stage);
+    let log =
+        HookLog::new(&opts.log_file, opts.log_level(), opts.stage).with_format(opts.log_format);
     let hook = Arc::new(Hook::new(opts, log, started));
     let on_fire = Arc::clone(&hook);
     let armed = watchdog::arm(hook.deadline(), move || on_fire.on_timeout());

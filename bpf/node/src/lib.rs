@@ -72,6 +72,11 @@ pub struct NodeArgs {
     #[arg(long, visible_alias = "log-level", env = "PODMAP_LOG", value_name = "FILTER",
           default_value = DEFAULT_LOG, value_parser = LogFilter::from_str)]
     pub log: LogFilter,
+    /// How log lines are written: `text` (for people) or `json` (one JSON object per line, for
+    /// a log collector). Colour only when the output is a terminal, never in a file.
+    #[arg(long, env = "PODMAP_LOG_FORMAT", value_name = "FORMAT", value_enum,
+          default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// The namespace podmap runs in (the DaemonSet sets POD_NAMESPACE): no policy ever selects
     /// its pods, so a policy cannot stop podmap itself.
     #[arg(long, env = "POD_NAMESPACE", value_name = "NS")]
@@ -90,6 +95,7 @@ impl Default for NodeArgs {
             policy_dir: DEFAULT_POLICY_DIR.into(),
             grace: DEFAULT_GRACE,
             log: LogFilter::default(),
+            log_format: LogFormat::Text,
             own_namespace: None,
         }
     }
@@ -100,6 +106,18 @@ impl NodeArgs {
     pub fn own_namespace(&self) -> Option<&str> {
         self.own_namespace.as_deref().filter(|ns| !ns.is_empty())
     }
+}
+
+/// `--log-format`, `PODMAP_LOG_FORMAT`: parsed here, mapped by each binary onto its own logger
+/// (tracing-subscriber's fmt or json formatter; the hook's own line writer).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// `<time> <LEVEL> <target>: <message>`, for people.
+    #[default]
+    Text,
+    /// One JSON object per line, with `timestamp`, `level` and `fields.message` (the hook:
+    /// `timestamp`, `level`, `message`, and its own fields).
+    Json,
 }
 
 /// Every duration podmap takes (flags, environment, podmap-nri's YAML): humantime's syntax

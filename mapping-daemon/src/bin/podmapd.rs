@@ -1,15 +1,23 @@
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
     let args = podmap_daemon::daemon::Args::parse();
     // PODMAP_LOG (--log) was checked against EnvFilter's grammar when parsed.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_new(args.node.log.as_str()).unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter =
+        EnvFilter::try_new(args.node.log.as_str()).unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour only for a person at a terminal; `--log-format json` is one object per line.
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match args.node.log_format {
+        podmap_node::LogFormat::Text => fmt.init(),
+        podmap_node::LogFormat::Json => fmt.json().init(),
+    }
     for w in podmap_node::retired_env_warnings() {
         tracing::warn!("{w}");
     }
@@ -18,9 +26,13 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let res = rt.block_on(podmap_daemon::daemon::run(args));
-    if let Err(e) = &res {
-        tracing::error!("{e:#}");
+    // A failure is logged once, in the log's format (not also printed by std as a debug dump,
+    // which would break a JSON log's one object per line).
+    match rt.block_on(podmap_daemon::daemon::run(args)) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            tracing::error!("{e:#}");
+            Ok(ExitCode::FAILURE)
+        }
     }
-    res
 }

@@ -41,8 +41,30 @@ pub struct Cli {
     /// podmapd's socket.
     #[arg(long, global = true, env = "PODMAP_SOCKET", default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
+    /// How `podmap export` logs (the other commands print, they do not log): `text`, or `json`
+    /// (one JSON object per line, for a log collector). Colour only on a terminal.
+    #[arg(long, global = true, env = "PODMAP_LOG_FORMAT", value_name = "FORMAT", value_enum,
+          default_value_t = podmap_node::LogFormat::Text)]
+    pub log_format: podmap_node::LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The log subscriber of the long-running command (export), installed before it starts so that
+/// `--log-format` applies (export's own set-up then finds one installed and keeps it). The
+/// filter is PODMAP_LOG, as for every binary.
+fn init_logging(format: podmap_node::LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("PODMAP_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_ansi(io::stderr().is_terminal())
+        .with_writer(io::stderr);
+    let _ = match format {
+        podmap_node::LogFormat::Text => fmt.try_init(),
+        podmap_node::LogFormat::Json => fmt.json().try_init(),
+    };
 }
 
 #[derive(Debug, Subcommand)]
@@ -156,6 +178,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         // Long-running, with its own outputs: stdout is the export's when --stdout asks for it.
         Command::Export(args) => {
             drop(out);
+            init_logging(cli.log_format);
             return export::run(&cli.socket, args);
         }
         Command::Check(args) => {
