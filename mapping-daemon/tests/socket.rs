@@ -730,11 +730,9 @@ fn events_args(count: u64, output: EventFormat) -> EventsArgs {
     EventsArgs {
         output,
         filters: FilterArgs {
-            namespace: Some("prod".into()),
-            pod: None,
-            container: None,
-            labels: vec![],
+            namespace: vec!["prod".into()],
             types: vec![EventType::Exec, EventType::Exit],
+            ..Default::default()
         },
         count: Some(count),
     }

@@ -67,6 +67,7 @@ pub fn events(
         return Ok(0);
     }
     let stream = connect(socket, &Request::Events(args.filter()))?;
+    let client = args.filters.client_filter();
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
     let mut line = Vec::with_capacity(4096);
     let mut written = 0u64;
@@ -82,6 +83,17 @@ pub fn events(
         if let Some(err) = server_error(&line) {
             out.flush().context("writing to stdout")?;
             return Err(err.into());
+        }
+        if !client.is_empty() {
+            let ev: Event = serde_json::from_slice(&line).with_context(|| {
+                format!(
+                    "podmapd sent a line that is not an event: {}",
+                    String::from_utf8_lossy(&line).trim_end()
+                )
+            })?;
+            if !client.matches(&ev) {
+                continue;
+            }
         }
         match args.output {
             EventFormat::Json => {

@@ -11,6 +11,7 @@ mod connection;
 mod containers_table;
 mod event_line;
 mod export;
+pub mod selector;
 mod status_table;
 mod text;
 
@@ -101,13 +102,16 @@ pub struct EventsArgs {
     pub count: Option<u64>,
 }
 
-/// The event filters podmapd applies, shared by `podmap events` and `podmap export`: one
-/// definition, so the two commands take the same flags.
+/// The event filters, shared by `podmap events` and `podmap export`: one definition, so the two
+/// commands take the same flags. podmapd applies what its request can say (the types, one
+/// namespace, the pod, the container, `--label` and the selector's `key=value` parts); the
+/// client applies the rest ([`ClientFilter`]).
 #[derive(Debug, Clone, Default, Args)]
 pub struct FilterArgs {
-    /// Only events of pods in this namespace.
-    #[arg(long)]
-    pub namespace: Option<String>,
+    /// Only events of pods in this namespace (repeat: any of them; one is filtered by podmapd,
+    /// several by the client).
+    #[arg(short = 'n', long, value_name = "NS")]
+    pub namespace: Vec<String>,
     /// Only events of this pod.
     #[arg(long)]
     pub pod: Option<String>,
@@ -117,9 +121,64 @@ pub struct FilterArgs {
     /// Only events of pods with this label (repeat: all must match).
     #[arg(long = "label", value_name = "K=V", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
+    /// Only events of pods whose labels match this Kubernetes label selector:
+    /// `app=web,tier!=db`, `key`, `!key`, `key in (a,b)`, `key notin (a)` (all must hold; `!=`
+    /// and `notin` also hold without the label). Its `key=value` parts are filtered by podmapd,
+    /// the rest by the client.
+    #[arg(short = 'l', long, value_name = "SELECTOR", value_parser = parse_selector)]
+    pub selector: Option<selector::Selector>,
+    /// Only host events (attribution `host`: outside every container). Filtered by the client.
+    #[arg(long)]
+    pub host: bool,
+    /// Only events whose process binary (its path) matches this regular expression (the regex
+    /// crate's syntax, unanchored: `^/usr/bin/` or `(curl|wget)$`). Filtered by the client.
+    #[arg(long, value_name = "REGEX")]
+    pub binary: Option<regex::Regex>,
     /// Only these event types, comma-separated: exec,exit,policy.
     #[arg(long = "type", value_name = "TYPES", value_delimiter = ',', value_parser = parse_type)]
     pub types: Vec<EventType>,
+}
+
+/// The filters podmapd's request cannot say, applied by the client to each event.
+#[derive(Debug, Clone, Default)]
+pub struct ClientFilter {
+    /// Any of these namespaces (set when more than one was given).
+    pub namespaces: Vec<String>,
+    pub selector: Option<selector::Selector>,
+    pub host: bool,
+    pub binary: Option<regex::Regex>,
+}
+
+impl ClientFilter {
+    /// Whether every event passes (no decoding needed).
+    pub fn is_empty(&self) -> bool {
+        self.namespaces.is_empty() && self.selector.is_none() && !self.host && self.binary.is_none()
+    }
+
+    pub fn matches(&self, ev: &podmap_proto::Event) -> bool {
+        let pod = ev.pod.as_deref();
+        if !self.namespaces.is_empty()
+            && !pod.is_some_and(|p| self.namespaces.contains(&p.namespace))
+        {
+            return false;
+        }
+        if let Some(sel) = &self.selector {
+            // A pod-less event has no labels: only requirements that hold without them pass.
+            let empty = Default::default();
+            if !sel.matches(pod.map_or(&empty, |p| &p.labels)) {
+                return false;
+            }
+        }
+        if self.host && ev.attribution != podmap_proto::Attribution::Host {
+            return false;
+        }
+        if let Some(re) = &self.binary {
+            if !re.is_match(&ev.process.binary) {
+                return false;
+            }
+        }
+        true
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -141,6 +200,10 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
     }
 }
 
+fn parse_selector(s: &str) -> Result<selector::Selector, String> {
+    selector::parse(s).map_err(|e| e.to_string())
+}
+
 fn parse_type(s: &str) -> Result<EventType, String> {
     EventType::parse(s)
         .ok_or_else(|| format!("unknown event type {s:?}: expected exec, exit or policy"))
@@ -156,12 +219,55 @@ impl EventsArgs {
 impl FilterArgs {
     /// The server-side filter these flags ask for.
     pub fn filter(&self) -> EventFilter {
+        let mut labels: std::collections::BTreeMap<String, String> =
+            self.labels.iter().cloned().collect();
+        // The selector's equalities must hold anyway: podmapd can drop the rest early. A key
+        // both --label and the selector set to different values selects nothing, as it should:
+        // the client's check of the whole selector still runs.
+        if let Some(sel) = &self.selector {
+            for (k, v) in sel.equalities() {
+                labels.entry(k.to_string()).or_insert_with(|| v.to_string());
+            }
+        }
         EventFilter {
             types: (!self.types.is_empty()).then(|| self.types.clone()),
-            namespace: self.namespace.clone(),
+            namespace: match self.namespace.as_slice() {
+                [one] => Some(one.clone()),
+                _ => None,
+            },
             pod: self.pod.clone(),
             container: self.container.clone(),
-            labels: self.labels.iter().cloned().collect(),
+            labels,
+        }
+    }
+
+    /// Whether some filter is left to the client: podmapd's filter alone does not say it all.
+    pub fn needs_client(&self) -> bool {
+        let server = self.filter();
+        self.namespace.len() > 1
+            || self.host
+            || self.binary.is_some()
+            || self.selector.as_ref().is_some_and(|sel| {
+                sel.0
+                    .iter()
+                    .any(|r| !matches!(r, selector::Requirement::Equals(..)))
+                    || sel
+                        .equalities()
+                        .any(|(k, v)| server.labels.get(k).map(String::as_str) != Some(v))
+            })
+    }
+
+    /// What the client applies itself (see [`FilterArgs`]).
+    pub fn client_filter(&self) -> ClientFilter {
+        ClientFilter {
+            namespaces: if self.namespace.len() > 1 {
+                self.namespace.clone()
+            } else {
+                Vec::new()
+            },
+            selector: self.selector.clone(),
+            host: self.host,
+            binary: self.binary.clone(),
         }
     }
 }
@@ -178,6 +284,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         // Long-running, with its own outputs: stdout is the export's when --stdout asks for it.
         Command::Export(args) => {
             drop(out);
+            // Export sends on what podmapd selected; the client-side filters are not applied
+            // on that path yet, and a filter silently ignored would export too much.
+            if args.filters.needs_client() {
+                anyhow::bail!(
+                    "podmap export does not apply several -n, -l (beyond key=value), --host or \
+                     --binary yet: use one --namespace and --label K=V"
+                );
+            }
             init_logging(cli.log_format);
             return export::run(&cli.socket, args);
         }
@@ -254,6 +368,124 @@ fn pretty_json(reply: &[u8]) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn event(
+        ns: Option<&str>,
+        labels: &str,
+        attribution: &str,
+        binary: &str,
+    ) -> podmap_proto::Event {
+        let pod = ns.map_or("null".to_string(), |ns| {
+            format!(r#"{{"uid":"u","name":"p","namespace":"{ns}","labels":{labels},"workload":null,"workload_kind":null}}"#)
+        });
+        let json = format!(
+            r#"{{"type":"exec","time":"t","node":"n","process":{{"pid":1,"tid":1,"ppid":0,"uid":0,
+            "binary":"{binary}","args":[],"cwd":"/","exec_id":"e","parent_exec_id":null,
+            "start_time":"s","cgroup_id":1}},"container":null,"pod":{pod},"attribution":"{attribution}"}}"#
+        );
+        serde_json::from_str(&json).unwrap()
+    }
+
+    fn events_filters(args: &[&str]) -> FilterArgs {
+        let mut argv = vec!["podmap", "events"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Events(a) => a.filters,
+            _ => panic!("not events"),
+        }
+    }
+
+    #[test]
+    fn filters_split_between_podmapd_and_the_client() {
+        // One namespace and the selector's equalities go to podmapd; nothing left.
+        let f = events_filters(&["-n", "prod", "-l", "app=web", "--label", "tier=front"]);
+        let server = f.filter();
+        assert_eq!(server.namespace.as_deref(), Some("prod"));
+        assert_eq!(server.labels["app"], "web");
+        assert_eq!(server.labels["tier"], "front");
+        assert!(!f.needs_client());
+
+        // Several namespaces: any of them, in the client.
+        let f = events_filters(&["-n", "prod", "--namespace", "dev", "-l", "app=web,tier!=db"]);
+        assert_eq!(f.filter().namespace, None);
+        assert_eq!(f.filter().labels["app"], "web");
+        assert!(f.needs_client());
+        let c = f.client_filter();
+        assert!(c.matches(&event(
+            Some("dev"),
+            r#"{"app":"web"}"#,
+            "container",
+            "/bin/sh"
+        )));
+        assert!(!c.matches(&event(
+            Some("dev"),
+            r#"{"app":"web","tier":"db"}"#,
+            "container",
+            "/bin/sh"
+        )));
+        assert!(!c.matches(&event(
+            Some("kube-system"),
+            r#"{"app":"web"}"#,
+            "container",
+            "/bin/sh"
+        )));
+        assert!(!c.matches(&event(None, "{}", "host", "/bin/sh")));
+
+        // --host and --binary.
+        let c = events_filters(&["--host", "--binary", "(curl|wget)$"]).client_filter();
+        assert!(c.matches(&event(None, "{}", "host", "/usr/bin/curl")));
+        assert!(!c.matches(&event(None, "{}", "host", "/usr/bin/curl.sh")));
+        assert!(!c.matches(&event(Some("prod"), "{}", "container", "/usr/bin/wget")));
+        assert!(!c.matches(&event(None, "{}", "unknown", "/usr/bin/wget")));
+
+        // A selector on a pod-less event: only what holds without labels.
+        let c = events_filters(&["-l", "!canary"]).client_filter();
+        assert!(c.matches(&event(None, "{}", "host", "/bin/sh")));
+        assert!(events_filters(&[]).client_filter().is_empty());
+    }
+
+    /// Export sends what podmapd selected: a filter only the client could apply is refused
+    /// rather than ignored.
+    #[test]
+    fn export_refuses_filters_it_would_ignore() {
+        for extra in [
+            &["--host"][..],
+            &["-n", "a", "-n", "b"],
+            &["-l", "app"],
+            &["--binary", "x"],
+        ] {
+            let mut argv = vec![
+                "podmap",
+                "--socket",
+                "/nonexistent/podmap.sock",
+                "export",
+                "--stdout",
+            ];
+            argv.extend_from_slice(extra);
+            let e = run(Cli::try_parse_from(argv).unwrap())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("does not apply"), "{extra:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn bad_selectors_and_regexes_are_command_line_errors() {
+        for bad in [
+            &["-l", "env in prod"][..],
+            &["-l", ""],
+            &["--binary", "(unclosed"],
+        ] {
+            let mut argv = vec!["podmap", "events"];
+            argv.extend_from_slice(bad);
+            let e = Cli::try_parse_from(argv).expect_err("refused").to_string();
+            assert!(e.contains("invalid value"), "{e}");
+        }
+        let e = Cli::try_parse_from(["podmap", "events", "-l", "env in prod"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("list in parentheses"), "{e}");
+    }
 
     #[test]
     fn cli_parses_the_documented_flags() {
