@@ -67,7 +67,8 @@ int podmap_exec(struct sched_process_exec_args *ctx)
 	parent = bpf_map_lookup_elem(&podmap_procs, &ppid);
 	s->ev.parent_exec_ktime = parent ? parent->exec_ktime : 0;
 
-	s->ev.entry_pid = entry_pid(task, &s->ev.ids, parent);
+	s->ev.entry_pid = entry_pid(task, &s->ev.ids,
+				    bpf_map_lookup_elem(&podmap_procs, &s->ev.ids.pid), parent);
 
 	proc.exec_ktime = s->ev.hdr.ktime;
 	proc.entry_pid = s->ev.entry_pid;
@@ -175,8 +176,11 @@ int podmap_fork(struct bpf_raw_tracepoint_args *ctx)
 		return 0; /* a thread */
 	ptgid = BPF_CORE_READ(parent, tgid);
 	pp = bpf_map_lookup_elem(&podmap_procs, &ptgid);
-	if (!pp)
+	if (!pp) {
+		/* Nothing to inherit: nor may an entry left under a reused pid stand for the child. */
+		bpf_map_delete_elem(&podmap_procs, &ctgid);
 		return 0;
+	}
 	if (bpf_map_update_elem(&podmap_procs, &ctgid, pp, BPF_ANY))
 		count(PODMAP_C_PROC_TABLE_FULL);
 	return 0;

@@ -190,13 +190,20 @@ static __always_inline int parent_in_container(struct task_struct *task,
 
 /*
  * The process through which the exec'ing task's line came into its container (see
- * podmap_exec_event.entry_pid): itself when its parent is outside, else its parent's, if known.
+ * podmap_exec_event.entry_pid). A line already inside keeps its entry, whoever the parent is now:
+ * a process orphaned and reparented (to the container's init, to a pause process, to the shim)
+ * stays what it was. Otherwise the task is an entry itself when its parent is outside, else it
+ * takes its parent's entry, if known. `own` is the task's table entry before this exec (copied
+ * from its parent at fork, or left by its previous exec).
  */
 static __always_inline __u32 entry_pid(struct task_struct *task, const struct podmap_task_ids *ids,
+				       const struct podmap_proc *own,
 				       const struct podmap_proc *parent)
 {
 	if (!ids->container_cgid)
 		return 0;
+	if (own && own->entry_pid)
+		return own->entry_pid;
 	if (!parent_in_container(task, ids))
 		return ids->pid;
 	return parent ? parent->entry_pid : 0;

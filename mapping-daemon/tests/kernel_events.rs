@@ -566,7 +566,7 @@ fn processes_entered_from_outside_are_told_from_the_inits_line() {
     let mut init = Command::new("/bin/sh")
         .arg("-c")
         .arg(format!(
-            "echo $$ > {}/cgroup.procs || exit 97; read go; exec /bin/sh -c '/bin/true init-child; exit 0' init-sh",
+            "echo $$ > {}/cgroup.procs || exit 97; read go; exec /bin/sh -c '/bin/true init-child; (/bin/sleep 0.3; exec /bin/true init-orphan) & exit 0' init-sh",
             cg.path().display()
         ))
         .stdin(Stdio::piped())
@@ -593,6 +593,13 @@ fn processes_entered_from_outside_are_told_from_the_inits_line() {
     let child = events.last().unwrap();
     assert_eq!(child["process"]["ppid"], init_pid, "{child}");
     assert_eq!(child["process"]["entered_via_exec"], false, "{child}");
+    // Orphaned when the init exits and reparented outside the container: still the init's line
+    // (a reparenting must neither hide an exec's line nor make the init's look like one).
+    let events = stream.until(WAIT, |v| v["process"]["args"][0] == "init-orphan");
+    let orphan = events.last().unwrap();
+    assert_ne!(orphan["process"]["ppid"], init_pid, "reparented: {orphan}");
+    assert_eq!(orphan["attribution"], "container", "{orphan}");
+    assert_eq!(orphan["process"]["entered_via_exec"], false, "{orphan}");
 
     // An "exec": a process from outside (this test's child) joins and execs, and starts a
     // child inside; both entered through the exec.
