@@ -81,6 +81,10 @@ pub struct Shared {
     health: Mutex<Health>,
 }
 
+/// The most pods and containers a split Synchronize may gather: far above any node's (kubelet's
+/// default is 110 pods), low enough that a runtime gone wrong cannot fill the plugin's memory.
+const MAX_SYNC_OBJECTS: usize = 65_536;
+
 /// Pods and containers of a Synchronize split over several requests.
 #[derive(Default)]
 struct SyncParts {
@@ -397,6 +401,17 @@ impl Plugin for PodmapPlugin {
                 .unwrap_or_else(PoisonError::into_inner);
             parts.pods.extend(req.pods);
             parts.containers.extend(req.containers);
+            if parts.pods.len() + parts.containers.len() > MAX_SYNC_OBJECTS {
+                // A runtime that never says it is done: keep the memory bounded, say so, and
+                // let the next complete Synchronize (or the events) put the state right.
+                self.shared.count(Counter::NriFailures);
+                tracing::error!(
+                    limit = MAX_SYNC_OBJECTS,
+                    "a split Synchronize grew past the limit; its parts are dropped"
+                );
+                *parts = SyncParts::default();
+                return Ok(resp);
+            }
             if req.more {
                 tracing::debug!(
                     pods = parts.pods.len(),
