@@ -74,8 +74,18 @@ impl Stats {
             .policy_actions
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let key = (policy.to_string(), action.to_string(), mode.to_string());
-        *counts.entry(key).or_default() += 1;
+        // A storm of kills or denials counts on a known key: no allocation for it.
+        if let Some((_, n)) = counts
+            .iter_mut()
+            .find(|((p, a, m), _)| p == policy && a == action && m == mode)
+        {
+            *n += 1;
+            return;
+        }
+        counts.insert(
+            (policy.to_string(), action.to_string(), mode.to_string()),
+            1,
+        );
     }
 
     /// The policy events counted, sorted by policy, action and mode.

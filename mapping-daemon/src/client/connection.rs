@@ -84,35 +84,35 @@ pub fn events(
             out.flush().context("writing to stdout")?;
             return Err(err.into());
         }
-        if !client.is_empty() {
-            let ev: Event = serde_json::from_slice(&line).with_context(|| {
+        // Decoded once, and only when a client-side filter or the compact form needs it.
+        let needs_event = !client.is_empty() || matches!(args.output, EventFormat::Compact);
+        let ev: Option<Event> = if needs_event {
+            Some(serde_json::from_slice(&line).with_context(|| {
                 format!(
                     "podmapd sent a line that is not an event: {}",
                     String::from_utf8_lossy(&line).trim_end()
                 )
-            })?;
-            if !client.matches(&ev) {
+            })?)
+        } else {
+            None
+        };
+        if let Some(ev) = &ev {
+            if !client.matches(ev) {
                 continue;
             }
         }
-        match args.output {
-            EventFormat::Json => {
+        match (&args.output, &ev) {
+            (EventFormat::Compact, Some(ev)) => {
+                let mut text = compact_line(ev);
+                text.push('\n');
+                out.write_all(text.as_bytes())
+                    .context("writing to stdout")?;
+            }
+            _ => {
                 out.write_all(&line).context("writing to stdout")?;
                 if line.last() != Some(&b'\n') {
                     out.write_all(b"\n").context("writing to stdout")?;
                 }
-            }
-            EventFormat::Compact => {
-                let ev: Event = serde_json::from_slice(&line).with_context(|| {
-                    format!(
-                        "podmapd sent a line that is not an event: {}",
-                        String::from_utf8_lossy(&line).trim_end()
-                    )
-                })?;
-                let mut text = compact_line(&ev);
-                text.push('\n');
-                out.write_all(text.as_bytes())
-                    .context("writing to stdout")?;
             }
         }
         written += 1;
