@@ -274,6 +274,78 @@ fn directive_level(d: &str) -> Option<Level> {
     }
 }
 
+/// Tests' helpers for `--log-format`: every binary's log lines read the same way.
+#[doc(hidden)]
+pub mod log_lines {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    /// Runs `cmd` with stderr piped (not a terminal), reads stderr until `want` lines have come or
+    /// five seconds passed, then stops the process (SIGTERM, then waits) and returns every line.
+    pub fn stderr_lines(mut cmd: Command, want: usize) -> Vec<String> {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the binary");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut lines = Vec::new();
+        while lines.len() < want {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) => lines.push(l),
+                Err(_) => break,
+            }
+        }
+        if child.try_wait().unwrap().is_none() {
+            // SAFETY: kill(2) on the pid of the child started above, not yet reaped.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        }
+        child.wait().unwrap();
+        reader.join().unwrap();
+        lines.extend(rx.try_iter());
+        lines
+    }
+
+    /// Every line is one JSON object with a level and a message (tracing's json formatter puts the
+    /// message under `fields`).
+    pub fn assert_json_lines(lines: &[String]) {
+        assert!(!lines.is_empty(), "nothing was logged");
+        for line in lines {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not a JSON object ({e}): {line}"));
+            assert!(v["level"].is_string(), "no level: {line}");
+            let msg = v["fields"]["message"].as_str().or(v["message"].as_str());
+            assert!(msg.is_some_and(|m| !m.is_empty()), "no message: {line}");
+        }
+    }
+
+    /// Text to a pipe: no ANSI escape at all.
+    pub fn assert_plain_text(lines: &[String]) {
+        assert!(!lines.is_empty(), "nothing was logged");
+        for line in lines {
+            assert!(!line.contains('\x1b'), "an escape sequence in: {line:?}");
+            assert!(
+                serde_json::from_str::<serde_json::Value>(line).is_err(),
+                "JSON: {line}"
+            );
+        }
+    }
+}
+
 /// Tests' helper: each binary checks that its own command line reads the shared environment.
 #[doc(hidden)]
 pub mod testing {
