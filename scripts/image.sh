@@ -82,7 +82,12 @@ if [ "$build" = 1 ]; then
   bin_args=()
   for b in "${bins[@]}"; do bin_args+=(--bin "$b"); done
   # No incremental state: a release build is made once and shipped.
-  CARGO_INCREMENTAL=0 "${CARGO:-cargo}" build --release "${bin_args[@]}"
+  if ! CARGO_INCREMENTAL=0 "${CARGO:-cargo}" build --release "${bin_args[@]}"; then
+    # A release build beside a whole suite's debug build needs a few GB: say how much was left.
+    echo "image: the release build failed; free space where it builds:" >&2
+    mkdir -p "$target" && df -h "$target" >&2
+    exit 1
+  fi
 fi
 for b in "${bins[@]}"; do
   [ -x "$target/release/$b" ] || {

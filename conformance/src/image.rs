@@ -45,6 +45,35 @@ pub fn build() -> Result<String> {
         .map_err(anyhow::Error::msg)
 }
 
+/// What a failed build printed that explains it: cargo's progress lines dropped, and at most the
+/// last 60 lines kept, because the error is at the end and a CI log shows only part of a long
+/// message.
+fn failure_excerpt(text: &str) -> String {
+    const KEEP: usize = 60;
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|line| {
+            let line = line.trim_start();
+            ![
+                "Compiling ",
+                "Downloaded ",
+                "Downloading ",
+                "Updating ",
+                "Locking ",
+            ]
+            .iter()
+            .any(|progress| line.starts_with(progress))
+        })
+        .collect();
+    let skipped = lines.len().saturating_sub(KEEP);
+    let mut excerpt = String::new();
+    if skipped > 0 {
+        excerpt.push_str(&format!("[{skipped} earlier lines left out]\n"));
+    }
+    excerpt.push_str(&lines[skipped..].join("\n"));
+    excerpt
+}
+
 fn run_script() -> Result<String> {
     let script = script();
     let mut cmd = Command::new("bash");
@@ -69,7 +98,12 @@ fn run_script() -> Result<String> {
         String::from_utf8_lossy(&out.stderr)
     );
     if !out.status.success() {
-        bail!("{} failed ({}):\n{text}", script.display(), out.status);
+        bail!(
+            "{} failed ({}); its output without cargo's progress lines:\n{}",
+            script.display(),
+            out.status,
+            failure_excerpt(&text)
+        );
     }
     eprintln!(
         "{} ({:.0?}):\n{}",
@@ -489,4 +523,34 @@ fn walk(root: &Path) -> Result<BTreeMap<String, String>> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::failure_excerpt;
+
+    #[test]
+    fn a_failed_builds_excerpt_keeps_the_error_at_the_end_and_drops_progress() {
+        let mut text = String::new();
+        for n in 0..300 {
+            text.push_str(&format!("   Compiling crate{n} v1.0.0\n"));
+        }
+        for n in 0..100 {
+            text.push_str(&format!("warning line {n}\n"));
+        }
+        text.push_str(
+            "error: could not compile `podmap-daemon`: No space left on device (os error 28)\n",
+        );
+        let excerpt = failure_excerpt(&text);
+        assert!(!excerpt.contains("Compiling"), "{excerpt}");
+        assert!(
+            excerpt.starts_with("[41 earlier lines left out]\n"),
+            "{excerpt}"
+        );
+        assert!(
+            excerpt.ends_with("No space left on device (os error 28)"),
+            "{excerpt}"
+        );
+        assert_eq!(excerpt.lines().count(), 61);
+    }
 }
