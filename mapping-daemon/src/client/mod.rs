@@ -284,14 +284,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         // Long-running, with its own outputs: stdout is the export's when --stdout asks for it.
         Command::Export(args) => {
             drop(out);
-            // Export sends on what podmapd selected; the client-side filters are not applied
-            // on that path yet, and a filter silently ignored would export too much.
-            if args.filters.needs_client() {
-                anyhow::bail!(
-                    "podmap export does not apply several -n, -l (beyond key=value), --host or \
-                     --binary yet: use one --namespace and --label K=V"
-                );
-            }
             init_logging(cli.log_format);
             return export::run(&cli.socket, args);
         }
@@ -442,31 +434,6 @@ mod tests {
         let c = events_filters(&["-l", "!canary"]).client_filter();
         assert!(c.matches(&event(None, "{}", "host", "/bin/sh")));
         assert!(events_filters(&[]).client_filter().is_empty());
-    }
-
-    /// Export sends what podmapd selected: a filter only the client could apply is refused
-    /// rather than ignored.
-    #[test]
-    fn export_refuses_filters_it_would_ignore() {
-        for extra in [
-            &["--host"][..],
-            &["-n", "a", "-n", "b"],
-            &["-l", "app"],
-            &["--binary", "x"],
-        ] {
-            let mut argv = vec![
-                "podmap",
-                "--socket",
-                "/nonexistent/podmap.sock",
-                "export",
-                "--stdout",
-            ];
-            argv.extend_from_slice(extra);
-            let e = run(Cli::try_parse_from(argv).unwrap())
-                .unwrap_err()
-                .to_string();
-            assert!(e.contains("does not apply"), "{extra:?}: {e}");
-        }
     }
 
     #[test]

@@ -26,7 +26,7 @@ use clap::{Args, ValueEnum};
 use podmap_proto::{Event, Request};
 
 use super::connection::{connect, server_error};
-use super::FilterArgs;
+use super::{ClientFilter, FilterArgs};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OtlpProtocol {
@@ -105,8 +105,13 @@ pub struct Counters {
 struct AllCounters {
     received: AtomicU64,
     reconnects: AtomicU64,
-    /// Lines that are not an event this client decodes (a newer podmapd's): still exported.
+    /// Lines that are not an event this client decodes (a newer podmapd's): still exported,
+    /// unless a client-side filter is in force (it cannot tell whether they match).
     undecoded: AtomicU64,
+    /// Events the client-side filters (several -n, -l beyond key=value, --host, --binary)
+    /// left out: podmapd sent them, no sink was meant to have them. Without it, `received`
+    /// would exceed every sink's `exported` + `dropped` with no reason given.
+    filtered: AtomicU64,
     /// Shared with the OTLP sender task.
     otlp: Arc<Counters>,
     file: Counters,
@@ -126,10 +131,11 @@ impl AllCounters {
     fn summary(&self, active: Active) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut s = format!(
-            "received={} reconnects={} undecoded={}",
+            "received={} reconnects={} undecoded={} filtered={}",
             get(&self.received),
             get(&self.reconnects),
-            get(&self.undecoded)
+            get(&self.undecoded),
+            get(&self.filtered)
         );
         for (name, on, c) in [
             ("otlp", active.otlp, &*self.otlp),
@@ -246,6 +252,7 @@ pub fn run(socket: &Path, args: &ExportArgs) -> anyhow::Result<()> {
             otlp: queue.as_ref().map(|(q, _)| q.clone()),
             file,
             stdout: args.stdout.then(|| io::BufWriter::new(io::stdout())),
+            filter: args.filters.client_filter(),
             counters: counters.clone(),
             last_warning: None,
         };
@@ -315,6 +322,8 @@ struct LineSinks {
     otlp: Option<Arc<otlp::Queue>>,
     file: Option<file::RotatingFile>,
     stdout: Option<io::BufWriter<io::Stdout>>,
+    /// What podmapd's request could not say; applied here, before any sink sees the event.
+    filter: ClientFilter,
     counters: Arc<AllCounters>,
     last_warning: Option<Instant>,
 }
@@ -322,14 +331,29 @@ struct LineSinks {
 impl LineSinks {
     fn send(&mut self, line: &str) {
         self.counters.received.fetch_add(1, Ordering::Relaxed);
+        // Decoded once, and only when the filter or the OTLP mapping needs the event.
+        let ev = if self.otlp.is_some() || !self.filter.is_empty() {
+            let ev = serde_json::from_str::<Event>(line).ok();
+            if ev.is_none() {
+                self.counters.undecoded.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(ev)
+        } else {
+            None
+        };
+        if !self.filter.is_empty() {
+            // A line that does not decode cannot be shown to match: the user asked for less
+            // than everything, so it stays out (counted in both `undecoded` and `filtered`).
+            if !matches!(&ev, Some(Some(ev)) if self.filter.matches(ev)) {
+                self.counters.filtered.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
         if let Some(queue) = &self.otlp {
             let observed = now_ns();
-            let (node, record) = match serde_json::from_str::<Event>(line) {
-                Ok(ev) => (ev.node.to_string(), record::log_record(&ev, line, observed)),
-                Err(_) => {
-                    self.counters.undecoded.fetch_add(1, Ordering::Relaxed);
-                    (String::new(), record::opaque_record(line, observed))
-                }
+            let (node, record) = match ev.flatten() {
+                Some(ev) => (ev.node.to_string(), record::log_record(&ev, line, observed)),
+                None => (String::new(), record::opaque_record(line, observed)),
             };
             if !queue.push(record::Pending { node, record }) {
                 self.counters.otlp.dropped.fetch_add(1, Ordering::Relaxed);

@@ -269,7 +269,7 @@ fn the_counters_line_names_each_active_sink() {
     });
     assert_eq!(
         s,
-        "received=5 reconnects=0 undecoded=0 otlp.exported=4 otlp.dropped=1 otlp.retried=0 \
+        "received=5 reconnects=0 undecoded=0 filtered=0 otlp.exported=4 otlp.dropped=1 otlp.retried=0 \
          file.exported=5 file.dropped=0 file.retried=0"
     );
 }
@@ -282,6 +282,7 @@ fn records_beyond_the_buffer_are_dropped_and_counted() {
         otlp: Some(queue.clone()),
         file: None,
         stdout: None,
+        filter: ClientFilter::default(),
         counters: counters.clone(),
         last_warning: None,
     };
@@ -294,5 +295,43 @@ fn records_beyond_the_buffer_are_dropped_and_counted() {
     assert_eq!(counters.undecoded.load(Ordering::Relaxed), 1);
     let kept = queue.buffer.lock().unwrap().take(10);
     assert_eq!(kept.len(), 2);
+    assert_eq!(kept[0].node, "node-a");
+}
+
+/// The client-side filters apply before any sink: only what they keep reaches the file and the
+/// OTLP queue, and what they leave out is counted, so `received` is accounted for.
+#[test]
+fn client_side_filters_apply_before_the_sinks_and_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.log");
+    let a = export_args(&["--host", "--binary", "^/bin/", "--file", "x"]);
+    assert!(a.filters.needs_client());
+    let counters = Arc::new(AllCounters::default());
+    let queue = Arc::new(otlp::Queue::new(100));
+    let mut sinks = LineSinks {
+        otlp: Some(queue.clone()),
+        file: Some(file::RotatingFile::open(&path, 1 << 20, 1, 0o600).unwrap()),
+        stdout: None,
+        filter: a.filters.client_filter(),
+        counters: counters.clone(),
+        last_warning: None,
+    };
+    // A host event of /bin/nc: kept. A container event: not --host. A host event of
+    // /usr/sbin/nc: not --binary. A line that does not decode cannot be shown to match.
+    let usr_nc = POLICY.replace("\"/bin/nc\"", "\"/usr/sbin/nc\"");
+    for line in [POLICY, EXIT, &usr_nc, "{\"type\":\"exec\",\"garbled\n"] {
+        sinks.send(&format!("{line}\n"));
+    }
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    assert_eq!(get(&counters.received), 4);
+    assert_eq!(get(&counters.filtered), 3);
+    assert_eq!(get(&counters.undecoded), 1);
+    assert_eq!(get(&counters.file.exported), 1);
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        format!("{POLICY}\n")
+    );
+    let kept = queue.buffer.lock().unwrap().take(10);
+    assert_eq!(kept.len(), 1);
     assert_eq!(kept[0].node, "node-a");
 }
