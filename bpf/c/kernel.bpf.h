@@ -105,6 +105,32 @@ struct fs_struct {
 	struct path pwd;
 } __co_re;
 
+/* uid_t and gid_t as the kernel keeps them: the ids of the initial user namespace. */
+typedef struct {
+	__u32 val;
+} __co_re kuid_t;
+
+typedef struct {
+	__u32 val;
+} __co_re kgid_t;
+
+/*
+ * A capability set, 64 bits wide: `__u64 val` since Linux 6.3, `__u32 cap[2]` before (the same
+ * bytes, low word first). The programs read it whole, by the field that holds it, never by its
+ * members, so either layout relocates.
+ */
+typedef struct {
+	__u64 val;
+} kernel_cap_t;
+
+struct cred {
+	kuid_t uid;
+	kgid_t gid;
+	kuid_t euid;
+	kgid_t egid;
+	kernel_cap_t cap_effective;
+} __co_re;
+
 struct task_struct {
 	int pid;
 	int tgid;
@@ -116,6 +142,7 @@ struct task_struct {
 	struct css_set *cgroups;
 	struct fs_struct *fs;
 	struct mm_struct *mm;
+	const struct cred *real_cred;
 } __co_re;
 
 struct file {

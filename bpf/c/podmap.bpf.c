@@ -56,12 +56,13 @@ int podmap_exec(struct sched_process_exec_args *ctx)
 	if (!s)
 		return 0;
 
-	s->ev.hdr.type = PODMAP_EV_EXEC;
+	s->ev.hdr.type = PODMAP_EV_EXEC_CREDS;
 	s->ev.hdr.flags = 0;
 	s->ev.hdr.ktime = bpf_ktime_get_boot_ns();
 	task_pids(task, &s->ev.ids);
 	task_ids(task, &s->ev.ids);
 	s->ev.start_time = BPF_CORE_READ(task, group_leader, start_boottime);
+	task_creds(task, &s->ev.creds);
 
 	ppid = s->ev.ids.ppid;
 	parent = bpf_map_lookup_elem(&podmap_procs, &ppid);

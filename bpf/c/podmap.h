@@ -93,11 +93,22 @@ struct podmap_proc {
 };
 
 enum podmap_event_type {
+	/*
+	 * An exec record of programs older than the credentials: struct podmap_exec_event up to
+	 * `creds` (PODMAP_EXEC_EVENT_NO_CREDS_SIZE bytes), its tail right after. The programs pinned
+	 * by an older podmapd still send it; these programs send PODMAP_EV_EXEC_CREDS.
+	 */
 	PODMAP_EV_EXEC = 1,
 	PODMAP_EV_EXIT = 2,
 	PODMAP_EV_CGROUP_MKDIR = 3,
 	PODMAP_EV_CGROUP_RMDIR = 4,
 	PODMAP_EV_POLICY_OPEN = 5,
+	/*
+	 * An exec record with the credentials: struct podmap_exec_event whole, then its tail. A
+	 * type of its own, not a flag: a podmapd older than it refuses the record as unknown (and
+	 * counts it) instead of reading the tail 24 bytes off.
+	 */
+	PODMAP_EV_EXEC_CREDS = 6,
 };
 
 /*
@@ -191,6 +202,20 @@ struct podmap_event_header {
 };
 
 /*
+ * The exec'ing task's credentials once the exec has installed them (a set-user-ID binary's
+ * euid, file capabilities), from task->real_cred: ids as the initial user namespace sees them
+ * (a user-namespaced container's root is its host uid), capabilities as the task holds them
+ * in its own user namespace.
+ */
+struct podmap_creds {
+	__u32 uid;
+	__u32 euid;
+	__u32 gid;
+	__u32 egid;
+	__u64 cap_effective; /* bit n: capability n (CAP_CHOWN = 0) */
+};
+
+/*
  * Followed by the exec tail, fixed regions at the PODMAP_EXEC_*_OFF offsets from the tail's start
  * (the end of this struct): filename (filename_len bytes, NUL-terminated), cwd (cwd_len bytes:
  * path components leaf first, each NUL-terminated), then args_len bytes of NUL-separated argv.
@@ -213,7 +238,12 @@ struct podmap_exec_event {
 	__u16 cwd_len;
 	__u16 args_len;
 	__u16 _pad[1];
+	/* Only in PODMAP_EV_EXEC_CREDS records: the fields above are the older record whole. */
+	struct podmap_creds creds;
 };
+
+/* The older exec record's struct (PODMAP_EV_EXEC), before `creds` existed. */
+#define PODMAP_EXEC_EVENT_NO_CREDS_SIZE 104
 
 struct podmap_exit_event {
 	struct podmap_event_header hdr;
@@ -298,6 +328,8 @@ enum podmap_counter {
 	/* the sum of the create-to-mapping-ready latencies in the histogram below, in microseconds
 	 * (the histogram's sum in metrics) */
 	PODMAP_C_MAPPING_LATENCY_SUM_US,
+	/* containers whose capabilities a runtime plugin could not learn: recorded as unknown */
+	PODMAP_C_CAPABILITIES_UNREAD,
 	/* create-to-mapping-ready histogram: bucket i counts latencies < 2^i microseconds */
 	PODMAP_C_LATENCY_BUCKET0 = 64,
 	PODMAP_C_LATENCY_BUCKETS = 32,

@@ -154,6 +154,22 @@ static __always_inline void task_pids(struct task_struct *task, struct podmap_ta
 }
 
 /*
+ * The task's credentials (struct podmap_creds). At sched_process_exec the exec has committed
+ * its new credentials, so these are the ones the new program runs with.
+ */
+static __always_inline void task_creds(struct task_struct *task, struct podmap_creds *c)
+{
+	const struct cred *cred = BPF_CORE_READ(task, real_cred);
+
+	c->uid = BPF_CORE_READ(cred, uid.val);
+	c->euid = BPF_CORE_READ(cred, euid.val);
+	c->gid = BPF_CORE_READ(cred, gid.val);
+	c->egid = BPF_CORE_READ(cred, egid.val);
+	/* The field whole, whichever of its two layouts this kernel has (kernel.bpf.h). */
+	bpf_core_read(&c->cap_effective, sizeof(c->cap_effective), &cred->cap_effective);
+}
+
+/*
  * Whether `task`'s parent lives in the container `ids` attributes the task to: the parent's
  * cgroup (in the container's hierarchy) is the task's own, or has the container's cgroup among
  * its ancestors (a sub-cgroup the container made for itself). A parent elsewhere is the runtime:

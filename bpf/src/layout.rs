@@ -22,7 +22,7 @@ use c::*;
 use core::mem::{offset_of, size_of};
 
 pub use c::{
-    podmap_cgroup_event, podmap_cgroup_key, podmap_container, podmap_container_meta,
+    podmap_cgroup_event, podmap_cgroup_key, podmap_container, podmap_container_meta, podmap_creds,
     podmap_event_header, podmap_exec_event, podmap_exit_event, podmap_member_key,
     podmap_open_event, podmap_path_key, podmap_policy_hit, podmap_policy_state, podmap_proc,
     podmap_rule_ref, podmap_rule_set, podmap_task_ids,
@@ -59,6 +59,8 @@ pub const EXEC_FILENAME_OFF: usize = usize_of(PODMAP_EXEC_FILENAME_OFF);
 pub const EXEC_CWD_OFF: usize = usize_of(PODMAP_EXEC_CWD_OFF);
 pub const EXEC_ARGS_OFF: usize = usize_of(PODMAP_EXEC_ARGS_OFF);
 pub const EXEC_DATA_MAX: usize = usize_of(PODMAP_EXEC_DATA_MAX);
+/// The fixed part of an `EV_EXEC` record (older programs'): `podmap_exec_event` before `creds`.
+pub const EXEC_EVENT_NO_CREDS_SIZE: usize = usize_of(PODMAP_EXEC_EVENT_NO_CREDS_SIZE);
 
 // Map sizes (max_entries).
 pub const MAX_CONTAINERS: u32 = PODMAP_MAX_CONTAINERS;
@@ -98,6 +100,7 @@ pub const EV_EXIT: u32 = PODMAP_EV_EXIT;
 pub const EV_CGROUP_MKDIR: u32 = PODMAP_EV_CGROUP_MKDIR;
 pub const EV_CGROUP_RMDIR: u32 = PODMAP_EV_CGROUP_RMDIR;
 pub const EV_POLICY_OPEN: u32 = PODMAP_EV_POLICY_OPEN;
+pub const EV_EXEC_CREDS: u32 = PODMAP_EV_EXEC_CREDS;
 
 pub const ACT_NONE: u8 = u8_of(PODMAP_ACT_NONE);
 pub const ACT_AUDIT: u8 = u8_of(PODMAP_ACT_AUDIT);
@@ -193,10 +196,11 @@ pub enum Counter {
     PinsRestored = PODMAP_C_PINS_RESTORED,
     PinsForeign = PODMAP_C_PINS_FOREIGN,
     MappingLatencySumUs = PODMAP_C_MAPPING_LATENCY_SUM_US,
+    CapabilitiesUnread = PODMAP_C_CAPABILITIES_UNREAD,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 37] = [
+    pub const ALL: [Counter; 38] = [
         Counter::Exec,
         Counter::Exit,
         Counter::RingbufDropped,
@@ -234,6 +238,7 @@ impl Counter {
         Counter::PinsRestored,
         Counter::PinsForeign,
         Counter::MappingLatencySumUs,
+        Counter::CapabilitiesUnread,
     ];
 
     /// The name in status and metrics.
@@ -276,6 +281,7 @@ impl Counter {
             Counter::PinsRestored => "pins_restored",
             Counter::PinsForeign => "pins_foreign",
             Counter::MappingLatencySumUs => "mapping_latency_sum_us",
+            Counter::CapabilitiesUnread => "capabilities_unread",
         }
     }
 
@@ -307,6 +313,7 @@ no_hidden_padding!(podmap_policy_state: exec_rules, open_rules, lsm_active, _pad
 no_hidden_padding!(podmap_event_header: r#type, flags, ktime);
 no_hidden_padding!(podmap_task_ids: cgroup_v2, cgroup_v1, container_cgid, container_hier, pid, tid, ppid, uid, _pad);
 no_hidden_padding!(podmap_policy_hit: policy_id, rule_index, action, mode);
+no_hidden_padding!(podmap_creds: uid, euid, gid, egid, cap_effective);
 no_hidden_padding!(podmap_exit_event: hdr, ids, exec_ktime, exit_code, entry_pid, comm);
 no_hidden_padding!(podmap_cgroup_event: hdr, id, hierarchy_id, level, path_len, _pad);
 
@@ -317,7 +324,12 @@ const _: () = {
     // padding at its end, which the kernel never writes and podmapd ignores.
     assert!(offset_of!(podmap_exec_event, entry_pid) == 72);
     assert!(offset_of!(podmap_exec_event, start_time) == 80);
-    assert!(offset_of!(podmap_exec_event, _pad) + 2 == size_of::<podmap_exec_event>());
+    // podmap_exec_event.creds came after the older record's last field: an EV_EXEC record is
+    // the struct up to it, so everything before it keeps its place.
+    assert!(offset_of!(podmap_exec_event, _pad) + 2 == EXEC_EVENT_NO_CREDS_SIZE);
+    assert!(offset_of!(podmap_exec_event, creds) == EXEC_EVENT_NO_CREDS_SIZE);
+    assert!(EXEC_EVENT_NO_CREDS_SIZE + size_of::<podmap_creds>() == size_of::<podmap_exec_event>());
+    assert!(size_of::<podmap_exec_event>() == 128);
     assert!(offset_of!(podmap_open_event, _pad) + 6 == 84);
     assert!(size_of::<podmap_open_event>() == 88);
     // Each variable tail starts where its record's struct ends, 8-aligned as the C scratch

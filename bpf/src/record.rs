@@ -61,9 +61,32 @@ pub struct ContainerMeta {
     /// (docs/decisions.md #35). None where the runtime did not say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_pid: Option<u32>,
+    /// Whether the runtime made the container privileged: its bounding set holds every
+    /// capability the node's kernel knows (docs/decisions.md #36). None where the writer could
+    /// not tell, and in records written before podmap recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privileged: Option<bool>,
+    /// The container's capability bounding set as the runtime gave it, bit n for capability n
+    /// (a mask, not names: a privileged container's 41 names would take a sixth of the record).
+    /// None where unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cap_bounding: Option<u64>,
 }
 
 impl ContainerMeta {
+    /// Records the container's capability bounding set and whether it is privileged: it holds
+    /// every capability up to `last_cap`, the node kernel's last (/proc/sys/kernel/cap_last_cap),
+    /// which is what CRI's `privileged: true` gives a container.
+    pub fn set_capabilities(&mut self, bounding: u64, last_cap: u32) {
+        let all = if last_cap >= 63 {
+            u64::MAX
+        } else {
+            (1u64 << (last_cap + 1)) - 1
+        };
+        self.cap_bounding = Some(bounding);
+        self.privileged = Some(bounding & all == all);
+    }
+
     /// The bounded blob stored in the metadata map, never over [`layout::META_MAX`]. A record
     /// too large for the map (huge labels) keeps its ids and names and drops labels until it
     /// fits; then each free-text field is cut to its Kubernetes bound; then (strings JSON
@@ -279,6 +302,39 @@ mod tests {
         assert!(blob.len() <= layout::META_MAX, "{} bytes", blob.len());
         let back = ContainerMeta::from_blob(&blob).unwrap();
         assert_eq!(back.container_id, m.container_id);
+    }
+
+    #[test]
+    fn privileged_is_a_bounding_set_of_every_capability_the_kernel_knows() {
+        let mut m = ContainerMeta::default();
+        m.set_capabilities(0x1ff_ffff_ffff, 40);
+        assert_eq!(
+            (m.privileged, m.cap_bounding),
+            (Some(true), Some(0x1ff_ffff_ffff))
+        );
+        // One missing (CAP_SYS_ADMIN dropped): not privileged.
+        m.set_capabilities(0x1ff_ffff_ffff & !(1 << 21), 40);
+        assert_eq!(m.privileged, Some(false));
+        // An older kernel knows fewer: all of its own is enough.
+        m.set_capabilities(0xff_ffff_ffff, 39);
+        assert_eq!(m.privileged, Some(true));
+        m.set_capabilities(u64::MAX, 63);
+        assert_eq!(m.privileged, Some(true));
+    }
+
+    /// A record written before the capability fields existed reads as "unknown", never as
+    /// unprivileged; a new one reads back whole.
+    #[test]
+    fn records_without_capabilities_still_decode() {
+        let old = br#"{"container_id":"c1","name":"app","runtime":"containerd","init_pid":7}"#;
+        let m = ContainerMeta::from_blob(old).unwrap();
+        assert_eq!((m.privileged, m.cap_bounding), (None, None));
+        assert_eq!(m.init_pid, Some(7));
+        let mut m2 = m.clone();
+        m2.set_capabilities(0x3, 40);
+        let (blob, _) = m2.to_blob();
+        assert_eq!(ContainerMeta::from_blob(&blob).unwrap(), m2);
+        assert!(!serde_json::to_string(&m).unwrap().contains("privileged"));
     }
 
     #[test]

@@ -20,6 +20,8 @@ fn meta(id: &str) -> ContainerMeta {
         sandbox: false,
         cgroup_path: "/x".into(),
         init_pid: None,
+        privileged: None,
+        cap_bounding: None,
     }
 }
 

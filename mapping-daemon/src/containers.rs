@@ -28,12 +28,7 @@ impl Mapped {
     /// workload), when the pod cache has the pod.
     pub fn from_meta(meta: ContainerMeta, pods: Option<&PodCache>) -> Self {
         let cached = pods.and_then(|c| meta.pod_uid.as_ref().and_then(|u| c.get(&u.0)));
-        let container = Arc::new(ContainerInfo {
-            id: meta.container_id.0.clone(),
-            name: meta.name.clone(),
-            runtime: meta.runtime.clone(),
-            image: meta.image.clone(),
-        });
+        let container = Arc::new(container_info(&meta));
         let pod = meta.pod_uid.as_ref().map(|uid| {
             Arc::new(match &cached {
                 Some(p) => PodInfo {
@@ -59,6 +54,19 @@ impl Mapped {
             container,
             pod,
         }
+    }
+}
+
+/// The event's `container` (and the mapping table's) from the runtime's record: its privilege
+/// and bounding set by name as the writer recorded them, absent when it did not.
+pub fn container_info(meta: &ContainerMeta) -> ContainerInfo {
+    ContainerInfo {
+        id: meta.container_id.0.clone(),
+        name: meta.name.clone(),
+        runtime: meta.runtime.clone(),
+        image: meta.image.clone(),
+        privileged: meta.privileged,
+        capabilities: meta.cap_bounding.map(podmap_proto::caps::capability_names),
     }
 }
 

@@ -281,6 +281,10 @@ mod tests {
                 cgroup_id: 7,
                 flags: vec![],
                 entered_via_exec: None,
+                euid: None,
+                gid: None,
+                egid: None,
+                cap_effective: None,
             },
             container: ns.map(|_| {
                 Arc::new(ContainerInfo {
@@ -288,6 +292,7 @@ mod tests {
                     name: "app".into(),
                     runtime: "containerd".into(),
                     image: "img".into(),
+                    ..Default::default()
                 })
             }),
             pod: ns.map(|ns| {

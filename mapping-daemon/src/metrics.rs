@@ -78,6 +78,9 @@ fn shared_counter_help(c: Counter) -> Option<&'static str> {
         }
         Counter::PinsRestored => "Pinned maps found missing and pinned again",
         Counter::PinsForeign => "Pins found naming other maps than a writer holds",
+        Counter::CapabilitiesUnread => {
+            "Containers whose capabilities a runtime plugin could not learn (recorded as unknown)"
+        }
         // The mapping latency histogram's _sum.
         Counter::MappingLatencySumUs => return None,
     })

@@ -25,10 +25,55 @@ pub struct ProcEntry {
     pub args: Arc<[String]>,
     pub cwd: Arc<str>,
     pub uid: u32,
+    /// Credentials of the latest exec (from /proc for a scanned process); None when unknown.
+    pub creds: Option<Credentials>,
     pub start_time: u64,
     pub procfs_scan: bool,
     /// See [`is_runtime_init`].
     pub runtime_init: bool,
+}
+
+/// What an exec's credentials add to its process, its exit event included: the effective ids
+/// and the effective capabilities by name (the real uid is in every record).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Credentials {
+    pub euid: u32,
+    pub gid: u32,
+    pub egid: u32,
+    pub cap_effective: Arc<[String]>,
+}
+
+impl Credentials {
+    /// Fills the process's credential fields.
+    pub fn apply(&self, p: &mut podmap_proto::Process) {
+        p.euid = Some(self.euid);
+        p.gid = Some(self.gid);
+        p.egid = Some(self.egid);
+        p.cap_effective = Some(self.cap_effective.clone());
+    }
+}
+
+/// Capability masks by name, shared: a node's processes hold a handful of distinct sets (root's
+/// full set, none, a container runtime's default), so each is named once, not per exec.
+#[derive(Debug, Default)]
+pub struct CapNames {
+    by_mask: HashMap<u64, Arc<[String]>>,
+}
+
+/// Distinct sets kept named; past it a set is named per use (a node that invents sets).
+const CAP_NAMES_KEPT: usize = 256;
+
+impl CapNames {
+    pub fn get(&mut self, mask: u64) -> Arc<[String]> {
+        if let Some(n) = self.by_mask.get(&mask) {
+            return n.clone();
+        }
+        let names: Arc<[String]> = podmap_proto::caps::capability_names(mask).into();
+        if self.by_mask.len() < CAP_NAMES_KEPT {
+            self.by_mask.insert(mask, names.clone());
+        }
+        names
+    }
 }
 
 /// Whether an exec is a container runtime's own init: runc re-executes itself as `<self> init`
@@ -56,6 +101,8 @@ pub fn is_runtime_init_comm(comm: &str) -> bool {
 
 pub struct ProcTable {
     by_pid: HashMap<u32, Arc<ProcEntry>>,
+    /// Names of the capability sets the table's processes hold.
+    pub cap_names: CapNames,
     /// Where a full table is counted (never silent).
     stats: Arc<Stats>,
 }
@@ -76,6 +123,7 @@ impl ProcTable {
     pub fn new(stats: Arc<Stats>) -> Self {
         ProcTable {
             by_pid: HashMap::new(),
+            cap_names: CapNames::default(),
             stats,
         }
     }
@@ -120,7 +168,7 @@ impl ProcTable {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                 continue;
             };
-            let Some(entry) = scan_one(node, pid, tick_ns) else {
+            let Some(entry) = scan_one(node, pid, tick_ns, &mut self.cap_names) else {
                 continue;
             };
             let rec = podmap_proc {
@@ -149,7 +197,7 @@ fn clock_ticks() -> u64 {
     }
 }
 
-fn scan_one(node: &str, pid: u32, tick_ns: u64) -> Option<ProcEntry> {
+fn scan_one(node: &str, pid: u32, tick_ns: u64, caps: &mut CapNames) -> Option<ProcEntry> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the parenthesised comm; starttime is field 22 overall.
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -175,25 +223,44 @@ fn scan_one(node: &str, pid: u32, tick_ns: u64) -> Option<ProcEntry> {
     let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"))
         .map(|p| p.display().to_string())
         .unwrap_or_default();
-    let uid = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|u| u.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let (ids, creds) = status_creds(&status, caps);
     Some(ProcEntry {
         exec_id: exec_id(node, start_time, pid).into(),
         exec_ktime: start_time,
         binary: binary.as_str().into(),
         args: args.as_slice().into(),
         cwd: cwd.into(),
-        uid,
+        uid: ids.map_or(0, |(uid, _)| uid),
+        creds,
         start_time,
         procfs_scan: true,
         runtime_init: is_runtime_init(&binary, &args),
     })
+}
+
+/// The real uid (and gid) and the credentials of a /proc/<pid>/status text: the `Uid:` and
+/// `Gid:` lines (real, effective, saved, filesystem) and `CapEff:` (hexadecimal). Credentials are
+/// None unless all of them read.
+fn status_creds(status: &str, caps: &mut CapNames) -> (Option<(u32, u32)>, Option<Credentials>) {
+    let line = |name: &str| status.lines().find_map(|l| l.strip_prefix(name));
+    let pair = |name: &str| -> Option<(u32, u32)> {
+        let mut it = line(name)?.split_whitespace().map(|v| v.parse::<u32>());
+        Some((it.next()?.ok()?, it.next()?.ok()?))
+    };
+    let uids = pair("Uid:");
+    let gids = pair("Gid:");
+    let cap = line("CapEff:").and_then(|v| u64::from_str_radix(v.trim(), 16).ok());
+    let creds = match (uids, gids, cap) {
+        (Some((_, euid)), Some((gid, egid)), Some(cap)) => Some(Credentials {
+            euid,
+            gid,
+            egid,
+            cap_effective: caps.get(cap),
+        }),
+        _ => None,
+    };
+    (uids, creds)
 }
 
 impl ProcEntry {
@@ -246,9 +313,39 @@ mod tests {
 
     #[test]
     fn scanning_self_reads_this_process() {
-        let e = scan_one("n", std::process::id(), 1_000_000_000 / clock_ticks()).unwrap();
+        let mut caps = CapNames::default();
+        let e = scan_one(
+            "n",
+            std::process::id(),
+            1_000_000_000 / clock_ticks(),
+            &mut caps,
+        )
+        .unwrap();
         assert!(e.binary.contains("podmap"), "{}", e.binary);
         assert!(e.start_time > 0);
         assert!(e.procfs_scan);
+        // SAFETY: the id getters cannot fail.
+        let (uid, euid, egid) = unsafe { (libc::getuid(), libc::geteuid(), libc::getegid()) };
+        assert_eq!(e.uid, uid);
+        let c = e.creds.expect("credentials read from /proc");
+        assert_eq!((c.euid, c.egid), (euid, egid));
+    }
+
+    #[test]
+    fn status_credentials_are_read_or_unknown() {
+        let mut caps = CapNames::default();
+        let status = "Name:\tping\nUid:\t1000\t0\t0\t0\nGid:\t1001\t1002\t1002\t1002\n\
+                      CapInh:\t0\nCapEff:\t0000000000202000\nCapBnd:\t000001ffffffffff\n";
+        let (ids, c) = status_creds(status, &mut caps);
+        assert_eq!(ids, Some((1000, 0)));
+        let c = c.unwrap();
+        assert_eq!((c.euid, c.gid, c.egid), (0, 1001, 1002));
+        assert_eq!(&*c.cap_effective, ["CAP_NET_RAW", "CAP_SYS_ADMIN"]);
+        // The same set is named once and shared.
+        let (_, again) = status_creds(status, &mut caps);
+        assert!(Arc::ptr_eq(&c.cap_effective, &again.unwrap().cap_effective));
+        // Without a CapEff line nothing is claimed: unknown, not "no capabilities".
+        let (ids, c) = status_creds("Uid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\n", &mut caps);
+        assert_eq!((ids, c), (Some((0, 0)), None));
     }
 }

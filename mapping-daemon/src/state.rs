@@ -10,7 +10,6 @@ use podmap_bpf::SharedMaps;
 use podmap_cgroup::CgroupLayout;
 
 use podmap_proto::containers::{ContainerRow, RowPod};
-use podmap_proto::ContainerInfo;
 
 use crate::hub::Hub;
 use crate::stats::{histogram_percentile, Stats};
@@ -228,12 +227,7 @@ impl StatusSource for DaemonState {
                 };
                 match self.maps.records.meta(key) {
                     Ok(Some(m)) => {
-                        row.container = Some(ContainerInfo {
-                            id: m.container_id.0,
-                            name: m.name,
-                            image: m.image,
-                            runtime: m.runtime,
-                        });
+                        row.container = Some(crate::containers::container_info(&m));
                         row.pod = Some(RowPod {
                             uid: m.pod_uid.map(|u| u.0),
                             name: m.pod_name,

@@ -15,7 +15,9 @@ use proptest::prelude::*;
 /// The fixed part of each record type; None for types no program writes.
 fn fixed_len(kind: u32) -> Option<usize> {
     match kind {
-        layout::EV_EXEC => Some(size_of::<podmap_exec_event>()),
+        // An older program's exec record ends before the credentials.
+        layout::EV_EXEC => Some(layout::EXEC_EVENT_NO_CREDS_SIZE),
+        layout::EV_EXEC_CREDS => Some(size_of::<podmap_exec_event>()),
         layout::EV_EXIT => Some(size_of::<podmap_exit_event>()),
         layout::EV_CGROUP_MKDIR | layout::EV_CGROUP_RMDIR => Some(size_of::<podmap_cgroup_event>()),
         layout::EV_POLICY_OPEN => Some(size_of::<podmap_open_event>()),

@@ -121,6 +121,8 @@ fn meta(id: &str) -> ContainerMeta {
         sandbox: false,
         cgroup_path: "/test".into(),
         init_pid: None,
+        privileged: None,
+        cap_bounding: None,
     }
 }
 
@@ -643,4 +645,118 @@ fn processes_entered_from_outside_are_told_from_the_inits_line() {
     let ev = events.last().unwrap();
     assert_eq!(ev["attribution"], "container", "{ev}");
     assert!(ev["process"].get("entered_via_exec").is_none(), "{ev}");
+}
+
+/// The capability names of a /proc/<pid>/status mask line (`CapBnd:`, `CapEff:`) of this
+/// process, as events name them.
+fn own_caps(field: &str) -> Vec<String> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .unwrap()
+        .trim();
+    podmap_proto::caps::capability_names(u64::from_str_radix(hex, 16).unwrap())
+}
+
+/// Every exec carries the credentials the kernel installed with it (docs/decisions.md #36): a
+/// root exec holds the whole bounding set it inherited; one after `setpriv` dropped to nobody
+/// with an empty bounding set holds none; a real uid that is not root under an effective uid
+/// that is shows both apart, and so do the gids. Exits carry their exec's.
+#[test]
+fn execs_carry_the_credentials_the_kernel_gave_them() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
+    let daemon = Daemon::start();
+    let cg = TestCgroup::new(&cgroup2_mount(), "podmap-test-creds").unwrap();
+    let mut stream = daemon.events("{}");
+    let exec_of = |stream: &mut podmap_conformance::daemon::EventStream, arg: &str| {
+        let events = stream.until(WAIT, |v| {
+            v["type"] == "exit" && v["process"]["args"][0] == arg
+        });
+        let exec = find(&events, |v| {
+            v["type"] == "exec" && v["process"]["args"][0] == arg
+        })
+        .unwrap_or_else(|| panic!("no exec of {arg}: {events:#?}"))
+        .clone();
+        (exec, events.last().unwrap().clone())
+    };
+
+    // Root, as this test runs: a root exec's effective set is its bounding set (the test's
+    // own, which a sandbox running the suite may have narrowed).
+    let (_, status) = run_in_cgroup(&cg.path(), &["/bin/true", "creds-root"]);
+    assert!(status.success());
+    let (exec, exit) = exec_of(&mut stream, "creds-root");
+    let p = &exec["process"];
+    assert_eq!(
+        (&p["uid"], &p["euid"], &p["gid"], &p["egid"]),
+        (&0.into(), &0.into(), &0.into(), &0.into()),
+        "{exec}"
+    );
+    let bounding = own_caps("CapBnd:");
+    assert!(
+        bounding.iter().any(|c| c == "CAP_SYS_ADMIN"),
+        "{bounding:?}"
+    );
+    assert_eq!(p["cap_effective"], serde_json::json!(bounding), "{exec}");
+    assert_eq!(
+        exit["process"]["cap_effective"], p["cap_effective"],
+        "{exit}"
+    );
+    assert_eq!(exit["process"]["euid"], 0, "{exit}");
+
+    // Dropped to nobody with no capabilities left to gain.
+    let (_, status) = run_in_cgroup(
+        &cg.path(),
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "/bin/true",
+            "creds-nobody",
+        ],
+    );
+    assert!(status.success());
+    let (exec, exit) = exec_of(&mut stream, "creds-nobody");
+    let p = &exec["process"];
+    assert_eq!(
+        (&p["uid"], &p["euid"], &p["gid"], &p["egid"]),
+        (&65534.into(), &65534.into(), &65534.into(), &65534.into()),
+        "{exec}"
+    );
+    assert_eq!(
+        p["cap_effective"],
+        serde_json::json!([]),
+        "none, not unknown: {exec}"
+    );
+    assert_eq!(exit["process"]["cap_effective"], serde_json::json!([]));
+
+    // Real and effective ids apart: a set-user-ID root program's shape.
+    let (_, status) = run_in_cgroup(
+        &cg.path(),
+        &[
+            "setpriv",
+            "--ruid=1000",
+            "--euid=0",
+            "--rgid=1001",
+            "--egid=1002",
+            "--clear-groups",
+            "/bin/true",
+            "creds-setuid",
+        ],
+    );
+    assert!(status.success());
+    let (exec, _) = exec_of(&mut stream, "creds-setuid");
+    let p = &exec["process"];
+    assert_eq!(
+        (&p["uid"], &p["euid"], &p["gid"], &p["egid"]),
+        (&1000.into(), &0.into(), &1001.into(), &1002.into()),
+        "{exec}"
+    );
+    let ev: podmap_proto::Event = serde_json::from_value(exec.clone()).unwrap();
+    assert!(ev.process.is_privileged(), "euid 0: {exec}");
 }

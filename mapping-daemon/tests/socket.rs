@@ -211,6 +211,7 @@ fn container(name: &str) -> Option<Arc<ContainerInfo>> {
         name: name.into(),
         runtime: "containerd".into(),
         image: "docker.io/library/nginx:1.27".into(),
+        ..Default::default()
     }))
 }
 
@@ -234,6 +235,10 @@ fn event(kind: EventType, pid: u32, ns: Option<&str>, labels: &[(&str, &str)]) -
             cgroup_id: 7311,
             flags: vec![],
             entered_via_exec: None,
+            euid: None,
+            gid: None,
+            egid: None,
+            cap_effective: None,
         },
         container: None,
         pod: None,

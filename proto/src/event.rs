@@ -110,6 +110,8 @@ pub struct Process {
     pub pid: u32,
     pub tid: u32,
     pub ppid: u32,
+    /// The real user id, as the host (the initial user namespace) sees it: a user-namespaced
+    /// container's root is its host uid here. Always known.
     pub uid: u32,
     pub binary: Arc<str>,
     pub args: Arc<[String]>,
@@ -125,14 +127,58 @@ pub struct Process {
     /// and what it starts; absent when unknown (docs/decisions.md #35).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entered_via_exec: Option<bool>,
+    /// The effective user id the process's latest exec gave it (a set-user-ID binary's owner),
+    /// as the host sees it. This and the other credentials below are read by the kernel at the
+    /// exec (for processes older than podmapd, from /proc when podmapd started); absent when
+    /// unknown, never 0 for unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub euid: Option<u32>,
+    /// The real group id, as the host sees it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    /// The effective group id, as the host sees it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egid: Option<u32>,
+    /// The effective capability set, by name (`CAP_SYS_ADMIN`; a bit podmap has no name for is
+    /// `CAP_<n>`), lowest bit first; `[]` for none. Held in the process's own user namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cap_effective: Option<Arc<[String]>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+impl Process {
+    /// Whether the process runs privileged: as root (real or effective uid 0) or with
+    /// CAP_SYS_ADMIN in its effective set. Credentials that are unknown count as not privileged:
+    /// only what the kernel said can make a process privileged. The uids are the host's, but
+    /// the capabilities are held in the process's own user namespace, so a user-namespaced
+    /// container's CAP_SYS_ADMIN counts here although it is no power over the host.
+    pub fn is_privileged(&self) -> bool {
+        self.uid == 0
+            || self.euid == Some(0)
+            || self
+                .cap_effective
+                .as_deref()
+                .is_some_and(|caps| caps.iter().any(|c| c == crate::caps::CAP_SYS_ADMIN))
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ContainerInfo {
     pub id: String,
     pub name: String,
     pub runtime: String,
     pub image: String,
+    /// Whether the runtime made the container privileged (CRI's `privileged: true`): its
+    /// capability bounding set holds every capability the node's kernel knows. Absent when the
+    /// runtime plugin could not tell (a record written before podmap recorded it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privileged: Option<bool>,
+    /// The capabilities the container was given: its capability bounding set, by name (as in
+    /// `process.cap_effective`), the most any of its processes can ever hold (CRI's
+    /// capabilities add and drop). The bounding set rather than the effective one because the
+    /// effective set is each process's (a non-root user's is empty) and every exec's is in
+    /// its event. Absent when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -305,6 +351,10 @@ mod tests {
                 cgroup_id: 7,
                 flags: vec![ProcessFlag::ArgsTruncated],
                 entered_via_exec: None,
+                euid: None,
+                gid: None,
+                egid: None,
+                cap_effective: None,
             },
             container: None,
             pod: None,
@@ -325,7 +375,56 @@ mod tests {
         assert!(v["container"].is_null());
         assert_eq!(v["process"]["flags"][0], "args_truncated");
         assert!(v.get("policy").is_none());
+        // Unknown credentials are absent, not zeros.
+        for k in ["euid", "gid", "egid", "cap_effective"] {
+            assert!(v["process"].get(k).is_none(), "{k}: {v}");
+        }
         let back: Event = serde_json::from_value(v).unwrap();
         assert_eq!(back, ev);
+    }
+
+    fn process(uid: u32, euid: Option<u32>, caps: Option<&[&str]>) -> Process {
+        Process {
+            pid: 1,
+            tid: 1,
+            ppid: 0,
+            uid,
+            binary: "/bin/sh".into(),
+            args: Vec::new().into(),
+            cwd: "/".into(),
+            exec_id: "x".into(),
+            parent_exec_id: None,
+            start_time: String::new(),
+            cgroup_id: 7,
+            flags: Vec::new(),
+            entered_via_exec: None,
+            euid,
+            gid: Some(1000),
+            egid: Some(1000),
+            cap_effective: caps.map(|c| c.iter().map(|s| s.to_string()).collect()),
+        }
+    }
+
+    #[test]
+    fn privileged_is_root_or_cap_sys_admin() {
+        assert!(process(0, Some(0), Some(&[])).is_privileged());
+        assert!(
+            process(1000, Some(0), Some(&[])).is_privileged(),
+            "setuid root"
+        );
+        assert!(process(0, None, None).is_privileged(), "real root");
+        assert!(process(1000, Some(1000), Some(&["CAP_SYS_ADMIN"])).is_privileged());
+        assert!(!process(1000, Some(1000), Some(&["CAP_NET_RAW", "CAP_CHOWN"])).is_privileged());
+        assert!(
+            !process(1000, None, None).is_privileged(),
+            "unknown is not root"
+        );
+        let v = serde_json::to_value(process(1000, Some(0), Some(&[]))).unwrap();
+        assert_eq!(v["euid"], 0);
+        assert_eq!(
+            v["cap_effective"],
+            serde_json::json!([]),
+            "none known: empty"
+        );
     }
 }

@@ -4,6 +4,7 @@
 //! This crate owns the JSON shape users and programs see (docs/interfaces.md), so a third-party
 //! client can depend on it alone. It knows nothing of eBPF, runtimes or Kubernetes clients.
 
+pub mod caps;
 pub mod containers;
 pub mod event;
 pub mod request;

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use podmap_bpf::layout::{
-    self, podmap_cgroup_event, podmap_event_header, podmap_exec_event, podmap_exit_event,
-    podmap_open_event, podmap_policy_hit, podmap_task_ids,
+    self, podmap_cgroup_event, podmap_creds, podmap_event_header, podmap_exec_event,
+    podmap_exit_event, podmap_open_event, podmap_policy_hit, podmap_task_ids,
 };
 use podmap_cgroup::{CgroupId, CgroupKey, LayoutKind};
 use podmap_proto::ProcessFlag;
@@ -197,12 +197,38 @@ pub struct ExecRecord {
     /// The process whose entry into the container this one's line goes back to (the kernel's
     /// `entry_pid`); None when unknown or not in a container.
     pub entry_pid: Option<u32>,
+    /// The credentials the exec installed; None in the records of programs older than them
+    /// (never read as zeros: uid 0 is root).
+    pub creds: Option<Creds>,
     /// Set when a policy rule acted on this exec.
     pub policy: Option<PolicyHit>,
     pub filename: Arc<str>,
     pub cwd: Arc<str>,
     /// argv without argv[0].
     pub args: Arc<[String]>,
+}
+
+/// A process's credentials as the kernel read them at its exec (`struct podmap_creds`): ids of
+/// the initial user namespace, the effective capability set as a bit mask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Creds {
+    pub uid: u32,
+    pub euid: u32,
+    pub gid: u32,
+    pub egid: u32,
+    pub cap_effective: u64,
+}
+
+impl Creds {
+    fn from_raw(c: &podmap_creds) -> Self {
+        Creds {
+            uid: c.uid,
+            euid: c.euid,
+            gid: c.gid,
+            egid: c.egid,
+            cap_effective: c.cap_effective,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -234,6 +260,25 @@ pub enum DecodeError {
     UnknownType(u32),
     #[error("policy record without a policy")]
     NoPolicy,
+}
+
+/// `T` read from the first `len` bytes of `buf`, the rest of it zero: a record whose struct is
+/// a prefix of `T` (an older program's).
+fn read_prefix<T: Copy + Default>(buf: &[u8], len: usize) -> Result<T, DecodeError> {
+    if buf.len() < len {
+        return Err(DecodeError::Short {
+            len: buf.len(),
+            need: len,
+        });
+    }
+    let mut v = T::default();
+    let n = len.min(size_of::<T>());
+    // SAFETY: T is a repr(C) POD mirror of the C layout, valid for any bytes; `n` is within
+    // both `v` and `buf` (checked above).
+    unsafe {
+        std::ptr::copy_nonoverlapping(buf.as_ptr(), &mut v as *mut T as *mut u8, n);
+    }
+    Ok(v)
 }
 
 fn read<T: Copy>(buf: &[u8]) -> Result<T, DecodeError> {
@@ -287,9 +332,16 @@ fn split_args(b: &[u8]) -> Arc<[String]> {
 pub fn decode(buf: &[u8]) -> Result<KernelEvent, DecodeError> {
     let hdr: podmap_event_header = read(buf)?;
     match hdr.r#type {
-        layout::EV_EXEC => {
-            let ev: podmap_exec_event = read(buf)?;
-            let data = &buf[size_of::<podmap_exec_event>()..];
+        t @ (layout::EV_EXEC | layout::EV_EXEC_CREDS) => {
+            // The two differ only in `creds`, which older programs' records (EV_EXEC) end before.
+            let with_creds = t == layout::EV_EXEC_CREDS;
+            let fixed = if with_creds {
+                size_of::<podmap_exec_event>()
+            } else {
+                layout::EXEC_EVENT_NO_CREDS_SIZE
+            };
+            let ev: podmap_exec_event = read_prefix(buf, fixed)?;
+            let data = &buf[fixed..];
             let region = |off: usize, len: usize| -> &[u8] {
                 let start = off.min(data.len());
                 &data[start..(off + len).min(data.len())]
@@ -313,6 +365,7 @@ pub fn decode(buf: &[u8]) -> Result<KernelEvent, DecodeError> {
                 start_time: ev.start_time,
                 parent_exec_ktime: ev.parent_exec_ktime,
                 entry_pid: (ev.entry_pid != 0).then_some(ev.entry_pid),
+                creds: with_creds.then(|| Creds::from_raw(&ev.creds)),
                 policy: PolicyHit::from_raw(ev.policy),
                 filename,
                 cwd,
@@ -373,22 +426,39 @@ mod tests {
         unsafe { std::slice::from_raw_parts(v as *const T as *const u8, size_of::<T>()) }.to_vec()
     }
 
-    #[test]
-    #[allow(clippy::field_reassign_with_default)]
-    fn decodes_an_exec_record() {
-        let mut ev = podmap_exec_event::default();
-        ev.hdr.r#type = layout::EV_EXEC;
-        ev.hdr.ktime = 42;
-        ev.ids.pid = 7;
-        ev.filename_len = 8;
-        ev.cwd_len = 9;
-        ev.args_len = 14;
-        let mut buf = bytes(&ev);
+    /// The exec tail after `fixed` bytes of header: filename, cwd, args.
+    fn exec_tail() -> Vec<u8> {
         let mut data = vec![0u8; layout::FILENAME_MAX + layout::CWD_MAX];
         data[..8].copy_from_slice(b"/bin/sh\0");
         data[layout::FILENAME_MAX..layout::FILENAME_MAX + 9].copy_from_slice(b"tmp\0work\0");
-        buf.extend_from_slice(&data);
-        buf.extend_from_slice(b"sh\0-c\0echo hi\0");
+        data.extend_from_slice(b"sh\0-c\0echo hi\0");
+        data
+    }
+
+    #[allow(clippy::field_reassign_with_default)]
+    fn exec_header(kind: u32) -> podmap_exec_event {
+        let mut ev = podmap_exec_event::default();
+        ev.hdr.r#type = kind;
+        ev.hdr.ktime = 42;
+        ev.ids.pid = 7;
+        ev.ids.uid = 1000;
+        ev.filename_len = 8;
+        ev.cwd_len = 9;
+        ev.args_len = 14;
+        ev.creds = podmap_creds {
+            uid: 1000,
+            euid: 0,
+            gid: 1001,
+            egid: 1002,
+            cap_effective: 1 << 21,
+        };
+        ev
+    }
+
+    #[test]
+    fn decodes_an_exec_record_with_its_credentials() {
+        let mut buf = bytes(&exec_header(layout::EV_EXEC_CREDS));
+        buf.extend_from_slice(&exec_tail());
         let KernelEvent::Exec(e) = decode(&buf).unwrap() else {
             panic!()
         };
@@ -397,6 +467,47 @@ mod tests {
         assert_eq!(&*e.args, ["-c", "echo hi"]);
         assert_eq!(e.ids.pid, 7);
         assert_eq!(e.ktime, 42);
+        assert_eq!(
+            e.creds,
+            Some(Creds {
+                uid: 1000,
+                euid: 0,
+                gid: 1001,
+                egid: 1002,
+                cap_effective: 1 << 21,
+            })
+        );
+    }
+
+    /// A record of the programs an older podmapd pinned: the struct ends before `creds`, the
+    /// tail follows at once. It decodes whole, its credentials unknown (not root).
+    #[test]
+    fn an_older_programs_exec_record_decodes_without_credentials() {
+        let ev = exec_header(layout::EV_EXEC);
+        let mut buf = bytes(&ev)[..layout::EXEC_EVENT_NO_CREDS_SIZE].to_vec();
+        buf.extend_from_slice(&exec_tail());
+        let KernelEvent::Exec(e) = decode(&buf).unwrap() else {
+            panic!()
+        };
+        assert_eq!(&*e.filename, "/bin/sh");
+        assert_eq!(&*e.cwd, "/work/tmp");
+        assert_eq!(&*e.args, ["-c", "echo hi"]);
+        assert_eq!((e.ids.pid, e.ids.uid), (7, 1000));
+        assert_eq!(e.creds, None);
+        // Shorter than even the older struct: refused, naming what it needed.
+        assert_eq!(
+            decode(&buf[..layout::EXEC_EVENT_NO_CREDS_SIZE - 1]),
+            Err(DecodeError::Short {
+                len: layout::EXEC_EVENT_NO_CREDS_SIZE - 1,
+                need: layout::EXEC_EVENT_NO_CREDS_SIZE,
+            })
+        );
+        // A new record cut inside its credentials is short too, never half-read.
+        let new = bytes(&exec_header(layout::EV_EXEC_CREDS));
+        assert!(matches!(
+            decode(&new[..layout::EXEC_EVENT_NO_CREDS_SIZE + 8]),
+            Err(DecodeError::Short { .. })
+        ));
     }
 
     #[test]
@@ -425,7 +536,7 @@ mod tests {
     #[allow(clippy::field_reassign_with_default)]
     fn every_kernel_flag_and_the_policy_hit_arrive_typed() {
         let mut ev = podmap_exec_event::default();
-        ev.hdr.r#type = layout::EV_EXEC;
+        ev.hdr.r#type = layout::EV_EXEC_CREDS;
         ev.hdr.flags = layout::PF_ARGS_TRUNCATED | layout::PF_CWD_TRUNCATED;
         ev.ids.cgroup_v2 = 11;
         ev.ids.cgroup_v1 = 22;

@@ -11,7 +11,9 @@ use super::decode::{Enforcement, KernelEvent, PolicyHit, TaskIds};
 use super::Owner;
 use crate::clock::WallClock;
 use crate::policies::PolicyNames;
-use crate::procs::{exec_id, is_runtime_init, is_runtime_init_comm, ProcEntry, ProcTable};
+use crate::procs::{
+    exec_id, is_runtime_init, is_runtime_init_comm, Credentials, ProcEntry, ProcTable,
+};
 
 /// The event's container and pod, from what attributed it.
 fn owner_parts(owner: &Owner) -> (Option<Arc<ContainerInfo>>, Option<Arc<PodInfo>>) {
@@ -23,9 +25,7 @@ fn owner_parts(owner: &Owner) -> (Option<Arc<ContainerInfo>>, Option<Arc<PodInfo
         Owner::Unknown(shape, None) => (
             Some(Arc::new(ContainerInfo {
                 id: shape.container_id.clone(),
-                name: String::new(),
-                runtime: String::new(),
-                image: String::new(),
+                ..ContainerInfo::default()
             })),
             shape.pod_uid.as_ref().map(|uid| {
                 Arc::new(PodInfo {
@@ -138,6 +138,7 @@ fn process_of(
     layout: LayoutKind,
     clock: &WallClock,
 ) -> Process {
+    let creds = entry.and_then(|p| p.creds.as_ref());
     let (binary, args, cwd, exec_id_s, start_time, flags) = match entry {
         Some(p) => (
             p.binary.clone(),
@@ -156,7 +157,7 @@ fn process_of(
             Vec::new(),
         ),
     };
-    Process {
+    let mut p = Process {
         pid: ids.pid,
         tid: ids.tid,
         ppid: ids.ppid,
@@ -174,7 +175,16 @@ fn process_of(
         cgroup_id: ids.own_cgroup(layout).0,
         flags,
         entered_via_exec: None,
+        euid: None,
+        gid: None,
+        egid: None,
+        cap_effective: None,
+    };
+    // The credentials of the exec the process runs (it may have changed them since).
+    if let Some(c) = creds {
+        c.apply(&mut p);
     }
+    p
 }
 
 /// Whether a process came into its container through the runtime's exec: its line's entry is
@@ -217,6 +227,12 @@ fn event(
             if runtime_init {
                 flags.push(ProcessFlag::RuntimeInit);
             }
+            let creds = e.creds.map(|c| Credentials {
+                euid: c.euid,
+                gid: c.gid,
+                egid: c.egid,
+                cap_effective: procs.cap_names.get(c.cap_effective),
+            });
             procs.insert(
                 pid,
                 Arc::new(ProcEntry {
@@ -226,31 +242,40 @@ fn event(
                     args: args.clone(),
                     cwd: cwd.clone(),
                     uid: e.ids.uid,
+                    creds: creds.clone(),
                     start_time: e.start_time,
                     procfs_scan: false,
                     runtime_init,
                 }),
             );
+            let mut process = Process {
+                pid,
+                tid: e.ids.tid,
+                ppid: e.ids.ppid,
+                uid: e.ids.uid,
+                binary,
+                args,
+                cwd,
+                exec_id: id,
+                parent_exec_id,
+                start_time: clock.format(e.start_time),
+                cgroup_id: e.ids.own_cgroup(layout).0,
+                flags,
+                entered_via_exec: entered_via_exec(&owner, e.entry_pid),
+                euid: None,
+                gid: None,
+                egid: None,
+                cap_effective: None,
+            };
+            if let Some(c) = &creds {
+                c.apply(&mut process);
+            }
             Some(Event {
                 schema_version: podmap_proto::SCHEMA_VERSION,
                 kind: EventType::Exec,
                 time: clock.format(e.ktime),
                 node: node.clone(),
-                process: Process {
-                    pid,
-                    tid: e.ids.tid,
-                    ppid: e.ids.ppid,
-                    uid: e.ids.uid,
-                    binary,
-                    args,
-                    cwd,
-                    exec_id: id,
-                    parent_exec_id,
-                    start_time: clock.format(e.start_time),
-                    cgroup_id: e.ids.own_cgroup(layout).0,
-                    flags,
-                    entered_via_exec: entered_via_exec(&owner, e.entry_pid),
-                },
+                process,
                 container,
                 pod,
                 attribution,
