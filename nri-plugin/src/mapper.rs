@@ -155,6 +155,33 @@ impl Backend {
     /// Adds the container to every policy that selects it, before its record exists, so not
     /// even its first exec escapes. A failure is counted (MembershipErrors) and podmapd's
     /// reconciliation repairs it; it never stops the mapping.
+    /// The container's bounding set and privilege, read from its init (docs/decisions.md #36):
+    /// NRI's messages carry no capabilities, but by START_CONTAINER (and POST_CREATE) the
+    /// runtime's create has returned, and runc and crun apply the spec's capabilities to the
+    /// init before that. One read of /proc/<pid>/status, under the call's reply bound like the
+    /// cgroup check beside it; what cannot be read is unknown in the record, logged and
+    /// counted, and never stops the mapping.
+    fn record_capabilities(&self, meta: &mut ContainerMeta, pid: u32) {
+        use podmap_writer::privilege::{cap_last_cap, proc_caps};
+        let read = if pid == 0 {
+            Err("the runtime gave no pid".to_string())
+        } else {
+            cap_last_cap()
+                .and_then(|last| Ok((last, proc_caps(std::path::Path::new("/proc"), pid)?)))
+                .map_err(|e| e.to_string())
+        };
+        match read {
+            Ok((last, caps)) => meta.set_capabilities(caps.bounding, last),
+            Err(e) => {
+                tracing::warn!(container = %meta.container_id, error = %e, "capabilities unknown");
+                self.registry
+                    .maps()
+                    .counters
+                    .add(Counter::CapabilitiesUnread, 1);
+            }
+        }
+    }
+
     fn write_memberships(&mut self, meta: &ContainerMeta, ids: &podmap_cgroup::CgroupIds) {
         if self
             .policies_checked
@@ -466,6 +493,7 @@ impl Mapper {
                 meta.cgroup_path = r.record_path();
                 // The runtime's pid of the container (or the sandbox's pause) is its init.
                 meta.init_pid = (pid > 0).then_some(pid);
+                backend.record_capabilities(&mut meta, pid);
                 backend.write_memberships(&meta, &r.ids);
                 backend
                     .registry

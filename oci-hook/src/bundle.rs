@@ -1,5 +1,6 @@
-//! The bundle's config.json: the two things the hook needs from it, `linux.cgroupsPath` and the
-//! annotations (the Kubernetes metadata CRI-O puts there). Everything else is skipped unparsed.
+//! The bundle's config.json: what the hook needs from it, `linux.cgroupsPath`, the annotations
+//! (the Kubernetes metadata CRI-O puts there) and the bounding set of `process.capabilities`.
+//! Everything else is skipped unparsed.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -15,6 +16,10 @@ pub const MAX_CONFIG_BYTES: u64 = 32 << 20;
 pub struct BundleConfig {
     pub cgroups_path: Option<String>,
     pub annotations: BTreeMap<String, String>,
+    /// `process.capabilities.bounding`, the names as written; None when the spec has none (or
+    /// not as a list of strings: the container's privilege is then unknown, never a reason not
+    /// to map it).
+    pub cap_bounding: Option<Vec<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +50,8 @@ struct RawConfig {
     linux: Option<RawLinux>,
     #[serde(default)]
     annotations: Option<serde_json::Value>,
+    #[serde(default)]
+    process: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -90,7 +97,19 @@ pub fn parse_config(bytes: &[u8]) -> Result<BundleConfig, serde_json::Error> {
             .and_then(|v| v.as_str().map(str::to_owned))
             .filter(|p| !p.trim().is_empty()),
         annotations: crate::state::string_map(raw.annotations),
+        cap_bounding: raw.process.as_ref().and_then(bounding_set),
     })
+}
+
+/// `capabilities.bounding` of the spec's process, if it is a list of strings.
+fn bounding_set(process: &serde_json::Value) -> Option<Vec<String>> {
+    process
+        .get("capabilities")?
+        .get("bounding")?
+        .as_array()?
+        .iter()
+        .map(|v| v.as_str().map(str::to_owned))
+        .collect()
 }
 
 #[cfg(test)]
@@ -118,6 +137,30 @@ mod tests {
             None
         );
         assert!(parse_config(b"{\"linux\": 5}").is_err());
+    }
+
+    #[test]
+    fn reads_the_bounding_set_or_leaves_it_unknown() {
+        let c = parse_config(
+            br#"{"process":{"capabilities":{"bounding":["CAP_CHOWN","CAP_NET_RAW"],
+                "effective":["CAP_CHOWN"]}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.cap_bounding,
+            Some(vec!["CAP_CHOWN".to_string(), "CAP_NET_RAW".to_string()])
+        );
+        let empty = parse_config(br#"{"process":{"capabilities":{"bounding":[]}}}"#).unwrap();
+        assert_eq!(empty.cap_bounding, Some(vec![]), "none given: an empty set");
+        for unknown in [
+            &br#"{"process":{"args":["sh"]}}"#[..],
+            br#"{"process":{"capabilities":{"bounding":"all"}}}"#,
+            br#"{"process":{"capabilities":{"bounding":["CAP_CHOWN", 3]}}}"#,
+            br#"{"process":7}"#,
+        ] {
+            let c = parse_config(unknown).expect("the config still parses");
+            assert_eq!(c.cap_bounding, None, "{}", String::from_utf8_lossy(unknown));
+        }
     }
 
     #[test]

@@ -265,6 +265,45 @@ impl Hook {
         f(&mut self.progress.lock().unwrap_or_else(PoisonError::into_inner));
     }
 
+    /// The container's bounding set and privilege from the spec (docs/decisions.md #36): the
+    /// runtime applies `process.capabilities` to the init before its program starts. The init
+    /// itself cannot tell yet: at createRuntime it still holds the runtime's full set. What
+    /// cannot be learnt is unknown in the record, logged and counted; it never stops the mapping.
+    fn record_capabilities(&self, meta: &mut ContainerMeta, bounding: Option<&[String]>, id: &str) {
+        let Some(names) = bounding else {
+            self.log.line(
+                Level::Debug,
+                Some(id),
+                format_args!(
+                    "config.json has no process.capabilities.bounding list: privilege unknown"
+                ),
+            );
+            self.count(Counter::CapabilitiesUnread);
+            return;
+        };
+        let (mask, unknown) = crate::meta::capability_mask(names);
+        if !unknown.is_empty() {
+            self.log.line(
+                Level::Warn,
+                Some(id),
+                format_args!(
+                    "capabilities podmap does not know in the bounding set, left out: {unknown:?}"
+                ),
+            );
+        }
+        match podmap_writer::privilege::cap_last_cap() {
+            Ok(last) => meta.set_capabilities(mask, last),
+            Err(e) => {
+                self.log.line(
+                    Level::Warn,
+                    Some(id),
+                    format_args!("{e}: privilege unknown"),
+                );
+                self.count(Counter::CapabilitiesUnread);
+            }
+        }
+    }
+
     fn count(&self, c: Counter) {
         let maps = self.maps.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(m) = maps.as_ref() {
@@ -421,6 +460,7 @@ impl Hook {
 
         let path = found.rel_str();
         let mut meta = container_meta(&state, &ann, kube.as_ref(), &path);
+        self.record_capabilities(&mut meta, config.cap_bounding.as_deref(), id);
         let flags = RecordFlags {
             sandbox: meta.sandbox,
             removing: false,

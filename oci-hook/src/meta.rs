@@ -37,6 +37,20 @@ pub fn container_meta(
     meta
 }
 
+/// The bit mask of the capabilities `names` lists (an OCI spec's spelling), and the names it could
+/// not place (a capability newer than podmap's table, or a typo the runtime will refuse anyway).
+pub fn capability_mask(names: &[String]) -> (u64, Vec<String>) {
+    let mut mask = 0u64;
+    let mut unknown = Vec::new();
+    for n in names {
+        match podmap_proto::caps::capability_bit(n) {
+            Some(bit) => mask |= 1u64 << bit,
+            None => unknown.push(n.clone()),
+        }
+    }
+    (mask, unknown)
+}
+
 /// The name of the process that ran the hook: runc and crun run createRuntime hooks themselves.
 fn parent_comm() -> String {
     let parent = std::os::unix::process::parent_id();
@@ -62,6 +76,22 @@ fn oci_runtime(state: &State, parent_comm: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capability_names_become_a_mask_and_strangers_are_told() {
+        let names = ["CAP_CHOWN", "cap_net_raw", "CAP_SYS_ADMIN", "CAP_WHATEVER"];
+        let (mask, unknown) = capability_mask(&names.map(String::from));
+        assert_eq!(mask, 1 | (1 << 13) | (1 << 21));
+        assert_eq!(unknown, ["CAP_WHATEVER"]);
+        let all: Vec<String> = podmap_proto::caps::CAP_NAMES.map(String::from).to_vec();
+        let mut m = ContainerMeta::default();
+        m.set_capabilities(capability_mask(&all).0, 40);
+        assert_eq!(
+            m.privileged,
+            Some(true),
+            "CRI's privileged: every capability"
+        );
+    }
 
     #[test]
     fn runtime_names() {

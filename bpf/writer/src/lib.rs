@@ -5,6 +5,7 @@
 //! metadata is also what a new container's policies are selected by (`policy_target`).
 
 pub mod policy;
+pub mod privilege;
 pub mod registry;
 pub mod store;
 #[cfg(feature = "testing")]
