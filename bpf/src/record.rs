@@ -75,16 +75,12 @@ pub struct ContainerMeta {
 
 impl ContainerMeta {
     /// Records the container's capability bounding set and whether it is privileged: it holds
-    /// every capability up to `last_cap`, the node kernel's last (/proc/sys/kernel/cap_last_cap),
-    /// which is what CRI's `privileged: true` gives a container.
-    pub fn set_capabilities(&mut self, bounding: u64, last_cap: u32) {
-        let all = if last_cap >= 63 {
-            u64::MAX
-        } else {
-            (1u64 << (last_cap + 1)) - 1
-        };
+    /// every capability the node can give, `node` (podmap-writer's `privilege::node_capabilities`:
+    /// every capability the kernel knows, less any the host's init itself lacks), which is what
+    /// CRI's `privileged: true` gives a container.
+    pub fn set_capabilities(&mut self, bounding: u64, node: u64) {
         self.cap_bounding = Some(bounding);
-        self.privileged = Some(bounding & all == all);
+        self.privileged = Some(bounding & node == node);
     }
 
     /// The bounded blob stored in the metadata map, never over [`layout::META_MAX`]. A record
@@ -305,20 +301,19 @@ mod tests {
     }
 
     #[test]
-    fn privileged_is_a_bounding_set_of_every_capability_the_kernel_knows() {
+    fn privileged_is_a_bounding_set_of_every_capability_the_node_gives() {
+        let node = 0x1ff_ffff_ffff; // a kernel whose last capability is 40
         let mut m = ContainerMeta::default();
-        m.set_capabilities(0x1ff_ffff_ffff, 40);
-        assert_eq!(
-            (m.privileged, m.cap_bounding),
-            (Some(true), Some(0x1ff_ffff_ffff))
-        );
+        m.set_capabilities(node, node);
+        assert_eq!((m.privileged, m.cap_bounding), (Some(true), Some(node)));
         // One missing (CAP_SYS_ADMIN dropped): not privileged.
-        m.set_capabilities(0x1ff_ffff_ffff & !(1 << 21), 40);
+        m.set_capabilities(node & !(1 << 21), node);
         assert_eq!(m.privileged, Some(false));
-        // An older kernel knows fewer: all of its own is enough.
-        m.set_capabilities(0xff_ffff_ffff, 39);
+        // A node that lacks one itself (its init dropped it): all the rest is enough.
+        m.set_capabilities(node & !(1 << 21), node & !(1 << 21));
         assert_eq!(m.privileged, Some(true));
-        m.set_capabilities(u64::MAX, 63);
+        // Bits beyond the node's set change nothing.
+        m.set_capabilities(u64::MAX, node);
         assert_eq!(m.privileged, Some(true));
     }
 
@@ -331,7 +326,7 @@ mod tests {
         assert_eq!((m.privileged, m.cap_bounding), (None, None));
         assert_eq!(m.init_pid, Some(7));
         let mut m2 = m.clone();
-        m2.set_capabilities(0x3, 40);
+        m2.set_capabilities(0x3, 0x1ff_ffff_ffff);
         let (blob, _) = m2.to_blob();
         assert_eq!(ContainerMeta::from_blob(&blob).unwrap(), m2);
         assert!(!serde_json::to_string(&m).unwrap().contains("privileged"));

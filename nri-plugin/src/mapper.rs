@@ -162,16 +162,16 @@ impl Backend {
     /// cgroup check beside it; what cannot be read is unknown in the record, logged and
     /// counted, and never stops the mapping.
     fn record_capabilities(&self, meta: &mut ContainerMeta, pid: u32) {
-        use podmap_writer::privilege::{cap_last_cap, proc_caps};
+        use podmap_writer::privilege::{node_capabilities, proc_caps};
         let read = if pid == 0 {
             Err("the runtime gave no pid".to_string())
         } else {
-            cap_last_cap()
-                .and_then(|last| Ok((last, proc_caps(std::path::Path::new("/proc"), pid)?)))
+            node_capabilities()
+                .and_then(|node| Ok((node, proc_caps(std::path::Path::new("/proc"), pid)?)))
                 .map_err(|e| e.to_string())
         };
         match read {
-            Ok((last, caps)) => meta.set_capabilities(caps.bounding, last),
+            Ok((node, caps)) => meta.set_capabilities(caps.bounding, node),
             Err(e) => {
                 tracing::warn!(container = %meta.container_id, error = %e, "capabilities unknown");
                 self.registry

@@ -291,8 +291,8 @@ impl Hook {
                 ),
             );
         }
-        match podmap_writer::privilege::cap_last_cap() {
-            Ok(last) => meta.set_capabilities(mask, last),
+        match podmap_writer::privilege::node_capabilities() {
+            Ok(node) => meta.set_capabilities(mask, node),
             Err(e) => {
                 self.log.line(
                     Level::Warn,

@@ -85,7 +85,7 @@ mod tests {
         assert_eq!(unknown, ["CAP_WHATEVER"]);
         let all: Vec<String> = podmap_proto::caps::CAP_NAMES.map(String::from).to_vec();
         let mut m = ContainerMeta::default();
-        m.set_capabilities(capability_mask(&all).0, 40);
+        m.set_capabilities(capability_mask(&all).0, 0x1ff_ffff_ffff);
         assert_eq!(
             m.privileged,
             Some(true),

@@ -1,7 +1,7 @@
 //! What both plugins record of a container's privilege: its capability bounding set and whether
 //! it is privileged (docs/decisions.md #36). The hook takes the set from the OCI spec; podmap-nri,
 //! whose NRI messages carry no capabilities, reads it from the container's init in /proc. Both
-//! judge "privileged" against the same kernel's last capability, through
+//! judge "privileged" against the same set, [`node_capabilities`], through
 //! [`ContainerMeta::set_capabilities`](podmap_bpf::ContainerMeta::set_capabilities).
 
 use std::path::Path;
@@ -53,6 +53,30 @@ pub fn cap_last_cap() -> Result<u32, PrivilegeError> {
         value: text.trim().to_string(),
     })?;
     Ok(*LAST.get_or_init(|| v))
+}
+
+/// Every capability this node can give a container: each the kernel knows (up to
+/// [`cap_last_cap`]) that the host's init (pid 1) holds in its bounding set. A runtime cannot
+/// hand out what its ancestors dropped (a node, or a VM, booted with a narrowed bounding set),
+/// so CRI's `privileged: true` gives exactly this; a container holding all of it is
+/// privileged. pid 1 unreadable: every capability the kernel knows. Read once per process.
+pub fn node_capabilities() -> Result<u64, PrivilegeError> {
+    static NODE: OnceLock<u64> = OnceLock::new();
+    if let Some(v) = NODE.get() {
+        return Ok(*v);
+    }
+    let known = full_set(cap_last_cap()?);
+    let init = proc_caps(Path::new("/proc"), 1).map_or(u64::MAX, |c| c.bounding);
+    Ok(*NODE.get_or_init(|| known & init))
+}
+
+/// The mask of capabilities 0 to `last` inclusive.
+pub fn full_set(last: u32) -> u64 {
+    if last >= 63 {
+        u64::MAX
+    } else {
+        (1u64 << (last + 1)) - 1
+    }
 }
 
 /// The bounding and effective sets of process `pid`, from /proc/<pid>/status under `proc_root`
@@ -123,6 +147,14 @@ mod tests {
         assert_eq!(me.effective & !me.bounding, 0, "effective within bounding");
         let last = cap_last_cap().unwrap();
         assert!((36..64).contains(&last), "{last}");
+        let node = node_capabilities().unwrap();
+        assert_eq!(node & !full_set(last), 0, "only what the kernel knows");
+        assert_eq!(
+            node,
+            full_set(last) & proc_caps(Path::new("/proc"), 1).unwrap().bounding
+        );
+        assert_eq!(full_set(40), 0x1ff_ffff_ffff);
+        assert_eq!(full_set(63), u64::MAX);
         assert!(matches!(
             proc_caps(Path::new("/nonexistent"), 1),
             Err(PrivilegeError::Read { .. })

@@ -248,6 +248,8 @@ pub struct PodSpec {
     pub uid: String,
     /// The pod's own labels (what events must carry).
     pub labels: BTreeMap<String, String>,
+    /// A privileged sandbox: containerd refuses a privileged container in any other.
+    pub privileged: bool,
 }
 
 impl PodSpec {
@@ -258,7 +260,15 @@ impl PodSpec {
             namespace: "podmap-test".to_string(),
             uid: new_uid(),
             labels: BTreeMap::new(),
+            privileged: false,
         }
+    }
+
+    /// A pod that may hold privileged containers (its sandbox is privileged, as kubelet makes
+    /// it for a pod with one).
+    pub fn privileged(mut self) -> Self {
+        self.privileged = true;
+        self
     }
 
     pub fn label(mut self, k: &str, v: &str) -> Self {
@@ -292,6 +302,7 @@ impl PodSpec {
                 cgroup_parent: cgroup_parent.to_string(),
                 security_context: Some(cri::LinuxSandboxSecurityContext {
                     namespace_options: Some(namespaces()),
+                    privileged: self.privileged,
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -308,6 +319,12 @@ pub struct ContainerSpec {
     pub image: String,
     pub command: Vec<String>,
     pub labels: BTreeMap<String, String>,
+    /// The securityContext's `privileged`, capabilities `add` and `drop` (names without the
+    /// CAP_ prefix, or ALL, as in a pod spec) and `runAsUser`.
+    pub privileged: bool,
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
+    pub run_as_user: Option<i64>,
 }
 
 impl ContainerSpec {
@@ -318,6 +335,10 @@ impl ContainerSpec {
             image: super::images::TEST_IMAGE.to_string(),
             command: command.iter().map(|s| s.to_string()).collect(),
             labels: BTreeMap::new(),
+            privileged: false,
+            cap_add: Vec::new(),
+            cap_drop: Vec::new(),
+            run_as_user: None,
         }
     }
 
@@ -345,6 +366,15 @@ impl ContainerSpec {
             linux: Some(cri::LinuxContainerConfig {
                 security_context: Some(cri::LinuxContainerSecurityContext {
                     namespace_options: Some(namespaces()),
+                    privileged: self.privileged,
+                    capabilities: (!self.cap_add.is_empty() || !self.cap_drop.is_empty()).then(
+                        || cri::Capability {
+                            add_capabilities: self.cap_add.clone(),
+                            drop_capabilities: self.cap_drop.clone(),
+                            ..Default::default()
+                        },
+                    ),
+                    run_as_user: self.run_as_user.map(|value| cri::Int64Value { value }),
                     ..Default::default()
                 }),
                 ..Default::default()
