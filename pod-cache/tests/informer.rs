@@ -408,7 +408,7 @@ async fn watch_timeouts_and_bookmarks_keep_a_quiet_cache_fresh() {
 }
 
 #[tokio::test]
-async fn lists_page_by_page() {
+async fn lists_from_the_watch_cache_whole_and_relists_page_by_page() {
     init_logs();
     let server = TestApiServer::start().await;
     for i in 0..25 {
@@ -422,11 +422,35 @@ async fn lists_page_by_page() {
         },
     )
     .await;
+    // The first list asks the watch cache (resourceVersion=0), which ignores the limit: one body.
     assert_eq!(cache.stats().pods, 25);
-    assert_eq!(server.stats().lists, 3);
-    let requests = server.requests();
+    assert_eq!(server.stats().lists, 1);
+    let first = &server.requests()[0];
     assert!(
-        requests[1].contains("continue=") && !requests[1].contains("resourceVersion"),
+        first.contains("resourceVersion=0") && first.contains("limit=10"),
+        "{first}"
+    );
+
+    // After a 410 the relist reads the storage, which honours the limit: three pages of one
+    // snapshot, the later ones by continue token alone.
+    server.apply(&fixtures::pod("ns", "p25", NODE, &[]));
+    server.expire_watches();
+    assert!(eventually(|| cache.stats().relists == 1).await);
+    assert_eq!(cache.stats().pods, 26);
+    let requests: Vec<String> = server
+        .requests()
+        .into_iter()
+        .filter(|r| !r.contains("watch="))
+        .collect();
+    assert_eq!(requests.len(), 4, "{requests:?}");
+    assert!(
+        !requests[1].contains("resourceVersion") && !requests[1].contains("continue="),
+        "{requests:?}"
+    );
+    assert!(
+        requests[2..]
+            .iter()
+            .all(|r| r.contains("continue=") && !r.contains("resourceVersion")),
         "{requests:?}"
     );
 }

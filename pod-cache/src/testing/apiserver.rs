@@ -12,7 +12,11 @@
 //! - Lists: a `PodList` or `PodPolicyList` with `metadata.resourceVersion`; `limit` and
 //!   `continue` page through one consistent snapshot; `resourceVersion` (`0` or empty: any/most
 //!   recent; too new: 504; with `Exact` and too old: 410); an expired or unknown `continue`
-//!   token: 410.
+//!   token: 410. A list at `resourceVersion=0` (with no match or `NotOlderThan`) is served from
+//!   the watch cache, which ignores `limit`: the whole list in one body, without a continue
+//!   token, however large (kube-apiserver's `shouldDelegateList`). The body is written as it is
+//!   produced, a few objects per chunk, never built whole (as the API server's streaming list
+//!   encoder writes it), so a test's memory is the client's.
 //! - `?watch=true`: chunked JSON lines `{"type":"ADDED|MODIFIED|DELETED|BOOKMARK|ERROR",
 //!   "object":...}` from `resourceVersion` on (replayed from a bounded history; older than the
 //!   history: one ERROR event with a 410 `Expired` Status, as the API server's watch cache sends);
@@ -271,8 +275,7 @@ impl TestApiServer {
 
     /// A kube client for this server.
     pub fn client(&self) -> kube::Client {
-        let config = kube::Config::new(self.url().parse().expect("server url"));
-        kube::Client::try_from(config).expect("kube client for the test API server")
+        client_for(&self.url())
     }
 
     /// Creates or replaces a pod (by namespace and name); watchers get ADDED or MODIFIED.
@@ -866,11 +869,18 @@ impl Handler {
                 (id, state.rv, Arc::new(items), 0)
             }
         };
+        // Served from the watch cache: the whole list, `limit` ignored. Paging needs the storage
+        // (no resourceVersion, an exact one, or a continue token).
+        let from_watch_cache = query.continue_token.is_none()
+            && query.resource_version.as_deref() == Some("0")
+            && query
+                .version_match
+                .as_deref()
+                .is_none_or(|m| m == "NotOlderThan");
         let end = query
             .limit
-            .filter(|l| *l > 0)
+            .filter(|l| *l > 0 && !from_watch_cache)
             .map_or(items.len(), |limit| (offset + limit).min(items.len()));
-        let page = items.get(offset..end).unwrap_or_default();
         let mut metadata = json!({"resourceVersion": rv.to_string()});
         if end < items.len() {
             metadata["continue"] = json!(format!("{snapshot_id}:{end}"));
@@ -888,23 +898,27 @@ impl Handler {
                 store.snapshots.retain(|id, _| *id + keep > snapshot_id);
             }
         }
-        let mut body =
-            Vec::with_capacity(page.iter().map(|o| o.json.len() + 1).sum::<usize>() + 128);
         let head = format!(
-            r#"{{"kind":"{}List","apiVersion":"{}","metadata":{metadata}"#,
+            r#"{{"kind":"{}List","apiVersion":"{}","metadata":{metadata},"items":["#,
             resource.kind(),
             resource.api_version()
         );
-        body.extend_from_slice(head.as_bytes());
-        body.extend_from_slice(br#","items":["#);
-        for (i, object) in page.iter().enumerate() {
-            if i > 0 {
-                body.push(b',');
-            }
-            body.extend_from_slice(&object.json);
-        }
-        body.extend_from_slice(b"]}");
-        respond(StatusCode::OK, Bytes::from(body))
+        let chunks = ListChunks {
+            head: Some(Bytes::from(head)),
+            items,
+            first: offset.min(end),
+            next: offset.min(end),
+            end,
+            done: false,
+        };
+        let body = StreamBody::new(
+            futures::stream::iter(chunks).map(|chunk| Ok::<_, Infallible>(Frame::data(chunk))),
+        );
+        Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "application/json")
+            .body(BodyExt::boxed_unsync(body))
+            .expect("list response")
     }
 
     fn watch(
@@ -986,6 +1000,57 @@ impl Handler {
             .header("content-type", "application/json")
             .body(BodyExt::boxed_unsync(body))
             .expect("watch response")
+    }
+}
+
+/// A kube client for a test API server at `url` (from [`TestApiServer::url`]), e.g. in another
+/// process.
+///
+/// # Panics
+/// If `url` is not a URL.
+pub fn client_for(url: &str) -> kube::Client {
+    let config = kube::Config::new(url.parse().expect("test API server url"));
+    kube::Client::try_from(config).expect("kube client for the test API server")
+}
+
+/// A list body as it is written: the head, then the objects of `next..end` a few at a time
+/// (each chunk is produced when the connection asks for it), then the closing brackets.
+struct ListChunks {
+    head: Option<Bytes>,
+    items: Arc<Vec<Arc<Stored>>>,
+    /// The page's first object: every later one is preceded by a comma.
+    first: usize,
+    next: usize,
+    end: usize,
+    done: bool,
+}
+
+/// About this much of the list per chunk.
+const LIST_CHUNK: usize = 64 * 1024;
+
+impl Iterator for ListChunks {
+    type Item = Bytes;
+
+    fn next(&mut self) -> Option<Bytes> {
+        if let Some(head) = self.head.take() {
+            return Some(head);
+        }
+        if self.done {
+            return None;
+        }
+        let mut chunk = Vec::with_capacity(LIST_CHUNK + 4096);
+        while self.next < self.end && chunk.len() < LIST_CHUNK {
+            if self.next > self.first {
+                chunk.push(b',');
+            }
+            chunk.extend_from_slice(&self.items[self.next].json);
+            self.next += 1;
+        }
+        if self.next >= self.end {
+            chunk.extend_from_slice(b"]}");
+            self.done = true;
+        }
+        Some(Bytes::from(chunk))
     }
 }
 

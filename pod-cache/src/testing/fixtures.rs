@@ -56,9 +56,11 @@ pub fn pod(namespace: &str, name: &str, node: &str, labels: &[(&str, &str)]) -> 
 }
 
 /// The `index`th pod of Deployment `deployment` on `node`: labels and annotations as common
-/// charts set them, an owner reference to the ReplicaSet, an init container and two containers
-/// (a sidecar), resources, probes, volumes, conditions, and the managed fields the API server
-/// adds: about 7 KiB of JSON, as such pods are.
+/// charts set them (kubectl's `last-applied-configuration` copy of the pod among them, as on
+/// pods whose tooling applies them or copies the annotation into the template), an owner
+/// reference to the ReplicaSet, an init container and two containers (a sidecar) with
+/// environment, resources, probes, volumes, conditions, container statuses, and the managed
+/// fields the API server adds: about 11 KiB of JSON, as such pods are.
 pub fn deployment_pod(
     namespace: &str,
     deployment: &str,
@@ -110,7 +112,7 @@ pub fn deployment_pod(
     };
     let condition = |kind: &str| json!({"type": kind, "status": "True", "lastProbeTime": null, "lastTransitionTime": time});
     let app_image = format!("registry.example.com/{namespace}/{deployment}:1.4.2");
-    serde_json::from_value(json!({
+    let mut pod = json!({
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
@@ -151,6 +153,8 @@ pub fn deployment_pod(
                                    "readOnly": true}],
                  "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File"},
                 {"name": "proxy", "image": "docker.io/envoyproxy/envoy:v1.30.1", "resources": {},
+                 "env": [{"name": "ENVOY_UID", "value": "0"}, {"name": "HOST_IP",
+                          "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "status.hostIP"}}}],
                  "volumeMounts": [{"name": "kube-api-access", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
                                    "readOnly": true}],
                  "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File",
@@ -176,6 +180,19 @@ pub fn deployment_pod(
             "containerStatuses": [container_status("app", &app_image, false),
                                   container_status("proxy", "docker.io/envoyproxy/envoy:v1.30.1", false)]
         }
-    }))
-    .expect("fixture deployment pod")
+    });
+    // kubectl's copy: the object as applied (metadata without what the server adds, the spec
+    // without the scheduler's nodeName), compact JSON and a newline, as kubectl writes it.
+    let mut spec = pod["spec"].clone();
+    spec.as_object_mut().expect("spec").remove("nodeName");
+    let applied = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"annotations": pod["metadata"]["annotations"].clone(),
+                     "labels": pod["metadata"]["labels"].clone(),
+                     "name": pod["metadata"]["name"].clone(), "namespace": namespace},
+        "spec": spec,
+    });
+    pod["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"] =
+        json!(format!("{applied}\n"));
+    serde_json::from_value(pod).expect("fixture deployment pod")
 }

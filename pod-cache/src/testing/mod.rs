@@ -7,4 +7,4 @@
 pub mod apiserver;
 pub mod fixtures;
 
-pub use apiserver::{Fault, Resource, TestApiServer, TestApiServerConfig};
+pub use apiserver::{client_for, Fault, Resource, TestApiServer, TestApiServerConfig};
