@@ -1,17 +1,16 @@
 //! The socket exchange: one request line, then a stream of event lines or one reply, with the
-//! server's `{"error": ...}` line recognised wherever it comes.
+//! server's `{"error": ...}` line recognised wherever it comes; and the event stream that
+//! reconnects with backoff, shared by `podmap events --reconnect` and `podmap export`.
 
 use std::io::{self, BufRead as _, BufReader, Read as _, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context as _};
-use podmap_proto::{Event, Request};
+use backon::BackoffBuilder as _;
+use podmap_proto::Request;
 use serde::Deserialize;
-
-use super::event_line::compact_line;
-use super::{EventFormat, EventsArgs};
 
 /// How long `status` and `containers` wait for podmapd's reply.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,75 +53,153 @@ pub(super) fn connect(socket: &Path, request: &Request) -> anyhow::Result<UnixSt
     Ok(stream)
 }
 
-/// Streams events to `out` until `--count` is reached (returns how many were written), the
-/// server refuses (a [`ServerError`]) or closes, or `out` fails. Flushes after every line when
-/// `flush_each_line`, else whenever no more input is already buffered (once per batch).
-pub fn events(
+/// Whether a stream follows podmapd across its restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Follow {
+    /// The first failure (no podmapd, the stream closed) ends the stream with its error.
+    Once,
+    /// Failures are retried with backoff, forever (or until stopped).
+    Reconnect,
+}
+
+/// A change of the link to podmapd, for the stream's owner to report.
+#[derive(Debug)]
+pub(super) enum Link<'a> {
+    /// Connected and subscribed; `again` when an earlier connection of this stream existed.
+    Up { again: bool },
+    /// Could not connect, or the stream ended: the next attempt comes after `delay`.
+    Down { why: &'a str, delay: Duration },
+}
+
+/// What a stream hands its lines to: `podmap events`' printer and `podmap export`'s sinks.
+pub(super) trait StreamHandler {
+    /// One event line, ending in a newline. `Ok(false)` ends the stream (`--count` reached);
+    /// an error ends it too (an output that cannot be written).
+    fn line(&mut self, line: &[u8]) -> anyhow::Result<bool>;
+    /// Nothing more is buffered now (or the read timed out): the moment to flush, so output
+    /// goes out once per burst.
+    fn idle(&mut self) -> anyhow::Result<()>;
+    /// Called only under [`Follow::Reconnect`], and for every connection.
+    fn link(&mut self, change: Link<'_>);
+}
+
+/// How often a blocked read looks at the stop flag.
+const READ_POLL: Duration = Duration::from_millis(250);
+
+/// Backoff between attempts: 100 ms doubling to 5 s, with jitter so that the clients of a
+/// restarted podmapd do not all come back at the same instant.
+fn backoff() -> impl Iterator<Item = Duration> {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// Reads podmapd's event stream for `request` and hands each line to `handler`, until the
+/// handler ends it, `stopped()` turns true, or a failure [`Follow::Once`] does not retry.
+/// podmapd refusing the request is an error either way: retrying cannot fix it. The one
+/// implementation of reconnecting, for `podmap events --reconnect` and `podmap export`.
+pub(super) fn stream_events(
     socket: &Path,
-    args: &EventsArgs,
-    out: &mut impl Write,
-    flush_each_line: bool,
-) -> anyhow::Result<u64> {
-    if args.count == Some(0) {
-        return Ok(0);
-    }
-    let stream = connect(socket, &Request::Events(args.filter()))?;
-    let client = args.filters.client_filter();
-    let mut reader = BufReader::with_capacity(64 * 1024, stream);
+    request: &Request,
+    follow: Follow,
+    stopped: &dyn Fn() -> bool,
+    handler: &mut impl StreamHandler,
+) -> anyhow::Result<()> {
+    let mut delays = backoff();
+    let mut connected_before = false;
     let mut line = Vec::with_capacity(4096);
-    let mut written = 0u64;
-    loop {
-        line.clear();
-        let n = reader
-            .read_until(b'\n', &mut line)
-            .context("reading events from podmapd")?;
-        if n == 0 {
-            out.flush().context("writing to stdout")?;
-            return Err(anyhow!("podmapd closed the event stream"));
-        }
-        if let Some(err) = server_error(&line) {
-            out.flush().context("writing to stdout")?;
-            return Err(err.into());
-        }
-        // Decoded once, and only when a client-side filter or the compact form needs it.
-        let needs_event = !client.is_empty() || matches!(args.output, EventFormat::Compact);
-        let ev: Option<Event> = if needs_event {
-            Some(serde_json::from_slice(&line).with_context(|| {
-                format!(
-                    "podmapd sent a line that is not an event: {}",
-                    String::from_utf8_lossy(&line).trim_end()
-                )
-            })?)
-        } else {
-            None
-        };
-        if let Some(ev) = &ev {
-            if !client.matches(ev) {
+    while !stopped() {
+        let stream = match connect(socket, request) {
+            Ok(s) => s,
+            Err(e) if follow == Follow::Reconnect => {
+                let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                handler.link(Link::Down {
+                    why: &format!("{e:#}"),
+                    delay,
+                });
+                sleep_unless_stopped(delay, stopped);
                 continue;
             }
+            Err(e) => return Err(e),
+        };
+        if follow == Follow::Reconnect {
+            handler.link(Link::Up {
+                again: connected_before,
+            });
         }
-        match (&args.output, &ev) {
-            (EventFormat::Compact, Some(ev)) => {
-                let mut text = compact_line(ev);
-                text.push('\n');
-                out.write_all(text.as_bytes())
-                    .context("writing to stdout")?;
+        connected_before = true;
+        stream
+            .set_read_timeout(Some(READ_POLL))
+            .context("setting the socket's read timeout")?;
+        let mut reader = BufReader::with_capacity(64 * 1024, stream);
+        line.clear();
+        let ended = loop {
+            if stopped() {
+                break None;
             }
-            _ => {
-                out.write_all(&line).context("writing to stdout")?;
-                if line.last() != Some(&b'\n') {
-                    out.write_all(b"\n").context("writing to stdout")?;
+            // A timed-out read keeps what it read so far in `line`; the next call appends.
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) => break Some(anyhow!("podmapd closed the event stream")),
+                Ok(_) if line.last() != Some(&b'\n') => {
+                    break Some(anyhow!("podmapd closed the event stream mid-line"))
                 }
+                Ok(_) => {
+                    if let Some(err) = server_error(&line) {
+                        handler.idle()?;
+                        return Err(err.into());
+                    }
+                    if !handler.line(&line)? {
+                        return handler.idle();
+                    }
+                    line.clear();
+                    // A stream that delivers is a healthy one: the next outage starts its
+                    // backoff from the shortest delay again.
+                    delays = backoff();
+                    if reader.buffer().is_empty() {
+                        handler.idle()?;
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    handler.idle()?;
+                }
+                Err(e) => break Some(anyhow!(e).context("reading events from podmapd")),
+            }
+        };
+        handler.idle()?;
+        match ended {
+            None => {}
+            Some(e) if follow == Follow::Once => return Err(e),
+            Some(e) => {
+                let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                handler.link(Link::Down {
+                    why: &format!("{e:#}"),
+                    delay,
+                });
+                sleep_unless_stopped(delay, stopped);
             }
         }
-        written += 1;
-        if args.count.is_some_and(|c| written >= c) {
-            out.flush().context("writing to stdout")?;
-            return Ok(written);
+    }
+    Ok(())
+}
+
+fn sleep_unless_stopped(delay: Duration, stopped: &dyn Fn() -> bool) {
+    let until = Instant::now() + delay;
+    while !stopped() {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
         }
-        if flush_each_line || reader.buffer().is_empty() {
-            out.flush().context("writing to stdout")?;
-        }
+        std::thread::sleep(left.min(Duration::from_millis(100)));
     }
 }
 
@@ -156,5 +233,93 @@ mod tests {
         let e = server_error(b"{\"error\":\"no request line within 5s\"}\n").unwrap();
         assert_eq!(e.0, "no request line within 5s");
         assert!(server_error(b"{\"type\":\"exec\"}\n").is_none());
+    }
+
+    #[derive(Default)]
+    struct Collect {
+        lines: Vec<String>,
+        links: Vec<String>,
+        want: usize,
+    }
+
+    impl StreamHandler for Collect {
+        fn line(&mut self, line: &[u8]) -> anyhow::Result<bool> {
+            self.lines.push(String::from_utf8_lossy(line).into_owned());
+            Ok(self.lines.len() < self.want)
+        }
+        fn idle(&mut self) -> anyhow::Result<()> {
+            Ok(())
+        }
+        fn link(&mut self, change: Link<'_>) {
+            let name = match change {
+                Link::Up { again } => format!("up again={again}"),
+                Link::Down { .. } => "down".to_string(),
+            };
+            // Attempts while away repeat "down": one entry per change is what is checked.
+            if self.links.last() != Some(&name) {
+                self.links.push(name);
+            }
+        }
+    }
+
+    /// A stand-in podmapd at `path` that appears after `delay` (at once, listening before this
+    /// returns, when zero), then serves `lines` one per connection, each connection closed
+    /// after its line (a restart, as the client sees it).
+    fn server(
+        path: &Path,
+        delay: Duration,
+        lines: &'static [&'static str],
+    ) -> std::thread::JoinHandle<()> {
+        use std::os::unix::net::UnixListener;
+        let path = path.to_path_buf();
+        let early = delay.is_zero().then(|| UnixListener::bind(&path).unwrap());
+        std::thread::spawn(move || {
+            let listener = early.unwrap_or_else(|| {
+                std::thread::sleep(delay);
+                UnixListener::bind(&path).unwrap()
+            });
+            for line in lines {
+                let (stream, _) = listener.accept().unwrap();
+                let mut request = String::new();
+                BufReader::new(&stream).read_line(&mut request).unwrap();
+                assert!(request.starts_with("{\"events\""), "{request}");
+                (&stream).write_all(line.as_bytes()).unwrap();
+            }
+        })
+    }
+
+    #[test]
+    fn a_reconnecting_stream_waits_for_podmapd_and_goes_on_after_a_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("podmap.sock");
+        let served = server(&path, Duration::from_millis(300), &["one\n", "two\n"]);
+        let mut h = Collect {
+            want: 2,
+            ..Default::default()
+        };
+        let request = Request::Events(Default::default());
+        stream_events(&path, &request, Follow::Reconnect, &|| false, &mut h).unwrap();
+        served.join().unwrap();
+        assert_eq!(h.lines, ["one\n", "two\n"]);
+        assert_eq!(h.links, ["down", "up again=false", "down", "up again=true"]);
+    }
+
+    #[test]
+    fn without_reconnect_the_first_failure_ends_the_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("podmap.sock");
+        let request = Request::Events(Default::default());
+        let mut h = Collect {
+            want: 2,
+            ..Default::default()
+        };
+        let e = stream_events(&path, &request, Follow::Once, &|| false, &mut h).unwrap_err();
+        assert!(format!("{e:#}").contains("cannot connect"), "{e:#}");
+        let served = server(&path, Duration::ZERO, &["one\n"]);
+        let e = stream_events(&path, &request, Follow::Once, &|| false, &mut h).unwrap_err();
+        served.join().unwrap();
+        assert_eq!(e.to_string(), "podmapd closed the event stream");
+        assert_eq!(h.lines, ["one\n"]);
+        assert!(h.links.is_empty(), "{:?}", h.links);
     }
 }

@@ -10,17 +10,21 @@ mod check;
 mod connection;
 mod containers_table;
 mod event_line;
+mod events;
 mod export;
 pub mod selector;
 mod status_table;
 mod text;
 
-pub use connection::{events, ServerError};
+pub use connection::ServerError;
 pub use containers_table::containers_table;
-pub use event_line::compact_line;
+pub use event_line::{compact_line, compact_line_colored, Colors};
+pub use events::events;
 pub use status_table::status_table;
 
-use std::io::{self, BufWriter, IsTerminal as _, Write};
+use std::ffi::OsStr;
+use std::io::{self, BufReader, BufWriter, IsTerminal as _, Write};
+use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -39,9 +43,10 @@ use connection::one_reply;
     about = "Ask podmapd for events, status and the container mapping"
 )]
 pub struct Cli {
-    /// podmapd's socket.
-    #[arg(long, global = true, env = "PODMAP_SOCKET", default_value = DEFAULT_SOCKET)]
-    pub socket: PathBuf,
+    /// podmapd's socket [default: /run/podmap/podmap.sock]. Given (or PODMAP_SOCKET set),
+    /// `podmap events` reads the socket even when stdin is a file or a pipe.
+    #[arg(long, global = true, env = "PODMAP_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
     /// How `podmap export` logs (the other commands print, they do not log): `text`, or `json`
     /// (one JSON object per line, for a log collector). Colour only on a terminal.
     #[arg(long, global = true, env = "PODMAP_LOG_FORMAT", value_name = "FORMAT", value_enum,
@@ -49,6 +54,15 @@ pub struct Cli {
     pub log_format: podmap_node::LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The socket to use: the one given, else the default.
+    pub fn socket(&self) -> &Path {
+        self.socket
+            .as_deref()
+            .unwrap_or_else(|| Path::new(DEFAULT_SOCKET))
+    }
 }
 
 /// The log subscriber of the long-running command (export), installed before it starts so that
@@ -70,8 +84,8 @@ fn init_logging(format: podmap_node::LogFormat) {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Stream events (exec, exit, policy), filtered by podmapd.
-    Events(EventsArgs),
+    /// Stream events (exec, exit, policy) from podmapd, or read saved ones (`--input`, stdin).
+    Events(EventsCommand),
     /// Counters, attribution, modes and latencies of the daemon.
     Status {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = TableOrJson::Table)]
@@ -90,6 +104,49 @@ pub enum Command {
     Export(export::ExportArgs),
 }
 
+/// `podmap events`: what to print ([`EventsArgs`]), where from, and in which colours.
+#[derive(Debug, Clone, Args)]
+pub struct EventsCommand {
+    #[command(flatten)]
+    pub args: EventsArgs,
+    /// Colour the compact output: auto (on a terminal, unless NO_COLOR is set), always, never.
+    /// JSON is never coloured.
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t = ColorWhen::Auto)]
+    pub color: ColorWhen,
+    /// Keep going when podmapd is away or restarts: retry with backoff and stream on, with a
+    /// line on stderr each time podmapd is lost and found again.
+    #[arg(long, conflicts_with = "input")]
+    pub reconnect: bool,
+    /// Read events saved as JSON lines (`podmap events -o json`, `podmap export --file`) from
+    /// this file, `-` for stdin, instead of podmapd; every filter applies. Without it, a stdin
+    /// that is a file or a pipe is read when neither --socket (PODMAP_SOCKET) nor --reconnect
+    /// is given.
+    #[arg(long, value_name = "PATH")]
+    pub input: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorWhen {
+    Auto,
+    Always,
+    Never,
+}
+
+impl ColorWhen {
+    /// Whether to colour: `auto` only for a terminal, and not when `NO_COLOR` is set to
+    /// anything but the empty string (the NO_COLOR convention: a user's standing wish, which
+    /// only an explicit flag overrides); `always` and `never` decide alone.
+    pub fn enabled(self, to_terminal: bool, no_color: Option<&OsStr>) -> bool {
+        match self {
+            ColorWhen::Always => true,
+            ColorWhen::Never => false,
+            ColorWhen::Auto => to_terminal && no_color.is_none_or(OsStr::is_empty),
+        }
+    }
+}
+
+/// What to stream and how to print it: the arguments `podmap events` shares with the library
+/// entry point [`events`].
 #[derive(Debug, Clone, Args)]
 pub struct EventsArgs {
     /// compact: one readable line per event; json: the events as podmapd sends them.
@@ -278,21 +335,21 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let to_terminal = stdout.is_terminal();
     let mut out = BufWriter::new(stdout.lock());
     let result = match &cli.command {
-        Command::Events(args) => events(&cli.socket, args, &mut out, to_terminal).map(|_| ()),
-        Command::Status { output } => status(&cli.socket, *output, &mut out),
-        Command::Containers { output } => containers(&cli.socket, *output, &mut out),
+        Command::Events(cmd) => run_events(cli.socket.as_deref(), cmd, &mut out, to_terminal),
+        Command::Status { output } => status(cli.socket(), *output, &mut out),
+        Command::Containers { output } => containers(cli.socket(), *output, &mut out),
         // Long-running, with its own outputs: stdout is the export's when --stdout asks for it.
         Command::Export(args) => {
             drop(out);
             init_logging(cli.log_format);
-            return export::run(&cli.socket, args);
+            return export::run(cli.socket(), args);
         }
         Command::Check(args) => {
-            let status = one_reply(&cli.socket, &Request::Status(Default::default()))
+            let status = one_reply(cli.socket(), &Request::Status(Default::default()))
                 .and_then(|reply| {
                     serde_json::from_slice::<StatusReport>(&reply).context("podmapd's status reply")
                 })
-                .map_err(|e| format!("{} ({e:#})", cli.socket.display()));
+                .map_err(|e| format!("{} ({e:#})", cli.socket().display()));
             let found = check::findings(args, status);
             match check::write(&found, &mut out).context("writing to stdout")? {
                 true => Ok(()),
@@ -314,6 +371,70 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Err(e) if is_broken_pipe(&e) => Ok(()),
         other => other,
     }
+}
+
+/// `podmap events`: from `--input`, from stdin when it is a file or a pipe and no socket was
+/// named (`podmap events -n prod < saved.json` reads what it is given), else from podmapd's
+/// socket.
+fn run_events(
+    socket: Option<&Path>,
+    cmd: &EventsCommand,
+    out: &mut impl Write,
+    to_terminal: bool,
+) -> anyhow::Result<()> {
+    let colors = Colors(
+        cmd.color
+            .enabled(to_terminal, std::env::var_os("NO_COLOR").as_deref()),
+    );
+    let input = match &cmd.input {
+        Some(path) => Some(path.clone()),
+        None if socket.is_none() && !cmd.reconnect && stdin_is_file_or_pipe() => {
+            Some(PathBuf::from("-"))
+        }
+        None => None,
+    };
+    let Some(path) = input else {
+        let follow = if cmd.reconnect {
+            connection::Follow::Reconnect
+        } else {
+            connection::Follow::Once
+        };
+        let mut printer = events::Printer::for_socket(&cmd.args, colors, out, to_terminal);
+        let socket = socket.unwrap_or(Path::new(DEFAULT_SOCKET));
+        return events::from_socket(socket, &cmd.args, follow, &mut printer, io::stderr())
+            .map(|_| ());
+    };
+    let (name, file) = if path == Path::new("-") {
+        // fd 0 itself rather than io::stdin(): one buffer, whose emptiness says when to flush.
+        let fd = io::stdin()
+            .as_fd()
+            .try_clone_to_owned()
+            .context("reading stdin")?;
+        ("stdin".to_string(), std::fs::File::from(fd))
+    } else {
+        let file =
+            std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        (path.display().to_string(), file)
+    };
+    let mut reader = BufReader::with_capacity(64 * 1024, file);
+    let mut printer = events::Printer::for_input(&cmd.args, colors, out, to_terminal);
+    let summary = events::from_input(&mut reader, &name, &mut printer, io::stderr())?;
+    if let Some(note) = events::bad_lines_note(&name, summary.bad) {
+        eprintln!("podmap: {note}");
+    }
+    Ok(())
+}
+
+/// Whether stdin is a regular file or a pipe: a redirect (`< saved.json`) or the end of a
+/// pipeline. Not a terminal, /dev/null or a socket: those say nothing about events to read.
+fn stdin_is_file_or_pipe() -> bool {
+    use std::os::unix::fs::FileTypeExt as _;
+    let Ok(fd) = io::stdin().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    std::fs::File::from(fd)
+        .metadata()
+        .is_ok_and(|m| m.file_type().is_file() || m.file_type().is_fifo())
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
@@ -382,7 +503,7 @@ mod tests {
         let mut argv = vec!["podmap", "events"];
         argv.extend_from_slice(args);
         match Cli::try_parse_from(argv).unwrap().command {
-            Command::Events(a) => a.filters,
+            Command::Events(a) => a.args.filters,
             _ => panic!("not events"),
         }
     }
@@ -479,8 +600,8 @@ mod tests {
             "/tmp/s.sock",
         ])
         .unwrap();
-        assert_eq!(cli.socket, PathBuf::from("/tmp/s.sock"));
-        let Command::Events(args) = cli.command else {
+        assert_eq!(cli.socket(), Path::new("/tmp/s.sock"));
+        let Command::Events(EventsCommand { args, .. }) = cli.command else {
             panic!("not events")
         };
         assert_eq!(args.output, EventFormat::Json);
@@ -494,7 +615,7 @@ mod tests {
         assert_eq!(f.labels["tier"], "front");
 
         let cli = Cli::try_parse_from(["podmap", "events"]).unwrap();
-        let Command::Events(args) = cli.command else {
+        let Command::Events(EventsCommand { args, .. }) = cli.command else {
             panic!("not events")
         };
         assert_eq!(args.output, EventFormat::Compact);

@@ -14,18 +14,17 @@ mod file;
 mod otlp;
 mod record;
 
-use std::io::{self, BufRead as _, BufReader, Write as _};
+use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context as _};
-use backon::BackoffBuilder as _;
 use clap::{Args, ValueEnum};
 use podmap_proto::{Event, Request};
 
-use super::connection::{connect, server_error};
+use super::connection::{stream_events, Follow, Link, StreamHandler};
 use super::{ClientFilter, FilterArgs};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -404,9 +403,6 @@ impl LineSinks {
     }
 }
 
-/// How often a blocked read looks at the stop flag.
-const READ_POLL: Duration = Duration::from_millis(250);
-
 /// Reads events until stopped, reconnecting with backoff when podmapd is away or goes away.
 /// Returns an error only for what retrying cannot fix: podmapd refusing the request.
 fn read_loop(
@@ -415,98 +411,40 @@ fn read_loop(
     mut sinks: LineSinks,
     stopped: &tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let backoff = || {
-        backon::ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(Duration::from_secs(5))
-            .with_jitter()
-            .without_max_times()
-            .build()
-    };
-    let mut delays = backoff();
-    let mut connected_before = false;
-    let mut line = Vec::with_capacity(4096);
-    while !*stopped.borrow() {
-        let stream = match connect(socket, request) {
-            Ok(s) => s,
-            Err(e) => {
-                let delay = delays.next().unwrap_or(Duration::from_secs(5));
-                tracing::warn!(?delay, "{e:#}");
-                sleep_unless_stopped(delay, stopped);
-                continue;
-            }
-        };
-        if connected_before {
-            sinks.counters.reconnects.fetch_add(1, Ordering::Relaxed);
-            tracing::info!("reconnected to {}", socket.display());
-        }
-        connected_before = true;
-        stream
-            .set_read_timeout(Some(READ_POLL))
-            .context("setting the socket's read timeout")?;
-        let mut reader = BufReader::with_capacity(64 * 1024, stream);
-        line.clear();
-        let ended = loop {
-            if *stopped.borrow() {
-                break None;
-            }
-            // A timed-out read keeps what it read so far in `line`; the next call appends.
-            match reader.read_until(b'\n', &mut line) {
-                Ok(0) => break Some("podmapd closed the event stream".to_string()),
-                Ok(_) if line.last() != Some(&b'\n') => {
-                    break Some("podmapd closed the event stream mid-line".to_string())
-                }
-                Ok(_) => {
-                    if let Some(err) = server_error(&line) {
-                        sinks.flush();
-                        return Err(err.into());
-                    }
-                    match std::str::from_utf8(&line) {
-                        Ok(text) => sinks.send(text),
-                        Err(_) => {
-                            sinks.send(&String::from_utf8_lossy(&line));
-                        }
-                    }
-                    line.clear();
-                    // A stream that delivers is a healthy one: the next outage starts its
-                    // backoff from the shortest delay again.
-                    delays = backoff();
-                    if reader.buffer().is_empty() {
-                        sinks.flush();
-                    }
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) =>
-                {
-                    sinks.flush();
-                }
-                Err(e) => break Some(format!("reading events from podmapd: {e}")),
-            }
-        };
-        sinks.flush();
-        if let Some(why) = ended {
-            let delay = delays.next().unwrap_or(Duration::from_secs(5));
-            tracing::warn!(?delay, "{why}; reconnecting");
-            sleep_unless_stopped(delay, stopped);
-        }
-    }
+    let result = stream_events(
+        socket,
+        request,
+        Follow::Reconnect,
+        &|| *stopped.borrow(),
+        &mut sinks,
+    );
     sinks.flush();
-    Ok(())
+    result
 }
 
-fn sleep_unless_stopped(delay: Duration, stopped: &tokio::sync::watch::Receiver<bool>) {
-    let until = Instant::now() + delay;
-    while !*stopped.borrow() {
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return;
+impl StreamHandler for LineSinks {
+    fn line(&mut self, line: &[u8]) -> anyhow::Result<bool> {
+        match std::str::from_utf8(line) {
+            Ok(text) => self.send(text),
+            Err(_) => self.send(&String::from_utf8_lossy(line)),
         }
-        std::thread::sleep(left.min(Duration::from_millis(100)));
+        Ok(true)
+    }
+
+    fn idle(&mut self) -> anyhow::Result<()> {
+        self.flush();
+        Ok(())
+    }
+
+    fn link(&mut self, change: Link<'_>) {
+        match change {
+            Link::Up { again: false } => {}
+            Link::Up { again: true } => {
+                self.counters.reconnects.fetch_add(1, Ordering::Relaxed);
+                tracing::info!("reconnected to podmapd");
+            }
+            Link::Down { why, delay } => tracing::warn!(?delay, "{why}; reconnecting"),
+        }
     }
 }
 
