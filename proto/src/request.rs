@@ -39,6 +39,16 @@ pub struct EventFilter {
     pub container: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Only events of privileged processes ([`crate::event::Process::is_privileged`]): execs,
+    /// their exits (which carry the exec's credentials) and policy events alike. Written only
+    /// when true, so a request without it reads the same to a podmapd older than the field;
+    /// one with it is refused by such a podmapd (unknown fields are), never taken as "all".
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub privileged: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// A filter's types, each one this build knows: [`EventType`]'s `Other` is for decoding events
@@ -90,9 +100,13 @@ impl EventFilter {
             && self.pod.is_none()
             && self.container.is_none()
             && self.labels.is_empty()
+            && !self.privileged
     }
 
     pub fn matches(&self, ev: &Event) -> bool {
+        if self.privileged && !ev.process.is_privileged() {
+            return false;
+        }
         if let Some(types) = &self.types {
             if !types.contains(&ev.kind) {
                 return false;
@@ -157,6 +171,51 @@ mod tests {
         assert_eq!(f.labels.get("app").map(String::as_str), Some("web"));
     }
 
+    fn exec(uid: u32, euid: Option<u32>, caps: Option<&[&str]>) -> Event {
+        let mut v = serde_json::json!({
+            "type": "exec", "time": "t", "node": "n",
+            "process": {"pid": 1, "tid": 1, "ppid": 0, "uid": uid, "binary": "/bin/sh",
+                "args": [], "cwd": "/", "exec_id": "e", "parent_exec_id": null,
+                "start_time": "s", "cgroup_id": 1},
+            "container": null, "pod": null, "attribution": "host"
+        });
+        if let Some(euid) = euid {
+            v["process"]["euid"] = euid.into();
+        }
+        if let Some(caps) = caps {
+            v["process"]["cap_effective"] = caps.into();
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn the_privileged_filter_selects_root_and_cap_sys_admin_only() {
+        let Request::Events(f) = Request::parse(br#"{"events": {"privileged": true}}"#).unwrap()
+        else {
+            panic!("not events")
+        };
+        assert!(f.privileged && !f.is_empty());
+        assert!(f.matches(&exec(0, Some(0), Some(&["CAP_CHOWN"]))));
+        assert!(f.matches(&exec(1000, Some(0), Some(&[]))), "effective root");
+        assert!(f.matches(&exec(1000, Some(1000), Some(&["CAP_SYS_ADMIN"]))));
+        assert!(!f.matches(&exec(1000, Some(1000), Some(&["CAP_NET_RAW"]))));
+        assert!(
+            !f.matches(&exec(1000, None, None)),
+            "unknown is not privileged"
+        );
+        // Written only when asked for: the request an older podmapd knows stays the same.
+        let everything = Request::Events(EventFilter::default());
+        assert_eq!(
+            serde_json::to_string(&everything).unwrap(),
+            r#"{"events":{}}"#
+        );
+        let Request::Events(f) = Request::parse(br#"{"events": {"privileged": false}}"#).unwrap()
+        else {
+            panic!("not events")
+        };
+        assert!(f.is_empty() && f.matches(&exec(1000, None, None)));
+    }
+
     #[test]
     fn refuses_bad_requests_with_a_reason() {
         for bad in [
@@ -170,6 +229,18 @@ mod tests {
             assert!(matches!(err, RequestError::Malformed(_)), "{err}");
         }
         assert_eq!(Request::parse(b"  ").unwrap_err(), RequestError::Empty);
+        // A privileged filter that is not a boolean is refused, not taken as "everything".
+        for bad in [
+            &br#"{"events": {"privileged": "yes"}}"#[..],
+            br#"{"events": {"privileged": 1}}"#,
+            br#"{"events": {"privileged": null}}"#,
+        ] {
+            assert!(
+                Request::parse(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
         let long = vec![b' '; MAX_REQUEST_LINE + 1];
         assert_eq!(Request::parse(&long).unwrap_err(), RequestError::TooLong);
     }

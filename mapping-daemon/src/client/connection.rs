@@ -149,7 +149,7 @@ pub(super) fn stream_events(
                 Ok(_) => {
                     if let Some(err) = server_error(&line) {
                         handler.idle()?;
-                        return Err(err.into());
+                        return Err(refusal(err));
                     }
                     if !handler.line(&line)? {
                         return handler.idle();
@@ -190,6 +190,20 @@ pub(super) fn stream_events(
         }
     }
     Ok(())
+}
+
+/// podmapd's refusal of an events request. podmapd refuses request fields it does not know, so
+/// a filter newer than the podmapd (`--privileged`) ends here rather than being ignored, which
+/// would stream everything: say what the refusal means and what to do.
+fn refusal(err: ServerError) -> anyhow::Error {
+    if err.0.contains("unknown field") {
+        anyhow::Error::new(err).context(
+            "this podmapd is older than this podmap and does not know a filter it was asked \
+             for (such as --privileged): upgrade podmapd, or leave that flag out",
+        )
+    } else {
+        err.into()
+    }
 }
 
 fn sleep_unless_stopped(delay: Duration, stopped: &dyn Fn() -> bool) {
@@ -302,6 +316,72 @@ mod tests {
         served.join().unwrap();
         assert_eq!(h.lines, ["one\n", "two\n"]);
         assert_eq!(h.links, ["down", "up again=false", "down", "up again=true"]);
+    }
+
+    /// The request filter of a podmapd from before `privileged`: its fields, and its refusal
+    /// of any other.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct OlderFilter {
+        types: Option<Vec<String>>,
+        namespace: Option<String>,
+        pod: Option<String>,
+        container: Option<String>,
+        labels: Option<std::collections::BTreeMap<String, String>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "lowercase", deny_unknown_fields)]
+    #[allow(dead_code)]
+    enum OlderRequest {
+        Events(OlderFilter),
+    }
+
+    /// A filter an older podmapd does not know is refused with a hint, under --reconnect too
+    /// (retrying cannot help); without the filter the same podmapd streams.
+    #[test]
+    fn a_filter_an_older_podmapd_does_not_know_is_refused_with_a_hint() {
+        use std::os::unix::net::UnixListener;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("podmap.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let served = std::thread::spawn(move || {
+            for _ in 0..2 {
+                let (stream, _) = listener.accept().unwrap();
+                let mut request = String::new();
+                BufReader::new(&stream).read_line(&mut request).unwrap();
+                // What the older podmapd's server writes for a line it cannot parse.
+                let reply = match serde_json::from_str::<OlderRequest>(&request) {
+                    Ok(_) => "{\"type\":\"exec\"}\n".to_string(),
+                    Err(e) => format!(
+                        "{}\n",
+                        serde_json::json!({"error": format!("malformed request: {e}")})
+                    ),
+                };
+                (&stream).write_all(reply.as_bytes()).unwrap();
+            }
+        });
+        let privileged = Request::Events(podmap_proto::EventFilter {
+            privileged: true,
+            ..Default::default()
+        });
+        let mut h = Collect {
+            want: 1,
+            ..Default::default()
+        };
+        let e =
+            stream_events(&path, &privileged, Follow::Reconnect, &|| false, &mut h).unwrap_err();
+        let text = format!("{e:#}");
+        assert!(text.contains("older than this podmap"), "{text}");
+        assert!(text.contains("unknown field `privileged`"), "{text}");
+        assert!(e.downcast_ref::<ServerError>().is_some(), "{e:?}");
+        assert!(h.lines.is_empty());
+
+        let everything = Request::Events(Default::default());
+        stream_events(&path, &everything, Follow::Once, &|| false, &mut h).unwrap();
+        served.join().unwrap();
+        assert_eq!(h.lines, ["{\"type\":\"exec\"}\n"]);
     }
 
     #[test]

@@ -80,6 +80,21 @@ pub fn compact_line_colored(ev: &Event, colors: Colors) -> String {
             ProcessFlag::Other => " [other flag]",
         });
     }
+    // Privilege is what an attacker wants and a reviewer looks for: a container the runtime
+    // made privileged (every capability in its bounding set), and a process whose exec left it
+    // privileged (root, or CAP_SYS_ADMIN).
+    if ev
+        .container
+        .as_deref()
+        .is_some_and(|c| c.privileged == Some(true))
+    {
+        line.push(' ');
+        line.push_str(&colors.paint(RED, "[priv ctr]"));
+    }
+    if privileged_by_credentials(&ev.process) {
+        line.push(' ');
+        line.push_str(&colors.paint(RED_BOLD, "[priv]"));
+    }
     // What came in through `kubectl exec` (or any runtime exec) is what people look for.
     if ev.process.entered_via_exec == Some(true) {
         line.push(' ');
@@ -121,6 +136,14 @@ pub fn compact_line_colored(ev: &Event, colors: Colors) -> String {
         }
     }
     line
+}
+
+/// Whether to mark a process `[priv]`: [`podmap_proto::Process::is_privileged`], judged only
+/// when the event carries the credentials the kernel read at the exec. Without them (a podmapd
+/// older than credentials, a process whose exec podmapd never saw) the real uid alone would
+/// mark nearly every such line, and a mark that means "root, for all we know" helps nobody.
+fn privileged_by_credentials(p: &podmap_proto::Process) -> bool {
+    p.euid.is_some() && p.is_privileged()
 }
 
 /// `HH:MM:SS.mmm` of an RFC 3339 time; the raw text when it has another shape.
@@ -292,6 +315,62 @@ mod tests {
             assert_eq!(strip(&compact_line_colored(&ev, on)), compact_line(&ev));
             assert!(!compact_line_colored(&ev, Colors(false)).contains('\x1b'));
         }
+    }
+
+    #[test]
+    fn privileged_processes_and_containers_are_marked() {
+        let creds = |uid: u32, euid: u32, caps: &[&str]| {
+            serde_json::json!({"process": {"uid": uid, "euid": euid, "gid": uid, "egid": uid,
+                "cap_effective": caps}})
+        };
+        let root = event(creds(0, 0, &["CAP_CHOWN", "CAP_SYS_ADMIN"]));
+        assert!(
+            compact_line(&root).ends_with(" [priv]"),
+            "{}",
+            compact_line(&root)
+        );
+        let setuid = event(creds(1000, 0, &[]));
+        assert!(compact_line(&setuid).ends_with(" [priv]"));
+        let admin = event(creds(1000, 1000, &["CAP_SYS_ADMIN"]));
+        assert!(compact_line(&admin).ends_with(" [priv]"));
+        let user = event(creds(1000, 1000, &["CAP_NET_RAW"]));
+        assert!(
+            !compact_line(&user).contains("[priv"),
+            "{}",
+            compact_line(&user)
+        );
+        // Without the exec's credentials nothing is claimed, even for a real uid of 0.
+        let unknown = event(serde_json::json!({}));
+        assert_eq!(unknown.process.uid, 0);
+        assert!(!compact_line(&unknown).contains("[priv"));
+
+        // A privileged container, its non-root process, then with a root one; the marks come
+        // before `[via exec]` and the exit status.
+        let mut in_priv = event(creds(1000, 1000, &[]));
+        let mut c = (*in_priv.container.clone().unwrap()).clone();
+        c.privileged = Some(true);
+        in_priv.container = Some(c.clone().into());
+        assert!(compact_line(&in_priv).ends_with("/bin/sh -c x [priv ctr]"));
+        let mut exit = event(serde_json::json!({"type": "exit",
+            "exit": {"code": 1, "signal": null},
+            "process": {"uid": 0, "euid": 0, "cap_effective": [], "entered_via_exec": true}}));
+        exit.container = Some(c.clone().into());
+        assert!(
+            compact_line(&exit).ends_with(" [priv ctr] [priv] [via exec] exit=1"),
+            "{}",
+            compact_line(&exit)
+        );
+        c.privileged = Some(false);
+        in_priv.container = Some(c.into());
+        assert!(!compact_line(&in_priv).contains("[priv"));
+
+        // Coloured: the marks are, the rest of the line is not changed.
+        let line = compact_line_colored(&exit, Colors(true));
+        assert!(
+            line.contains(" \x1b[31m[priv ctr]\x1b[0m \x1b[1;31m[priv]\x1b[0m "),
+            "{line:?}"
+        );
+        assert_eq!(strip(&line), compact_line(&exit));
     }
 
     #[test]

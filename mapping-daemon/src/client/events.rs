@@ -460,6 +460,61 @@ mod tests {
         }
     }
 
+    /// `line` with the credentials an exec carries.
+    fn with_creds(line: String, uid: u32, euid: u32, caps: &[&str]) -> String {
+        let mut v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        v["process"]["uid"] = uid.into();
+        v["process"]["euid"] = euid.into();
+        v["process"]["cap_effective"] = caps.into();
+        v.to_string()
+    }
+
+    #[test]
+    fn privileged_selects_saved_events_by_their_credentials_and_marks_them() {
+        let input = [
+            with_creds(
+                line("exec", "prod/web-1/nginx", "{}", "/bin/sh", 1),
+                0,
+                0,
+                &[],
+            ),
+            with_creds(
+                line("exit", "prod/web-1/nginx", "{}", "/bin/sh", 1),
+                0,
+                0,
+                &[],
+            ),
+            with_creds(
+                line("exec", "prod/web-1/nginx", "{}", "/bin/id", 2),
+                101,
+                101,
+                &[],
+            ),
+            with_creds(
+                line("exec", "dev/db-0/pg", "{}", "/usr/bin/mount", 3),
+                999,
+                999,
+                &["CAP_SYS_ADMIN"],
+            ),
+            with_creds(line("exec", "host", "{}", "/usr/bin/su", 4), 1000, 0, &[]),
+            // Older saved events without credentials: a real uid of 0 still counts.
+            line("exec", "host", "{}", "/bin/true", 5),
+        ]
+        .join("\n")
+            + "\n";
+        let (out, _, _) = read(&input, &["-o", "json", "--privileged"]);
+        assert_eq!(pids(&out), [1, 1, 3, 4, 5]);
+        let (out, _, _) = read(&input, &["-o", "json", "--privileged", "-n", "prod"]);
+        assert_eq!(pids(&out), [1, 1]);
+        let (out, _, _) = read(&input, &["-o", "json", "--privileged", "--type", "exit"]);
+        assert_eq!(pids(&out), [1]);
+        let (out, _, _) = read(&input, &["-o", "json"]);
+        assert_eq!(pids(&out), [1, 1, 2, 3, 4, 5]);
+        let (out, _, _) = read(&input, &["--privileged"]);
+        let marked: Vec<bool> = out.lines().map(|l| l.contains(" [priv]")).collect();
+        assert_eq!(marked, [true, true, true, true, false], "{out}");
+    }
+
     #[test]
     fn bad_line_warnings_stop_but_the_count_goes_on() {
         let input = "garbage\n".repeat(50) + &line("exec", "host", "{}", "/bin/true", 9) + "\n";

@@ -194,6 +194,11 @@ pub struct FilterArgs {
     /// Only these event types, comma-separated: exec,exit,policy.
     #[arg(long = "type", value_name = "TYPES", value_delimiter = ',', value_parser = parse_type)]
     pub types: Vec<EventType>,
+    /// Only events of privileged processes: real or effective uid 0, or CAP_SYS_ADMIN in the
+    /// effective set the exec gave them. Exits and policy events count by the same process's
+    /// credentials. Filtered by podmapd (one that predates it refuses the request).
+    #[arg(long)]
+    pub privileged: bool,
 }
 
 /// The filters podmapd's request cannot say, applied by the client to each event.
@@ -295,6 +300,7 @@ impl FilterArgs {
             pod: self.pod.clone(),
             container: self.container.clone(),
             labels,
+            privileged: self.privileged,
         }
     }
 
@@ -550,6 +556,12 @@ mod tests {
         assert!(!c.matches(&event(None, "{}", "host", "/usr/bin/curl.sh")));
         assert!(!c.matches(&event(Some("prod"), "{}", "container", "/usr/bin/wget")));
         assert!(!c.matches(&event(None, "{}", "unknown", "/usr/bin/wget")));
+
+        // --privileged is podmapd's to apply (and, on saved events, the client's: see events).
+        let f = events_filters(&["--privileged", "--type", "exec"]);
+        assert!(f.filter().privileged && !f.needs_client());
+        assert!(f.client_filter().is_empty());
+        assert!(!events_filters(&[]).filter().privileged);
 
         // A selector on a pod-less event: only what holds without labels.
         let c = events_filters(&["-l", "!canary"]).client_filter();
