@@ -190,6 +190,109 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// `podmap events -o json` itself, on this daemon's socket, with `args` (its filters),
+    /// returned once podmapd counts it as a connected client: what a user of the client sees.
+    /// Killed on drop.
+    pub fn client_events(&self, args: &[&str]) -> ClientEvents {
+        let connected = |st: &Value| st["clients_connected"].as_u64().unwrap_or(0);
+        // This test's own clients only: other streams of the test are counted too.
+        let before = connected(&self.status());
+        let stderr = tempfile::NamedTempFile::new().expect("temp file");
+        let mut child = Command::new(crate::bins::path("podmap"))
+            .args(["events", "-o", "json", "--socket"])
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr.reopen().expect("reopen"))
+            .spawn()
+            .expect("start `podmap events`");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut client = ClientEvents {
+            child,
+            lines,
+            stderr,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while connected(&self.status()) <= before {
+            if let Ok(Some(status)) = client.child.try_wait() {
+                panic!(
+                    "podmap events {args:?} exited {status}: {}",
+                    client.stderr_text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "podmap events {args:?} never subscribed: {}",
+                client.stderr_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        client
+    }
+}
+
+/// A running `podmap events -o json` ([`Daemon::client_events`]): its lines, as events.
+pub struct ClientEvents {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    stderr: tempfile::NamedTempFile,
+}
+
+impl ClientEvents {
+    /// Reads events until `pred` matches one, within `timeout`; returns every event read.
+    /// Panics on timeout, or when the client ends, with what it said.
+    pub fn until(&mut self, timeout: Duration, mut pred: impl FnMut(&Value) -> bool) -> Vec<Value> {
+        let deadline = crate::deadline::after(timeout);
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match self.lines.recv_timeout(left) {
+                Ok(l) => l,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!(
+                    "podmap events: no matching event within {timeout:?}; saw {} events, \
+                     last: {:?}",
+                    seen.len(),
+                    seen.last()
+                ),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!(
+                    "podmap events ended ({:?}): {}; saw {seen:?}",
+                    self.child.try_wait(),
+                    self.stderr_text()
+                ),
+            };
+            let v: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("podmap events printed {line:?}: {e}"));
+            let hit = pred(&v);
+            seen.push(v);
+            if hit {
+                return seen;
+            }
+        }
+    }
+
+    /// What the client wrote to stderr so far.
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(self.stderr.path()).unwrap_or_default()
+    }
+}
+
+impl Drop for ClientEvents {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         crate::containerd::teardown::terminate(&mut self.child, Duration::from_secs(10));

@@ -829,3 +829,186 @@ fn policy_changes_reach_running_containers(series: Series, pure: bool) -> Result
     Ok(())
 }
 on_both_layouts!(policy_changes_reach_running_containers);
+
+/// Every capability this node can give a container (docs/decisions.md #36), read here as the
+/// test's own truth: each the kernel knows (cap_last_cap) that the host's init holds in its
+/// bounding set.
+fn node_capabilities() -> Result<u64> {
+    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")?
+        .trim()
+        .parse()?;
+    let known = if last >= 63 {
+        u64::MAX
+    } else {
+        (1u64 << (last + 1)) - 1
+    };
+    Ok(known & proc_capabilities(1, "CapBnd")?)
+}
+
+/// One capability set of a process (`CapEff`, `CapBnd`) as the kernel shows it.
+fn proc_capabilities(pid: u32, field: &str) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))?;
+    Ok(u64::from_str_radix(hex.trim(), 16)?)
+}
+
+/// The names podmap gives the bits of `mask`, as a JSON array.
+fn names(mask: u64) -> Value {
+    json!(podmap_proto::caps::capability_names(mask))
+}
+
+/// Credentials and privilege end to end (issue 14 item 9): a privileged container (in a
+/// privileged sandbox, as kubelet makes a pod with one) and one that drops every capability and
+/// runs as uid 1000. Through `podmap events -o json`, each entrypoint's exec carries the
+/// credentials the kernel gave it (root with every capability the node gives, against uid 1000
+/// with none) and its container's record what podmap-nri read at START_CONTAINER (privileged
+/// with that full bounding set, against not privileged with an empty one); `podmap containers
+/// -o json` says the same of both.
+fn privileged_and_unprivileged_containers_are_told_apart(series: Series, pure: bool) -> Result<()> {
+    let node = Node::start(NodeOptions::new(pure, PluginMode::External).series(series))?;
+    let node_caps = node_capabilities()?;
+    // Both pods in one namespace: one client sees both.
+    let ns = unique_name("podmap-test");
+    let root_spec = PodSpec::new("root-pod")
+        .namespace(&ns)
+        .label("app", "root")
+        .privileged();
+    let user_spec = PodSpec::new("user-pod").namespace(&ns).label("app", "user");
+    let mut client = node.daemon.client_events(&["-n", &ns, "--type", "exec"]);
+
+    // The unprivileged one first: were it ever shown as privileged, a privileged-only view
+    // would show it before the privileged container's exec.
+    let user_pod = node.ctrd.run_pod(user_spec)?;
+    let user_marker = unique_name("user");
+    let mut user = ContainerSpec::new(
+        "user",
+        &["/bin/sh", "-c", images::WAIT_FOR_TERM, &user_marker],
+    );
+    user.cap_drop = vec!["ALL".to_string()];
+    user.run_as_user = Some(1000);
+    let user_cid = user_pod.run(&user)?;
+
+    let root_pod = node.ctrd.run_pod(root_spec)?;
+    let root_marker = unique_name("root");
+    let mut root = ContainerSpec::new(
+        "root",
+        &["/bin/sh", "-c", images::WAIT_FOR_TERM, &root_marker],
+    );
+    root.privileged = true;
+    let root_cid = root_pod.run(&root)?;
+
+    let mut events = Vec::new();
+    for marker in [&user_marker, &root_marker] {
+        if !events
+            .iter()
+            .any(|e| ev::is(e, "exec") && ev::args_contain(e, marker))
+        {
+            events.extend(client.until(WAIT, |e| ev::is(e, "exec") && ev::args_contain(e, marker)));
+        }
+    }
+    let entry = |pod: &Pod, cid: &str, name: &str, marker: &str| -> Result<Value> {
+        let pid = node.ctrd.cri().container_status(cid)?.pid;
+        let e = events
+            .iter()
+            .find(|e| ev::is(e, "exec") && ev::args_contain(e, marker) && ev::pid(e) == pid as u64)
+            .with_context(|| format!("no exec of {name}'s PID 1 ({pid}): {events:#?}"))?;
+        assert_attributed(e, pod, cid, name);
+        Ok(e.clone())
+    };
+
+    // Root with every capability the node gives: privileged, in a privileged container.
+    let exec = entry(&root_pod, &root_cid, "root", &root_marker)?;
+    let pid = ev::pid(&exec) as u32;
+    // What the kernel says of the same process, read while it still runs.
+    let (eff, bnd) = (
+        proc_capabilities(pid, "CapEff")?,
+        proc_capabilities(pid, "CapBnd")?,
+    );
+    ensure!(
+        eff == node_caps && bnd == node_caps,
+        "the privileged container's PID 1 holds {eff:#x} (bounding {bnd:#x}), not every \
+         capability the node gives ({node_caps:#x})"
+    );
+    let p = &exec["process"];
+    ensure!(
+        p["uid"] == 0 && p["euid"] == 0 && p["gid"] == 0 && p["egid"] == 0,
+        "root's credentials: {exec:#}"
+    );
+    ensure!(
+        p["cap_effective"] == names(eff),
+        "root's capabilities: {exec:#}"
+    );
+    let c = &exec["container"];
+    ensure!(
+        c["privileged"] == true && c["capabilities"] == names(node_caps),
+        "the privileged container's record: {exec:#}"
+    );
+    let typed: podmap_proto::Event = serde_json::from_value(exec.clone())?;
+    ensure!(
+        typed.process.is_privileged(),
+        "root is privileged: {exec:#}"
+    );
+
+    // uid 1000 without a capability: not privileged, in a container that cannot give any.
+    let exec = entry(&user_pod, &user_cid, "user", &user_marker)?;
+    let pid = ev::pid(&exec) as u32;
+    let (eff, bnd) = (
+        proc_capabilities(pid, "CapEff")?,
+        proc_capabilities(pid, "CapBnd")?,
+    );
+    ensure!(
+        eff == 0 && bnd == 0,
+        "the unprivileged container's PID 1 holds {eff:#x} (bounding {bnd:#x})"
+    );
+    let p = &exec["process"];
+    ensure!(
+        p["uid"] == 1000 && p["euid"] == 1000 && p["gid"].is_u64() && p["egid"].is_u64(),
+        "uid 1000's credentials: {exec:#}"
+    );
+    ensure!(
+        p["cap_effective"] == json!([]),
+        "uid 1000's capabilities: {exec:#}"
+    );
+    let c = &exec["container"];
+    ensure!(
+        c["privileged"] == false && c["capabilities"] == json!([]),
+        "the unprivileged container's record: {exec:#}"
+    );
+    let typed: podmap_proto::Event = serde_json::from_value(exec.clone())?;
+    ensure!(
+        !typed.process.is_privileged(),
+        "uid 1000 is not privileged: {exec:#}"
+    );
+
+    // The mapping table, through the client as a user reads it.
+    let out = std::process::Command::new(podmap_conformance::bins::path("podmap"))
+        .args(["containers", "-o", "json", "--socket"])
+        .arg(&node.daemon.socket)
+        .output()?;
+    ensure!(out.status.success(), "podmap containers: {out:?}");
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "podmap containers -o json: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })?;
+    for (cid, privileged, caps) in [
+        (&root_cid, true, names(node_caps)),
+        (&user_cid, false, json!([])),
+    ] {
+        let row = rows
+            .iter()
+            .find(|r| r["container"]["id"] == cid.as_str() && r["hierarchy"] == "v2")
+            .with_context(|| format!("no row of {cid}: {rows:#?}"))?;
+        ensure!(
+            row["container"]["privileged"] == privileged
+                && row["container"]["capabilities"] == caps,
+            "the row of {cid}: {row:#}"
+        );
+    }
+    Ok(())
+}
+on_both_layouts!(privileged_and_unprivileged_containers_are_told_apart);
