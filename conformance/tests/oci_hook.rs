@@ -417,6 +417,104 @@ fn podman_entrypoint_is_attributed_pure_cgroup2() {
     podman_entrypoint_is_attributed(Runtime::Crun, Cgroups::PureV2, &["--privileged"]);
 }
 
+/// Every capability this node can give a container (docs/decisions.md #36), read here as the
+/// test's own truth: each the kernel knows (cap_last_cap) that the host's init holds in its
+/// bounding set.
+fn node_capabilities() -> u64 {
+    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .expect("cap_last_cap")
+        .trim()
+        .parse()
+        .expect("cap_last_cap is a number");
+    let known = if last >= 63 {
+        u64::MAX
+    } else {
+        (1u64 << (last + 1)) - 1
+    };
+    let status = std::fs::read_to_string("/proc/1/status").expect("/proc/1/status");
+    let bnd = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .expect("CapBnd");
+    known & u64::from_str_radix(bnd.trim(), 16).expect("CapBnd is hexadecimal")
+}
+
+/// Credentials and privilege under the hook (issue 14 item 9): podman's `--privileged` against
+/// `--cap-drop=all --user 1000`. The hook records each container's bounding set and privilege
+/// from config.json (privileged: every capability the node gives, against none), and podmapd's
+/// event of each entrypoint's exec carries the credentials the kernel gave it (root with every
+/// capability the node gives against uid 1000 with none) beside that record.
+#[test]
+fn privileged_and_unprivileged_podman_containers_are_told_apart() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
+    let hooks = HookEnv::new("podmap-privilege");
+    let parent = CgroupParent::new("podmap-privilege");
+    let rootfs = Rootfs::busybox();
+    let podman = Podman::new(&hooks, Runtime::Runc, Cgroups::Hybrid, &parent);
+    let daemon = daemon_for(&hooks, Cgroups::Hybrid);
+    let node = node_capabilities();
+    let names = |mask: u64| json!(podmap_proto::caps::capability_names(mask));
+    let pod = Pod::new("privilege", &unique_name("podmap-test"));
+    let mut stream = daemon.events(&json!({"namespace": pod.namespace}).to_string());
+    let user: &[&str] = &["--cap-drop=all", "--user", "1000"];
+    for (name, extra, privileged) in [("root", &["--privileged"][..], true), ("user", user, false)]
+    {
+        // No sandbox: the pod's namespace comes from the container's own annotations.
+        let mut ann = pod.container_annotations("", "", name);
+        for k in [
+            "io.container.manager",
+            "io.kubernetes.cri-o.ContainerID",
+            "io.kubernetes.cri-o.SandboxID",
+        ] {
+            ann.remove(k);
+        }
+        let marker = unique_name(name);
+        let (out, id) = podman.run(
+            &rootfs,
+            &ann,
+            false,
+            extra,
+            &["/bin/sh", "-c", "exit 0", &marker],
+        );
+        assert_ok(name, &out, &hooks);
+
+        let rec = hooks.record(&id).expect("the container's store record");
+        let (want_bounding, uid, eff) = if privileged {
+            (node, 0, node)
+        } else {
+            (0, 1000, 0)
+        };
+        // podman's --privileged names every capability the kernel knows; what the node
+        // cannot give is not the container's.
+        assert_eq!(
+            (rec.meta.privileged, rec.meta.cap_bounding),
+            (Some(privileged), Some(want_bounding)),
+            "{name}'s record: {:#x?}; log:\n{}",
+            rec.meta.cap_bounding,
+            hooks.log()
+        );
+
+        let exec = wait_for(&mut stream, &daemon, &hooks, |e| {
+            e["type"] == "exec" && e["process"]["args"].to_string().contains(&marker)
+        });
+        assert_eq!(exec["container"]["id"], id.as_str(), "{exec:#}");
+        assert_eq!(exec["container"]["name"], name, "{exec:#}");
+        let p = &exec["process"];
+        assert!(
+            p["uid"] == uid && p["euid"] == uid && p["cap_effective"] == names(eff),
+            "{name}'s credentials: {exec:#}"
+        );
+        let c = &exec["container"];
+        assert_eq!(c["privileged"], privileged, "{exec:#}");
+        assert_eq!(c["capabilities"], names(want_bounding), "{exec:#}");
+        let typed: podmap_proto::Event = serde_json::from_value(exec.clone()).expect("an event");
+        assert_eq!(typed.process.is_privileged(), privileged, "{exec:#}");
+    }
+    assert_clean_log(&hooks);
+}
+
 /// A container without Kubernetes annotations is recorded as a plain container of the runtime
 /// that ran the hook.
 #[test]

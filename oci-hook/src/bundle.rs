@@ -101,15 +101,21 @@ pub fn parse_config(bytes: &[u8]) -> Result<BundleConfig, serde_json::Error> {
     })
 }
 
-/// `capabilities.bounding` of the spec's process, if it is a list of strings.
+/// `capabilities.bounding` of the spec's process, if it is a list of strings. A `capabilities`
+/// object without `bounding` (or with `null`) is an empty set: that is how podman and the
+/// runtime-spec's Go types write one that drops every capability (`omitempty`), and runc and
+/// crun then drop them all. Without a `capabilities` object the runtime leaves the set as it
+/// is: unknown here.
 fn bounding_set(process: &serde_json::Value) -> Option<Vec<String>> {
-    process
-        .get("capabilities")?
-        .get("bounding")?
-        .as_array()?
-        .iter()
-        .map(|v| v.as_str().map(str::to_owned))
-        .collect()
+    let caps = process.get("capabilities")?.as_object()?;
+    match caps.get("bounding") {
+        None | Some(serde_json::Value::Null) => Some(Vec::new()),
+        Some(list) => list
+            .as_array()?
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+    }
 }
 
 #[cfg(test)]
@@ -152,11 +158,25 @@ mod tests {
         );
         let empty = parse_config(br#"{"process":{"capabilities":{"bounding":[]}}}"#).unwrap();
         assert_eq!(empty.cap_bounding, Some(vec![]), "none given: an empty set");
+        // podman's --cap-drop=all: Go's omitempty leaves the empty list out.
+        for dropped in [
+            &br#"{"process":{"capabilities":{}}}"#[..],
+            br#"{"process":{"capabilities":{"bounding":null}}}"#,
+        ] {
+            let c = parse_config(dropped).unwrap();
+            assert_eq!(
+                c.cap_bounding,
+                Some(vec![]),
+                "{}",
+                String::from_utf8_lossy(dropped)
+            );
+        }
         for unknown in [
             &br#"{"process":{"args":["sh"]}}"#[..],
             br#"{"process":{"capabilities":{"bounding":"all"}}}"#,
             br#"{"process":{"capabilities":{"bounding":["CAP_CHOWN", 3]}}}"#,
             br#"{"process":7}"#,
+            br#"{"process":{"capabilities":"all"}}"#,
         ] {
             let c = parse_config(unknown).expect("the config still parses");
             assert_eq!(c.cap_bounding, None, "{}", String::from_utf8_lossy(unknown));
