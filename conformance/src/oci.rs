@@ -320,6 +320,8 @@ pub struct BundleSpec {
     pub annotations: BTreeMap<String, String>,
     /// The `hooks` object (HookEnv::oci_hooks), or none.
     pub hooks: Option<Value>,
+    /// Keys set over `runc spec`'s `process` (its `user`, its `capabilities`), or none.
+    pub process: Option<Value>,
 }
 
 impl BundleSpec {
@@ -362,6 +364,11 @@ impl Bundle {
         c["root"] = json!({"path": path_str(&rootfs.path()), "readonly": false});
         c["process"]["terminal"] = json!(false);
         c["process"]["args"] = json!(spec.args);
+        if let Some(Value::Object(over)) = &spec.process {
+            for (k, v) in over {
+                c["process"][k] = v.clone();
+            }
+        }
         // Limits cannot be applied everywhere here (pure cgroup2 has no controllers; crun
         // would load a device program it may not raise RLIMIT_MEMLOCK for): drop them all.
         if let Some(linux) = c["linux"].as_object_mut() {

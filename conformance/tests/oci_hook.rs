@@ -515,6 +515,99 @@ fn privileged_and_unprivileged_podman_containers_are_told_apart() {
     assert_clean_log(&hooks);
 }
 
+/// The same pair through runc and crun directly, in each layout: a spec that asks for every
+/// capability podmap knows in the bounding set (and every one the node gives in the others; a
+/// runtime cannot raise a capability its own process lacks), against one that asks for none and
+/// runs as uid 1000. The hook records what the kernel will apply: the bounding set within what
+/// the node gives, privileged, against an empty set.
+fn privileged_and_unprivileged_bundles_are_told_apart(runtime: Runtime, cgroups: Cgroups) {
+    let hooks = HookEnv::new("podmap-privilege");
+    let parent = CgroupParent::new("podmap-privilege");
+    let rootfs = Rootfs::busybox();
+    let rt = OciRuntime::new(runtime, cgroups);
+    let daemon = daemon_for(&hooks, cgroups);
+    let node = node_capabilities();
+    let names = |mask: u64| json!(podmap_proto::caps::capability_names(mask));
+    let every = json!(podmap_proto::caps::CAP_NAMES[..]);
+    let pod = Pod::new("privilege", &unique_name("podmap-test"));
+    let mut stream = daemon.events(&json!({"namespace": pod.namespace}).to_string());
+    let root = json!({
+        "user": {"uid": 0, "gid": 0},
+        "capabilities": {"bounding": every, "effective": names(node), "permitted": names(node)},
+    });
+    let user = json!({
+        "user": {"uid": 1000, "gid": 1000},
+        "capabilities": {"bounding": [], "effective": [], "permitted": []},
+    });
+    for (name, process, privileged) in [("root", root, true), ("user", user, false)] {
+        let id = container_id(name);
+        let marker = unique_name(name);
+        let bundle = Bundle::new(
+            &rootfs,
+            &BundleSpec {
+                cgroups_path: Some(parent.cgroups_path(&id)),
+                annotations: pod.container_annotations(&id, "", name),
+                hooks: Some(hooks.oci_hooks()),
+                process: Some(process),
+                ..BundleSpec::new(&["/bin/sh", "-c", "exit 0", &marker])
+            },
+        );
+        let out = rt.run(&bundle, &id);
+        assert_ok(name, &out, &hooks);
+        let (bounding, uid) = if privileged { (node, 0) } else { (0, 1000) };
+        let rec = hooks.record(&id).expect("the container's store record");
+        assert_eq!(
+            (rec.meta.privileged, rec.meta.cap_bounding),
+            (Some(privileged), Some(bounding)),
+            "{name}'s record: {:#x?}; log:\n{}",
+            rec.meta.cap_bounding,
+            hooks.log()
+        );
+        let exec = wait_for(&mut stream, &daemon, &hooks, |e| {
+            e["type"] == "exec" && e["process"]["args"].to_string().contains(&marker)
+        });
+        assert_eq!(exec["container"]["id"], id.as_str(), "{exec:#}");
+        let p = &exec["process"];
+        assert!(
+            p["uid"] == uid && p["euid"] == uid && p["gid"] == uid && p["egid"] == uid,
+            "{name}'s credentials: {exec:#}"
+        );
+        assert_eq!(p["cap_effective"], names(bounding), "{exec:#}");
+        assert_eq!(exec["container"]["privileged"], privileged, "{exec:#}");
+        assert_eq!(
+            exec["container"]["capabilities"],
+            names(bounding),
+            "{exec:#}"
+        );
+        let typed: podmap_proto::Event = serde_json::from_value(exec.clone()).expect("an event");
+        assert_eq!(typed.process.is_privileged(), privileged, "{exec:#}");
+    }
+}
+
+#[test]
+fn runc_privileged_and_unprivileged_bundles_hybrid() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
+    privileged_and_unprivileged_bundles_are_told_apart(Runtime::Runc, Cgroups::Hybrid);
+}
+
+#[test]
+fn runc_privileged_and_unprivileged_bundles_pure_cgroup2() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
+    privileged_and_unprivileged_bundles_are_told_apart(Runtime::Runc, Cgroups::PureV2);
+}
+
+#[test]
+fn crun_privileged_and_unprivileged_bundles_pure_cgroup2() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
+    privileged_and_unprivileged_bundles_are_told_apart(Runtime::Crun, Cgroups::PureV2);
+}
+
 /// A container without Kubernetes annotations is recorded as a plain container of the runtime
 /// that ran the hook.
 #[test]

@@ -292,7 +292,11 @@ impl Hook {
             );
         }
         match podmap_writer::privilege::node_capabilities() {
-            Ok(node) => meta.set_capabilities(mask, node),
+            // What the spec asks for beyond what the node can give (podman's --privileged
+            // names every capability the kernel knows, also one the host's init lacks) never
+            // reaches the container's bounding set: recorded as the kernel will apply it, the
+            // same set podmap-nri reads from /proc.
+            Ok(node) => meta.set_capabilities(mask & node, node),
             Err(e) => {
                 self.log.line(
                     Level::Warn,
