@@ -878,6 +878,9 @@ fn privileged_and_unprivileged_containers_are_told_apart(series: Series, pure: b
         .privileged();
     let user_spec = PodSpec::new("user-pod").namespace(&ns).label("app", "user");
     let mut client = node.daemon.client_events(&["-n", &ns, "--type", "exec"]);
+    let mut privileged_only =
+        node.daemon
+            .client_events(&["-n", &ns, "--type", "exec", "--privileged"]);
 
     // The unprivileged one first: were it ever shown as privileged, a privileged-only view
     // would show it before the privileged container's exec.
@@ -982,6 +985,29 @@ fn privileged_and_unprivileged_containers_are_told_apart(series: Series, pure: b
         !typed.process.is_privileged(),
         "uid 1000 is not privileged: {exec:#}"
     );
+
+    // `podmap events --privileged`: the privileged container's execs (its entrypoint, then
+    // the sleep it starts), and nothing of the other's workload, which ran first. runc's own
+    // init stage in the other's cgroup, flagged runtime_init, is root with every capability
+    // until it execs the entrypoint: shown, rightly.
+    let shown = privileged_only.until(WAIT, |e| {
+        ev::container_id(e) == Some(&root_cid) && ev::binary(e) == "/bin/sleep"
+    });
+    ensure!(
+        shown.iter().any(|e| ev::args_contain(e, &root_marker)),
+        "--privileged left out the privileged entrypoint: {shown:#?}"
+    );
+    for e in &shown {
+        let typed: podmap_proto::Event = serde_json::from_value(e.clone())?;
+        let runtime_init = e["process"]["flags"]
+            .as_array()
+            .is_some_and(|f| f.contains(&json!("runtime_init")));
+        ensure!(
+            typed.process.is_privileged()
+                && (runtime_init || ev::container_id(e) != Some(&user_cid)),
+            "--privileged showed an unprivileged exec: {e:#}"
+        );
+    }
 
     // The mapping table, through the client as a user reads it.
     let out = std::process::Command::new(podmap_conformance::bins::path("podmap"))
