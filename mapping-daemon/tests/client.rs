@@ -3,7 +3,7 @@
 //!
 //! Checked: `podmap events --reconnect` bridges a podmapd stop and restart with a notice on
 //! stderr, and without it the client ends when podmapd goes; events saved as JSON lines and
-//! read back (`--input`, stdin redirected from the file, stdin a pipe) give, filter for filter,
+//! read back (`--input`, stdin redirected from the file, a pipe with `--input -`) give, filter for filter,
 //! exactly the lines the live stream gave, bad lines counted on stderr; `--privileged` shows a
 //! root exec and not one after `setpriv` dropped to an ordinary user, and the compact form marks
 //! it; `--color` gives escape sequences only when it should.
@@ -328,7 +328,7 @@ fn without_reconnect_the_client_ends_when_podmapd_goes() {
 }
 
 /// Runs `podmap events ARGS` over saved events: from `--input PATH`, from stdin redirected
-/// from the file, and from stdin as a pipe. All three must agree; returns stdout and stderr
+/// from the file, and from a pipe (`--input -`). All three must agree; returns stdout and stderr
 /// of the `--input` run, and checks that each names its source in its note on bad lines.
 fn read_saved(saved: &Path, args: &[&str]) -> (String, String) {
     let text = |o: &Output| {
@@ -359,6 +359,7 @@ fn read_saved(saved: &Path, args: &[&str]) -> (String, String) {
     let mut child = podmap()
         .arg("events")
         .args(args)
+        .args(["--input", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -651,4 +652,39 @@ fn strip_escapes(text: &str) -> String {
         rest = &rest[rest.find('m').map_or(rest.len(), |m| m + 1)..];
     }
     out + rest
+}
+
+/// A pipe on stdin is not taken for saved events: podmap run where stdin merely is a pipe (a
+/// remote shell without a terminal) reads podmapd, and says so when podmapd is not there,
+/// instead of waiting on a pipe nobody writes.
+#[test]
+fn a_pipe_on_stdin_without_input_reads_the_socket() {
+    // No --socket and no PODMAP_SOCKET (either alone would send it to the socket anyway): the
+    // default socket, which no podmapd serves on a test machine.
+    let default = Path::new("/run/podmap/podmap.sock");
+    if default.exists() {
+        eprintln!("skipped: a podmapd serves {}", default.display());
+        return;
+    }
+    let mut child = podmap()
+        .arg("events")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Held open and silent: read, it would never end.
+    let _held_open = child.stdin.take().unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() && started.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if child.try_wait().unwrap().is_none() {
+        child.kill().unwrap();
+        panic!("podmap events waited on a silent pipe instead of reading the socket");
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(stderr.contains(&default.display().to_string()), "{stderr}");
 }

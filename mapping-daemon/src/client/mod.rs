@@ -44,7 +44,7 @@ use connection::one_reply;
 )]
 pub struct Cli {
     /// podmapd's socket [default: /run/podmap/podmap.sock]. Given (or PODMAP_SOCKET set),
-    /// `podmap events` reads the socket even when stdin is a file or a pipe.
+    /// `podmap events` reads the socket even when stdin is redirected from a file.
     #[arg(long, global = true, env = "PODMAP_SOCKET", value_name = "PATH")]
     pub socket: Option<PathBuf>,
     /// How `podmap export` logs (the other commands print, they do not log): `text`, or `json`
@@ -119,8 +119,8 @@ pub struct EventsCommand {
     pub reconnect: bool,
     /// Read events saved as JSON lines (`podmap events -o json`, `podmap export --file`) from
     /// this file, `-` for stdin, instead of podmapd; every filter applies. Without it, a stdin
-    /// that is a file or a pipe is read when neither --socket (PODMAP_SOCKET) nor --reconnect
-    /// is given.
+    /// redirected from a file is read when neither --socket (PODMAP_SOCKET) nor --reconnect is
+    /// given; a pipe needs `--input -`.
     #[arg(long, value_name = "PATH")]
     pub input: Option<PathBuf>,
 }
@@ -379,9 +379,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// `podmap events`: from `--input`, from stdin when it is a file or a pipe and no socket was
-/// named (`podmap events -n prod < saved.json` reads what it is given), else from podmapd's
-/// socket.
+/// `podmap events`: from `--input`, from stdin when it is redirected from a regular file and no
+/// socket was named (`podmap events -n prod < saved.json` reads what it is given), else from
+/// podmapd's socket.
 fn run_events(
     socket: Option<&Path>,
     cmd: &EventsCommand,
@@ -394,7 +394,7 @@ fn run_events(
     );
     let input = match &cmd.input {
         Some(path) => Some(path.clone()),
-        None if socket.is_none() && !cmd.reconnect && stdin_is_file_or_pipe() => {
+        None if socket.is_none() && !cmd.reconnect && stdin_is_regular_file() => {
             Some(PathBuf::from("-"))
         }
         None => None,
@@ -431,16 +431,17 @@ fn run_events(
     Ok(())
 }
 
-/// Whether stdin is a regular file or a pipe: a redirect (`< saved.json`) or the end of a
-/// pipeline. Not a terminal, /dev/null or a socket: those say nothing about events to read.
-fn stdin_is_file_or_pipe() -> bool {
-    use std::os::unix::fs::FileTypeExt as _;
+/// Whether stdin is redirected from a regular file (`< saved.json`). A pipe is not taken as
+/// saved events: podmap run where stdin merely happens to be a pipe (a remote shell without a
+/// terminal, a job runner) would wait on it and never show podmapd's events, so a pipeline says
+/// `--input -`. A terminal, /dev/null or a socket say nothing about events to read either.
+fn stdin_is_regular_file() -> bool {
     let Ok(fd) = io::stdin().as_fd().try_clone_to_owned() else {
         return false;
     };
     std::fs::File::from(fd)
         .metadata()
-        .is_ok_and(|m| m.file_type().is_file() || m.file_type().is_fifo())
+        .is_ok_and(|m| m.file_type().is_file())
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
