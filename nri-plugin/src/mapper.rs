@@ -152,9 +152,6 @@ impl Backend {
 }
 
 impl Backend {
-    /// Adds the container to every policy that selects it, before its record exists, so not
-    /// even its first exec escapes. A failure is counted (MembershipErrors) and podmapd's
-    /// reconciliation repairs it; it never stops the mapping.
     /// The container's bounding set and privilege, read from its init (docs/decisions.md #36):
     /// NRI's messages carry no capabilities, but by START_CONTAINER (and POST_CREATE) the
     /// runtime's create has returned, and runc and crun apply the spec's capabilities to the
@@ -182,6 +179,9 @@ impl Backend {
         }
     }
 
+    /// Adds the container to every policy that selects it, before its record exists, so not
+    /// even its first exec escapes. A failure is counted (MembershipErrors) and podmapd's
+    /// reconciliation repairs it; it never stops the mapping.
     fn write_memberships(&mut self, meta: &ContainerMeta, ids: &podmap_cgroup::CgroupIds) {
         if self
             .policies_checked
