@@ -62,7 +62,7 @@ pub struct ContainerMeta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_pid: Option<u32>,
     /// Whether the runtime made the container privileged: its bounding set holds every
-    /// capability the node's kernel knows (docs/decisions.md #36). None where the writer could
+    /// capability the node can give (docs/decisions.md #36). None where the writer could
     /// not tell, and in records written before podmap recorded it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub privileged: Option<bool>,

@@ -168,8 +168,9 @@ pub struct ContainerInfo {
     pub runtime: String,
     pub image: String,
     /// Whether the runtime made the container privileged (CRI's `privileged: true`): its
-    /// capability bounding set holds every capability the node's kernel knows. Absent when the
-    /// runtime plugin could not tell (a record written before podmap recorded it).
+    /// capability bounding set holds every capability the node can give (each its kernel knows
+    /// that the host's init holds). Absent when the runtime plugin could not tell (a record
+    /// written before podmap recorded it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub privileged: Option<bool>,
     /// The capabilities the container was given: its capability bounding set, by name (as in
