@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{AsyncBufRead, AsyncBufReadExt, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{WatchEvent, WatchParams};
 use kube::core::Resource;
@@ -22,7 +22,8 @@ use serde::Deserialize;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use crate::compact::{compact, Interner};
+use crate::compact::{compact, CachedPod, Interner};
+use crate::list_body::{BodyError, ListDecoder, Part};
 use crate::store::{Retention, Store};
 use crate::wire::{Rejected, WirePod};
 use backon::ExponentialBuilder;
@@ -38,9 +39,12 @@ const WATCH_MIN_HEALTHY: Duration = Duration::from_secs(1);
 /// How the informer talks to the API server and how long the store keeps what.
 #[derive(Clone, Debug)]
 pub struct CacheConfig {
-    /// Pods per list page (client-go's default).
+    /// Pods per list page (client-go's default). The API server ignores it when it serves the
+    /// first list (`resourceVersion=0`) from its watch cache: that list comes whole, in one
+    /// body, which the informer decodes as it arrives, one pod at a time.
     pub page_size: u32,
-    /// Longest wait for one list page, or for a watch's response to start.
+    /// Longest wait for a list page's or a watch's response to start, and between two reads of
+    /// a list page's body.
     pub request_timeout: Duration,
     /// The watch's server-side timeout (`timeoutSeconds`). A watch silent for this plus 5 s is
     /// taken as dead and restarted.
@@ -132,6 +136,22 @@ pub(crate) enum AttemptError {
     Request(#[from] http::Error),
     #[error("list page without a resourceVersion")]
     NoResourceVersion,
+    #[error("reading the list body: {0}")]
+    Body(#[source] std::io::Error),
+    #[error(transparent)]
+    BadBody(#[from] BodyError),
+    #[error("list body field {field}: {source}")]
+    BadField {
+        field: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("list body item {index}: {source}")]
+    BadItem {
+        index: usize,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("watch error event: {0}")]
     Status(String),
     #[error("watch closed at once without an event")]
@@ -147,15 +167,7 @@ enum WatchEnd {
     Failed(AttemptError),
 }
 
-/// A list page, as much of it as the informer reads.
-#[derive(Deserialize)]
-struct PodList {
-    #[serde(default)]
-    metadata: ListMeta,
-    #[serde(default)]
-    items: Option<Vec<WirePod>>,
-}
-
+/// A list page's `metadata`.
 #[derive(Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ListMeta {
@@ -268,31 +280,29 @@ impl Informer {
 
     /// Lists every page, then replaces the store's content in one step. Returns the list's
     /// resource version, to watch from.
+    ///
+    /// Each page's body is decoded as it arrives, one pod at a time: the pod is compacted and
+    /// dropped before the next is read, and a pod the store already holds unchanged is kept as
+    /// the store's copy. So a list costs the compact pods it brings (only the changed ones, on
+    /// a relist) and one pod's text, never the body or every decoded pod at once; the memory
+    /// the list's buffers took is given back to the system when it completes.
     async fn list(&mut self, from_cache: bool) -> Result<String, AttemptError> {
         let started = Instant::now();
         let mut pods = Vec::new();
         let mut continue_token: Option<String> = None;
         let resource_version = loop {
             let request = self.list_request(from_cache, continue_token.as_deref())?;
-            let page: PodList = self.within_timeout(self.client.request(request)).await??;
-            {
-                let mut interner = self.shared.interner();
-                for item in page.items.unwrap_or_default() {
-                    match item {
-                        WirePod::Pod(pod) => pods.push(compact(&pod, &mut interner)),
-                        WirePod::Rejected(rejected) => self.skipped(&rejected, "list"),
-                    }
-                }
-            }
-            continue_token = page.metadata.continue_token.filter(|t| !t.is_empty());
+            let metadata = self.list_page(request, &mut pods).await?;
+            continue_token = metadata.continue_token.filter(|t| !t.is_empty());
             if continue_token.is_none() {
-                break page.metadata.resource_version.filter(|rv| !rv.is_empty());
+                break metadata.resource_version.filter(|rv| !rv.is_empty());
             }
         };
         let resource_version = resource_version.ok_or(AttemptError::NoResourceVersion)?;
         let count = pods.len();
         self.shared.store.replace(pods, Instant::now());
         self.shared.interner().purge();
+        release_free_memory();
         let counters = &self.shared.counters;
         Counters::bump(&counters.lists);
         counters.touch();
@@ -303,6 +313,74 @@ impl Informer {
         // lists fine but fails every watch still gets growing pauses.
         info!(node = %self.node, pods = count, resource_version, elapsed = ?started.elapsed(), "listed pods");
         Ok(resource_version)
+    }
+
+    /// Sends one list request and reads its body as it arrives, appending its pods to `pods`.
+    /// Returns the page's `metadata`.
+    async fn list_page(
+        &self,
+        request: http::Request<Vec<u8>>,
+        pods: &mut Vec<Arc<CachedPod>>,
+    ) -> Result<ListMeta, AttemptError> {
+        // kube's own request path: its auth, TLS, and API errors (a 410 for an expired continue
+        // token) as `kube::Error::Api`.
+        let body = self
+            .within_timeout(self.client.request_stream(request))
+            .await??;
+        let mut body = std::pin::pin!(body);
+        let mut decoder = ListDecoder::default();
+        let mut metadata = ListMeta::default();
+        let mut index = 0;
+        loop {
+            let chunk = self
+                .within_timeout(body.fill_buf())
+                .await?
+                .map_err(AttemptError::Body)?;
+            if chunk.is_empty() {
+                break;
+            }
+            let read = chunk.len();
+            decoder.feed(chunk, |part| -> Result<(), AttemptError> {
+                match part {
+                    Part::Item(text) => {
+                        let pod = WirePod::decode_unchecked(text)
+                            .map_err(|source| AttemptError::BadItem { index, source })?;
+                        index += 1;
+                        self.listed(pod, pods);
+                        Ok(())
+                    }
+                    Part::Field { name, value } => {
+                        let bad = |source| AttemptError::BadField {
+                            field: name.to_owned(),
+                            source,
+                        };
+                        if name == "metadata" {
+                            metadata = serde_json::from_slice(value).map_err(bad)?;
+                        } else {
+                            // Not used, but it must be JSON like the rest.
+                            serde_json::from_slice::<serde::de::IgnoredAny>(value).map_err(bad)?;
+                        }
+                        Ok(())
+                    }
+                }
+            })?;
+            body.as_mut().consume(read);
+        }
+        decoder.finish()?;
+        Ok(metadata)
+    }
+
+    /// One pod of a list: compacted at once (the decoded pod is dropped here), and kept as the
+    /// store's own copy when that is the same.
+    fn listed(&self, pod: WirePod, pods: &mut Vec<Arc<CachedPod>>) {
+        match pod {
+            WirePod::Pod(pod) => {
+                let cached = compact(&pod, &mut self.shared.interner());
+                drop(pod);
+                pods.push(self.shared.store.unchanged(cached));
+            }
+            WirePod::Rejected(rejected) => self.skipped(&rejected, "list"),
+        }
     }
 
     /// `GET /api/v1/pods?fieldSelector=spec.nodeName=<node>&limit=..`, built by hand because
@@ -453,6 +531,17 @@ impl Informer {
         tokio::time::timeout(limit, fut)
             .await
             .map_err(|_| AttemptError::Timeout(limit))
+    }
+}
+
+/// Gives the heap's free memory back to the system, after a list: its buffers and the pods it
+/// replaced were freed, but glibc's malloc keeps freed memory below the heap's top (and in
+/// other threads' arenas) for reuse, and a process that listed once would keep its peak.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointers; glibc locks each arena while it trims it.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -6,6 +6,8 @@
 //! podmap. It knows nothing of runtimes or cgroups.
 //!
 //! - [`informer`]: list and watch of `spec.nodeName=<node>` pods with backoff, resume and relist.
+//! - `list_body`: a list body decoded as it arrives, one element of `items` at a time (a node's
+//!   whole list can come in one body of tens of MB).
 //! - `wire`: decoding only the fields used, one pod at a time (a bad pod is skipped and counted,
 //!   never fatal).
 //! - [`compact`]: the cached form, with repeated strings interned; [`workload`]: workload
@@ -21,6 +23,7 @@ pub mod footprint;
 pub mod informer;
 pub mod workload;
 
+mod list_body;
 mod store;
 mod wire;
 

@@ -96,6 +96,15 @@ impl Store {
         data.pods.get(uid).cloned()
     }
 
+    /// `pod` as the store already holds it, when it holds an equal one: a relist keeps the
+    /// store's copy of every pod that did not change, rather than a second one until it swaps.
+    pub(crate) fn unchanged(&self, pod: CachedPod) -> Arc<CachedPod> {
+        match self.read().pods.get(&pod.uid) {
+            Some(held) if **held == pod => held.clone(),
+            _ => Arc::new(pod),
+        }
+    }
+
     /// A pod was added or modified.
     pub(crate) fn apply(&self, pod: CachedPod) {
         self.write().apply(pod, &self.retention);
@@ -109,12 +118,13 @@ impl Store {
     }
 
     /// A (re)list finished: `pods` is the whole truth. Pods not in it were deleted while the
-    /// informer was not watching; they are kept as deleted like any other.
-    pub(crate) fn replace(&self, pods: Vec<CachedPod>, now: Instant) {
+    /// informer was not watching; they are kept as deleted like any other. A listed pod that is
+    /// the store's own `Arc` (see [`Store::unchanged`]) or equal to it changes nothing.
+    pub(crate) fn replace(&self, pods: Vec<Arc<CachedPod>>, now: Instant) {
         let listed: HashSet<Arc<str>> = pods.iter().map(|p| p.uid.clone()).collect();
         let mut data = self.write();
         for pod in pods {
-            data.apply(pod, &self.retention);
+            data.apply_shared(pod, &self.retention);
         }
         let gone: Vec<Arc<CachedPod>> = data
             .pods
@@ -210,6 +220,17 @@ impl StoreData {
             return;
         }
         self.put(Arc::new(pod), retention);
+    }
+
+    fn apply_shared(&mut self, pod: Arc<CachedPod>, retention: &Retention) {
+        if self
+            .pods
+            .get(&pod.uid)
+            .is_some_and(|old| Arc::ptr_eq(old, &pod) || **old == *pod)
+        {
+            return;
+        }
+        self.put(pod, retention);
     }
 
     fn delete(&mut self, last: CachedPod, now: Instant, retention: &Retention) {
@@ -386,8 +407,14 @@ mod tests {
         let now = Instant::now();
         store.apply(pod("a", &["ca"]));
         store.apply(pod("b", &["cb"]));
+        let b = store.get("b").unwrap();
+        let seq = store.seq();
         store.replace(
-            vec![pod("b", &["cb"]), pod("c", &["cc"]), pod("c", &["cc"])],
+            vec![
+                store.unchanged(pod("b", &["cb"])),
+                Arc::new(pod("c", &["cc"])),
+                Arc::new(pod("c", &["cc"])),
+            ],
             now,
         );
         let data = store.read();
@@ -397,6 +424,10 @@ mod tests {
         assert!(store.get("a").unwrap().deleted);
         assert!(!store.get("b").unwrap().deleted);
         assert_eq!(&*store.by_container("cc").unwrap().uid, "c");
+        // The unchanged pod is the same allocation, and not a change.
+        assert!(Arc::ptr_eq(&b, &store.get("b").unwrap()));
+        let (_, changed) = store.changes_since(seq);
+        assert!(!changed.contains(&"b".to_string()), "{changed:?}");
     }
 
     #[test]
@@ -405,7 +436,7 @@ mod tests {
         let t0 = Instant::now();
         store.apply(pod("a", &[]));
         store.delete(pod("a", &[]), t0);
-        store.replace(vec![pod("a", &[])], t0);
+        store.replace(vec![store.unchanged(pod("a", &[]))], t0);
         assert!(!store.get("a").unwrap().deleted);
         assert_eq!(store.expire(t0 + Duration::from_secs(60)), 0);
         assert!(store.get("a").is_some());

@@ -51,20 +51,44 @@ impl<'de> Deserialize<'de> for WirePod {
 }
 
 impl WirePod {
-    /// Decodes one pod object's JSON text.
+    /// Decodes one pod object's JSON text, known to be JSON (a `RawValue` checked it).
     pub(crate) fn decode(text: &str) -> WirePod {
         match serde_json::from_str::<PodFields>(text) {
-            Ok(pod) => match pod.missing_identity() {
-                None => WirePod::Pod(Box::new(pod)),
-                Some(missing) => WirePod::Rejected(Rejected {
-                    uid: pod.metadata.uid,
-                    namespace: pod.metadata.namespace,
-                    name: pod.metadata.name,
-                    resource_version: pod.metadata.resource_version,
-                    reason: format!("missing {missing}"),
-                }),
-            },
+            Ok(pod) => WirePod::checked(pod),
             Err(err) => WirePod::Rejected(Rejected::probe(text, err.to_string())),
+        }
+    }
+
+    /// Decodes one element of a list body as the list decoder cut it out, which nothing has
+    /// checked yet: text that is not JSON is an error (the body it came in is broken: the list
+    /// fails, as a list decoded whole would), while JSON that is not a usable pod is
+    /// [`WirePod::Rejected`], as with [`WirePod::decode`].
+    pub(crate) fn decode_unchecked(bytes: &[u8]) -> Result<WirePod, serde_json::Error> {
+        match serde_json::from_slice::<PodFields>(bytes) {
+            Ok(pod) => Ok(WirePod::checked(pod)),
+            Err(err) if err.is_syntax() || err.is_eof() => Err(err),
+            // A type error stops decoding where it is: the rest must still be JSON.
+            Err(err) => {
+                let value: serde_json::Value = serde_json::from_slice(bytes)?;
+                Ok(WirePod::Rejected(Rejected::of_value(
+                    &value,
+                    err.to_string(),
+                )))
+            }
+        }
+    }
+
+    /// A decoded pod, unless it lacks its identity.
+    fn checked(pod: PodFields) -> WirePod {
+        match pod.missing_identity() {
+            None => WirePod::Pod(Box::new(pod)),
+            Some(missing) => WirePod::Rejected(Rejected {
+                uid: pod.metadata.uid,
+                namespace: pod.metadata.namespace,
+                name: pod.metadata.name,
+                resource_version: pod.metadata.resource_version,
+                reason: format!("missing {missing}"),
+            }),
         }
     }
 
@@ -82,6 +106,11 @@ impl Rejected {
     /// log line can name it.
     fn probe(text: &str, reason: String) -> Rejected {
         let value: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+        Rejected::of_value(&value, reason)
+    }
+
+    /// The identity `value` has, as far as it goes.
+    fn of_value(value: &serde_json::Value, reason: String) -> Rejected {
         let field = |name: &str| {
             value
                 .get("metadata")
@@ -304,6 +333,40 @@ mod tests {
             "ownerReferences":null},"status":{"containerStatuses":null}}"#,
         );
         assert!(matches!(pod, WirePod::Pod(_)), "{pod:?}");
+    }
+
+    #[test]
+    fn unchecked_text_that_is_not_json_is_an_error_and_a_bad_pod_a_rejection() {
+        let pod = br#"{"metadata":{"name":"a","namespace":"n","uid":"u"}}"#;
+        assert!(matches!(
+            WirePod::decode_unchecked(pod),
+            Ok(WirePod::Pod(_))
+        ));
+        let WirePod::Rejected(rejected) = WirePod::decode_unchecked(
+            br#"{"metadata":{"name":7,"namespace":"n","uid":"u","resourceVersion":"3"}}"#,
+        )
+        .unwrap() else {
+            panic!("accepted")
+        };
+        assert_eq!(
+            (
+                rejected.uid.as_deref(),
+                rejected.resource_version.as_deref()
+            ),
+            (Some("u"), Some("3"))
+        );
+        for broken in [
+            &br#"{"metadata":{"name":"a","uid":"u"]}"#[..],
+            br#"{"metadata":{"name":7,"uid":"u"]}"#,
+            br#"{"metadata":{"name":"a"}"#,
+            b"{\"metadata\":{\"name\":\"\xff\"}}",
+        ] {
+            assert!(
+                WirePod::decode_unchecked(broken).is_err(),
+                "{}",
+                String::from_utf8_lossy(broken)
+            );
+        }
     }
 
     #[test]
