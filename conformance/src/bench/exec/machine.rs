@@ -9,6 +9,8 @@ use std::process::{Command, Stdio};
 use anyhow::{anyhow, bail, Context as _};
 use serde::Deserialize;
 
+use super::prefill::Prefill;
+use super::scaling::LARGE_PREFILL;
 use super::{ExecArgs, TracerKind, EXECSNOOP, STORM_COMM, STORM_TARGET};
 use podmap_cgroup::CgroupLayout;
 
@@ -28,8 +30,12 @@ pub(super) struct BenchEnv {
     /// The storm's private link to /bin/true, in a directory removed with the env.
     pub(super) storm_binary: PathBuf,
     pub(super) _storm_dir: tempfile::TempDir,
-    pub(super) execs: u64,
-    pub(super) workers: u32,
+    pub(super) cpus: u32,
+    /// An in-process API server per prefill size the run measures, each filled once.
+    pub(super) prefills: Vec<Prefill>,
+    /// Serves the API servers for the whole run (dropped after them: fields drop in order).
+    pub(super) _runtime: Option<tokio::runtime::Runtime>,
+    pub(super) _prefill_dir: Option<tempfile::TempDir>,
 }
 
 impl BenchEnv {
@@ -70,6 +76,31 @@ impl BenchEnv {
         let storm_binary = storm_dir.path().join(STORM_COMM);
         std::os::unix::fs::symlink(STORM_TARGET, &storm_binary)
             .with_context(|| format!("linking {} to {STORM_TARGET}", storm_binary.display()))?;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        let mut sizes: Vec<u32> = vec![];
+        if args.prefill > 0 && args.tracers.contains(&TracerKind::Podmap) {
+            sizes.push(args.prefill);
+        }
+        if args.scaling {
+            sizes.extend([1, LARGE_PREFILL]);
+        }
+        sizes.sort_unstable();
+        sizes.dedup();
+        let (runtime, prefill_dir, prefills) = if sizes.is_empty() {
+            (None, None, vec![])
+        } else {
+            let runtime = tokio::runtime::Runtime::new().context("starting a tokio runtime")?;
+            let dir = tempfile::Builder::new()
+                .prefix("podmap-bench-prefill-")
+                .tempdir()
+                .context("creating the prefill's directory")?;
+            let mut prefills = vec![];
+            for n in sizes {
+                eprintln!("prefill: {n} pods on the in-process API server");
+                prefills.push(Prefill::start(&runtime, dir.path(), n)?);
+            }
+            (Some(runtime), Some(dir), prefills)
+        };
         Ok(BenchEnv {
             cgroup2,
             self_exe,
@@ -83,8 +114,10 @@ impl BenchEnv {
             podmap_types,
             storm_binary,
             _storm_dir: storm_dir,
-            execs: args.execs,
-            workers: args.workers,
+            cpus,
+            prefills,
+            _runtime: runtime,
+            _prefill_dir: prefill_dir,
         })
     }
 }

@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::machine::{bpf_programs, BenchEnv, ProgInfo};
 use super::output::lock;
 use super::processes::{Cgroup, Proc};
+use super::scaling::{PodmapSetting, Storm};
 use super::stats::{percentiles_ms, Percentiles};
 use super::tracer::{CpuSample, Started, Tracer};
 use super::{StormResult, TracerKind, IDLE_WINDOW};
@@ -19,6 +20,9 @@ use super::{StormResult, TracerKind, IDLE_WINDOW};
 #[derive(Debug, Clone, Serialize)]
 pub(super) struct Sample {
     pub(super) round: u32,
+    /// How podmapd ran (its clients and prefill mean nothing for the other tracers) and the
+    /// storm.
+    pub(super) setting: PodmapSetting,
     pub(super) execs_per_sec: f64,
     pub(super) storm_seconds: f64,
     /// CPU of the storm's own cgroup per exec: fork+exec+exit plus the BPF programs and
@@ -71,16 +75,21 @@ pub(super) enum Measurement {
     NotInstalled(String),
 }
 
-pub(super) fn measure(kind: TracerKind, round: u32, env: &BenchEnv) -> anyhow::Result<Measurement> {
+pub(super) fn measure(
+    kind: TracerKind,
+    setting: &PodmapSetting,
+    round: u32,
+    env: &BenchEnv,
+) -> anyhow::Result<Measurement> {
     let storm_cgroup = Cgroup::new(&env.cgroup2, "podmap-bench-storm")?;
     if kind == TracerKind::None {
-        let (storm, storm_cpu) = run_storm(env, storm_cgroup, |_| {})?;
+        let (storm, storm_cpu) = run_storm(env, &setting.storm, storm_cgroup, |_| {})?;
         return Ok(Measurement::Sample(Box::new(storm_sample(
-            round, storm, storm_cpu, None,
+            round, setting, storm, storm_cpu, None,
         ))));
     }
     let progs_before = program_ids(env);
-    let mut tracer = match Tracer::start(kind, env, storm_cgroup.id())? {
+    let mut tracer = match Tracer::start(kind, setting, env, storm_cgroup.id())? {
         Started::Running(t) => t,
         Started::NotInstalled(reason) => return Ok(Measurement::NotInstalled(reason)),
     };
@@ -90,7 +99,7 @@ pub(super) fn measure(kind: TracerKind, round: u32, env: &BenchEnv) -> anyhow::R
     let cpu_before = tracer.cpu()?;
 
     let storm_parent = &tracer.out.storm.parent_pid;
-    let (storm, storm_cpu) = run_storm(env, storm_cgroup, |pid| {
+    let (storm, storm_cpu) = run_storm(env, &setting.storm, storm_cgroup, |pid| {
         storm_parent.store(pid, Ordering::Relaxed)
     })?;
 
@@ -104,6 +113,7 @@ pub(super) fn measure(kind: TracerKind, round: u32, env: &BenchEnv) -> anyhow::R
     tracer.stop();
     Ok(Measurement::Sample(Box::new(storm_sample(
         round,
+        setting,
         storm,
         storm_cpu,
         Some(sample),
@@ -112,12 +122,14 @@ pub(super) fn measure(kind: TracerKind, round: u32, env: &BenchEnv) -> anyhow::R
 
 pub(super) fn storm_sample(
     round: u32,
+    setting: &PodmapSetting,
     storm: StormResult,
     storm_cpu_usec: u64,
     tracer: Option<TracerSample>,
 ) -> Sample {
     Sample {
         round,
+        setting: *setting,
         execs_per_sec: storm.execs as f64 / storm.seconds,
         storm_seconds: storm.seconds,
         storm_cpu_us_per_exec: storm_cpu_usec as f64 / storm.execs as f64,
@@ -163,16 +175,20 @@ pub(super) fn tracer_sample(
 /// go, and waits for it. Returns its timing and the cgroup's CPU time.
 pub(super) fn run_storm(
     env: &BenchEnv,
+    storm: &Storm,
     cgroup: Cgroup,
     started: impl FnOnce(u32),
 ) -> anyhow::Result<(StormResult, u64)> {
     let mut cmd = Command::new(&env.self_exe);
     cmd.arg("storm-child")
         .arg("--execs")
-        .arg(env.execs.to_string())
+        .arg(storm.execs.to_string())
         .arg("--workers")
-        .arg(env.workers.to_string())
-        .arg("--binary")
+        .arg(storm.workers.to_string());
+    if let Some(rate) = storm.rate {
+        cmd.arg("--rate").arg(rate.to_string());
+    }
+    cmd.arg("--binary")
         .arg(&env.storm_binary)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

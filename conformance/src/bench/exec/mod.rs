@@ -33,8 +33,10 @@
 mod machine;
 mod measure;
 mod output;
+mod prefill;
 mod processes;
 mod report;
+mod scaling;
 mod stats;
 mod tracer;
 
@@ -53,6 +55,7 @@ use serde::{Deserialize, Serialize};
 use machine::BenchEnv;
 use measure::{measure, Measurement, Sample};
 use report::{opt, Report};
+use scaling::{PodmapSetting, RowKey, Scale};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ExecArgs {
@@ -81,6 +84,26 @@ pub struct ExecArgs {
     /// every tracer delivering the same events, one line per exec.
     #[arg(long, default_value = "exec")]
     pub podmap_types: String,
+    /// `podmap events` clients podmapd serves, all with the same filter: the bench reads the
+    /// first, the others write to /dev/null.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub clients: u32,
+    /// Paces the storm to this many execs/s, all workers together (default: as fast as it goes).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate: Option<u32>,
+    /// Pods on the in-process API server for podmapd's pod cache, and as many container records
+    /// written through podmap-writer, the storm's cgroup mapped as the first pod's container
+    /// (0: standalone podmapd, the storm's cgroup unmapped).
+    #[arg(long, default_value_t = 0)]
+    pub prefill: u32,
+    /// Also measures how podmapd's cost grows with work, each setting once per round beside the
+    /// tracers: 1 vs 10 clients, 200 and 1,000 execs/s vs the machine's highest rate, 1 vs
+    /// 10,000 containers mapped and pods cached (docs/performance.md).
+    #[arg(long)]
+    pub scaling: bool,
+    /// Seconds each rate-limited storm of --scaling lasts.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_seconds: u32,
     /// podmapd binary (default: next to this binary).
     #[arg(long)]
     pub podmapd: Option<PathBuf>,
@@ -116,6 +139,9 @@ pub struct StormArgs {
     pub execs: u64,
     #[arg(long, default_value_t = 1)]
     pub workers: u32,
+    /// Execs per second, all workers together (default: as fast as they go).
+    #[arg(long)]
+    pub rate: Option<u32>,
     /// What to exec (the bench passes its private link to /bin/true).
     #[arg(long, default_value = STORM_TARGET)]
     pub binary: PathBuf,
@@ -175,10 +201,15 @@ pub fn storm_child(args: &StormArgs) -> anyhow::Result<()> {
         .read_line(&mut go)
         .context("waiting for the start line")?;
     let start = Instant::now();
+    // Each worker keeps its share of the rate on a fixed schedule from the common start, so a
+    // late exec is caught up at once instead of stretching the storm.
+    let interval = args
+        .rate
+        .map(|r| Duration::from_secs_f64(workers as f64 / f64::from(r.max(1))));
     thread::scope(|s| {
         let handles: Vec<_> = shares
             .iter()
-            .map(|&n| s.spawn(move || spawn_storm(&args.binary, n)))
+            .map(|&n| s.spawn(move || spawn_storm(&args.binary, n, start, interval)))
             .collect();
         handles
             .into_iter()
@@ -192,11 +223,24 @@ pub fn storm_child(args: &StormArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `n` sequential spawns of `binary`. std's Command uses posix_spawn (vfork-like) here, the
-/// cheapest fork+exec a process can do; stdio is inherited so no spawn opens /dev/null.
-fn spawn_storm(binary: &Path, n: u64) -> anyhow::Result<()> {
+/// `n` sequential spawns of `binary`, the i-th not before `start + i * interval` when paced.
+/// std's Command uses posix_spawn (vfork-like) here, the cheapest fork+exec a process can do;
+/// stdio is inherited so no spawn opens /dev/null.
+fn spawn_storm(
+    binary: &Path,
+    n: u64,
+    start: Instant,
+    interval: Option<Duration>,
+) -> anyhow::Result<()> {
     let mut cmd = Command::new(binary);
-    for _ in 0..n {
+    for i in 0..n {
+        if let Some(interval) = interval {
+            let due = start + interval.mul_f64(i as f64);
+            let now = Instant::now();
+            if due > now {
+                thread::sleep(due - now);
+            }
+        }
         let status = cmd
             .status()
             .with_context(|| format!("spawning {}", binary.display()))?;
@@ -262,41 +306,63 @@ enum Outcome {
     Failed { error: String },
 }
 
-fn run_rounds(args: &ExecArgs, env: &BenchEnv) -> anyhow::Result<BTreeMap<TracerKind, Outcome>> {
-    let mut order: Vec<TracerKind> = vec![];
+/// Every row a round measures: the tracers in the order given, then (with --scaling) podmapd
+/// in each scaling setting. Each round starts one row further down the list, so no setting
+/// always runs first or last after the same neighbour.
+fn row_order(args: &ExecArgs, env: &BenchEnv) -> Vec<RowKey> {
+    let mut order: Vec<RowKey> = vec![];
     for t in &args.tracers {
-        if !order.contains(t) {
-            order.push(*t);
+        if !order.contains(&RowKey::Tracer(*t)) {
+            order.push(RowKey::Tracer(*t));
         }
     }
-    let mut rows: BTreeMap<TracerKind, Outcome> = order
+    if args.scaling {
+        order.extend(
+            Scale::ALL
+                .iter()
+                .filter(|s| s.runs(args, env))
+                .map(|&s| RowKey::Scale(s)),
+        );
+    }
+    order
+}
+
+fn run_rounds(args: &ExecArgs, env: &BenchEnv) -> anyhow::Result<BTreeMap<RowKey, Outcome>> {
+    let order = row_order(args, env);
+    let mut rows: BTreeMap<RowKey, Outcome> = order
         .iter()
         .map(|&t| (t, Outcome::Measured { samples: vec![] }))
         .collect();
     for round in 1..=args.rounds {
-        for &kind in &order {
-            let Some(Outcome::Measured { samples }) = rows.get_mut(&kind) else {
+        let mut this_round = order.clone();
+        this_round.rotate_left((round as usize - 1) % order.len().max(1));
+        for &key in &this_round {
+            let Some(Outcome::Measured { samples }) = rows.get_mut(&key) else {
                 continue; // not installed, or failed in an earlier round
             };
-            eprint!("round {round}/{}: {:<10} ", args.rounds, kind.label());
-            match measure(kind, round, env) {
+            let (kind, setting) = match key {
+                RowKey::Tracer(t) => (t, PodmapSetting::of_args(args)),
+                RowKey::Scale(s) => (TracerKind::Podmap, s.setting(args, env)),
+            };
+            eprint!("round {round}/{}: {:<22} ", args.rounds, key.label());
+            match measure(kind, &setting, round, env) {
                 Ok(Measurement::Sample(sample)) => {
                     eprintln!("{}", progress_line(&sample));
                     samples.push(*sample);
                 }
                 Ok(Measurement::NotInstalled(reason)) => {
                     eprintln!("not installed ({reason})");
-                    rows.insert(kind, Outcome::NotInstalled { reason });
+                    rows.insert(key, Outcome::NotInstalled { reason });
                 }
                 // podmapd is what is measured: without it the run means nothing.
                 Err(e) if kind == TracerKind::Podmap || INTERRUPTED.load(Ordering::SeqCst) => {
                     eprintln!("failed");
-                    return Err(e.context(format!("round {round}, {}", kind.label())));
+                    return Err(e.context(format!("round {round}, {}", key.label())));
                 }
                 Err(e) => {
                     eprintln!("failed: {e:#}");
                     rows.insert(
-                        kind,
+                        key,
                         Outcome::Failed {
                             error: format!("{e:#}"),
                         },

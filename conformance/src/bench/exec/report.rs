@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::machine::BenchEnv;
 use super::measure::{BpfSample, Sample, TracerSample};
+use super::scaling::{self, RowKey, ScaleReport};
 use super::stats::{median, percentiles_ms, Percentiles};
 use super::{ExecArgs, Outcome, TracerKind, STORM_TARGET};
 
@@ -18,8 +19,15 @@ pub(super) struct Report {
     pub(super) rounds: u32,
     pub(super) workers: u32,
     pub(super) podmap_event_types: String,
+    pub(super) clients: u32,
+    pub(super) rate: Option<u32>,
+    pub(super) prefill: u32,
+    /// The load average when the report was made: the bench shares the machine.
+    pub(super) load_average: String,
     pub(super) rows: Vec<Row>,
     pub(super) targets: Vec<Target>,
+    /// With --scaling.
+    pub(super) scaling: Option<ScaleReport>,
 }
 
 #[derive(Debug, Serialize)]
@@ -75,8 +83,16 @@ impl Report {
     pub(super) fn build(
         args: &ExecArgs,
         env: &BenchEnv,
-        outcomes: BTreeMap<TracerKind, Outcome>,
+        mut all: BTreeMap<RowKey, Outcome>,
     ) -> Self {
+        let scaling = scaling::build(&all);
+        let mut outcomes: BTreeMap<TracerKind, Outcome> = BTreeMap::new();
+        all.retain(|k, _| matches!(k, RowKey::Tracer(_)));
+        for (key, outcome) in all {
+            if let RowKey::Tracer(t) = key {
+                outcomes.insert(t, outcome);
+            }
+        }
         let none: BTreeMap<u32, f64> = match outcomes.get(&TracerKind::None) {
             Some(Outcome::Measured { samples }) => {
                 samples.iter().map(|s| (s.round, s.execs_per_sec)).collect()
@@ -114,42 +130,87 @@ impl Report {
             rounds: args.rounds,
             workers: args.workers,
             podmap_event_types: env.podmap_types.clone().unwrap_or_else(|| "all".into()),
+            clients: args.clients,
+            rate: args.rate,
+            prefill: args.prefill,
+            load_average: load_average(),
             rows,
             targets: targets(podmap.as_ref()),
+            scaling,
         }
     }
 
     pub(super) fn render(&self) -> String {
         let mut out = format!(
             "exec storm: {} fork+exec of {STORM_TARGET} (via a private link) from a fresh cgroup, {} worker(s), {} round(s), medians of rounds\n\
-             machine: {} CPUs, Linux {}; podmap client: podmap events -o json (types: {})\n\n",
+             machine: {} CPUs, Linux {}, load average {}; podmap client: podmap events -o json (types: {}){}\n\n",
             self.execs,
             self.workers,
             self.rounds,
             self.machine.cpus,
             self.machine.kernel,
+            self.load_average,
             self.podmap_event_types,
+            self.setting_note(),
         );
         out += &render_table(&self.rows);
         out += "\n";
         out += &render_bpf(&self.rows);
         out += &render_notes(&self.rows);
         out += "\ntargets (docs/performance.md, exec events):\n";
-        for t in &self.targets {
-            let verdict = match t.pass {
-                Some(true) => "PASS",
-                Some(false) => "MISS",
-                None => "N/A ",
-            };
-            out += &format!(
-                "{verdict}  {}: {} (target {})\n",
-                t.figure,
-                t.value.as_deref().unwrap_or("not measured"),
-                t.target
-            );
+        out += &render_targets(&self.targets);
+        if let Some(s) = &self.scaling {
+            out += &scaling::render(s);
         }
         out
     }
+
+    /// What the tracer rows' podmapd ran with, where it differs from the defaults.
+    fn setting_note(&self) -> String {
+        let mut parts = vec![];
+        if self.clients > 1 {
+            parts.push(format!("{} clients", self.clients));
+        }
+        if let Some(r) = self.rate {
+            parts.push(format!("storm paced at {r} execs/s"));
+        }
+        if self.prefill > 0 {
+            parts.push(format!(
+                "{} containers mapped and pods cached",
+                self.prefill
+            ));
+        }
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!("; {}", parts.join(", "))
+        }
+    }
+}
+
+pub(super) fn render_targets(targets: &[Target]) -> String {
+    let mut out = String::new();
+    for t in targets {
+        let verdict = match t.pass {
+            Some(true) => "PASS",
+            Some(false) => "MISS",
+            None => "N/A ",
+        };
+        out += &format!(
+            "{verdict}  {}: {} (target {})\n",
+            t.figure,
+            t.value.as_deref().unwrap_or("not measured"),
+            t.target
+        );
+    }
+    out
+}
+
+/// /proc/loadavg's three averages.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 pub(super) fn summarize(samples: &[Sample], none: &BTreeMap<u32, f64>) -> Summary {

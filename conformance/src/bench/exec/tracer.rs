@@ -15,7 +15,9 @@ use anyhow::{bail, Context as _};
 
 use super::machine::BenchEnv;
 use super::output::{lock, spawn_reader, LineFormat, OutputStats, StormId};
+use super::prefill::NODE;
 use super::processes::{Cgroup, Proc};
+use super::scaling::PodmapSetting;
 use super::{
     check_interrupted, wait_for, TracerKind, ATTACH_TIMEOUT, BPFTRACE_PROGRAM, EXECSNOOP, POLL,
     QUIET, SETTLE,
@@ -27,6 +29,8 @@ use podmap_bpf::testing::PinDir;
 pub(super) struct Tracer {
     pub(super) kind: TracerKind,
     pub(super) client: Option<Proc>,
+    /// podmapd's other clients (--clients), writing to /dev/null.
+    pub(super) extra_clients: Vec<Proc>,
     pub(super) main: Proc,
     pub(super) out: Arc<OutputStats>,
     pub(super) readers: Vec<JoinHandle<()>>,
@@ -53,6 +57,7 @@ pub(super) enum Started {
 impl Tracer {
     pub(super) fn start(
         kind: TracerKind,
+        setting: &PodmapSetting,
         env: &BenchEnv,
         storm_cgroup: u64,
     ) -> anyhow::Result<Started> {
@@ -63,7 +68,7 @@ impl Tracer {
         });
         let tracer = match kind {
             TracerKind::None => bail!("no tracer to start"),
-            TracerKind::Podmap => Self::start_podmap(env, out)?,
+            TracerKind::Podmap => Self::start_podmap(env, setting, storm_cgroup, out)?,
             TracerKind::Bpftrace => {
                 let Some(bin) = &env.bpftrace else {
                     return Ok(Started::NotInstalled("bpftrace not in PATH".into()));
@@ -108,6 +113,7 @@ impl Tracer {
         Ok(Tracer {
             kind,
             client: None,
+            extra_clients: vec![],
             main,
             out,
             readers,
@@ -118,7 +124,21 @@ impl Tracer {
         })
     }
 
-    pub(super) fn start_podmap(env: &BenchEnv, out: Arc<OutputStats>) -> anyhow::Result<Tracer> {
+    pub(super) fn start_podmap(
+        env: &BenchEnv,
+        setting: &PodmapSetting,
+        storm_cgroup: u64,
+        out: Arc<OutputStats>,
+    ) -> anyhow::Result<Tracer> {
+        let prefill = match setting.prefill {
+            0 => None,
+            n => Some(
+                env.prefills
+                    .iter()
+                    .find(|p| p.pods == n)
+                    .context("no API server prepared for this prefill")?,
+            ),
+        };
         let dir = tempfile::Builder::new()
             .prefix("podmap-bench-")
             .tempdir()
@@ -132,15 +152,22 @@ impl Tracer {
         cmd.env("PODMAP_SOCKET", &socket)
             .env("PODMAP_BPFFS_DIR", &pins.path)
             .env("PODMAP_METRICS_ADDR", "off")
-            .env("NODE_NAME", "podmap-bench")
+            .env("NODE_NAME", NODE)
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("podmapd's log")?)
             .stderr(log);
+        if let Some(p) = prefill {
+            // The pods alone: no PodPolicy mirror writing into a policy directory.
+            cmd.env("PODMAP_KUBECONFIG", &p.kubeconfig)
+                .env("PODMAP_NO_POLICY_RESOURCES", "true")
+                .env("PODMAP_POLICY_DIR", dir.path().join("policies"));
+        }
         let cgroup = Cgroup::new(&env.cgroup2, "podmap-bench-podmapd")?;
         let daemon = Proc::spawn("podmapd", &mut cmd, cgroup)?;
         let mut tracer = Tracer {
             kind: TracerKind::Podmap,
             client: None,
+            extra_clients: vec![],
             main: daemon,
             out,
             readers: vec![],
@@ -150,19 +177,72 @@ impl Tracer {
             _dir: Some(dir),
         };
         tracer.wait_podmapd_ready()?;
-
-        let mut cmd = Command::new(&env.podmap);
-        cmd.args(["events", "-o", "json", "--socket"]).arg(&socket);
-        if let Some(types) = &env.podmap_types {
-            cmd.args(["--type", types]);
+        if let Some(p) = prefill {
+            let pins = tracer
+                ._pins
+                .as_ref()
+                .expect("podmapd has pins")
+                .path
+                .clone();
+            let store = tracer
+                ._dir
+                .as_ref()
+                .expect("podmapd has a directory")
+                .path()
+                .join("store");
+            p.write_records(&pins, &store, storm_cgroup)
+                .with_context(|| format!("mapping {} containers", p.pods))?;
+            let want = u64::from(p.pods);
+            let waited = wait_for(
+                &format!("podmapd to cache {want} pods from {}", p.url()),
+                ATTACH_TIMEOUT,
+                || {
+                    tracer.main.check_running()?;
+                    let status = podmapd_status(&socket)?;
+                    Ok(status["pods_cached"].as_u64() >= Some(want))
+                },
+            );
+            waited.with_context(|| tracer.diagnostics())?;
         }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+
+        let client_cmd = |stdout: Stdio| {
+            let mut cmd = Command::new(&env.podmap);
+            cmd.args(["events", "-o", "json", "--socket"]).arg(&socket);
+            if let Some(types) = &env.podmap_types {
+                cmd.args(["--type", types]);
+            }
+            cmd.stdin(Stdio::null())
+                .stdout(stdout)
+                .stderr(Stdio::piped());
+            cmd
+        };
         let cgroup = Cgroup::new(&env.cgroup2, "podmap-bench-client")?;
-        let mut client = Proc::spawn("podmap events", &mut cmd, cgroup)?;
+        let mut client = Proc::spawn("podmap events", &mut client_cmd(Stdio::piped()), cgroup)?;
         tracer.readers = take_output(&mut client, LineFormat::Podmap, &tracer.out);
         tracer.client = Some(client);
+        for _ in 1..setting.clients {
+            let cgroup = Cgroup::new(&env.cgroup2, "podmap-bench-client")?;
+            let mut extra = Proc::spawn("podmap events", &mut client_cmd(Stdio::null()), cgroup)?;
+            tracer.readers.extend(take_output(
+                &mut extra,
+                LineFormat::Diagnostics,
+                &tracer.out,
+            ));
+            tracer.extra_clients.push(extra);
+        }
+        // Every client subscribed before the storm: the first proves it with the canary, the
+        // others by podmapd's count.
+        let want = u64::from(setting.clients);
+        let waited = wait_for(
+            &format!("{want} clients subscribed"),
+            ATTACH_TIMEOUT,
+            || {
+                tracer.check_running()?;
+                let status = podmapd_status(&socket)?;
+                Ok(status["clients_connected"].as_u64() >= Some(want))
+            },
+        );
+        waited.with_context(|| tracer.diagnostics())?;
         Ok(tracer)
     }
 
@@ -207,6 +287,9 @@ impl Tracer {
     pub(super) fn check_running(&mut self) -> anyhow::Result<()> {
         self.main.check_running()?;
         if let Some(c) = &mut self.client {
+            c.check_running()?;
+        }
+        for c in &mut self.extra_clients {
             c.check_running()?;
         }
         Ok(())
@@ -289,6 +372,9 @@ impl Tracer {
     /// Stops the client before the daemon, then joins the readers (their pipes are closed now).
     pub(super) fn stop(&mut self) {
         if let Some(c) = &mut self.client {
+            c.stop();
+        }
+        for c in &mut self.extra_clients {
             c.stop();
         }
         self.main.stop();
