@@ -271,37 +271,40 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     .start(stop_rx.clone())
     .context("starting the housekeeping thread")?;
-    let reader_task = tokio::spawn(reader::run(
+    let reader = reader::Reader::spawn(
         events,
         reader_flag,
         pipeline,
         hub,
         stats.clone(),
         Duration::from_millis(args.poll_ms.max(1)),
-        stop_rx.clone(),
-    ));
+    )
+    .context("starting the event reader thread")?;
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
         _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        r = reader_task => {
+        // Both run until told to stop; ending before (an error, a panic) would leave events
+        // unread or policies unreconciled without a word: podmapd exits instead, to be
+        // restarted.
+        ended = thread_ended(&housekeeping, &reader) => {
             let _ = stop_tx.send(true);
             let _ = std::fs::remove_file(&args.socket);
-            r.context("reader task")?.context("reading the ring buffer")?;
-            anyhow::bail!("the ring buffer reader stopped");
-        }
-        // It runs until told to stop; ending before (a panic) would leave policies unreconciled
-        // without a word: podmapd exits instead, to be restarted.
-        () = thread_ended(&housekeeping) => {
-            let _ = stop_tx.send(true);
-            let _ = std::fs::remove_file(&args.socket);
+            if ended == Ended::Reader {
+                reader.join().context("reading the ring buffer")?;
+                anyhow::bail!("the ring buffer reader stopped");
+            }
             anyhow::bail!("the housekeeping thread stopped (see the panic above)");
         }
     }
     let _ = stop_tx.send(true);
+    reader.stop();
     let _ = server_task.await;
+    if let Err(e) = reader.join() {
+        tracing::warn!(error = %e, "the event reader ended with an error");
+    }
     // Its last tick ends within a quarter second, unless a disk holds it: then it is left to the
     // process's exit, with the pin directory's lock it holds (no other podmapd takes the
     // directory while this one may still write the maps). The programs stay attached through
@@ -356,7 +359,7 @@ async fn kube_client(args: &Args) -> anyhow::Result<Option<kube::Client>> {
 /// The node's periodic work, on a thread of its own: reading and parsing the policy directory,
 /// writing rule tables and memberships, publishing the active set, walking the maps to sweep and
 /// putting back removed pins all do blocking I/O, and the runtime's only thread carries the
-/// event path, the socket and the metrics, which must never wait on a disk.
+/// socket and the metrics, which must never wait on a disk.
 struct Housekeeping {
     /// The pin directory's lock, released only when this thread ends: it writes the maps.
     _pins_lock: std::fs::File,
@@ -417,9 +420,25 @@ fn grace_ns(grace: Duration) -> u64 {
     u64::try_from(grace.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// Resolves once `thread` has ended.
-async fn thread_ended(thread: &std::thread::JoinHandle<()>) {
-    while !thread.is_finished() {
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    Housekeeping,
+    Reader,
+}
+
+/// Resolves once the housekeeping or the reader thread has ended (one look for both: each
+/// look is a wake-up of the runtime).
+async fn thread_ended(
+    housekeeping: &std::thread::JoinHandle<()>,
+    reader: &reader::Reader,
+) -> Ended {
+    loop {
+        if reader.is_finished() {
+            return Ended::Reader;
+        }
+        if housekeeping.is_finished() {
+            return Ended::Housekeeping;
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

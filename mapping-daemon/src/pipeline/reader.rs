@@ -1,19 +1,24 @@
-//! The ring-buffer reader task. Busy, it drains on a short timer (the programs submit without
-//! wake-ups below a threshold, which is most of the cost of a tracer) and whenever the kernel
-//! wakes it because much is queued. Idle, it stops its timer: it tells the programs it sleeps,
-//! and the next record wakes it. Each wake-up drains what is queued in batches of at most
-//! `MAX_BATCH` records: each batch is published, then the reader yields, so a storm never
-//! starves the socket and metrics sharing its thread, and the batch buffer stays
-//! bounded (docs/decisions.md #27).
+//! The ring-buffer reader: a thread of its own, blocked in `epoll_wait` on the ring buffer's fd.
+//! Busy, it drains every `poll` (the epoll timeout: the programs submit without wake-ups below
+//! a threshold, which is most of the cost of a tracer) and whenever the kernel wakes it because
+//! much is queued. Idle, it stops polling: it tells the programs it sleeps, and the next record
+//! wakes it. Each wake-up drains what is queued in batches of at most `MAX_BATCH` records, each
+//! handed to the hub as it is read, so the batch buffer stays bounded (docs/decisions.md #27).
+//!
+//! Why a thread and not a tokio task: a poll tick of tokio's timer, with the runtime's wake-up
+//! and the reader task's select, cost several times a bare `epoll_wait` timeout on the
+//! development VM, and it ran on the thread that also serves the socket. Here decode, attribute
+//! and enrich run beside the runtime, which only writes to the clients; the hub's queues are
+//! the hand-over (their `try_send` never blocks this thread).
 
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use aya::maps::{MapData, RingBuf};
 use podmap_bpf::programs::ReaderFlag;
-use tokio::io::unix::AsyncFd;
-use tokio::sync::watch;
 
 use super::Pipeline;
 use crate::clock::boot_ns;
@@ -26,8 +31,8 @@ const IDLE_POLLS: u32 = 10;
 /// asleep (it saw the flag clear, the reader then saw the ring empty) wakes nobody: this bounds
 /// its delay, and such records are counted.
 const SLEEPING_POLL: Duration = Duration::from_secs(1);
-/// Records read before the batch is published and the reader yields: about 4 ms of work on the
-/// development machines, and a batch buffer of at most a few thousand events.
+/// Records read before the batch is published: about 4 ms of work on the development machines,
+/// and a batch buffer of at most a few thousand events.
 pub const MAX_BATCH: usize = 2048;
 
 /// What a drain read, and whether it stopped at `MAX_BATCH` with records left.
@@ -56,105 +61,158 @@ fn drain(
     }
 }
 
-/// Hands the batch to the clients; with records left in the ring (`more`), lets every other
-/// task on the thread run first. (Otherwise the next `select!` waits anyway.)
-async fn publish(hub: &Hub, out: &mut Vec<Arc<Published>>, more: bool) {
+/// Hands the batch to the clients.
+fn publish(hub: &Hub, out: &mut Vec<Arc<Published>>) {
     if !out.is_empty() {
         hub.publish_batch(out);
         out.clear();
     }
-    if more {
-        tokio::task::yield_now().await;
+}
+
+/// The running reader thread. Dropping it does not stop it: call [`Reader::stop`].
+pub struct Reader {
+    thread: std::thread::JoinHandle<io::Result<()>>,
+    stop: Arc<OwnedFd>,
+}
+
+impl Reader {
+    /// Starts the reader thread. Its epoll set and stop eventfd are made here, so a failure to
+    /// make them is an error of the start, not of the thread.
+    pub fn spawn(
+        ring: RingBuf<MapData>,
+        flag: ReaderFlag,
+        pipeline: Pipeline,
+        hub: Arc<Hub>,
+        stats: Arc<Stats>,
+        poll: Duration,
+    ) -> io::Result<Reader> {
+        let stop = Arc::new(eventfd()?);
+        let epoll = Epoll::new(ring.as_raw_fd(), stop.as_raw_fd())?;
+        let state = ReaderState {
+            ring,
+            flag,
+            pipeline,
+            hub,
+            stats,
+            poll,
+            epoll,
+        };
+        let thread = std::thread::Builder::new()
+            .name("podmap-reader".into())
+            .spawn(move || state.run())?;
+        Ok(Reader { thread, stop })
+    }
+
+    /// Tells the thread to stop; it does within one batch.
+    pub fn stop(&self) {
+        let one: u64 = 1;
+        // SAFETY: an 8-byte write from a live u64 to the eventfd this Reader owns.
+        unsafe { libc::write(self.stop.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// Waits for the thread; its error, or a panic as an error.
+    pub fn join(self) -> io::Result<()> {
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the event reader thread panicked")))
     }
 }
 
-pub async fn run(
+/// What the reader thread owns.
+struct ReaderState {
     ring: RingBuf<MapData>,
-    mut flag: ReaderFlag,
-    mut pipeline: Pipeline,
+    flag: ReaderFlag,
+    pipeline: Pipeline,
     hub: Arc<Hub>,
     stats: Arc<Stats>,
     poll: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) -> std::io::Result<()> {
-    // SAFETY: the ring buffer owns its map fd, and the AsyncFd owns the ring buffer: the fd
-    // stays open and the same for the AsyncFd's whole life.
-    let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }?;
-    let mut tick = tokio::time::interval(poll);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut out = Vec::with_capacity(4096);
-    let mut empty_polls = 0u32;
-    let mut asleep = false;
-    // Cleared for good if the flag cannot be written: the reader then polls, as it always could.
-    let mut can_sleep = true;
-    // Records left in the ring by a drain that stopped at MAX_BATCH.
-    let mut more = false;
-    loop {
-        tokio::select! {
-            r = fd.readable_mut(), if !more => {
-                let mut guard = r?;
-                more = drain(guard.get_inner_mut(), &mut pipeline, &mut out).more;
-                if !more {
-                    // Only a drained ring may forget it was readable: the programs submit
-                    // without wake-ups, so nothing else would say records are left.
-                    guard.clear_ready();
-                }
-                if asleep {
-                    asleep = false;
-                    Stats::inc(&stats.reader_woken);
-                    wake(&mut flag, &mut tick, &stats);
-                }
-                empty_polls = 0;
-            }
-            _ = std::future::ready(()), if more => {
-                more = drain(fd.get_mut(), &mut pipeline, &mut out).more;
-                empty_polls = 0;
-                if asleep {
-                    // Records kept coming as it fell asleep: busy after all.
-                    asleep = false;
-                    wake(&mut flag, &mut tick, &stats);
-                }
-            }
-            _ = next_poll(asleep, &mut tick), if !more => {
-                let drained = drain(fd.get_mut(), &mut pipeline, &mut out);
-                let read = drained.read;
-                more = drained.more;
-                if asleep {
-                    if read > 0 {
-                        Stats::inc(&stats.reader_late);
-                        asleep = false;
-                        wake(&mut flag, &mut tick, &stats);
-                    }
-                } else if read > 0 || pipeline.held() > 0 || !can_sleep {
-                    // Held events are released by polls: no sleeping while any wait.
-                    empty_polls = 0;
-                } else {
-                    empty_polls += 1;
-                    if empty_polls >= IDLE_POLLS {
-                        empty_polls = 0;
-                        asleep = fall_asleep(&mut flag);
-                        can_sleep = asleep;
-                        // What came in before the programs saw the flag.
-                        more = drain(fd.get_mut(), &mut pipeline, &mut out).more;
-                        if asleep {
-                            Stats::inc(&stats.reader_sleeps);
-                            stats.reader_asleep.store(true, Ordering::Relaxed);
-                        }
-                    }
-                }
-            }
-            _ = shutdown.changed() => break,
-        }
-        publish(&hub, &mut out, more).await;
-    }
-    Ok(())
+    epoll: Epoll,
 }
 
-async fn next_poll(asleep: bool, tick: &mut tokio::time::Interval) {
-    if asleep {
-        tokio::time::sleep(SLEEPING_POLL).await;
-    } else {
-        tick.tick().await;
+/// What one `epoll_wait` saw.
+#[derive(Default)]
+struct Ready {
+    ring: bool,
+    stop: bool,
+}
+
+impl ReaderState {
+    fn run(mut self) -> io::Result<()> {
+        let mut out = Vec::with_capacity(4096);
+        let mut empty_polls = 0u32;
+        let mut asleep = false;
+        // Cleared for good if the flag cannot be written: the reader then polls, as it always
+        // could.
+        let mut can_sleep = true;
+        // Records left in the ring by a drain that stopped at MAX_BATCH: read on at once.
+        let mut more = false;
+        loop {
+            let timeout = if more {
+                Duration::ZERO
+            } else if asleep {
+                SLEEPING_POLL
+            } else {
+                self.poll
+            };
+            let ready = self.epoll.wait(timeout)?;
+            if ready.stop {
+                return Ok(());
+            }
+            // A look at once because the last drain stopped at MAX_BATCH, not a poll.
+            let continued = more;
+            let drained = drain(&mut self.ring, &mut self.pipeline, &mut out);
+            more = drained.more;
+            if ready.ring {
+                // The kernel woke it: a record while it slept, or much queued while busy.
+                if asleep {
+                    asleep = false;
+                    Stats::inc(&self.stats.reader_woken);
+                    self.wake();
+                }
+                empty_polls = 0;
+            } else if asleep {
+                if drained.read > 0 {
+                    // Its once-a-second look found records that woke nobody; or records kept
+                    // coming as it fell asleep (the drain then stopped at MAX_BATCH): busy
+                    // after all.
+                    if !continued {
+                        Stats::inc(&self.stats.reader_late);
+                    }
+                    asleep = false;
+                    self.wake();
+                }
+            } else if drained.read > 0 || more || self.pipeline.held() > 0 || !can_sleep {
+                // Held events are released by polls: no sleeping while any wait.
+                empty_polls = 0;
+            } else {
+                empty_polls += 1;
+                if empty_polls >= IDLE_POLLS {
+                    empty_polls = 0;
+                    asleep = fall_asleep(&mut self.flag);
+                    can_sleep = asleep;
+                    // What came in before the programs saw the flag.
+                    more = drain(&mut self.ring, &mut self.pipeline, &mut out).more;
+                    if asleep {
+                        Stats::inc(&self.stats.reader_sleeps);
+                        self.stats.reader_asleep.store(true, Ordering::Relaxed);
+                    }
+                }
+            }
+            publish(&self.hub, &mut out);
+        }
+    }
+
+    /// Back to polling: the flag is cleared so records stop waking the reader one by one (the
+    /// record that woke it cleared it already, unless something else woke it).
+    fn wake(&mut self) {
+        self.stats.reader_asleep.store(false, Ordering::Relaxed);
+        if let Err(e) = self.flag.set(false) {
+            tracing::warn!(error = %e, "clearing the event reader's sleep flag");
+        }
     }
 }
 
@@ -169,12 +227,69 @@ fn fall_asleep(flag: &mut ReaderFlag) -> bool {
     }
 }
 
-/// Back to polling: the flag is cleared so records stop waking the reader one by one (the
-/// record that woke it cleared it already, unless something else woke it).
-fn wake(flag: &mut ReaderFlag, tick: &mut tokio::time::Interval, stats: &Stats) {
-    stats.reader_asleep.store(false, Ordering::Relaxed);
-    if let Err(e) = flag.set(false) {
-        tracing::warn!(error = %e, "clearing the event reader's sleep flag");
+fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd(2) with no pointers; a new fd is owned below or an error returned.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
     }
-    tick.reset();
+    // SAFETY: fd is a new descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+const RING: u64 = 0;
+const STOP: u64 = 1;
+
+/// An epoll set of the ring buffer and the stop eventfd, edge-triggered: the ring is reported
+/// when the kernel wakes the reader, never merely because records it was not woken for are
+/// queued (those wait for the poll, which is the point of submitting them without a wake-up).
+struct Epoll(OwnedFd);
+
+impl Epoll {
+    fn new(ring: RawFd, stop: RawFd) -> io::Result<Epoll> {
+        // SAFETY: epoll_create1(2) with no pointers.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a new descriptor nothing else owns.
+        let epoll = Epoll(unsafe { OwnedFd::from_raw_fd(fd) });
+        for (target, token) in [(ring, RING), (stop, STOP)] {
+            let mut ev = libc::epoll_event {
+                events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+                u64: token,
+            };
+            // SAFETY: both fds are open for the Epoll's life (the ring buffer and the stop
+            // eventfd live as long as the thread that owns this set); ev is a live local.
+            let r = unsafe { libc::epoll_ctl(fd, libc::EPOLL_CTL_ADD, target, &mut ev) };
+            if r < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(epoll)
+    }
+
+    /// Waits up to `timeout` (rounded up to a millisecond; zero looks without waiting).
+    fn wait(&self, timeout: Duration) -> io::Result<Ready> {
+        let ms = timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 2];
+        loop {
+            // SAFETY: the buffer holds 2 events and lives across the call.
+            let n = unsafe { libc::epoll_wait(self.0.as_raw_fd(), events.as_mut_ptr(), 2, ms) };
+            if n >= 0 {
+                let mut ready = Ready::default();
+                for ev in &events[..n as usize] {
+                    match ev.u64 {
+                        RING => ready.ring = true,
+                        _ => ready.stop = true,
+                    }
+                }
+                return Ok(ready);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
 }
