@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
 /*
  * The exec record's cwd: the task's working directory read component by component, leaf first,
- * into the scratch record's cwd region, across mount points up to the task's root.
+ * into the scratch record's tail right after the filename (the packed tail, podmap.h), across
+ * mount points up to the task's root.
  */
 #ifndef PODMAP_CWD_BPF_H
 #define PODMAP_CWD_BPF_H
@@ -13,14 +14,14 @@
 #define CWD_MAX_STEPS 64
 
 /*
- * Verifier bound on where the next component is written in the cwd region. Each component is
- * read with the region's full size, so a long name may run past the region into the args region
- * (written after the walk, excluded by the cwd length), never past the scratch buffer.
+ * Verifier bound on where the next component is written in the cwd. Each component is read with
+ * the cwd's full size, so a long name may run past the cwd into where the args go (written after
+ * the walk, excluded by the cwd length), never past the scratch buffer.
  */
 #define CWD_OFF_MASK (PODMAP_CWD_MAX - 1)
 _Static_assert(((CWD_OFF_MASK + 1) & CWD_OFF_MASK) == 0, "a mask is 2^n - 1");
-_Static_assert(CWD_OFF_MASK + 1 == PODMAP_CWD_MAX, "the mask covers the cwd region exactly");
-_Static_assert(PODMAP_EXEC_CWD_OFF + CWD_OFF_MASK + PODMAP_CWD_MAX <= PODMAP_EXEC_DATA_MAX,
+_Static_assert(CWD_OFF_MASK + 1 == PODMAP_CWD_MAX, "the mask covers the cwd exactly");
+_Static_assert(EXEC_CWD_BASE_MASK + CWD_OFF_MASK + PODMAP_CWD_MAX <= EXEC_SCRATCH_DATA,
 	       "a component read at the last offset stays in the scratch buffer");
 
 struct cwd_walk {
@@ -31,6 +32,8 @@ struct cwd_walk {
 	struct vfsmount *root_mnt;
 	/* The exec program's own scratch record, passed in so the step has no buffer of its own. */
 	struct exec_scratch *s;
+	/* Where the cwd starts in the tail: right after the filename. */
+	__u32 base;
 	__u32 off;
 	__u32 truncated;
 };
@@ -70,7 +73,8 @@ static long cwd_step(__u64 i, struct cwd_walk *w)
 		w->truncated = 1;
 		return 1;
 	}
-	n = bpf_probe_read_kernel_str(s->data + PODMAP_EXEC_CWD_OFF + (w->off & CWD_OFF_MASK),
+	n = bpf_probe_read_kernel_str(s->data + (w->base & EXEC_CWD_BASE_MASK) +
+					      (w->off & CWD_OFF_MASK),
 				      PODMAP_CWD_MAX, BPF_CORE_READ(dentry, d_name.name));
 	if (n <= 0) {
 		w->truncated = 1;
@@ -82,16 +86,17 @@ static long cwd_step(__u64 i, struct cwd_walk *w)
 }
 
 /* Fills the scratch cwd region; crosses mount points up to the task's root. */
-static __always_inline __u32 read_cwd(struct task_struct *task, struct exec_scratch *s,
+static __always_inline __u32 read_cwd(struct task_struct *task, struct exec_scratch *s, __u32 base,
 				      __u32 *flags)
 {
-	struct fs_struct *fs = BPF_CORE_READ(task, fs);
+	struct fs_struct *fs = task->fs;
 	struct cwd_walk w = {};
 	long steps;
 
 	if (!fs)
 		return 0;
 	w.s = s;
+	w.base = base;
 	w.dentry = BPF_CORE_READ(fs, pwd.dentry);
 	w.vfsmnt = BPF_CORE_READ(fs, pwd.mnt);
 	w.root_dentry = BPF_CORE_READ(fs, root.dentry);

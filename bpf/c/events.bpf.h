@@ -35,10 +35,27 @@ struct {
 	__type(value, struct podmap_proc);
 } podmap_procs SEC(".maps");
 
+/*
+ * Verifier bounds of the packed exec tail (podmap.h): the cwd starts right after the filename,
+ * the args right after the cwd. Each start is masked with the smallest 2^n - 1 its largest
+ * value passes unchanged, and the scratch tail is large enough for a full-size read at the
+ * largest masked start.
+ */
+#define EXEC_CWD_BASE_MASK (2 * PODMAP_FILENAME_MAX - 1)
+#define EXEC_ARGS_BASE_MASK (2 * (PODMAP_FILENAME_MAX + PODMAP_CWD_MAX) - 1)
+#define EXEC_SCRATCH_DATA (EXEC_ARGS_BASE_MASK + 1 + 2 * PODMAP_ARGS_MAX)
+_Static_assert(((EXEC_CWD_BASE_MASK + 1) & EXEC_CWD_BASE_MASK) == 0 &&
+		       ((EXEC_ARGS_BASE_MASK + 1) & EXEC_ARGS_BASE_MASK) == 0,
+	       "a mask is 2^n - 1");
+_Static_assert(PODMAP_FILENAME_MAX <= EXEC_CWD_BASE_MASK &&
+		       PODMAP_FILENAME_MAX + PODMAP_CWD_MAX <= EXEC_ARGS_BASE_MASK,
+	       "a start at its largest passes its mask unchanged");
+_Static_assert(EXEC_SCRATCH_DATA >= PODMAP_EXEC_DATA_MAX, "the whole tail fits the scratch");
+
 /* Each record as sent: its struct, then its variable tail (podmap.h says which). */
 struct exec_scratch {
 	struct podmap_exec_event ev;
-	char data[PODMAP_EXEC_DATA_MAX];
+	char data[EXEC_SCRATCH_DATA];
 };
 
 struct cgroup_scratch {

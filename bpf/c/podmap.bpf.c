@@ -33,6 +33,8 @@ _Static_assert(((ARGS_LEN_MASK + 1) & ARGS_LEN_MASK) == 0, "a mask is 2^n - 1");
 _Static_assert((PODMAP_ARGS_MAX & (PODMAP_ARGS_MAX - 1)) == 0 &&
 		       ARGS_LEN_MASK + 1 == 2 * PODMAP_ARGS_MAX,
 	       "the smallest mask a full args region passes");
+_Static_assert(EXEC_ARGS_BASE_MASK + ARGS_LEN_MASK <= EXEC_SCRATCH_DATA,
+	       "the args read at their last start stays in the scratch buffer");
 
 struct sched_process_exec_args {
 	__u64 common;
@@ -44,11 +46,12 @@ struct sched_process_exec_args {
 SEC("tracepoint/sched/sched_process_exec")
 int podmap_exec(struct sched_process_exec_args *ctx)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct task_struct *task = bpf_get_current_task_btf();
 	struct podmap_proc proc = {}, *parent;
 	struct exec_scratch *s;
 	__u32 zero = 0, ppid;
 	unsigned long arg_start, arg_end, args_len;
+	__u32 tail;
 	long n;
 
 	count(PODMAP_C_EXEC);
@@ -61,7 +64,7 @@ int podmap_exec(struct sched_process_exec_args *ctx)
 	s->ev.hdr.ktime = bpf_ktime_get_boot_ns();
 	task_pids(task, &s->ev.ids);
 	task_ids(task, &s->ev.ids);
-	s->ev.start_time = BPF_CORE_READ(task, group_leader, start_boottime);
+	s->ev.start_time = task->group_leader->start_boottime;
 	task_creds(task, &s->ev.creds);
 
 	ppid = s->ev.ids.ppid;
@@ -77,10 +80,10 @@ int podmap_exec(struct sched_process_exec_args *ctx)
 		count(PODMAP_C_PROC_TABLE_FULL);
 
 	/* The kernel's own copy of the filename: always readable here. */
-	n = bpf_probe_read_kernel_str(s->data + PODMAP_EXEC_FILENAME_OFF, PODMAP_FILENAME_MAX,
+	n = bpf_probe_read_kernel_str(s->data, PODMAP_FILENAME_MAX,
 				      (char *)ctx + DATA_LOC_OFFSET(ctx->filename_loc));
 	if (n <= 0) {
-		s->data[PODMAP_EXEC_FILENAME_OFF] = 0;
+		s->data[0] = 0;
 		n = 1;
 		s->ev.hdr.flags |= PODMAP_PF_PATH_UNREADABLE;
 		count(PODMAP_C_PATH_UNREADABLE);
@@ -99,17 +102,18 @@ int podmap_exec(struct sched_process_exec_args *ctx)
 		}
 	}
 
-	s->ev.cwd_len = read_cwd(task, s, &s->ev.hdr.flags);
+	s->ev.cwd_len = read_cwd(task, s, s->ev.filename_len, &s->ev.hdr.flags);
+	tail = s->ev.filename_len + s->ev.cwd_len;
 
-	arg_start = BPF_CORE_READ(task, mm, arg_start);
-	arg_end = BPF_CORE_READ(task, mm, arg_end);
+	arg_start = task->mm->arg_start;
+	arg_end = task->mm->arg_end;
 	args_len = arg_end > arg_start ? arg_end - arg_start : 0;
 	if (args_len > PODMAP_ARGS_MAX) {
 		args_len = PODMAP_ARGS_MAX;
 		s->ev.hdr.flags |= PODMAP_PF_ARGS_TRUNCATED;
 		count(PODMAP_C_ARGS_TRUNCATED);
 	}
-	if (args_len && bpf_probe_read_user(s->data + PODMAP_EXEC_ARGS_OFF,
+	if (args_len && bpf_probe_read_user(s->data + (tail & EXEC_ARGS_BASE_MASK),
 					    args_len & ARGS_LEN_MASK, (void *)arg_start)) {
 		args_len = 0;
 		s->ev.hdr.flags |= PODMAP_PF_ARGS_TRUNCATED;
@@ -117,9 +121,10 @@ int podmap_exec(struct sched_process_exec_args *ctx)
 	}
 	s->ev.args_len = args_len;
 
-	__u64 size = sizeof(s->ev) + PODMAP_EXEC_ARGS_OFF + args_len;
-	if (size > sizeof(*s))
-		size = sizeof(*s);
+	/* The packed tail (podmap.h): only the bytes used go into the ring. */
+	__u64 size = sizeof(s->ev) + tail + args_len;
+	if (size > sizeof(s->ev) + PODMAP_EXEC_DATA_MAX)
+		size = sizeof(s->ev) + PODMAP_EXEC_DATA_MAX;
 	if (bpf_ringbuf_output(&podmap_events, s, size, wakeup_flag()))
 		count(PODMAP_C_RINGBUF_DROPPED);
 	return 0;
@@ -128,13 +133,13 @@ int podmap_exec(struct sched_process_exec_args *ctx)
 SEC("tracepoint/sched/sched_process_exit")
 int podmap_exit(void *ctx)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct task_struct *task = bpf_get_current_task_btf();
 	struct podmap_exit_event *ev;
 	struct podmap_proc *proc;
 	__u32 tgid;
 
 	/* One event per process: when its last thread goes. */
-	if (BPF_CORE_READ(task, signal, live.counter) != 0)
+	if (task->signal->live.counter != 0)
 		return 0;
 	count(PODMAP_C_EXIT);
 
@@ -153,9 +158,9 @@ int podmap_exit(void *ctx)
 	ev->exec_ktime = proc ? proc->exec_ktime : 0;
 	ev->hdr.flags = proc ? proc->flags : 0;
 	/* A group exit carries the status in the signal struct; a lone exit in the task. */
-	ev->exit_code = BPF_CORE_READ(task, signal, group_exit_code);
+	ev->exit_code = task->signal->group_exit_code;
 	if (!ev->exit_code)
-		ev->exit_code = BPF_CORE_READ(task, exit_code);
+		ev->exit_code = task->exit_code;
 	ev->entry_pid = proc ? proc->entry_pid : 0;
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 	bpf_map_delete_elem(&podmap_procs, &tgid);
@@ -163,19 +168,33 @@ int podmap_exit(void *ctx)
 	return 0;
 }
 
-/* A new process inherits its parent's latest exec (and line of entry) until it execs itself. */
+/*
+ * A new process inherits its parent's latest exec (and line of entry) until it execs itself. The
+ * tracepoint runs in the parent, so its tgid is the current one; the child's pid and tgid are
+ * read in one go where they are neighbours (every kernel podmap supports).
+ */
 SEC("raw_tracepoint/sched_process_fork")
 int podmap_fork(struct bpf_raw_tracepoint_args *ctx)
 {
-	struct task_struct *parent = (struct task_struct *)ctx->args[0];
 	struct task_struct *child = (struct task_struct *)ctx->args[1];
 	struct podmap_proc *pp;
+	struct {
+		int pid;
+		int tgid;
+	} c = {};
 	__u32 ptgid, ctgid;
 
-	ctgid = BPF_CORE_READ(child, tgid);
-	if (BPF_CORE_READ(child, pid) != ctgid)
+	if (bpf_core_field_offset(struct task_struct, tgid) ==
+	    bpf_core_field_offset(struct task_struct, pid) + sizeof(int)) {
+		bpf_probe_read_kernel(&c, sizeof(c), &child->pid);
+	} else {
+		c.pid = BPF_CORE_READ(child, pid);
+		c.tgid = BPF_CORE_READ(child, tgid);
+	}
+	if (c.pid != c.tgid)
 		return 0; /* a thread */
-	ptgid = BPF_CORE_READ(parent, tgid);
+	ctgid = c.tgid;
+	ptgid = bpf_get_current_pid_tgid() >> 32;
 	pp = bpf_map_lookup_elem(&podmap_procs, &ptgid);
 	if (!pp) {
 		/* Nothing to inherit: nor may an entry left under a reused pid stand for the child. */
@@ -270,7 +289,7 @@ static __always_inline int open_policy(const char *filename, __u64 oflags, void 
 	key = bpf_map_lookup_elem(path, &zero);
 	if (!s || !key)
 		return 0;
-	task = (struct task_struct *)bpf_get_current_task();
+	task = bpf_get_current_task_btf();
 	task_ids(task, &s->ev.ids);
 	if (!s->ev.ids.container_cgid)
 		return 0;

@@ -274,7 +274,13 @@ struct podmap_open_event {
 	__u16 _pad[3];
 };
 
-/* The exec tail's regions: offsets from the end of struct podmap_exec_event, and its size. */
+/*
+ * The exec tail, after the record's struct. In a PODMAP_EV_EXEC record (older programs) its
+ * regions sit at these fixed offsets. A PODMAP_EV_EXEC_CREDS record packs them: filename_len
+ * bytes of filename, then cwd_len of cwd, then args_len of args, nothing between, so the ring
+ * gets only the bytes used (writing the fixed regions' unused bytes into the ring was the
+ * largest part of the exec program's time). PODMAP_EXEC_DATA_MAX bounds either tail.
+ */
 #define PODMAP_EXEC_FILENAME_OFF 0
 #define PODMAP_EXEC_CWD_OFF (PODMAP_EXEC_FILENAME_OFF + PODMAP_FILENAME_MAX)
 #define PODMAP_EXEC_ARGS_OFF (PODMAP_EXEC_CWD_OFF + PODMAP_CWD_MAX)

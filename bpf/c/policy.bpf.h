@@ -167,7 +167,7 @@ static __always_inline void policy_match(void *rules, struct podmap_path_key *ke
  */
 static __always_inline int lsm_deny(void *rules, struct podmap_path_key *key, __u32 want)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct task_struct *task = bpf_get_current_task_btf();
 	struct podmap_task_ids ids = {};
 	struct podmap_policy_hit hit = {};
 

@@ -44,7 +44,7 @@ static __always_inline struct cgroup *v1_cgroup(struct task_struct *task)
 
 	if (ssid < 0 || ssid >= CSS_SET_SUBSYS_SLOTS)
 		return 0;
-	cset = BPF_CORE_READ(task, cgroups);
+	cset = task->cgroups;
 	if (!cset)
 		return 0;
 	bpf_core_read(&css, sizeof(css), &cset->subsys[ssid]);
@@ -91,7 +91,7 @@ static __always_inline void task_ids(struct task_struct *task, struct podmap_tas
 	ids->container_cgid = 0;
 	ids->container_hier = PODMAP_HIER_V2;
 
-	level = BPF_CORE_READ(task, cgroups, dfl_cgrp, level);
+	level = task->cgroups->dfl_cgrp->level;
 	key.hierarchy = PODMAP_HIER_V2;
 	key.id = ids->cgroup_v2;
 	if (level >= 1 && bpf_map_lookup_elem(&podmap_containers, &key)) {
@@ -148,7 +148,7 @@ static __always_inline void task_pids(struct task_struct *task, struct podmap_ta
 
 	ids->pid = pid_tgid >> 32;
 	ids->tid = (__u32)pid_tgid;
-	ids->ppid = BPF_CORE_READ(task, real_parent, tgid);
+	ids->ppid = task->real_parent->tgid;
 	ids->uid = (__u32)bpf_get_current_uid_gid();
 	ids->_pad = 0;
 }
@@ -159,12 +159,12 @@ static __always_inline void task_pids(struct task_struct *task, struct podmap_ta
  */
 static __always_inline void task_creds(struct task_struct *task, struct podmap_creds *c)
 {
-	const struct cred *cred = BPF_CORE_READ(task, real_cred);
+	const struct cred *cred = task->real_cred;
 
-	c->uid = BPF_CORE_READ(cred, uid.val);
-	c->euid = BPF_CORE_READ(cred, euid.val);
-	c->gid = BPF_CORE_READ(cred, gid.val);
-	c->egid = BPF_CORE_READ(cred, egid.val);
+	c->uid = cred->uid.val;
+	c->euid = cred->euid.val;
+	c->gid = cred->gid.val;
+	c->egid = cred->egid.val;
 	/* The field whole, whichever of its two layouts this kernel has (kernel.bpf.h). */
 	bpf_core_read(&c->cap_effective, sizeof(c->cap_effective), &cred->cap_effective);
 }
@@ -178,13 +178,13 @@ static __always_inline void task_creds(struct task_struct *task, struct podmap_c
 static __always_inline int parent_in_container(struct task_struct *task,
 					       const struct podmap_task_ids *ids)
 {
-	struct task_struct *parent = BPF_CORE_READ(task, real_parent);
+	struct task_struct *parent = task->real_parent;
 	struct cgroup *cg;
 	__u64 own;
 	int level, i;
 
 	if (ids->container_hier == PODMAP_HIER_V2) {
-		cg = BPF_CORE_READ(parent, cgroups, dfl_cgrp);
+		cg = parent->cgroups->dfl_cgrp;
 		own = ids->cgroup_v2;
 	} else {
 		cg = v1_cgroup(parent);

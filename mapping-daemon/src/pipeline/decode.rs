@@ -346,18 +346,18 @@ pub fn decode(buf: &[u8]) -> Result<KernelEvent, DecodeError> {
                 let start = off.min(data.len());
                 &data[start..(off + len).min(data.len())]
             };
-            let filename = c_arc(region(
-                0,
-                (ev.filename_len as usize).min(layout::FILENAME_MAX),
-            ));
-            let cwd = cwd_from_components(region(
-                layout::FILENAME_MAX,
-                (ev.cwd_len as usize).min(layout::CWD_MAX),
-            ));
-            let args = split_args(region(
-                layout::FILENAME_MAX + layout::CWD_MAX,
-                (ev.args_len as usize).min(layout::ARGS_MAX),
-            ));
+            let filename_len = (ev.filename_len as usize).min(layout::FILENAME_MAX);
+            let cwd_len = (ev.cwd_len as usize).min(layout::CWD_MAX);
+            let args_len = (ev.args_len as usize).min(layout::ARGS_MAX);
+            // The newer record packs its tail (podmap.h); the older one has fixed regions.
+            let (cwd_off, args_off) = if with_creds {
+                (filename_len, filename_len + cwd_len)
+            } else {
+                (layout::FILENAME_MAX, layout::FILENAME_MAX + layout::CWD_MAX)
+            };
+            let filename = c_arc(region(0, filename_len));
+            let cwd = cwd_from_components(region(cwd_off, cwd_len));
+            let args = split_args(region(args_off, args_len));
             Ok(KernelEvent::Exec(ExecRecord {
                 ktime: hdr.ktime,
                 flags: process_flags(hdr.flags),
@@ -426,13 +426,19 @@ mod tests {
         unsafe { std::slice::from_raw_parts(v as *const T as *const u8, size_of::<T>()) }.to_vec()
     }
 
-    /// The exec tail after `fixed` bytes of header: filename, cwd, args.
-    fn exec_tail() -> Vec<u8> {
+    /// The exec tail of an older programs' record (EV_EXEC): filename, cwd and args in their
+    /// fixed regions.
+    fn fixed_exec_tail() -> Vec<u8> {
         let mut data = vec![0u8; layout::FILENAME_MAX + layout::CWD_MAX];
         data[..8].copy_from_slice(b"/bin/sh\0");
         data[layout::FILENAME_MAX..layout::FILENAME_MAX + 9].copy_from_slice(b"tmp\0work\0");
         data.extend_from_slice(b"sh\0-c\0echo hi\0");
         data
+    }
+
+    /// The same tail packed, as EV_EXEC_CREDS records carry it.
+    fn packed_exec_tail() -> Vec<u8> {
+        b"/bin/sh\0tmp\0work\0sh\0-c\0echo hi\0".to_vec()
     }
 
     #[allow(clippy::field_reassign_with_default)]
@@ -458,7 +464,7 @@ mod tests {
     #[test]
     fn decodes_an_exec_record_with_its_credentials() {
         let mut buf = bytes(&exec_header(layout::EV_EXEC_CREDS));
-        buf.extend_from_slice(&exec_tail());
+        buf.extend_from_slice(&packed_exec_tail());
         let KernelEvent::Exec(e) = decode(&buf).unwrap() else {
             panic!()
         };
@@ -485,7 +491,7 @@ mod tests {
     fn an_older_programs_exec_record_decodes_without_credentials() {
         let ev = exec_header(layout::EV_EXEC);
         let mut buf = bytes(&ev)[..layout::EXEC_EVENT_NO_CREDS_SIZE].to_vec();
-        buf.extend_from_slice(&exec_tail());
+        buf.extend_from_slice(&fixed_exec_tail());
         let KernelEvent::Exec(e) = decode(&buf).unwrap() else {
             panic!()
         };
