@@ -27,6 +27,22 @@ use podmap_conformance::oci::{
 use podmap_writer::store::Store;
 use serde_json::{json, Value};
 
+/// One test per name of a case taking the runtime, the cgroup layout (and what else the case
+/// takes), each skipped when not run as root.
+macro_rules! per_runtime {
+    ($case:ident: $($name:ident => ($($arg:expr),+ $(,)?)),+ $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                if podmap_bpf::testing::requires_root() {
+                    return;
+                }
+                $case($($arg),+);
+            }
+        )+
+    };
+}
+
 const WAIT: Duration = Duration::from_secs(30);
 
 /// The bound of the tests of the bound itself (the watchdog, a locked store). The hook's default
@@ -229,36 +245,12 @@ fn entrypoint_is_attributed(runtime: Runtime, cgroups: Cgroups) {
     );
 }
 
-#[test]
-fn runc_entrypoint_is_attributed_hybrid() {
-    if podmap_bpf::testing::requires_root() {
-        return;
-    }
-    entrypoint_is_attributed(Runtime::Runc, Cgroups::Hybrid);
-}
-
-#[test]
-fn runc_entrypoint_is_attributed_pure_cgroup2() {
-    if podmap_bpf::testing::requires_root() {
-        return;
-    }
-    entrypoint_is_attributed(Runtime::Runc, Cgroups::PureV2);
-}
-
-#[test]
-fn crun_entrypoint_is_attributed_v1_only() {
-    if podmap_bpf::testing::requires_root() {
-        return;
-    }
-    entrypoint_is_attributed(Runtime::Crun, Cgroups::V1Only);
-}
-
-#[test]
-fn crun_entrypoint_is_attributed_pure_cgroup2() {
-    if podmap_bpf::testing::requires_root() {
-        return;
-    }
-    entrypoint_is_attributed(Runtime::Crun, Cgroups::PureV2);
+per_runtime! {
+    entrypoint_is_attributed:
+    runc_entrypoint_is_attributed_hybrid => (Runtime::Runc, Cgroups::Hybrid),
+    runc_entrypoint_is_attributed_pure_cgroup2 => (Runtime::Runc, Cgroups::PureV2),
+    crun_entrypoint_is_attributed_v1_only => (Runtime::Crun, Cgroups::V1Only),
+    crun_entrypoint_is_attributed_pure_cgroup2 => (Runtime::Crun, Cgroups::PureV2),
 }
 
 /// The same pod through podman, which reads deploy/'s hooks.d file (one entry, both stages,
@@ -400,21 +392,12 @@ fn an_installed_hook_maps_containers_and_after_uninstall_none_runs() {
     );
 }
 
-#[test]
-fn podman_entrypoint_is_attributed_hybrid() {
-    if podmap_bpf::testing::requires_root() {
-        return;
-    }
-    podman_entrypoint_is_attributed(Runtime::Runc, Cgroups::Hybrid, &[]);
-}
-
-#[test]
-fn podman_entrypoint_is_attributed_pure_cgroup2() {
-    if podmap_bpf::testing::requires_root() {
-        return;
-    }
+per_runtime! {
+    podman_entrypoint_is_attributed:
+    podman_entrypoint_is_attributed_hybrid => (Runtime::Runc, Cgroups::Hybrid, &[]),
     // crun: privileged, so it loads no device program (see Podman::new).
-    podman_entrypoint_is_attributed(Runtime::Crun, Cgroups::PureV2, &["--privileged"]);
+    podman_entrypoint_is_attributed_pure_cgroup2 =>
+        (Runtime::Crun, Cgroups::PureV2, &["--privileged"]),
 }
 
 /// Every capability this node can give a container (docs/decisions.md #36), read here as the
@@ -584,28 +567,11 @@ fn privileged_and_unprivileged_bundles_are_told_apart(runtime: Runtime, cgroups:
     }
 }
 
-#[test]
-fn runc_privileged_and_unprivileged_bundles_hybrid() {
-    if podmap_bpf::testing::requires_root() {
-        return;
-    }
-    privileged_and_unprivileged_bundles_are_told_apart(Runtime::Runc, Cgroups::Hybrid);
-}
-
-#[test]
-fn runc_privileged_and_unprivileged_bundles_pure_cgroup2() {
-    if podmap_bpf::testing::requires_root() {
-        return;
-    }
-    privileged_and_unprivileged_bundles_are_told_apart(Runtime::Runc, Cgroups::PureV2);
-}
-
-#[test]
-fn crun_privileged_and_unprivileged_bundles_pure_cgroup2() {
-    if podmap_bpf::testing::requires_root() {
-        return;
-    }
-    privileged_and_unprivileged_bundles_are_told_apart(Runtime::Crun, Cgroups::PureV2);
+per_runtime! {
+    privileged_and_unprivileged_bundles_are_told_apart:
+    runc_privileged_and_unprivileged_bundles_hybrid => (Runtime::Runc, Cgroups::Hybrid),
+    runc_privileged_and_unprivileged_bundles_pure_cgroup2 => (Runtime::Runc, Cgroups::PureV2),
+    crun_privileged_and_unprivileged_bundles_pure_cgroup2 => (Runtime::Crun, Cgroups::PureV2),
 }
 
 /// A container without Kubernetes annotations is recorded as a plain container of the runtime
