@@ -2,7 +2,7 @@
 //! and the metrics endpoint until SIGINT or SIGTERM.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,9 +15,10 @@ use podmap_bpf::{Counters, SharedMaps};
 use podmap_cgroup::{CgroupLayout, PodParents};
 use podmap_node::NodeArgs;
 
+use crate::dir_watch::{DirWatch, Watched};
 use crate::hub::Hub;
 use crate::pipeline::{reader, Pipeline};
-use crate::policies::{PolicyManager, PolicyNames};
+use crate::policies::{Look, PolicyManager, PolicyNames};
 use crate::policy_mirror::{Mirror, MirrorHandle};
 use crate::procs::ProcTable;
 use crate::state::DaemonState;
@@ -260,8 +261,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let sweeper =
         SharedMaps::open(&args.node.bpffs_dir).context("opening the pinned maps for sweeping")?;
     let pins_counters = maps.counters.clone();
+    // Wakes the runtime when the housekeeping or the reader thread ends, however it ends.
+    let thread_end = Arc::new(tokio::sync::Notify::new());
     let housekeeping = Housekeeping {
         _pins_lock: pins_lock,
+        pins_dir: args.node.bpffs_dir.clone(),
+        end: EndSignal(thread_end.clone()),
         policies,
         attached,
         counters: pins_counters,
@@ -278,6 +283,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         hub,
         stats.clone(),
         Duration::from_millis(args.poll_ms.max(1)),
+        EndSignal(thread_end.clone()),
     )
     .context("starting the event reader thread")?;
 
@@ -289,7 +295,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         // Both run until told to stop; ending before (an error, a panic) would leave events
         // unread or policies unreconciled without a word: podmapd exits instead, to be
         // restarted.
-        ended = thread_ended(&housekeeping, &reader) => {
+        ended = thread_ended(&thread_end, &housekeeping, &reader) => {
             let _ = stop_tx.send(true);
             let _ = std::fs::remove_file(&args.socket);
             if ended == Ended::Reader {
@@ -363,6 +369,7 @@ async fn kube_client(args: &Args) -> anyhow::Result<Option<kube::Client>> {
 struct Housekeeping {
     /// The pin directory's lock, released only when this thread ends: it writes the maps.
     _pins_lock: std::fs::File,
+    pins_dir: PathBuf,
     policies: PolicyManager,
     /// Held here so the links' and podmapd's own maps' pins can be put back.
     attached: Attached,
@@ -370,14 +377,81 @@ struct Housekeeping {
     sweeper: SharedMaps,
     grace: Duration,
     state: Arc<DaemonState>,
+    end: EndSignal,
+}
+
+/// How often housekeeping wakes: new containers and relabelled pods reach membership within a
+/// tick (a look at the record map's generation and the pod cache's changes), and so do changes
+/// the directory watches saw.
+const TICK: Duration = Duration::from_millis(250);
+/// The policy directory is looked at this often even when inotify saw nothing: what it cannot
+/// see (a file behind a symbolic link that leaves the directory, a network filesystem, a failed
+/// event queue) still takes effect within about a second, as it did when every tick looked.
+const POLICY_LOOK: Duration = Duration::from_secs(1);
+/// The pins are checked this often even when inotify saw nothing.
+const PINS_LOOK: Duration = Duration::from_secs(5);
+
+/// The inotify watches of the policy directory and of the pin directories.
+struct Watches {
+    watch: DirWatch,
+    policies: Watched,
+    pins: [Watched; 2],
+}
+
+impl Watches {
+    fn new(policy_dir: &Path, pins_dir: &Path) -> Option<Watches> {
+        let mut watch = match DirWatch::new() {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "no inotify: looking at the policy directory and the pins every tick");
+                return None;
+            }
+        };
+        let policies = watch.add(policy_dir);
+        let pins = [
+            watch.add(pins_dir),
+            watch.add(&pins_dir.join(podmap_bpf::links::LINKS_DIR)),
+        ];
+        Some(Watches {
+            watch,
+            policies,
+            pins,
+        })
+    }
+
+    /// Reads what inotify queued; (policy directory changed, pins changed). Without a working
+    /// inotify instance, everything changed every time.
+    fn changes(watches: &mut Option<Watches>) -> (bool, bool) {
+        let Some(w) = watches else {
+            return (true, true);
+        };
+        let overflows = w.watch.overflows();
+        if let Err(e) = w.watch.read_events() {
+            tracing::warn!(error = %e, "reading inotify events: looking at the policy directory and the pins every tick from now on");
+            *watches = None;
+            return (true, true);
+        }
+        if w.watch.overflows() > overflows {
+            tracing::info!(
+                "the inotify event queue overflowed: looking at the policy directory and the pins"
+            );
+        }
+        let dir = w.watch.take_changed(w.policies);
+        let mut pins = false;
+        for p in w.pins {
+            pins |= w.watch.take_changed(p);
+        }
+        (dir, pins)
+    }
 }
 
 impl Housekeeping {
-    /// Policy changes and new containers reach membership every quarter second ("takes effect
-    /// within a second" with room to spare), and removed pins are put back at the same pace:
-    /// while podmapd runs, a removed pin directory turns nothing off. Records whose grace period
-    /// ended are dropped every `min(grace, 5)` s (docs/decisions.md #5): hooks never sleep out
-    /// the grace, so someone else must sweep.
+    /// Policy changes (seen by inotify, or by a look every [`POLICY_LOOK`]), new containers and
+    /// relabelled pods reach membership within a [`TICK`] ("takes effect within a second" with
+    /// room to spare), and removed pins are put back as fast: while podmapd runs, a removed pin
+    /// directory turns nothing off. Records whose grace period ended are dropped every
+    /// `min(grace, 5)` s (docs/decisions.md #5): hooks never sleep out the grace, so someone
+    /// else must sweep.
     fn start(
         mut self,
         stop: watch::Receiver<bool>,
@@ -387,9 +461,30 @@ impl Housekeeping {
             .spawn(move || {
                 let sweep_every = Duration::from_secs(self.grace.as_secs().clamp(1, 5));
                 let mut next_sweep = std::time::Instant::now() + sweep_every;
+                let mut watches = Watches::new(self.policies.dir(), &self.pins_dir);
+                let mut next_policy_look = std::time::Instant::now();
+                let mut next_pins_look = std::time::Instant::now();
                 while !*stop.borrow() {
-                    self.attached.keep_pins(&self.counters);
-                    self.policies.tick();
+                    let now = std::time::Instant::now();
+                    let (dir_changed, pins_changed) = Watches::changes(&mut watches);
+                    let look = Look {
+                        dir: dir_changed || self.policies.dir_failing() || now >= next_policy_look,
+                        pins: pins_changed || now >= next_pins_look,
+                    };
+                    if look.pins {
+                        next_pins_look = now + PINS_LOOK;
+                        self.attached.keep_pins(&self.counters);
+                    }
+                    if look.dir {
+                        next_policy_look = now + POLICY_LOOK;
+                    }
+                    self.policies.tick_looking(look);
+                    if let (true, Some(w)) = (look.pins, &mut watches) {
+                        // The repair may have made the pin directories again.
+                        for p in w.pins {
+                            w.watch.rearm(p);
+                        }
+                    }
                     *self
                         .state
                         .policies
@@ -408,9 +503,20 @@ impl Housekeeping {
                             );
                         }
                     }
-                    std::thread::sleep(Duration::from_millis(250));
+                    std::thread::sleep(TICK);
                 }
+                drop(self.end);
             })
+    }
+}
+
+/// Wakes whoever waits on the `Notify` when dropped: held by a thread for its whole life, so its
+/// end (a return or a panic's unwinding) is known at once rather than by looking.
+pub(crate) struct EndSignal(Arc<tokio::sync::Notify>);
+
+impl Drop for EndSignal {
+    fn drop(&mut self) {
+        self.0.notify_one();
     }
 }
 
@@ -426,12 +532,14 @@ enum Ended {
     Reader,
 }
 
-/// Resolves once the housekeeping or the reader thread has ended (one look for both: each
-/// look is a wake-up of the runtime).
+/// Resolves once the housekeeping or the reader thread has ended. Each holds an [`EndSignal`] on
+/// `end`, which it drops just before its thread finishes.
 async fn thread_ended(
+    end: &tokio::sync::Notify,
     housekeeping: &std::thread::JoinHandle<()>,
     reader: &reader::Reader,
 ) -> Ended {
+    end.notified().await;
     loop {
         if reader.is_finished() {
             return Ended::Reader;
@@ -439,7 +547,7 @@ async fn thread_ended(
         if housekeeping.is_finished() {
             return Ended::Housekeeping;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -572,5 +680,55 @@ mod tests {
             podmap_bpf::DEFAULT_BPFFS_DIR,
             "podmap-node's default pin directory is the loader's"
         );
+    }
+
+    /// What the housekeeping thread is told to look at: a policy file written is a change of
+    /// the directory only, a pin removed (or the whole pin directory) of the pins only, and
+    /// after the pin directory is made again (as the repair does) its changes are seen again.
+    #[test]
+    fn the_watches_say_which_directory_changed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let policies = tmp.path().join("policies");
+        let pins = tmp.path().join("pins");
+        std::fs::create_dir(&policies).unwrap();
+        std::fs::create_dir_all(pins.join(podmap_bpf::links::LINKS_DIR)).unwrap();
+        std::fs::write(pins.join("podmap_events"), "").unwrap();
+        std::fs::write(pins.join("links/podmap_exec"), "").unwrap();
+        let mut w = Watches::new(&policies, &pins);
+        assert!(w.is_some(), "inotify works here");
+        assert_eq!(Watches::changes(&mut w), (true, true), "nothing seen yet");
+        assert_eq!(Watches::changes(&mut w), (false, false), "nothing changed");
+
+        std::fs::write(policies.join("p.yaml"), "x").unwrap();
+        assert_eq!(
+            Watches::changes(&mut w),
+            (true, false),
+            "a policy file written"
+        );
+        std::fs::remove_file(pins.join("links/podmap_exec")).unwrap();
+        assert_eq!(
+            Watches::changes(&mut w),
+            (false, true),
+            "a link's pin removed"
+        );
+        std::fs::remove_dir_all(&pins).unwrap();
+        assert_eq!(
+            Watches::changes(&mut w),
+            (false, true),
+            "the pin directory removed"
+        );
+        assert_eq!(Watches::changes(&mut w), (false, false));
+
+        // The repair makes the directories again, then the watches are armed again.
+        std::fs::create_dir_all(pins.join(podmap_bpf::links::LINKS_DIR)).unwrap();
+        let ws = w.as_ref().unwrap().pins;
+        for p in ws {
+            w.as_mut().unwrap().watch.rearm(p);
+        }
+        Watches::changes(&mut w);
+        std::fs::write(pins.join("links/podmap_exec"), "").unwrap();
+        assert_eq!(Watches::changes(&mut w), (false, true), "a pin made again");
+        std::fs::remove_file(pins.join("links/podmap_exec")).unwrap();
+        assert_eq!(Watches::changes(&mut w), (false, true), "and removed again");
     }
 }

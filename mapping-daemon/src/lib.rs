@@ -4,13 +4,15 @@
 //! (`containers`, `cgroups`) and enriches (`procs`, `clock`), `hub` fans out to the clients that
 //! `server` accepts. `state` answers status requests for `server` and `metrics`. `policies` keeps
 //! the kernel's rule tables and memberships equal to the policy directory, which
-//! `policy_mirror` fills from the cluster's PodPolicy resources.
+//! `policy_mirror` fills from the cluster's PodPolicy resources; `dir_watch` tells the
+//! housekeeping thread when that directory or the pins changed.
 
 pub mod cgroups;
 pub mod client;
 pub mod clock;
 pub mod containers;
 pub mod daemon;
+pub mod dir_watch;
 pub mod http;
 pub mod hub;
 pub mod metrics;

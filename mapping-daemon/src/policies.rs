@@ -29,6 +29,8 @@ pub struct PolicyManager {
     /// Current pod labels from the API server, when podmapd runs in a cluster.
     pods: Option<PodCache>,
     pod_seq: u64,
+    /// The last look at the directory failed to read it or one of its files.
+    dir_failing: bool,
     /// The record map's generation at the last walk (see `SharedMaps::records_generation`).
     walked_generation: Option<u64>,
     /// Memberships without a record, with when they were first seen so; see `sweep_orphans`.
@@ -36,6 +38,15 @@ pub struct PolicyManager {
     last_orphan_sweep: Option<Instant>,
     /// podmap's own namespace: no policy selects its pods.
     own_namespace: Option<String>,
+}
+
+/// What a tick looks at besides membership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Look {
+    /// The policy directory: reloaded if its listing changed.
+    pub dir: bool,
+    /// The shared maps' pins: put back where they went missing.
+    pub pins: bool,
 }
 
 /// How often memberships are checked against the record map: a walk of the membership map.
@@ -118,6 +129,7 @@ impl PolicyManager {
             },
             pods,
             pod_seq: 0,
+            dir_failing: false,
             walked_generation: None,
             orphans: HashMap::new(),
             last_orphan_sweep: None,
@@ -135,15 +147,46 @@ impl PolicyManager {
         self.status.clone()
     }
 
-    /// Reloads on a change of the directory, then reconciles membership. Cheap when nothing
-    /// changed: one directory listing and a look at the record map's generation.
+    /// The directory the policies are read from.
+    pub fn dir(&self) -> &Path {
+        self.policies.dir()
+    }
+
+    /// Whether the last look at the directory failed to read it or one of its files: it must
+    /// be looked at again whether or not anything says it changed.
+    pub fn dir_failing(&self) -> bool {
+        self.dir_failing
+    }
+
+    /// Looks at the directory and the pins, reloads on a change of the directory, then
+    /// reconciles membership.
     pub fn tick(&mut self) {
-        // The pins of the maps the programs read stay where the plugins open them (podmap-bpf's
-        // PinWatch): a removed pin directory is repaired within a tick.
-        self.maps.keep_pins();
-        let reloaded = self.policies.refresh();
-        if reloaded {
-            self.apply();
+        self.tick_looking(Look {
+            dir: true,
+            pins: true,
+        });
+    }
+
+    /// Reconciles membership (cheap when nothing changed: a look at the record map's generation
+    /// and the pod cache's changes); first, as `look` says, puts back removed pins and reloads
+    /// on a change of the directory (a listing and a `stat` per entry each).
+    pub fn tick_looking(&mut self, look: Look) {
+        if look.pins {
+            // The pins of the maps the programs read stay where the plugins open them
+            // (podmap-bpf's PinWatch).
+            self.maps.keep_pins();
+        }
+        let mut reloaded = false;
+        if look.dir {
+            let failures = self.policies.read_failures();
+            reloaded = self.policies.refresh();
+            if reloaded {
+                self.apply();
+            }
+            // A directory or file that could not be read is looked at again at every tick
+            // until it can: no event need say when that changes (a file made readable by
+            // whatever held it, descriptors available again).
+            self.dir_failing = self.policies.read_failures() > failures;
         }
         // A directory that stays unreadable fails every look without changing the set.
         self.status.read_failures = self.policies.read_failures();
@@ -382,6 +425,59 @@ mod tests {
         assert_eq!(KERNEL_RULE_REFS, RULE_REFS);
         assert_eq!(KERNEL_MAX_ENTRIES, MAX_RULES as usize);
         assert_eq!(KERNEL_PATH_MAX, POLICY_PATH_MAX);
+    }
+
+    /// A tick told not to look at the directory keeps the set it has; one that looks loads the
+    /// change. A directory that cannot be read keeps the set and asks to be looked at again
+    /// until it can (no event says when it becomes readable).
+    #[test]
+    fn the_directory_is_read_when_a_tick_looks_and_again_while_it_fails() {
+        if podmap_bpf::testing::requires_root() {
+            return;
+        }
+        use super::{Look, PolicyManager};
+        let pins = podmap_bpf::testing::PinDir::new("podmap-test-look");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("policies");
+        std::fs::create_dir(&dir).unwrap();
+        let maps = podmap_bpf::SharedMaps::open(&pins.path).unwrap();
+        let mut m = PolicyManager::new(&dir, maps, false, None, Default::default());
+        m.tick();
+        assert!(m.status().loaded.is_empty());
+        std::fs::write(
+            dir.join("p.yaml"),
+            "apiVersion: podmap.dev/v1alpha1\nkind: PodPolicy\nmetadata: {name: p}\nspec: {rules: [{exec: {paths: [/bin/x]}, action: audit}]}\n",
+        )
+        .unwrap();
+        let without_dir = Look {
+            dir: false,
+            pins: false,
+        };
+        let with_dir = Look {
+            dir: true,
+            pins: false,
+        };
+        m.tick_looking(without_dir);
+        assert!(m.status().loaded.is_empty(), "not looked at");
+        m.tick_looking(with_dir);
+        assert_eq!(m.status().loaded.len(), 1, "{:?}", m.status());
+        assert!(!m.dir_failing());
+
+        // The directory replaced by a file: unreadable, the set stays, looked at again.
+        let aside = tmp.path().join("aside");
+        std::fs::rename(&dir, &aside).unwrap();
+        std::fs::write(&dir, "not a directory").unwrap();
+        m.tick_looking(with_dir);
+        assert!(m.dir_failing());
+        assert_eq!(m.status().loaded.len(), 1, "{:?}", m.status());
+        m.tick_looking(with_dir);
+        assert!(m.dir_failing(), "still failing");
+        std::fs::remove_file(&dir).unwrap();
+        std::fs::rename(&aside, &dir).unwrap();
+        m.tick_looking(with_dir);
+        assert!(!m.dir_failing());
+        assert_eq!(m.status().loaded.len(), 1, "{:?}", m.status());
+        assert!(m.status().errors.is_empty(), "{:?}", m.status());
     }
 
     /// What the kernel's own longest-prefix lookup finds in the tables podmapd writes is what

@@ -77,7 +77,8 @@ pub struct Reader {
 
 impl Reader {
     /// Starts the reader thread. Its epoll set and stop eventfd are made here, so a failure to
-    /// make them is an error of the start, not of the thread.
+    /// make them is an error of the start, not of the thread. `end` is dropped when the thread
+    /// ends.
     pub fn spawn(
         ring: RingBuf<MapData>,
         flag: ReaderFlag,
@@ -85,6 +86,7 @@ impl Reader {
         hub: Arc<Hub>,
         stats: Arc<Stats>,
         poll: Duration,
+        end: impl Send + 'static,
     ) -> io::Result<Reader> {
         let stop = Arc::new(eventfd()?);
         let epoll = Epoll::new(ring.as_raw_fd(), stop.as_raw_fd())?;
@@ -99,7 +101,11 @@ impl Reader {
         };
         let thread = std::thread::Builder::new()
             .name("podmap-reader".into())
-            .spawn(move || state.run())?;
+            .spawn(move || {
+                // Held for the thread's life, however it ends (the caller's end signal).
+                let _end = end;
+                state.run()
+            })?;
         Ok(Reader { thread, stop })
     }
 
