@@ -9,8 +9,7 @@ use std::process::{Command, Stdio};
 use anyhow::{anyhow, bail, Context as _};
 use serde::Deserialize;
 
-use super::prefill::Prefill;
-use super::scaling::LARGE_PREFILL;
+use super::prefill::{Prefill, LARGE_PREFILL};
 use super::{ExecArgs, TracerKind, EXECSNOOP, STORM_COMM, STORM_TARGET};
 use podmap_cgroup::CgroupLayout;
 

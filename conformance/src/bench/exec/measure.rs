@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::machine::{bpf_programs, BenchEnv, ProgInfo};
 use super::output::lock;
 use super::processes::{Cgroup, Proc};
-use super::scaling::{PodmapSetting, Storm};
+use super::setting::{PodmapSetting, Storm};
 use super::stats::{percentiles_ms, Percentiles};
 use super::tracer::{CpuSample, Started, Tracer};
 use super::{StormResult, TracerKind, IDLE_WINDOW};

@@ -37,6 +37,7 @@ mod prefill;
 mod processes;
 mod report;
 mod scaling;
+mod setting;
 mod stats;
 mod tracer;
 
@@ -55,7 +56,7 @@ use serde::{Deserialize, Serialize};
 use machine::BenchEnv;
 use measure::{measure, Measurement, Sample};
 use report::{opt, Report};
-use scaling::{PodmapSetting, RowKey, Scale};
+use setting::{PodmapSetting, RowKey, Scale};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ExecArgs {
@@ -176,7 +177,8 @@ pub fn run(args: &ExecArgs) -> anyhow::Result<()> {
     install_interrupt_handler();
     let env = BenchEnv::prepare(args)?;
     let rows = run_rounds(args, &env)?;
-    let report = Report::build(args, &env, rows);
+    let scaling = scaling::build(&rows);
+    let report = Report::build(args, &env, rows, scaling);
     if args.json {
         println!(
             "{}",
@@ -320,7 +322,7 @@ fn row_order(args: &ExecArgs, env: &BenchEnv) -> Vec<RowKey> {
         order.extend(
             Scale::ALL
                 .iter()
-                .filter(|s| s.runs(args, env))
+                .filter(|s| s.runs(args, env.cpus))
                 .map(|&s| RowKey::Scale(s)),
         );
     }
@@ -342,7 +344,7 @@ fn run_rounds(args: &ExecArgs, env: &BenchEnv) -> anyhow::Result<BTreeMap<RowKey
             };
             let (kind, setting) = match key {
                 RowKey::Tracer(t) => (t, PodmapSetting::of_args(args)),
-                RowKey::Scale(s) => (TracerKind::Podmap, s.setting(args, env)),
+                RowKey::Scale(s) => (TracerKind::Podmap, s.setting(args, env.cpus)),
             };
             eprint!("round {round}/{}: {:<22} ", args.rounds, key.label());
             match measure(kind, &setting, round, env) {

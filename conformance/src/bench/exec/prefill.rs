@@ -17,6 +17,8 @@ use podmap_writer::{Registry, Store};
 
 /// The node name podmapd runs under in the bench (NODE_NAME), and the pods' spec.nodeName.
 pub(super) const NODE: &str = "podmap-bench";
+/// Containers mapped and pods cached in the large scaling setting.
+pub(super) const LARGE_PREFILL: u32 = 10_000;
 /// Cgroup ids of the records no storm uses: far above any inode number a cgroup gets.
 const UNUSED_CGROUP_IDS: u64 = 1 << 48;
 

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::machine::BenchEnv;
 use super::measure::{BpfSample, Sample, TracerSample};
-use super::scaling::{self, RowKey, ScaleReport};
+use super::setting::{PodmapSetting, RowKey, Scale};
 use super::stats::{median, percentiles_ms, Percentiles};
 use super::{ExecArgs, Outcome, TracerKind, STORM_TARGET};
 
@@ -84,8 +84,8 @@ impl Report {
         args: &ExecArgs,
         env: &BenchEnv,
         mut all: BTreeMap<RowKey, Outcome>,
+        scaling: Option<ScaleReport>,
     ) -> Self {
-        let scaling = scaling::build(&all);
         let mut outcomes: BTreeMap<TracerKind, Outcome> = BTreeMap::new();
         all.retain(|k, _| matches!(k, RowKey::Tracer(_)));
         for (key, outcome) in all {
@@ -160,7 +160,7 @@ impl Report {
         out += "\ntargets (docs/performance.md, exec events):\n";
         out += &render_targets(&self.targets);
         if let Some(s) = &self.scaling {
-            out += &scaling::render(s);
+            out += &render_scaling(s);
         }
         out
     }
@@ -512,6 +512,76 @@ pub(super) fn first_line(s: &str) -> &str {
 
 pub(super) fn opt(v: Option<f64>, decimals: usize) -> String {
     v.map_or_else(|| "-".to_string(), |v| format!("{v:.decimals$}"))
+}
+
+/// One scaling setting's figures, medians over rounds.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct ScaleRow {
+    pub(super) setting: Scale,
+    pub(super) label: &'static str,
+    pub(super) podmap: PodmapSetting,
+    pub(super) execs_per_sec: f64,
+    pub(super) cpu_us_per_event: Option<f64>,
+    pub(super) client_cpu_us_per_event: Option<f64>,
+    /// The worst round.
+    pub(super) delivered: Option<(u64, u64)>,
+    pub(super) lost: u64,
+    pub(super) latency_p50_ms: Option<f64>,
+    pub(super) latency_p99_ms: Option<f64>,
+    pub(super) idle_cpu_ms_per_s: Option<f64>,
+    /// CPU per event by round, for the per-round ratios.
+    #[serde(skip)]
+    pub(super) by_round: Vec<(u32, f64)>,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct ScaleReport {
+    pub(super) rows: Vec<ScaleRow>,
+    pub(super) targets: Vec<Target>,
+}
+
+/// The scaling settings' table and targets.
+fn render_scaling(report: &ScaleReport) -> String {
+    let mut cells: Vec<Vec<String>> = vec![[
+        "setting",
+        "execs/s",
+        "clients",
+        "containers/pods",
+        "delivered (worst)",
+        "lost",
+        "podmapd CPU us/event",
+        "client CPU us/event",
+        "latency p50/p99 ms",
+        "idle ms/s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()];
+    for r in &report.rows {
+        cells.push(vec![
+            r.label.to_string(),
+            format!("{:.0}", r.execs_per_sec),
+            r.podmap.clients.to_string(),
+            r.podmap.prefill.to_string(),
+            r.delivered
+                .map_or_else(|| "-".into(), |(d, e)| format!("{d}/{e}")),
+            r.lost.to_string(),
+            opt(r.cpu_us_per_event, 2),
+            opt(r.client_cpu_us_per_event, 2),
+            match (r.latency_p50_ms, r.latency_p99_ms) {
+                (Some(a), Some(b)) => format!("{a:.1}/{b:.1}"),
+                _ => "-".into(),
+            },
+            opt(r.idle_cpu_ms_per_s, 2),
+        ]);
+    }
+    let mut out = String::from(
+        "\nscaling: podmapd's cost as work grows (each setting once per round, medians of rounds):\n",
+    );
+    out += &format_table(&cells);
+    out += "\ntargets (docs/performance.md, exec events, cost that stays flat):\n";
+    out += &render_targets(&report.targets);
+    out
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use super::machine::BenchEnv;
 use super::output::{lock, spawn_reader, LineFormat, OutputStats, StormId};
 use super::prefill::NODE;
 use super::processes::{Cgroup, Proc};
-use super::scaling::PodmapSetting;
+use super::setting::PodmapSetting;
 use super::{
     check_interrupted, wait_for, TracerKind, ATTACH_TIMEOUT, BPFTRACE_PROGRAM, EXECSNOOP, POLL,
     QUIET, SETTLE,
