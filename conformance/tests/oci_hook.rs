@@ -422,6 +422,84 @@ fn node_capabilities() -> u64 {
     known & u64::from_str_radix(bnd.trim(), 16).expect("CapBnd is hexadecimal")
 }
 
+/// What a container of the privilege tests must show: the hook's record (privileged, its
+/// bounding set) and its entrypoint's exec (credentials, effective set, the container's fields).
+struct Privilege {
+    privileged: bool,
+    bounding: u64,
+    uid: u32,
+    /// Checked where the test sets it (podman's `--user 1000` leaves the group to the image).
+    gid: Option<u32>,
+    effective: u64,
+}
+
+impl Privilege {
+    /// Root holding every capability the node gives.
+    fn root(node: u64, gid: Option<u32>) -> Self {
+        Privilege {
+            privileged: true,
+            bounding: node,
+            uid: 0,
+            gid,
+            effective: node,
+        }
+    }
+
+    /// An ordinary user with no capability at all.
+    fn user(uid: u32, gid: Option<u32>) -> Self {
+        Privilege {
+            privileged: false,
+            bounding: 0,
+            uid,
+            gid,
+            effective: 0,
+        }
+    }
+}
+
+/// Checks container `id`'s store record and its entrypoint's exec (the one whose args hold
+/// `marker`) against `want`.
+fn assert_privilege(
+    hooks: &HookEnv,
+    daemon: &Daemon,
+    stream: &mut EventStream,
+    name: &str,
+    id: &str,
+    marker: &str,
+    want: Privilege,
+) {
+    let names = |mask: u64| json!(podmap_proto::caps::capability_names(mask));
+    let rec = hooks.record(id).expect("the container's store record");
+    assert_eq!(
+        (rec.meta.privileged, rec.meta.cap_bounding),
+        (Some(want.privileged), Some(want.bounding)),
+        "{name}'s record: {:#x?}; log:\n{}",
+        rec.meta.cap_bounding,
+        hooks.log()
+    );
+    let exec = wait_for(stream, daemon, hooks, |e| {
+        e["type"] == "exec" && e["process"]["args"].to_string().contains(marker)
+    });
+    assert_eq!(exec["container"]["id"], id, "{exec:#}");
+    assert_eq!(exec["container"]["name"], name, "{exec:#}");
+    let p = &exec["process"];
+    assert!(
+        p["uid"] == want.uid
+            && p["euid"] == want.uid
+            && want.gid.is_none_or(|g| p["gid"] == g && p["egid"] == g),
+        "{name}'s credentials: {exec:#}"
+    );
+    assert_eq!(p["cap_effective"], names(want.effective), "{exec:#}");
+    assert_eq!(exec["container"]["privileged"], want.privileged, "{exec:#}");
+    assert_eq!(
+        exec["container"]["capabilities"],
+        names(want.bounding),
+        "{exec:#}"
+    );
+    let typed: podmap_proto::Event = serde_json::from_value(exec.clone()).expect("an event");
+    assert_eq!(typed.process.is_privileged(), want.privileged, "{exec:#}");
+}
+
 /// Credentials and privilege under the hook (issue 14 item 9): podman's `--privileged` against
 /// `--cap-drop=all --user 1000`. The hook records each container's bounding set and privilege
 /// from config.json (privileged: every capability the node gives, against none), and podmapd's
@@ -438,7 +516,6 @@ fn privileged_and_unprivileged_podman_containers_are_told_apart() {
     let podman = Podman::new(&hooks, Runtime::Runc, Cgroups::Hybrid, &parent);
     let daemon = daemon_for(&hooks, Cgroups::Hybrid);
     let node = node_capabilities();
-    let names = |mask: u64| json!(podmap_proto::caps::capability_names(mask));
     let pod = Pod::new("privilege", &unique_name("podmap-test"));
     let mut stream = daemon.events(&json!({"namespace": pod.namespace}).to_string());
     let user: &[&str] = &["--cap-drop=all", "--user", "1000"];
@@ -463,37 +540,14 @@ fn privileged_and_unprivileged_podman_containers_are_told_apart() {
         );
         assert_ok(name, &out, &hooks);
 
-        let rec = hooks.record(&id).expect("the container's store record");
-        let (want_bounding, uid, eff) = if privileged {
-            (node, 0, node)
+        let want = if privileged {
+            Privilege::root(node, None)
         } else {
-            (0, 1000, 0)
+            Privilege::user(1000, None)
         };
         // podman's --privileged names every capability the kernel knows; what the node
         // cannot give is not the container's.
-        assert_eq!(
-            (rec.meta.privileged, rec.meta.cap_bounding),
-            (Some(privileged), Some(want_bounding)),
-            "{name}'s record: {:#x?}; log:\n{}",
-            rec.meta.cap_bounding,
-            hooks.log()
-        );
-
-        let exec = wait_for(&mut stream, &daemon, &hooks, |e| {
-            e["type"] == "exec" && e["process"]["args"].to_string().contains(&marker)
-        });
-        assert_eq!(exec["container"]["id"], id.as_str(), "{exec:#}");
-        assert_eq!(exec["container"]["name"], name, "{exec:#}");
-        let p = &exec["process"];
-        assert!(
-            p["uid"] == uid && p["euid"] == uid && p["cap_effective"] == names(eff),
-            "{name}'s credentials: {exec:#}"
-        );
-        let c = &exec["container"];
-        assert_eq!(c["privileged"], privileged, "{exec:#}");
-        assert_eq!(c["capabilities"], names(want_bounding), "{exec:#}");
-        let typed: podmap_proto::Event = serde_json::from_value(exec.clone()).expect("an event");
-        assert_eq!(typed.process.is_privileged(), privileged, "{exec:#}");
+        assert_privilege(&hooks, &daemon, &mut stream, name, &id, &marker, want);
     }
     assert_clean_log(&hooks);
 }
@@ -537,33 +591,12 @@ fn privileged_and_unprivileged_bundles_are_told_apart(runtime: Runtime, cgroups:
         );
         let out = rt.run(&bundle, &id);
         assert_ok(name, &out, &hooks);
-        let (bounding, uid) = if privileged { (node, 0) } else { (0, 1000) };
-        let rec = hooks.record(&id).expect("the container's store record");
-        assert_eq!(
-            (rec.meta.privileged, rec.meta.cap_bounding),
-            (Some(privileged), Some(bounding)),
-            "{name}'s record: {:#x?}; log:\n{}",
-            rec.meta.cap_bounding,
-            hooks.log()
-        );
-        let exec = wait_for(&mut stream, &daemon, &hooks, |e| {
-            e["type"] == "exec" && e["process"]["args"].to_string().contains(&marker)
-        });
-        assert_eq!(exec["container"]["id"], id.as_str(), "{exec:#}");
-        let p = &exec["process"];
-        assert!(
-            p["uid"] == uid && p["euid"] == uid && p["gid"] == uid && p["egid"] == uid,
-            "{name}'s credentials: {exec:#}"
-        );
-        assert_eq!(p["cap_effective"], names(bounding), "{exec:#}");
-        assert_eq!(exec["container"]["privileged"], privileged, "{exec:#}");
-        assert_eq!(
-            exec["container"]["capabilities"],
-            names(bounding),
-            "{exec:#}"
-        );
-        let typed: podmap_proto::Event = serde_json::from_value(exec.clone()).expect("an event");
-        assert_eq!(typed.process.is_privileged(), privileged, "{exec:#}");
+        let want = if privileged {
+            Privilege::root(node, Some(0))
+        } else {
+            Privilege::user(1000, Some(1000))
+        };
+        assert_privilege(&hooks, &daemon, &mut stream, name, &id, &marker, want);
     }
 }
 
