@@ -127,13 +127,19 @@ impl TestCgroup {
             runtime: "test".into(),
             ..Default::default()
         };
+        self.map_record(maps, &meta)?;
+        Ok(meta)
+    }
+
+    /// Writes `meta` as the record of this cgroup, by its cgroup2 id, as a runtime plugin does:
+    /// for a test that needs fields [`TestCgroup::map_container`] leaves out.
+    pub fn map_record(&self, maps: &mut SharedMaps, meta: &ContainerMeta) -> Result<(), MapsError> {
         let ids = CgroupIds {
             v2: Some(CgroupId(self.id())),
             v1: None,
         };
         maps.records
-            .insert(&ids, &meta, RecordFlags::default(), Writer::Test)?;
-        Ok(meta)
+            .insert(&ids, meta, RecordFlags::default(), Writer::Test)
     }
 
     /// Creates a child cgroup below this one.

@@ -15,8 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use podmap_bpf::testing::{unique_name, TestCgroup};
-use podmap_bpf::{ContainerId, ContainerMeta, PodUid, RecordFlags, SharedMaps, Writer};
-use podmap_cgroup::{CgroupId, CgroupIds};
+use podmap_bpf::{ContainerId, ContainerMeta, PodUid, SharedMaps};
 use podmap_conformance::daemon::{cgroup2_mount, run_in_cgroup, Daemon, DaemonOptions};
 use serde_json::Value;
 
@@ -149,13 +148,7 @@ impl Workload {
             privileged: Some(self.privileged),
             ..Default::default()
         };
-        let ids = CgroupIds {
-            v2: Some(CgroupId(self.cg.id())),
-            v1: None,
-        };
-        maps.records
-            .insert(&ids, &meta, RecordFlags::default(), Writer::Test)
-            .unwrap();
+        self.cg.map_record(&mut maps, &meta).unwrap();
     }
 
     /// Runs `argv` in the container's cgroup as root (as this test runs).

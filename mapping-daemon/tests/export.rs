@@ -16,8 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use podmap_bpf::testing::unique_name;
-use podmap_bpf::{ContainerId, ContainerMeta, PodUid, RecordFlags, SharedMaps, Writer};
-use podmap_cgroup::{CgroupId, CgroupIds};
+use podmap_bpf::{ContainerId, ContainerMeta, PodUid, SharedMaps};
 use podmap_conformance::daemon::{cgroup2_mount, run_in_cgroup, Daemon, DaemonOptions};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -287,13 +286,7 @@ impl Workload {
             runtime: "test".into(),
             ..Default::default()
         };
-        let ids = CgroupIds {
-            v2: Some(CgroupId(self.cg.id())),
-            v1: None,
-        };
-        maps.records
-            .insert(&ids, &meta, RecordFlags::default(), Writer::Test)
-            .unwrap();
+        self.cg.map_record(&mut maps, &meta).unwrap();
     }
 
     fn run(&self, argv: &[&str]) -> u32 {
