@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use aya::maps::{Array, HashMap, MapData, RingBuf};
+use aya::maps::{Array, HashMap, Map, MapData, RingBuf};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{RawTracePoint, TracePoint};
 use aya::Ebpf;
@@ -18,8 +18,8 @@ use crate::pin_watch::{PinRepair, PinWatch};
 use crate::{mounts, objects};
 use podmap_cgroup::CgroupLayout;
 
-/// Settings the programs are loaded with.
-#[derive(Debug, Clone)]
+/// Settings the programs are loaded with (podmapd hands them to its loader process as JSON).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ProgramConfig {
     pub bpffs_dir: PathBuf,
     /// Which v1 controller the programs read ids from (None: v1 not tracked).
@@ -67,6 +67,65 @@ pub struct LsmStatus {
     pub detail: String,
 }
 
+/// What [`install`] did: how the links were taken over and whether BPF-LSM enforces. Everything
+/// else it leaves in the pin directory, for [`open`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Installed {
+    pub lsm: LsmStatus,
+    pub links: crate::links::LinkStatus,
+}
+
+/// [`Installed`] as the loader process reports it to podmapd (one JSON line).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct InstalledWire {
+    lsm_active: bool,
+    lsm_detail: String,
+    mode: String,
+    reason: Option<String>,
+    programs: Vec<String>,
+    overlap_ns: Option<u64>,
+    lsm_error: Option<String>,
+}
+
+impl Installed {
+    pub fn to_json(&self) -> String {
+        let l = &self.links;
+        serde_json::to_string(&InstalledWire {
+            lsm_active: self.lsm.active,
+            lsm_detail: self.lsm.detail.clone(),
+            mode: l.mode.to_string(),
+            reason: l.reason.clone(),
+            programs: l.programs.clone(),
+            overlap_ns: l.overlap.map(|d| d.as_nanos() as u64),
+            lsm_error: l.lsm_error.clone(),
+        })
+        .expect("plain data serializes")
+    }
+
+    pub fn from_json(s: &str) -> Result<Installed, String> {
+        let w: InstalledWire = serde_json::from_str(s).map_err(|e| e.to_string())?;
+        let mode = match w.mode.as_str() {
+            "adopted" => "adopted",
+            "replaced" => "replaced",
+            "attached" => "attached",
+            other => return Err(format!("unknown link mode {other:?}")),
+        };
+        Ok(Installed {
+            lsm: LsmStatus {
+                active: w.lsm_active,
+                detail: w.lsm_detail,
+            },
+            links: crate::links::LinkStatus {
+                mode,
+                reason: w.reason,
+                programs: w.programs,
+                overlap: w.overlap_ns.map(std::time::Duration::from_nanos),
+                lsm_error: w.lsm_error,
+            },
+        })
+    }
+}
+
 /// The attached programs and the maps the daemon reads.
 pub struct LoadedPrograms {
     pub lsm: LsmStatus,
@@ -78,7 +137,7 @@ pub struct LoadedPrograms {
     pub procs: HashMap<MapData, u32, podmap_proc>,
     /// How the pinned links were taken over at start (adopted, replaced, attached afresh).
     pub links: crate::links::LinkStatus,
-    /// The loaded object (programs this process loaded and maps it took nothing from).
+    /// This process's hold on the pinned links and its own maps.
     pub attached: Attached,
     /// This process's hold on the pin directory: keep it while reading the ring buffer.
     pub lock: std::fs::File,
@@ -106,7 +165,6 @@ impl ReaderFlag {
 /// pin directory detaches nothing either: it holds the links, and [`Attached::keep_pins`] pins
 /// them and its maps again.
 pub struct Attached {
-    _object: Ebpf,
     pins: PinWatch,
 }
 
@@ -193,14 +251,50 @@ fn lock_dir(dir: &Path, wait: std::time::Duration) -> Result<std::fs::File, Prog
     }
 }
 
-pub fn load(cfg: &ProgramConfig) -> Result<LoadedPrograms, ProgramsError> {
-    mounts::ensure_tracefs()?;
+/// Makes the pin directory and takes its lock (one podmapd per pin directory; see
+/// [`lock_dir`]). Keep the file for as long as the pins are read or written.
+pub fn lock(cfg: &ProgramConfig) -> Result<std::fs::File, ProgramsError> {
     let dir = &cfg.bpffs_dir;
     std::fs::create_dir_all(dir).map_err(|source| MapsError::PinDir {
         path: dir.to_owned(),
         source,
     })?;
-    let lock = lock_dir(dir, cfg.lock_wait)?;
+    lock_dir(dir, cfg.lock_wait)
+}
+
+/// Whether another process holds the lock of the pin directory `dir` (a look: a lock this call
+/// takes goes when it returns). podmapd's loader process runs only under the lock of its parent.
+pub fn lock_is_held(dir: &Path) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(dir)?;
+    // SAFETY: flock on a descriptor this function owns (closing it drops a lock it took).
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(false);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(true)
+    } else {
+        Err(e)
+    }
+}
+
+/// Loads the programs in this process, then opens what they left pinned: [`lock`], [`install`]
+/// and [`open`] in one. podmapd runs [`install`] in a process of its own instead, so that the
+/// kernel BTF aya parses never counts in the daemon's memory (docs/decisions.md #39).
+pub fn load(cfg: &ProgramConfig) -> Result<LoadedPrograms, ProgramsError> {
+    let lock = lock(cfg)?;
+    let installed = install(cfg)?;
+    open(&cfg.bpffs_dir, installed, lock)
+}
+
+/// Loads the programs, pins the private maps, and adopts or replaces the pinned links
+/// (`links::install`); the caller holds the pin directory's lock ([`lock`], possibly in a
+/// parent process). Nothing stays held by this process: the links and maps live on through
+/// their pins.
+pub fn install(cfg: &ProgramConfig) -> Result<Installed, ProgramsError> {
+    mounts::ensure_tracefs()?;
+    let dir = &cfg.bpffs_dir;
     check_private_pins(dir)?;
     let v1 = v1_code(cfg.v1_controller.as_deref());
     let hier = cfg.v1_hierarchy_id;
@@ -230,23 +324,10 @@ pub fn load(cfg: &ProgramConfig) -> Result<LoadedPrograms, ProgramsError> {
         }
     }
     let links = crate::links::install(&mut ebpf, dir, &candidates)?;
-    let mut pins = PinWatch::new(dir);
-    for name in &links.programs {
-        let pin = format!("{}/{name}", crate::links::LINKS_DIR);
-        let held = PinnedLink::from_pin(dir.join(&pin))
-            .map_err(|e| e.to_string())
-            .and_then(|p| {
-                pins.watch_link(pin.clone(), &FdLink::from(p))
-                    .map_err(|e| e.to_string())
-            });
-        held.map_err(|detail| ProgramsError::Links {
-            dir: dir.to_owned(),
-            detail: format!("holding {pin}: {detail}"),
-        })?;
-    }
     for name in PRIVATE_PINNED {
-        let map = ebpf.map(name).ok_or(ProgramsError::MissingMap(name))?;
-        pins.watch_map(name, map)?;
+        if !dir.join(name).exists() {
+            return Err(ProgramsError::MissingMap(name));
+        }
     }
     let lsm = match (lsm_error, links.lsm_error.clone()) {
         (Some(e), _) => LsmStatus {
@@ -262,41 +343,62 @@ pub fn load(cfg: &ProgramConfig) -> Result<LoadedPrograms, ProgramsError> {
             detail: "attached".into(),
         },
     };
+    Ok(Installed { lsm, links })
+}
 
-    let events = ebpf
-        .take_map("podmap_events")
-        .ok_or(ProgramsError::MissingMap("podmap_events"))?;
-    let events = RingBuf::try_from(events).map_err(|source| ProgramsError::Map {
-        name: "podmap_events",
-        source: Box::new(source),
-    })?;
-    let reader = ebpf
-        .take_map("podmap_reader")
-        .ok_or(ProgramsError::MissingMap("podmap_reader"))?;
-    let reader = ReaderFlag(
-        Array::try_from(reader).map_err(|source| ProgramsError::Map {
-            name: "podmap_reader",
+/// Opens what [`install`] left pinned under `dir`: the pinned links (held, and their pins kept),
+/// the ring buffer, the reader flag, the process table and the shared maps. Parses no object
+/// and no BTF.
+pub fn open(
+    dir: &Path,
+    installed: Installed,
+    lock: std::fs::File,
+) -> Result<LoadedPrograms, ProgramsError> {
+    let Installed { lsm, links } = installed;
+    let mut pins = PinWatch::new(dir);
+    for name in &links.programs {
+        let pin = format!("{}/{name}", crate::links::LINKS_DIR);
+        let held = PinnedLink::from_pin(dir.join(&pin))
+            .map_err(|e| e.to_string())
+            .and_then(|p| {
+                pins.watch_link(pin.clone(), &FdLink::from(p))
+                    .map_err(|e| e.to_string())
+            });
+        held.map_err(|detail| ProgramsError::Links {
+            dir: dir.to_owned(),
+            detail: format!("holding {pin}: {detail}"),
+        })?;
+    }
+    let mut private = |name: &'static str, wrap: fn(MapData) -> Map| {
+        let data = MapData::from_pin(dir.join(name)).map_err(|source| ProgramsError::Map {
+            name,
             source: Box::new(source),
-        })?,
+        })?;
+        let map = wrap(data);
+        pins.watch_map(name, &map)?;
+        Ok::<_, ProgramsError>(map)
+    };
+    let map_err = |name: &'static str| {
+        move |source| ProgramsError::Map {
+            name,
+            source: Box::new(source),
+        }
+    };
+    let events = RingBuf::try_from(private("podmap_events", Map::RingBuf)?)
+        .map_err(map_err("podmap_events"))?;
+    let reader = ReaderFlag(
+        Array::try_from(private("podmap_reader", Map::Array)?).map_err(map_err("podmap_reader"))?,
     );
-    let procs = ebpf
-        .take_map("podmap_procs")
-        .ok_or(ProgramsError::MissingMap("podmap_procs"))?;
-    let procs = HashMap::try_from(procs).map_err(|source| ProgramsError::Map {
-        name: "podmap_procs",
-        source: Box::new(source),
-    })?;
-    let maps = SharedMaps::from_ebpf(&mut ebpf, dir)?;
+    let procs = HashMap::try_from(private("podmap_procs", Map::HashMap)?)
+        .map_err(map_err("podmap_procs"))?;
+    let maps = SharedMaps::open(dir)?;
     Ok(LoadedPrograms {
         maps,
         events,
         reader,
         procs,
         links,
-        attached: Attached {
-            _object: ebpf,
-            pins,
-        },
+        attached: Attached { pins },
         lsm,
         lock,
     })
