@@ -108,7 +108,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let pod_parents = PodParents::with_extra(&args.pod_parents).context("--pod-parents")?;
 
     let loaded =
-        programs::load(&ProgramConfig::new(&args.node.bpffs_dir, &layout)).with_context(|| {
+        load_programs(&ProgramConfig::new(&args.node.bpffs_dir, &layout)).with_context(|| {
             format!(
                 "loading the eBPF programs (pins under {})",
                 args.node.bpffs_dir.display()
@@ -337,6 +337,145 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // dropped this process's hold on them).
     drop(procs);
     Ok(())
+}
+
+/// Set in the environment of podmapd's loader process: the [`ProgramConfig`] as JSON. Not a
+/// setting (it is no `PODMAP_*` variable, and no flag shown in --help): podmapd sets it for the
+/// copy of itself it starts, which the pin directory's lock held by podmapd covers.
+pub const LOADER_ENV: &str = "PODMAPD_LOADER";
+
+/// How long the loader process may take (the verifier included) before podmapd's start fails.
+const LOADER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What the loader process writes on its standard output, one JSON line.
+#[derive(serde::Serialize, serde::Deserialize)]
+enum LoaderReply {
+    /// [`programs::Installed::to_json`].
+    Installed(String),
+    /// The error, with its causes, exactly as podmapd would have logged it.
+    Failed(String),
+}
+
+/// Takes the pin directory's lock, has a copy of this binary load the programs and install the
+/// links (aya parses the kernel's BTF there, more than 20 MiB that never count in podmapd's
+/// memory: docs/decisions.md #39), then opens what it pinned. The lock is held throughout, so the
+/// loader does not take it.
+fn load_programs(cfg: &ProgramConfig) -> anyhow::Result<programs::LoadedPrograms> {
+    let lock = programs::lock(cfg)?;
+    let installed = run_loader(cfg)?;
+    Ok(programs::open(&cfg.bpffs_dir, installed, lock)?)
+}
+
+/// Runs `/proc/self/exe` with podmapd's own arguments (its log format and filter with them) and
+/// [`LOADER_ENV`], and reads its [`LoaderReply`].
+fn run_loader(cfg: &ProgramConfig) -> anyhow::Result<programs::Installed> {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let request = serde_json::to_string(cfg).context("encoding the loader's settings")?;
+    let mut argv = std::env::args_os();
+    let arg0 = argv.next().unwrap_or_else(|| "podmapd".into());
+    let parent = std::process::id() as libc::pid_t;
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg0(arg0)
+        .args(argv)
+        .env(LOADER_ENV, request)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    // SAFETY: prctl and getppid are async-signal-safe syscalls. A podmapd that dies while its
+    // loader runs takes the loader along: its lock is gone, and the next podmapd's loader must
+    // not find this one still swapping links.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                return Err(std::io::Error::other(
+                    "podmapd ended before its loader started",
+                ));
+            }
+            Ok(())
+        })
+    };
+    let mut child = cmd
+        .spawn()
+        .context("starting the loader process (/proc/self/exe)")?;
+    let mut out = child
+        .stdout
+        .take()
+        .context("the loader's standard output")?;
+    let reading = std::thread::spawn(move || {
+        let mut s = String::new();
+        out.read_to_string(&mut s).map(|_| s)
+    });
+    let deadline = Instant::now() + LOADER_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().context("waiting for the loader process")? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!(
+                "the loader process (pid {}) did not finish within {LOADER_TIMEOUT:?}: killed",
+                child.id()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let output = reading
+        .join()
+        .map_err(|_| anyhow::anyhow!("reading the loader's report: the thread panicked"))?
+        .context("reading the loader's report")?;
+    let reply = output
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str::<LoaderReply>(l).ok());
+    match (reply, status.success()) {
+        (Some(LoaderReply::Failed(error)), _) => Err(anyhow::anyhow!(error)),
+        (Some(LoaderReply::Installed(json)), true) => programs::Installed::from_json(&json)
+            .map_err(|e| anyhow::anyhow!("the loader's report {json:?}: {e}")),
+        _ => anyhow::bail!(
+            "the loader process (pid {}) ended without a report ({status})",
+            child.id()
+        ),
+    }
+}
+
+/// podmapd as its own loader process ([`LOADER_ENV`] set): loads the programs, installs the
+/// links, reports on standard output and exits. Its log lines go to podmapd's standard error.
+pub fn run_loader_child(request: &std::ffi::OsStr) -> std::process::ExitCode {
+    let reply = match loader_child(request) {
+        Ok(installed) => LoaderReply::Installed(installed.to_json()),
+        Err(e) => LoaderReply::Failed(format!("{e:#}")),
+    };
+    let failed = matches!(reply, LoaderReply::Failed(_));
+    let line = serde_json::to_string(&reply).expect("plain data serializes");
+    println!("{line}");
+    if failed {
+        std::process::ExitCode::FAILURE
+    } else {
+        std::process::ExitCode::SUCCESS
+    }
+}
+
+fn loader_child(request: &std::ffi::OsStr) -> anyhow::Result<programs::Installed> {
+    let request = request
+        .to_str()
+        .with_context(|| format!("{LOADER_ENV} is not UTF-8"))?;
+    let cfg: ProgramConfig =
+        serde_json::from_str(request).with_context(|| format!("{LOADER_ENV} {request:?}"))?;
+    // The pins are only written under the lock; the loader's is its parent's.
+    let held = programs::lock_is_held(&cfg.bpffs_dir)
+        .with_context(|| format!("looking at the lock of {}", cfg.bpffs_dir.display()))?;
+    anyhow::ensure!(
+        held,
+        "{LOADER_ENV} is set but no podmapd holds the lock of {}: the loader runs only as podmapd's child",
+        cfg.bpffs_dir.display()
+    );
+    Ok(programs::install(&cfg)?)
 }
 
 /// A client for the API server, where there is one to ask: with --kubeconfig, or in a pod. A

@@ -18,6 +18,10 @@ fn main() -> anyhow::Result<ExitCode> {
         podmap_node::LogFormat::Text => fmt.init(),
         podmap_node::LogFormat::Json => fmt.json().init(),
     }
+    // podmapd's loader process: the same binary and arguments, started by podmapd itself.
+    if let Some(request) = std::env::var_os(podmap_daemon::daemon::LOADER_ENV) {
+        return Ok(podmap_daemon::daemon::run_loader_child(&request));
+    }
     for w in podmap_node::retired_env_warnings() {
         tracing::warn!("{w}");
     }

@@ -1,0 +1,106 @@
+//! podmapd loads its programs in a process of its own (docs/decisions.md #39): the kernel's BTF,
+//! which aya parses to load them (more than 10 MiB), never counts in podmapd's memory, and what
+//! the loader fails on still fails podmapd's start with the loader's error, word for word.
+
+use std::process::{Command, Stdio};
+
+use aya::maps::MapData;
+use podmap_bpf::testing::PinDir;
+use podmap_conformance::daemon::Daemon;
+
+/// A field of /proc/<pid>/status, in KiB.
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in\n{text}"))
+}
+
+/// Memory, not time: what podmapd's start allocated at its peak. The binary's own pages (a debug
+/// build maps some 20 MiB of them) are file-backed and are taken out; they are only ever added
+/// to, so the peak minus what is mapped now is at most the peak of everything else.
+#[test]
+fn podmapd_never_holds_the_kernel_btf() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
+    let daemon = Daemon::start();
+    let pid = daemon.child.id();
+    let hwm = status_kib(pid, "VmHWM");
+    let file = status_kib(pid, "RssFile") + status_kib(pid, "RssShmem");
+    let anon_peak = hwm.saturating_sub(file);
+    // Parsing the kernel's BTF alone took over 10 MiB here; podmapd itself needs about 3.
+    assert!(
+        anon_peak < 8 * 1024,
+        "podmapd's peak beside its binary's pages is {anon_peak} KiB (VmHWM {hwm} KiB, file-backed {file} KiB)"
+    );
+    let status = daemon.status();
+    assert!(
+        status.to_string().contains("podmap_exec"),
+        "the programs are attached: {status}"
+    );
+}
+
+/// A pin another podmap version left with other sizes is refused by the loader process; podmapd
+/// says so once, in the words it always used, and does not start.
+#[test]
+fn a_loader_failure_fails_the_start_with_its_error() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
+    let pins = PinDir::new("podmap-test-loader");
+    let dir = &pins.path;
+    podmap_bpf::SharedMaps::open(dir).expect("the shared pins");
+    // An array of u64 where podmapd's reader flag (an array of u32) belongs.
+    MapData::from_pin(dir.join("podmap_counters"))
+        .expect("counters")
+        .pin(dir.join("podmap_reader"))
+        .expect("pinned");
+    let tmp = tempfile::tempdir().unwrap();
+    let socket = tmp.path().join("podmapd.sock");
+    let out = Command::new(env!("CARGO_BIN_EXE_podmapd"))
+        .env_remove("PODMAP_LOG_FORMAT")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("PODMAP_LOG", "info")
+        .arg("--bpffs-dir")
+        .arg(dir)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--policy-dir")
+        .arg(tmp.path().join("policies"))
+        .arg("--metrics-addr")
+        .arg("off")
+        .arg("--no-kube")
+        .stdin(Stdio::null())
+        .output()
+        .expect("podmapd ran");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "podmapd started:\n{stderr}");
+    let d = dir.display();
+    let expected = format!(
+        "loading the eBPF programs (pins under {d}): pinned map {d}/podmap_reader has value size \
+         8, this build expects 4: it was made by another podmap version; stop podmap's processes \
+         and remove {d}"
+    );
+    assert_eq!(
+        stderr.matches(&expected).count(),
+        1,
+        "not said once:\n{expected}\nin:\n{stderr}"
+    );
+    assert!(
+        stderr.lines().last().is_some_and(|l| l.contains(&expected)),
+        "{stderr}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(!socket.exists(), "the socket was opened");
+    assert!(
+        !dir.join("links").exists(),
+        "nothing was attached: {:?}",
+        std::fs::read_dir(dir).map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+    );
+}
