@@ -7,6 +7,8 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
+use podmap_proto::caps::full_set;
+
 #[derive(Debug, thiserror::Error)]
 pub enum PrivilegeError {
     #[error("reading {path}: {source}")]
@@ -68,15 +70,6 @@ pub fn node_capabilities() -> Result<u64, PrivilegeError> {
     let known = full_set(cap_last_cap()?);
     let init = proc_caps(Path::new("/proc"), 1).map_or(u64::MAX, |c| c.bounding);
     Ok(*NODE.get_or_init(|| known & init))
-}
-
-/// The mask of capabilities 0 to `last` inclusive.
-pub fn full_set(last: u32) -> u64 {
-    if last >= 63 {
-        u64::MAX
-    } else {
-        (1u64 << (last + 1)) - 1
-    }
 }
 
 /// The bounding and effective sets of process `pid`, from /proc/<pid>/status under `proc_root`
@@ -153,8 +146,6 @@ mod tests {
             node,
             full_set(last) & proc_caps(Path::new("/proc"), 1).unwrap().bounding
         );
-        assert_eq!(full_set(40), 0x1ff_ffff_ffff);
-        assert_eq!(full_set(63), u64::MAX);
         assert!(matches!(
             proc_caps(Path::new("/nonexistent"), 1),
             Err(PrivilegeError::Read { .. })
