@@ -513,6 +513,9 @@ fn saved_events_read_back_give_the_live_streams_lines_and_privileged_keeps_root(
         .iter()
         .all(|l| l.contains("\"namespace\":\"prod\"")));
     assert!(!selected(1).is_empty() && !selected(2).is_empty() && !selected(4).is_empty());
+    // Each filter selects something, and only what it names: an empty selection would pass
+    // the comparisons above whatever the filter did.
+    assert!((0..filters.len()).all(|i| !selected(i).is_empty()));
     assert!(selected(3).iter().all(|l| l.contains("\"type\":\"exit\"")));
 
     // --privileged: the root execs and their exits, not those after setpriv. setpriv itself
@@ -568,6 +571,14 @@ fn saved_events_read_back_give_the_live_streams_lines_and_privileged_keeps_root(
         "{:#?}",
         selected(6)
     );
+    // Both namespaces, privileged execs only: exactly filter 5's execs.
+    let execs_of = |lines: Vec<String>| {
+        lines
+            .into_iter()
+            .filter(|l| l.contains("\"type\":\"exec\""))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(selected(7), execs_of(selected(5)));
 
     // The compact form of the privileged stream: every line marked, the privileged
     // container's too; the same lines read back from the file.

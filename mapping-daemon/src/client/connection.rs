@@ -115,12 +115,7 @@ pub(super) fn stream_events(
         let stream = match connect(socket, request) {
             Ok(s) => s,
             Err(e) if follow == Follow::Reconnect => {
-                let delay = delays.next().unwrap_or(Duration::from_secs(5));
-                handler.link(Link::Down {
-                    why: &format!("{e:#}"),
-                    delay,
-                });
-                sleep_unless_stopped(delay, stopped);
+                wait_to_retry(handler, &mut delays, &e, stopped);
                 continue;
             }
             Err(e) => return Err(e),
@@ -136,6 +131,7 @@ pub(super) fn stream_events(
             .context("setting the socket's read timeout")?;
         let mut reader = BufReader::with_capacity(64 * 1024, stream);
         line.clear();
+        let mut delivered = false;
         let ended = loop {
             if stopped() {
                 break None;
@@ -155,9 +151,7 @@ pub(super) fn stream_events(
                         return handler.idle();
                     }
                     line.clear();
-                    // A stream that delivers is a healthy one: the next outage starts its
-                    // backoff from the shortest delay again.
-                    delays = backoff();
+                    delivered = true;
                     if reader.buffer().is_empty() {
                         handler.idle()?;
                     }
@@ -180,16 +174,31 @@ pub(super) fn stream_events(
             None => {}
             Some(e) if follow == Follow::Once => return Err(e),
             Some(e) => {
-                let delay = delays.next().unwrap_or(Duration::from_secs(5));
-                handler.link(Link::Down {
-                    why: &format!("{e:#}"),
-                    delay,
-                });
-                sleep_unless_stopped(delay, stopped);
+                // A stream that delivered was a healthy one: this outage starts its backoff
+                // from the shortest delay again (reset once per connection, not per line).
+                if delivered {
+                    delays = backoff();
+                }
+                wait_to_retry(handler, &mut delays, &e, stopped);
             }
         }
     }
     Ok(())
+}
+
+/// How a reconnecting stream waits for podmapd: says why, then sleeps the next backoff delay.
+fn wait_to_retry(
+    handler: &mut impl StreamHandler,
+    delays: &mut impl Iterator<Item = Duration>,
+    why: &anyhow::Error,
+    stopped: &dyn Fn() -> bool,
+) {
+    let delay = delays.next().expect("the backoff never ends");
+    handler.link(Link::Down {
+        why: &format!("{why:#}"),
+        delay,
+    });
+    sleep_unless_stopped(delay, stopped);
 }
 
 /// podmapd's refusal of an events request. podmapd refuses request fields it does not know, so

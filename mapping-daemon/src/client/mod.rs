@@ -341,7 +341,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let to_terminal = stdout.is_terminal();
     let mut out = BufWriter::new(stdout.lock());
     let result = match &cli.command {
-        Command::Events(cmd) => run_events(cli.socket.as_deref(), cmd, &mut out, to_terminal),
+        Command::Events(cmd) => run_events(&cli, cmd, &mut out, to_terminal),
         Command::Status { output } => status(cli.socket(), *output, &mut out),
         Command::Containers { output } => containers(cli.socket(), *output, &mut out),
         // Long-running, with its own outputs: stdout is the export's when --stdout asks for it.
@@ -383,7 +383,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 /// socket was named (`podmap events -n prod < saved.json` reads what it is given), else from
 /// podmapd's socket.
 fn run_events(
-    socket: Option<&Path>,
+    cli: &Cli,
     cmd: &EventsCommand,
     out: &mut impl Write,
     to_terminal: bool,
@@ -394,7 +394,7 @@ fn run_events(
     );
     let input = match &cmd.input {
         Some(path) => Some(path.clone()),
-        None if socket.is_none() && !cmd.reconnect && stdin_is_regular_file() => {
+        None if cli.socket.is_none() && !cmd.reconnect && stdin_is_regular_file() => {
             Some(PathBuf::from("-"))
         }
         None => None,
@@ -406,8 +406,7 @@ fn run_events(
             connection::Follow::Once
         };
         let mut printer = events::Printer::for_socket(&cmd.args, colors, out, to_terminal);
-        let socket = socket.unwrap_or(Path::new(DEFAULT_SOCKET));
-        return events::from_socket(socket, &cmd.args, follow, &mut printer, io::stderr())
+        return events::from_socket(cli.socket(), &cmd.args, follow, &mut printer, io::stderr())
             .map(|_| ());
     };
     let (name, file) = if path == Path::new("-") {

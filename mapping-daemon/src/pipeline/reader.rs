@@ -73,7 +73,7 @@ fn publish(hub: &Hub, out: &mut Vec<Arc<Published>>) {
 /// The running reader thread. Dropping it does not stop it: call [`Reader::stop`].
 pub struct Reader {
     thread: std::thread::JoinHandle<io::Result<()>>,
-    stop: Arc<OwnedFd>,
+    stop: OwnedFd,
 }
 
 impl Reader {
@@ -89,7 +89,7 @@ impl Reader {
         poll: Duration,
         end: impl Send + 'static,
     ) -> io::Result<Reader> {
-        let stop = Arc::new(eventfd()?);
+        let stop = eventfd()?;
         let epoll = Epoll::new(ring.as_raw_fd(), stop.as_raw_fd())?;
         let state = ReaderState {
             ring,

@@ -424,10 +424,8 @@ fn read_loop(
 
 impl StreamHandler for LineSinks {
     fn line(&mut self, line: &[u8]) -> anyhow::Result<bool> {
-        match std::str::from_utf8(line) {
-            Ok(text) => self.send(text),
-            Err(_) => self.send(&String::from_utf8_lossy(line)),
-        }
+        // Borrowed, not copied, when the line is valid UTF-8 (podmapd writes JSON).
+        self.send(&String::from_utf8_lossy(line));
         Ok(true)
     }
 
