@@ -607,7 +607,7 @@ impl Housekeeping {
                     let now = std::time::Instant::now();
                     let (dir_changed, pins_changed) = Watches::changes(&mut watches);
                     let look = Look {
-                        dir: dir_changed || self.policies.dir_failing() || now >= next_policy_look,
+                        dir: dir_changed || now >= next_policy_look,
                         pins: pins_changed || now >= next_pins_look,
                     };
                     if look.pins {
@@ -618,12 +618,6 @@ impl Housekeeping {
                         next_policy_look = now + POLICY_LOOK;
                     }
                     self.policies.tick_looking(look);
-                    if let (true, Some(w)) = (look.pins, &mut watches) {
-                        // The repair may have made the pin directories again.
-                        for p in w.pins {
-                            w.watch.rearm(p);
-                        }
-                    }
                     *self
                         .state
                         .policies
@@ -858,13 +852,13 @@ mod tests {
         );
         assert_eq!(Watches::changes(&mut w), (false, false));
 
-        // The repair makes the directories again, then the watches are armed again.
+        // The repair makes the directories again: the ancestors' watches arm theirs again.
         std::fs::create_dir_all(pins.join(podmap_bpf::links::LINKS_DIR)).unwrap();
-        let ws = w.as_ref().unwrap().pins;
-        for p in ws {
-            w.as_mut().unwrap().watch.rearm(p);
-        }
-        Watches::changes(&mut w);
+        assert_eq!(
+            Watches::changes(&mut w),
+            (false, true),
+            "the pin directories made again"
+        );
         std::fs::write(pins.join("links/podmap_exec"), "").unwrap();
         assert_eq!(Watches::changes(&mut w), (false, true), "a pin made again");
         std::fs::remove_file(pins.join("links/podmap_exec")).unwrap();

@@ -101,13 +101,6 @@ impl DirWatch {
         changed
     }
 
-    /// Watches the directory if it is not watched yet: the caller may just have made it.
-    pub fn rearm(&mut self, w: Watched) {
-        if self.targets[w.0].dir.is_none() {
-            self.arm(w.0);
-        }
-    }
-
     /// Times the event queue overflowed.
     pub fn overflows(&self) -> u64 {
         self.overflows

@@ -30,7 +30,6 @@ pub struct PolicyManager {
     pods: Option<PodCache>,
     pod_seq: u64,
     /// The last look at the directory failed to read it or one of its files.
-    dir_failing: bool,
     /// The record map's generation at the last walk (see `SharedMaps::records_generation`).
     walked_generation: Option<u64>,
     /// Memberships without a record, with when they were first seen so; see `sweep_orphans`.
@@ -129,7 +128,6 @@ impl PolicyManager {
             },
             pods,
             pod_seq: 0,
-            dir_failing: false,
             walked_generation: None,
             orphans: HashMap::new(),
             last_orphan_sweep: None,
@@ -155,7 +153,7 @@ impl PolicyManager {
     /// Whether the last look at the directory failed to read it or one of its files: it must
     /// be looked at again whether or not anything says it changed.
     pub fn dir_failing(&self) -> bool {
-        self.dir_failing
+        self.policies.needs_look()
     }
 
     /// Looks at the directory and the pins, reloads on a change of the directory, then
@@ -177,16 +175,13 @@ impl PolicyManager {
             self.maps.keep_pins();
         }
         let mut reloaded = false;
-        if look.dir {
-            let failures = self.policies.read_failures();
+        // A directory or file that could not be read is looked at again at every tick until it
+        // can: no event need say when that changes.
+        if look.dir || self.policies.needs_look() {
             reloaded = self.policies.refresh();
             if reloaded {
                 self.apply();
             }
-            // A directory or file that could not be read is looked at again at every tick
-            // until it can: no event need say when that changes (a file made readable by
-            // whatever held it, descriptors available again).
-            self.dir_failing = self.policies.read_failures() > failures;
         }
         // A directory that stays unreadable fails every look without changing the set.
         self.status.read_failures = self.policies.read_failures();

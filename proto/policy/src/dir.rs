@@ -115,6 +115,13 @@ impl PolicyDir {
         true
     }
 
+    /// Whether the next look must read the directory whatever its listing: never read yet, or
+    /// the last look could not read it or one of its files (no change need be seen for that to
+    /// end: a file made readable, descriptors available again).
+    pub fn needs_look(&self) -> bool {
+        self.fingerprint.is_none()
+    }
+
     /// The directory could not be read: the last good set stays, with the error among its own.
     fn unreadable(&mut self, e: PolicyError) -> bool {
         self.read_failures += 1;
