@@ -42,12 +42,12 @@ pub const LINKS_DIR: &str = "links";
 /// Where a replacement set is pinned before the swap (bpffs refuses dots in names).
 pub const LINKS_NEW_DIR: &str = "links_new";
 
-/// How podmapd took over the links at start.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// How podmapd took over the links at start (sent by podmapd's loader process as JSON).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LinkStatus {
     /// "adopted" (the pinned links ran these programs and were kept), "replaced" (they ran
     /// other programs and were swapped for these) or "attached" (there were none).
-    pub mode: &'static str,
+    pub mode: std::borrow::Cow<'static, str>,
     /// Why the pinned links were replaced, when they were.
     pub reason: Option<String>,
     /// The programs attached now, by name.
@@ -274,7 +274,7 @@ fn adopt(
         dir: dir.to_owned(),
         detail,
     })?;
-    status.mode = "adopted";
+    status.mode = "adopted".into();
     status
         .programs
         .extend(pinned.iter().map(|(n, _)| n.clone()));
@@ -349,7 +349,7 @@ fn replace(
                 cur.display()
             ))
         })?;
-        status.mode = "attached";
+        status.mode = "attached".into();
         return Ok(status);
     }
     exchange(&new, &cur).map_err(|e| {
@@ -372,7 +372,7 @@ fn replace(
         overlap_us = overlap.as_micros() as u64,
         "replaced the pinned links"
     );
-    status.mode = "replaced";
+    status.mode = "replaced".into();
     status.reason = reason;
     status.overlap = Some(overlap);
     Ok(status)

@@ -60,7 +60,7 @@ fn v1_code(name: Option<&str>) -> u32 {
 }
 
 /// Whether BPF-LSM enforces deny rules here, and if not, why.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LsmStatus {
     pub active: bool,
     /// The probe's answer: "attached" or the error that stopped it.
@@ -68,62 +68,12 @@ pub struct LsmStatus {
 }
 
 /// What [`install`] did: how the links were taken over and whether BPF-LSM enforces. Everything
-/// else it leaves in the pin directory, for [`open`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// else it leaves in the pin directory, for [`open`]. podmapd's loader process reports it as
+/// one JSON line.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Installed {
     pub lsm: LsmStatus,
     pub links: crate::links::LinkStatus,
-}
-
-/// [`Installed`] as the loader process reports it to podmapd (one JSON line).
-#[derive(serde::Serialize, serde::Deserialize)]
-struct InstalledWire {
-    lsm_active: bool,
-    lsm_detail: String,
-    mode: String,
-    reason: Option<String>,
-    programs: Vec<String>,
-    overlap_ns: Option<u64>,
-    lsm_error: Option<String>,
-}
-
-impl Installed {
-    pub fn to_json(&self) -> String {
-        let l = &self.links;
-        serde_json::to_string(&InstalledWire {
-            lsm_active: self.lsm.active,
-            lsm_detail: self.lsm.detail.clone(),
-            mode: l.mode.to_string(),
-            reason: l.reason.clone(),
-            programs: l.programs.clone(),
-            overlap_ns: l.overlap.map(|d| d.as_nanos() as u64),
-            lsm_error: l.lsm_error.clone(),
-        })
-        .expect("plain data serializes")
-    }
-
-    pub fn from_json(s: &str) -> Result<Installed, String> {
-        let w: InstalledWire = serde_json::from_str(s).map_err(|e| e.to_string())?;
-        let mode = match w.mode.as_str() {
-            "adopted" => "adopted",
-            "replaced" => "replaced",
-            "attached" => "attached",
-            other => return Err(format!("unknown link mode {other:?}")),
-        };
-        Ok(Installed {
-            lsm: LsmStatus {
-                active: w.lsm_active,
-                detail: w.lsm_detail,
-            },
-            links: crate::links::LinkStatus {
-                mode,
-                reason: w.reason,
-                programs: w.programs,
-                overlap: w.overlap_ns.map(std::time::Duration::from_nanos),
-                lsm_error: w.lsm_error,
-            },
-        })
-    }
 }
 
 /// The attached programs and the maps the daemon reads.
@@ -224,7 +174,6 @@ fn check_private_pins(dir: &Path) -> Result<(), ProgramsError> {
 /// from the other. A podmapd still stopping (a rolling update) is waited for, up to `wait`. The
 /// lock (flock on the directory) goes with the process, however it ends.
 fn lock_dir(dir: &Path, wait: std::time::Duration) -> Result<std::fs::File, ProgramsError> {
-    use std::os::fd::AsRawFd;
     let err = |detail: String| ProgramsError::Links {
         dir: dir.to_owned(),
         detail,
@@ -233,15 +182,19 @@ fn lock_dir(dir: &Path, wait: std::time::Duration) -> Result<std::fs::File, Prog
     let deadline = std::time::Instant::now() + wait;
     let mut logged = false;
     loop {
-        // SAFETY: flock on a descriptor this function owns.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(f);
-        }
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EWOULDBLOCK) || std::time::Instant::now() >= deadline {
-            return Err(err(format!(
-                "another podmapd uses this pin directory (locking it: {e})"
-            )));
+        match try_flock(&f) {
+            Ok(true) => return Ok(f),
+            Ok(false) if std::time::Instant::now() < deadline => {}
+            Ok(false) => {
+                return Err(err(
+                    "another podmapd uses this pin directory (it holds the lock)".to_string(),
+                ))
+            }
+            Err(e) => {
+                return Err(err(format!(
+                    "another podmapd uses this pin directory (locking it: {e})"
+                )))
+            }
         }
         if !logged {
             tracing::warn!(dir = %dir.display(), ?wait, "another podmapd holds the pin directory: waiting for it to stop");
@@ -265,15 +218,20 @@ pub fn lock(cfg: &ProgramConfig) -> Result<std::fs::File, ProgramsError> {
 /// Whether another process holds the lock of the pin directory `dir` (a look: a lock this call
 /// takes goes when it returns). podmapd's loader process runs only under the lock of its parent.
 pub fn lock_is_held(dir: &Path) -> std::io::Result<bool> {
+    // Closing the file drops a lock taken here.
+    Ok(!try_flock(&std::fs::File::open(dir)?)?)
+}
+
+/// Takes an exclusive flock on `f` without waiting: true if taken, false if another holds it.
+fn try_flock(f: &std::fs::File) -> std::io::Result<bool> {
     use std::os::fd::AsRawFd;
-    let f = std::fs::File::open(dir)?;
-    // SAFETY: flock on a descriptor this function owns (closing it drops a lock it took).
+    // SAFETY: flock on a descriptor the caller keeps open for the call.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-        return Ok(false);
+        return Ok(true);
     }
     let e = std::io::Error::last_os_error();
     if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Ok(true)
+        Ok(false)
     } else {
         Err(e)
     }

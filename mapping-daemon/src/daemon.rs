@@ -350,8 +350,7 @@ const LOADER_TIMEOUT: Duration = Duration::from_secs(120);
 /// What the loader process writes on its standard output, one JSON line.
 #[derive(serde::Serialize, serde::Deserialize)]
 enum LoaderReply {
-    /// [`programs::Installed::to_json`].
-    Installed(String),
+    Installed(programs::Installed),
     /// The error, with its causes, exactly as podmapd would have logged it.
     Failed(String),
 }
@@ -435,8 +434,7 @@ fn run_loader(cfg: &ProgramConfig) -> anyhow::Result<programs::Installed> {
         .and_then(|l| serde_json::from_str::<LoaderReply>(l).ok());
     match (reply, status.success()) {
         (Some(LoaderReply::Failed(error)), _) => Err(anyhow::anyhow!(error)),
-        (Some(LoaderReply::Installed(json)), true) => programs::Installed::from_json(&json)
-            .map_err(|e| anyhow::anyhow!("the loader's report {json:?}: {e}")),
+        (Some(LoaderReply::Installed(installed)), true) => Ok(installed),
         _ => anyhow::bail!(
             "the loader process (pid {}) ended without a report ({status})",
             child.id()
@@ -448,7 +446,7 @@ fn run_loader(cfg: &ProgramConfig) -> anyhow::Result<programs::Installed> {
 /// links, reports on standard output and exits. Its log lines go to podmapd's standard error.
 pub fn run_loader_child(request: &std::ffi::OsStr) -> std::process::ExitCode {
     let reply = match loader_child(request) {
-        Ok(installed) => LoaderReply::Installed(installed.to_json()),
+        Ok(installed) => LoaderReply::Installed(installed),
         Err(e) => LoaderReply::Failed(format!("{e:#}")),
     };
     let failed = matches!(reply, LoaderReply::Failed(_));
