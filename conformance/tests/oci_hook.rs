@@ -253,6 +253,19 @@ per_runtime! {
     crun_entrypoint_is_attributed_pure_cgroup2 => (Runtime::Crun, Cgroups::PureV2),
 }
 
+/// CRI-O's annotations as podman is given them: podman makes the ids and marks its containers
+/// io.container.manager=libpod itself.
+fn for_podman(mut a: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    for k in [
+        "io.container.manager",
+        "io.kubernetes.cri-o.ContainerID",
+        "io.kubernetes.cri-o.SandboxID",
+    ] {
+        a.remove(k);
+    }
+    a
+}
+
 /// The same pod through podman, which reads deploy/'s hooks.d file (one entry, both stages,
 /// the stage taken from the state's status).
 fn podman_entrypoint_is_attributed(runtime: Runtime, cgroups: Cgroups, extra: &[&str]) {
@@ -262,21 +275,9 @@ fn podman_entrypoint_is_attributed(runtime: Runtime, cgroups: Cgroups, extra: &[
     let podman = Podman::new(&hooks, runtime, cgroups, &parent);
     let daemon = daemon_for(&hooks, cgroups);
     let pod = Pod::new("web", "prod");
-    // podman makes the ids and marks its containers io.container.manager=libpod.
-    let strip = |mut a: BTreeMap<String, String>| {
-        for k in [
-            "io.container.manager",
-            "io.kubernetes.cri-o.ContainerID",
-            "io.kubernetes.cri-o.SandboxID",
-        ] {
-            a.remove(k);
-        }
-        a
-    };
-
     let (out, sandbox_id) = podman.run(
         &rootfs,
-        &strip(pod.sandbox_annotations("")),
+        &for_podman(pod.sandbox_annotations("")),
         true,
         extra,
         &["/bin/sleep", "60"],
@@ -286,7 +287,7 @@ fn podman_entrypoint_is_attributed(runtime: Runtime, cgroups: Cgroups, extra: &[
 
     let mut stream = daemon.events(&json!({"pod": pod.name}).to_string());
     let marker = unique_name("entry");
-    let mut ann = strip(pod.container_annotations("", &sandbox_id, "app"));
+    let mut ann = for_podman(pod.container_annotations("", &sandbox_id, "app"));
     ann.insert("io.kubernetes.cri-o.SandboxID".into(), sandbox_id.clone());
     let (out, id) = podman.run(
         &rootfs,
@@ -522,14 +523,7 @@ fn privileged_and_unprivileged_podman_containers_are_told_apart() {
     for (name, extra, privileged) in [("root", &["--privileged"][..], true), ("user", user, false)]
     {
         // No sandbox: the pod's namespace comes from the container's own annotations.
-        let mut ann = pod.container_annotations("", "", name);
-        for k in [
-            "io.container.manager",
-            "io.kubernetes.cri-o.ContainerID",
-            "io.kubernetes.cri-o.SandboxID",
-        ] {
-            ann.remove(k);
-        }
+        let ann = for_podman(pod.container_annotations("", "", name));
         let marker = unique_name(name);
         let (out, id) = podman.run(
             &rootfs,
