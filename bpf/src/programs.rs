@@ -208,6 +208,9 @@ fn lock_dir(dir: &Path, wait: std::time::Duration) -> Result<std::fs::File, Prog
 /// [`lock_dir`]). Keep the file for as long as the pins are read or written.
 pub fn lock(cfg: &ProgramConfig) -> Result<std::fs::File, ProgramsError> {
     let dir = &cfg.bpffs_dir;
+    // First: on a host where nothing mounted bpffs yet, /sys/fs/bpf is a read-only sysfs
+    // directory and making the pin directory there fails.
+    mounts::ensure_bpffs(dir).map_err(MapsError::from)?;
     std::fs::create_dir_all(dir).map_err(|source| MapsError::PinDir {
         path: dir.to_owned(),
         source,

@@ -37,6 +37,10 @@ pub struct DaemonOptions {
     pub pure_cgroup2: bool,
     /// Share pins with runtime plugins started elsewhere (default: a private pin dir).
     pub pins: Option<PathBuf>,
+    /// Run inside a private mount namespace whose /sys/fs/bpf is a read-only tmpfs, as on a host where
+    /// nothing mounted bpffs yet (podmapd must mount it; its pins vanish with the namespace).
+    /// Not with `pure_cgroup2`.
+    pub bpffs_unmounted: bool,
     /// Extra environment, e.g. PODMAP_GRACE.
     pub env: Vec<(String, String)>,
     /// The socket's path (default: `podmap.sock` in the daemon's private temporary directory).
@@ -70,7 +74,17 @@ impl Daemon {
             .map(|(_, v)| v.clone())
             .unwrap_or_else(|| unique_name("node"));
         let exe = crate::bins::path("podmapd");
-        let mut cmd = crate::oci::Cgroups::pure_or_host(opts.pure_cgroup2).command(&exe);
+        let mut cmd = if opts.bpffs_unmounted {
+            assert!(!opts.pure_cgroup2, "one private mount namespace at a time");
+            let mut c = Command::new("unshare");
+            c.args(["-m", "--propagation", "private", "sh", "-c"])
+                .arg("mount -t tmpfs -o ro podmap-not-bpffs /sys/fs/bpf && exec \"$@\"")
+                .arg("sh")
+                .arg(&exe);
+            c
+        } else {
+            crate::oci::Cgroups::pure_or_host(opts.pure_cgroup2).command(&exe)
+        };
         let logf = std::fs::File::create(&log).unwrap();
         cmd.env("PODMAP_SOCKET", &socket)
             .env("PODMAP_BPFFS_DIR", &pins.path)

@@ -3,10 +3,11 @@
 //! the loader fails on still fails podmapd's start with the loader's error, word for word.
 
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use aya::maps::MapData;
 use podmap_bpf::testing::PinDir;
-use podmap_conformance::daemon::Daemon;
+use podmap_conformance::daemon::{Daemon, DaemonOptions};
 
 /// A field of /proc/<pid>/status, in KiB.
 fn status_kib(pid: u32, field: &str) -> u64 {
@@ -102,5 +103,33 @@ fn a_loader_failure_fails_the_start_with_its_error() {
         !dir.join("links").exists(),
         "nothing was attached: {:?}",
         std::fs::read_dir(dir).map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+    );
+}
+
+/// On a host where nothing mounted bpffs yet (a fresh VM: /sys/fs/bpf is an empty, read-only
+/// sysfs directory), podmapd mounts it and starts: here in a private mount namespace whose
+/// /sys/fs/bpf is a read-only tmpfs, so the host's bpffs is untouched. Before the fix, the pin directory
+/// was made before bpffs was mounted and podmapd exited at once.
+#[test]
+fn podmapd_mounts_bpffs_where_nothing_did() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
+    let daemon = Daemon::start_with(DaemonOptions {
+        bpffs_unmounted: true,
+        ..DaemonOptions::default()
+    });
+    let mut stream = daemon.events("{}");
+    let cgroup = podmap_bpf::testing::TestCgroup::new(
+        &podmap_conformance::daemon::cgroup2_mount(),
+        "podmap-test-bpffs",
+    )
+    .expect("a test cgroup");
+    let ev = stream.echo_in(&cgroup.path(), "fresh-host", Duration::from_secs(20));
+    assert_eq!(ev["process"]["args"][0], "fresh-host", "{ev}");
+    assert!(
+        !daemon.pins.path.exists(),
+        "the pins went to the namespace's own bpffs, not the host's {}",
+        daemon.pins.path.display()
     );
 }
