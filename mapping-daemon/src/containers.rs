@@ -11,7 +11,7 @@ use crate::stats::Stats;
 use podmap_bpf::{ContainerMeta, SharedMaps};
 use podmap_cgroup::CgroupKey;
 use podmap_pod_cache::PodCache;
-use podmap_proto::{ContainerInfo, PodInfo};
+use podmap_proto::{ContainerInfo, PodInfo, Shared};
 
 const REVALIDATE: Duration = Duration::from_secs(10);
 
@@ -19,8 +19,8 @@ const REVALIDATE: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct Mapped {
     pub meta: ContainerMeta,
-    pub container: Arc<ContainerInfo>,
-    pub pod: Option<Arc<PodInfo>>,
+    pub container: Shared<ContainerInfo>,
+    pub pod: Option<Shared<PodInfo>>,
 }
 
 impl Mapped {
@@ -28,9 +28,9 @@ impl Mapped {
     /// workload), when the pod cache has the pod.
     pub fn from_meta(meta: ContainerMeta, pods: Option<&PodCache>) -> Self {
         let cached = pods.and_then(|c| meta.pod_uid.as_ref().and_then(|u| c.get(&u.0)));
-        let container = Arc::new(container_info(&meta));
+        let container = Shared::new(container_info(&meta));
         let pod = meta.pod_uid.as_ref().map(|uid| {
-            Arc::new(match &cached {
+            Shared::new(match &cached {
                 Some(p) => PodInfo {
                     uid: uid.0.clone(),
                     name: p.name.to_string(),

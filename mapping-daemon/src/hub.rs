@@ -259,7 +259,7 @@ impl Drop for Subscription {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use podmap_proto::{Attribution, ContainerInfo, EventType, PodInfo, Process};
+    use podmap_proto::{Attribution, ContainerInfo, EventType, PodInfo, Process, Shared};
 
     fn event(kind: EventType, ns: Option<&str>) -> Event {
         Event {
@@ -287,7 +287,7 @@ mod tests {
                 cap_effective: None,
             },
             container: ns.map(|_| {
-                Arc::new(ContainerInfo {
+                Shared::new(ContainerInfo {
                     id: "c".repeat(64),
                     name: "app".into(),
                     runtime: "containerd".into(),
@@ -296,7 +296,7 @@ mod tests {
                 })
             }),
             pod: ns.map(|ns| {
-                Arc::new(PodInfo {
+                Shared::new(PodInfo {
                     uid: "u".into(),
                     name: "p".into(),
                     namespace: ns.into(),

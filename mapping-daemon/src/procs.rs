@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use podmap_bpf::layout::{self, podmap_proc};
-use podmap_proto::ProcessFlag;
+use podmap_proto::{ProcessFlag, Shared};
 
 use crate::stats::Stats;
 
@@ -40,7 +40,7 @@ pub struct Credentials {
     pub euid: u32,
     pub gid: u32,
     pub egid: u32,
-    pub cap_effective: Arc<[String]>,
+    pub cap_effective: Shared<Vec<String>>,
 }
 
 impl Credentials {
@@ -57,18 +57,18 @@ impl Credentials {
 /// full set, none, a container runtime's default), so each is named once, not per exec.
 #[derive(Debug, Default)]
 pub struct CapNames {
-    by_mask: HashMap<u64, Arc<[String]>>,
+    by_mask: HashMap<u64, Shared<Vec<String>>>,
 }
 
 /// Distinct sets kept named; past it a set is named per use (a node that invents sets).
 const CAP_NAMES_KEPT: usize = 256;
 
 impl CapNames {
-    pub fn get(&mut self, mask: u64) -> Arc<[String]> {
+    pub fn get(&mut self, mask: u64) -> Shared<Vec<String>> {
         if let Some(n) = self.by_mask.get(&mask) {
             return n.clone();
         }
-        let names: Arc<[String]> = podmap_proto::caps::capability_names(mask).into();
+        let names = Shared::new(podmap_proto::caps::capability_names(mask));
         if self.by_mask.len() < CAP_NAMES_KEPT {
             self.by_mask.insert(mask, names.clone());
         }
@@ -340,10 +340,13 @@ mod tests {
         assert_eq!(ids, Some((1000, 0)));
         let c = c.unwrap();
         assert_eq!((c.euid, c.gid, c.egid), (0, 1001, 1002));
-        assert_eq!(&*c.cap_effective, ["CAP_NET_RAW", "CAP_SYS_ADMIN"]);
+        assert_eq!(*c.cap_effective, ["CAP_NET_RAW", "CAP_SYS_ADMIN"]);
         // The same set is named once and shared.
         let (_, again) = status_creds(status, &mut caps);
-        assert!(Arc::ptr_eq(&c.cap_effective, &again.unwrap().cap_effective));
+        assert!(Shared::ptr_eq(
+            &c.cap_effective,
+            &again.unwrap().cap_effective
+        ));
         // Without a CapEff line nothing is claimed: unknown, not "no capabilities".
         let (ids, c) = status_creds("Uid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\n", &mut caps);
         assert_eq!((ids, c), (Some((0, 0)), None));

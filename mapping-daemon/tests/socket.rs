@@ -10,7 +10,7 @@ use podmap_proto::containers::ContainerRow;
 use podmap_proto::status::{LatencySummary, StatusReport};
 use podmap_proto::{
     Attribution, ContainerInfo, Event, EventType, ExitInfo, PodInfo, PolicyInfo, Process,
-    ProcessFlag,
+    ProcessFlag, Shared,
 };
 use serde_json::{json, Value};
 use std::future::Future;
@@ -191,8 +191,8 @@ async fn wait_until(mut cond: impl FnMut() -> bool) {
     }
 }
 
-fn pod(ns: &str, name: &str, labels: &[(&str, &str)]) -> Option<Arc<PodInfo>> {
-    Some(Arc::new(PodInfo {
+fn pod(ns: &str, name: &str, labels: &[(&str, &str)]) -> Option<Shared<PodInfo>> {
+    Some(Shared::new(PodInfo {
         uid: format!("uid-{name}"),
         name: name.into(),
         namespace: ns.into(),
@@ -205,8 +205,8 @@ fn pod(ns: &str, name: &str, labels: &[(&str, &str)]) -> Option<Arc<PodInfo>> {
     }))
 }
 
-fn container(name: &str) -> Option<Arc<ContainerInfo>> {
-    Some(Arc::new(ContainerInfo {
+fn container(name: &str) -> Option<Shared<ContainerInfo>> {
+    Some(Shared::new(ContainerInfo {
         id: "a".repeat(64),
         name: name.into(),
         runtime: "containerd".into(),

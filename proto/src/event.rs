@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::shared::Shared;
+
 /// The version of the event contract every event carries as `schema_version`. It changes only
 /// when an event changes in a way an existing client could misread (a field removed, renamed,
 /// retyped or given another meaning); additions never change it.
@@ -142,7 +144,7 @@ pub struct Process {
     /// The effective capability set, by name (`CAP_SYS_ADMIN`; a bit podmap has no name for is
     /// `CAP_<n>`), lowest bit first; `[]` for none. Held in the process's own user namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cap_effective: Option<Arc<[String]>>,
+    pub cap_effective: Option<Shared<Vec<String>>>,
 }
 
 impl Process {
@@ -209,8 +211,8 @@ pub struct PolicyInfo {
     pub mode: String,
 }
 
-/// One enriched event. `container` and `pod` are shared (`Arc`) because every event of a
-/// container carries the same values; the daemon builds them once per container.
+/// One enriched event. Every event of a container carries the same `container` and `pod`:
+/// podmapd builds them once per container and shares them, their JSON written once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Event {
     /// The event contract's version, [`SCHEMA_VERSION`] (an integer). Absent from events
@@ -222,8 +224,8 @@ pub struct Event {
     pub time: String,
     pub node: Arc<str>,
     pub process: Process,
-    pub container: Option<Arc<ContainerInfo>>,
-    pub pod: Option<Arc<PodInfo>>,
+    pub container: Option<Shared<ContainerInfo>>,
+    pub pod: Option<Shared<PodInfo>>,
     pub attribution: Attribution,
     /// `container` and `pod` rest on the cgroup's name alone (an `unknown` event): no runtime
     /// record vouches for them, and whoever made the cgroup chose that name.
@@ -402,7 +404,7 @@ mod tests {
             euid,
             gid: Some(1000),
             egid: Some(1000),
-            cap_effective: caps.map(|c| c.iter().map(|s| s.to_string()).collect()),
+            cap_effective: caps.map(|c| Shared::new(c.iter().map(|s| s.to_string()).collect())),
         }
     }
 

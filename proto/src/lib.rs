@@ -8,6 +8,7 @@ pub mod caps;
 pub mod containers;
 pub mod event;
 pub mod request;
+pub mod shared;
 pub mod status;
 pub mod time;
 
@@ -17,6 +18,7 @@ pub use event::{
     ProcessFlag,
 };
 pub use request::{EventFilter, Request, RequestError, MAX_REQUEST_LINE};
+pub use shared::Shared;
 
 /// JSON Schemas (draft 2020-12) of what podmapd's socket sends, generated from these types and
 /// committed under proto/schema/ (proto/tests/schema.rs checks they agree; run it with

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use podmap_cgroup::LayoutKind;
 use podmap_proto::{
-    ContainerInfo, Event, EventType, ExitInfo, PodInfo, PolicyInfo, Process, ProcessFlag,
+    ContainerInfo, Event, EventType, ExitInfo, PodInfo, PolicyInfo, Process, ProcessFlag, Shared,
 };
 
 use super::decode::{Enforcement, KernelEvent, PolicyHit, TaskIds};
@@ -16,19 +16,19 @@ use crate::procs::{
 };
 
 /// The event's container and pod, from what attributed it.
-fn owner_parts(owner: &Owner) -> (Option<Arc<ContainerInfo>>, Option<Arc<PodInfo>>) {
+fn owner_parts(owner: &Owner) -> (Option<Shared<ContainerInfo>>, Option<Shared<PodInfo>>) {
     match owner {
         Owner::Container(m) => (Some(m.container.clone()), m.pod.clone()),
         Owner::Host => (None, None),
         Owner::Unknown(_, Some(m)) => (Some(m.container.clone()), m.pod.clone()),
         // What the cgroup path says; everything else is unknown.
         Owner::Unknown(shape, None) => (
-            Some(Arc::new(ContainerInfo {
+            Some(Shared::new(ContainerInfo {
                 id: shape.container_id.clone(),
                 ..ContainerInfo::default()
             })),
             shape.pod_uid.as_ref().map(|uid| {
-                Arc::new(PodInfo {
+                Shared::new(PodInfo {
                     uid: uid.clone(),
                     name: String::new(),
                     namespace: String::new(),
