@@ -206,7 +206,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // #29) are read now, so the process table and the cgroup paths catch up; the socket is not
     // open yet, so no client can have them: they are counted, and status shows it.
     let backlog = {
-        let clock = pipeline.begin(crate::clock::boot_ns());
+        // No client yet: nothing is built, only the bookkeeping is done.
+        let clock = pipeline.begin(crate::clock::boot_ns(), crate::hub::Wanted::NONE);
         let mut out = Vec::new();
         let mut n = 0u64;
         while let Some(item) = events.next() {

@@ -10,8 +10,8 @@
 //!
 //! It does not own the socket: `server.rs` turns a [`Subscription`] into writes.
 
-use podmap_proto::{Event, EventFilter};
-use std::sync::atomic::{AtomicU64, Ordering};
+use podmap_proto::{Event, EventFilter, EventType};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::mpsc;
 
@@ -50,6 +50,39 @@ impl Published {
     }
 }
 
+/// The event types at least one subscribed client asks for, as of one moment: the pipeline
+/// builds only those events. An event no client wants is never built, let alone encoded; the
+/// bookkeeping its record carries (the process table, counters) is done all the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wanted(u8);
+
+impl Wanted {
+    pub const NONE: Wanted = Wanted(0);
+    pub const ALL: Wanted = Wanted(0b111);
+
+    fn bit(kind: EventType) -> u8 {
+        match kind {
+            EventType::Exec => 0b001,
+            EventType::Exit => 0b010,
+            EventType::Policy => 0b100,
+            // podmapd never makes one; a client cannot ask for one (requests refuse it).
+            EventType::Other => 0,
+        }
+    }
+
+    /// What a client with `filter` may want: the types it names, or all of them.
+    fn of(filter: &EventFilter) -> Wanted {
+        match &filter.types {
+            None => Wanted::ALL,
+            Some(types) => Wanted(types.iter().fold(0, |m, t| m | Wanted::bit(*t))),
+        }
+    }
+
+    pub fn has(self, kind: EventType) -> bool {
+        self.0 & Wanted::bit(kind) != 0
+    }
+}
+
 struct Client {
     id: u64,
     /// Precomputed `filter.is_empty()`, so the common "everything" stream skips the match.
@@ -79,6 +112,8 @@ impl Client {
 
 struct Shared {
     clients: Mutex<Vec<Client>>,
+    /// [`Wanted`] of the clients now subscribed, kept by `Shared::changed`.
+    wanted: AtomicU8,
     delivered: AtomicU64,
     lost_slow_clients: AtomicU64,
     client_errors: AtomicU64,
@@ -92,6 +127,12 @@ impl Shared {
         // A panic while holding the lock cannot leave the Vec half-updated in a way that matters
         // (every operation on it is a push, a retain or reads), so a poisoned lock is still usable.
         self.clients.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Recomputes what the clients want; called with the lock held after every change to them.
+    fn changed(&self, clients: &[Client]) {
+        let wanted = clients.iter().fold(0, |m, c| m | Wanted::of(&c.filter).0);
+        self.wanted.store(wanted, Ordering::Relaxed);
     }
 }
 
@@ -111,6 +152,7 @@ impl Hub {
         Arc::new(Hub {
             shared: Arc::new(Shared {
                 clients: Mutex::new(Vec::new()),
+                wanted: AtomicU8::new(Wanted::NONE.0),
                 delivered: AtomicU64::new(0),
                 lost_slow_clients: AtomicU64::new(0),
                 client_errors: AtomicU64::new(0),
@@ -148,6 +190,7 @@ impl Hub {
             // without dropping the Subscription, so the common path does no retain at all.
             if any_closed {
                 clients.retain(|c| !c.tx.is_closed());
+                self.shared.changed(&clients);
             }
         }
         if lost > 0 {
@@ -163,19 +206,28 @@ impl Hub {
         let (tx, rx) = mpsc::channel(self.queue_len);
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let lost = Arc::new(AtomicU64::new(0));
-        self.shared.clients().push(Client {
+        let mut clients = self.shared.clients();
+        clients.push(Client {
             id,
             match_all: filter.is_empty(),
             filter,
             tx,
             lost: Arc::clone(&lost),
         });
+        self.shared.changed(&clients);
+        drop(clients);
         Subscription {
             id,
             rx,
             lost,
             shared: Arc::clone(&self.shared),
         }
+    }
+
+    /// The event types the clients subscribed now ask for. A client that subscribes later
+    /// receives what is built after it did.
+    pub fn wanted(&self) -> Wanted {
+        Wanted(self.shared.wanted.load(Ordering::Relaxed))
     }
 
     /// Event lines taken off client queues for writing (one per client per event).
@@ -252,7 +304,9 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         let id = self.id;
-        self.shared.clients().retain(|c| c.id != id);
+        let mut clients = self.shared.clients();
+        clients.retain(|c| c.id != id);
+        self.shared.changed(&clients);
     }
 }
 
@@ -362,6 +416,28 @@ mod tests {
         assert_eq!(fast.lost(), 0);
         assert_eq!(hub.lost_slow_clients(), 3);
         assert_eq!(hub.delivered(), 5);
+    }
+
+    #[test]
+    fn wanted_is_what_the_subscribed_clients_ask_for() {
+        let hub = Hub::new();
+        assert_eq!(hub.wanted(), Wanted::NONE);
+        let execs = hub.subscribe(EventFilter {
+            types: Some(vec![EventType::Exec]),
+            ..EventFilter::default()
+        });
+        let w = hub.wanted();
+        assert!(w.has(EventType::Exec) && !w.has(EventType::Exit) && !w.has(EventType::Policy));
+        // A filter without types may want any type.
+        let prod = hub.subscribe(EventFilter {
+            namespace: Some("prod".into()),
+            ..EventFilter::default()
+        });
+        assert_eq!(hub.wanted(), Wanted::ALL);
+        drop(prod);
+        assert!(!hub.wanted().has(EventType::Exit));
+        drop(execs);
+        assert_eq!(hub.wanted(), Wanted::NONE);
     }
 
     #[test]

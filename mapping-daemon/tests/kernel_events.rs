@@ -426,6 +426,44 @@ fn exits_of_processes_that_never_exec_name_the_right_program() {
     );
 }
 
+/// Events no client asks for are never built (docs/decisions.md #41), but their bookkeeping is
+/// done: a process that exec'd while no client was connected, then one that asked for exits
+/// only, still exits as the program it exec'd.
+#[test]
+fn an_exec_no_client_wanted_still_names_its_exit() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
+    let daemon = Daemon::start();
+    let cg = TestCgroup::new(&cgroup2_mount(), "podmap-test-unwanted").unwrap();
+    let mut child = std::process::Command::new("/bin/sh")
+        .args([
+            "-c",
+            "echo $$ > cgroup.procs && read line && exec /bin/sleep 0.$1",
+        ])
+        .args(["sh", "9"])
+        .current_dir(cg.path())
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("sh");
+    // Let the shell exec sleep with no client subscribed, then ask for exits only.
+    use std::io::Write as _;
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut stream = daemon.events(r#"{"types": ["exit"]}"#);
+    let pid = child.id() as u64;
+    let events = stream.until(WAIT, |v| v["type"] == "exit" && pid_of(v) == pid);
+    let exit = events.last().unwrap();
+    assert_eq!(exit["process"]["binary"], "/bin/sleep", "{exit}");
+    assert_eq!(
+        exit["process"]["args"],
+        serde_json::json!(["0.9"]),
+        "{exit}"
+    );
+    assert!(events.iter().all(|v| v["type"] == "exit"), "{events:#?}");
+    assert!(child.wait().unwrap().success());
+}
+
 /// Idle, the event reader stops polling and the next record wakes it: events after a sleep are
 /// delivered, and status counts the sleeps and wake-ups. (Other processes on the host wake it
 /// too; what matters is that nothing waits for a timer that no longer runs.)

@@ -10,6 +10,7 @@ use podmap_proto::{
 use super::decode::{Enforcement, KernelEvent, PolicyHit, TaskIds};
 use super::Owner;
 use crate::clock::WallClock;
+use crate::hub::Wanted;
 use crate::policies::PolicyNames;
 use crate::procs::{
     exec_id, is_runtime_init, is_runtime_init_comm, Credentials, ProcEntry, ProcTable,
@@ -76,6 +77,7 @@ impl Enricher {
         ev: KernelEvent,
         owner: Owner,
         clock: &WallClock,
+        wanted: Wanted,
         mut emit: impl FnMut(Event),
     ) {
         let Enricher {
@@ -109,19 +111,20 @@ impl Enricher {
             KernelEvent::Exec(ref e) if e.policy.is_some() => {
                 let hit = e.policy.expect("checked");
                 let killed = hit.mode == Enforcement::Kill;
-                let Some(exec) = event(node, procs, layout, ev, owner, clock) else {
+                // Always built: the policy event is the exec's, and policy events are counted.
+                let Some(exec) = event(node, procs, layout, ev, owner, clock, Wanted::ALL) else {
                     return;
                 };
                 let mut policy = exec.clone();
                 policy.kind = EventType::Policy;
                 policy.policy = Some(policy_info(names, &hit, "exec", &exec.process.binary));
                 emit(policy);
-                if !killed {
+                if !killed && wanted.has(EventType::Exec) {
                     emit(exec);
                 }
             }
             other => {
-                if let Some(e) = event(node, procs, layout, other, owner, clock) {
+                if let Some(e) = event(node, procs, layout, other, owner, clock, wanted) {
                     emit(e);
                 }
             }
@@ -197,7 +200,8 @@ fn entered_via_exec(owner: &Owner, entry_pid: Option<u32>) -> Option<bool> {
     Some(entry_pid? != mapped.meta.init_pid?)
 }
 
-/// None for records that are not process events.
+/// None for records that are not process events, and for events no client wants (`wanted`):
+/// their bookkeeping, the process table's, is done all the same.
 fn event(
     node: &Arc<str>,
     procs: &mut ProcTable,
@@ -205,6 +209,7 @@ fn event(
     ev: KernelEvent,
     owner: Owner,
     clock: &WallClock,
+    wanted: Wanted,
 ) -> Option<Event> {
     let attribution = owner.attribution();
     let path_derived = owner.path_derived();
@@ -213,14 +218,6 @@ fn event(
         KernelEvent::Exec(e) => {
             let pid = e.ids.pid;
             let id: Arc<str> = exec_id(node, e.ktime, pid).into();
-            // The parent's exec id is usually in the table already: shared, not encoded again.
-            let parent_exec_id = (e.parent_exec_ktime != 0).then(|| {
-                procs
-                    .get(e.ids.ppid)
-                    .filter(|p| p.exec_ktime == e.parent_exec_ktime)
-                    .map(|p| p.exec_id.clone())
-                    .unwrap_or_else(|| exec_id(node, e.parent_exec_ktime, e.ids.ppid).into())
-            });
             let (args, binary, cwd) = (e.args, e.filename, e.cwd);
             let runtime_init = is_runtime_init(&binary, &args);
             let mut flags = e.flags;
@@ -248,6 +245,17 @@ fn event(
                     runtime_init,
                 }),
             );
+            if !wanted.has(EventType::Exec) {
+                return None;
+            }
+            // The parent's exec id is usually in the table already: shared, not encoded again.
+            let parent_exec_id = (e.parent_exec_ktime != 0).then(|| {
+                procs
+                    .get(e.ids.ppid)
+                    .filter(|p| p.exec_ktime == e.parent_exec_ktime)
+                    .map(|p| p.exec_id.clone())
+                    .unwrap_or_else(|| exec_id(node, e.parent_exec_ktime, e.ids.ppid).into())
+            });
             let mut process = Process {
                 pid,
                 tid: e.ids.tid,
@@ -294,6 +302,9 @@ fn event(
                     .filter(|p| e.exec_ktime != 0 && p.exec_ktime == e.exec_ktime)
                     .cloned()
             });
+            if !wanted.has(EventType::Exit) {
+                return None;
+            }
             let mut process =
                 process_of(node, entry.as_deref(), &e.ids, e.exec_ktime, layout, clock);
             for f in e.flags {

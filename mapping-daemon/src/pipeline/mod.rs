@@ -17,7 +17,7 @@ use podmap_proto::Attribution;
 use crate::cgroups::CgroupPaths;
 use crate::clock::WallClock;
 use crate::containers::{ContainerCache, Mapped};
-use crate::hub::Published;
+use crate::hub::{Published, Wanted};
 use crate::policies::PolicyNames;
 use crate::procs::ProcTable;
 use crate::stats::Stats;
@@ -56,6 +56,8 @@ pub struct Pipeline {
     pods: Option<PodCache>,
     pod_seq: u64,
     batch_now: u64,
+    /// What the clients asked for as the batch began: the only events built.
+    wanted: Wanted,
 }
 
 impl Pipeline {
@@ -94,6 +96,7 @@ impl Pipeline {
             pods,
             pod_seq: 0,
             batch_now: 0,
+            wanted: Wanted::ALL,
         }
     }
 
@@ -101,9 +104,11 @@ impl Pipeline {
         self.held.len()
     }
 
-    /// Starts a batch: `now` is boot-time ns.
-    pub fn begin(&mut self, now: u64) -> WallClock {
+    /// Starts a batch: `now` is boot-time ns, `wanted` the event types some client asks for
+    /// (the hub's [`crate::hub::Hub::wanted`]); events of other types are not built.
+    pub fn begin(&mut self, now: u64, wanted: Wanted) -> WallClock {
         self.batch_now = now;
+        self.wanted = wanted;
         // Pods the API server changed since the last batch: their joined entries are rebuilt,
         // so a relabel shows in the next event.
         if let Some(pods) = &self.pods {
@@ -356,7 +361,7 @@ impl Pipeline {
         self.stats
             .record_latency(self.batch_now.saturating_sub(ev.ktime()) / 1000);
         let stats = &self.stats;
-        self.enrich.events(ev, owner, clock, |e| {
+        self.enrich.events(ev, owner, clock, self.wanted, |e| {
             if let Some(p) = &e.policy {
                 stats.policy_action(&p.name, &p.action, &p.mode);
             }

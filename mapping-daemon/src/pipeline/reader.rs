@@ -46,9 +46,10 @@ struct Drained {
 fn drain(
     ring: &mut RingBuf<MapData>,
     pipeline: &mut Pipeline,
+    hub: &Hub,
     out: &mut Vec<Arc<Published>>,
 ) -> Drained {
-    let clock = pipeline.begin(boot_ns());
+    let clock = pipeline.begin(boot_ns(), hub.wanted());
     let mut read = 0;
     while read < MAX_BATCH {
         let Some(item) = ring.next() else { break };
@@ -171,7 +172,7 @@ impl ReaderState {
             }
             // A look at once because the last drain stopped at MAX_BATCH, not a poll.
             let continued = more;
-            let drained = drain(&mut self.ring, &mut self.pipeline, &mut out);
+            let drained = drain(&mut self.ring, &mut self.pipeline, &self.hub, &mut out);
             more = drained.more;
             if ready.ring {
                 // The kernel woke it: a record while it slept, or much queued while busy.
@@ -202,7 +203,7 @@ impl ReaderState {
                     asleep = fall_asleep(&mut self.flag);
                     can_sleep = asleep;
                     // What came in before the programs saw the flag.
-                    more = drain(&mut self.ring, &mut self.pipeline, &mut out).more;
+                    more = drain(&mut self.ring, &mut self.pipeline, &self.hub, &mut out).more;
                     if asleep {
                         Stats::inc(&self.stats.reader_sleeps);
                         self.stats.reader_asleep.store(true, Ordering::Relaxed);
