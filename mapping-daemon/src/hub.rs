@@ -1,54 +1,31 @@
 //! Fan-out of enriched events to the socket's streaming clients.
 //!
-//! The pipeline serializes each event once ([`Published::new`]) and hands it to [`Hub::publish`];
-//! the hub gives every subscribed client whose filter matches a clone of the `Arc`. Each client has
-//! its own bounded queue, filled with `try_send`: a client that does not keep up loses events (counted
-//! per client and in total) and never stalls the pipeline or the other clients.
+//! The pipeline hands each batch of events ([`Published`], each encoded at most once) to
+//! [`Hub::publish_batch`], and the hub writes every subscribed client's matching events to its
+//! socket there and then, without blocking (`sink.rs`): in the steady state the reader thread's
+//! wake-up delivers them and no task is woken. What a client's socket does not take waits in its
+//! own bounded backlog, which the client's task writes out; a client that does not keep up loses
+//! events past it (counted per client and in total) and never stalls the pipeline or the other
+//! clients.
 //!
 //! The hub owns the counters about clients that status reports: lines delivered, lines lost to slow
 //! clients, clients connected, and client errors (recorded by the socket server).
 //!
-//! It does not own the socket: `server.rs` turns a [`Subscription`] into writes.
+//! It does not own the connections: `server.rs` accepts them, reads the request, subscribes the
+//! client with a descriptor of its socket, and writes out its [`Subscription`]'s backlog.
 
-use podmap_proto::{Event, EventFilter, EventType};
+pub use crate::published::Published;
+use crate::sink::Sink;
+use podmap_proto::{EventFilter, EventType};
+use std::io;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use tokio::sync::mpsc;
 
-/// Default per-client queue length: a few ring-buffer batches, so a client that is merely slow
-/// to be scheduled loses nothing, while a stuck one costs at most this many `Arc`s.
+/// Default per-client backlog, in events, beyond what its socket holds: a few ring-buffer
+/// batches, so a client that is merely slow to be scheduled loses nothing, while a stuck one
+/// costs at most this many `Arc`s.
 pub const DEFAULT_QUEUE_LEN: usize = 4096;
-
-/// An event ready for the wire: serialized at most once, when the first client takes it, and
-/// shared by every client that receives it. Events no client asked for are never encoded.
-#[derive(Debug)]
-pub struct Published {
-    pub event: Event,
-    line: std::sync::OnceLock<Vec<u8>>,
-}
-
-impl Published {
-    pub fn new(event: Event) -> Arc<Published> {
-        Arc::new(Published {
-            event,
-            line: std::sync::OnceLock::new(),
-        })
-    }
-
-    /// The event's JSON followed by `'\n'`.
-    pub fn line(&self) -> &[u8] {
-        self.line.get_or_init(|| {
-            // Sized for a typical event, so encoding does not reallocate on the way.
-            let mut line = Vec::with_capacity(1024);
-            // Serializing an `Event` cannot fail: it has only string-keyed maps and no custom
-            // serializers, the only sources of serde_json errors when writing to a Vec.
-            serde_json::to_writer(&mut line, &self.event)
-                .expect("an Event always serializes to JSON");
-            line.push(b'\n');
-            line
-        })
-    }
-}
 
 /// The event types at least one subscribed client asks for, as of one moment: the pipeline
 /// builds only those events. An event no client wants is never built, let alone encoded; the
@@ -88,26 +65,8 @@ struct Client {
     /// Precomputed `filter.is_empty()`, so the common "everything" stream skips the match.
     match_all: bool,
     filter: EventFilter,
-    tx: mpsc::Sender<Arc<Published>>,
+    sink: Arc<Sink>,
     lost: Arc<AtomicU64>,
-}
-
-impl Client {
-    /// Offers one event; returns false when the receiver is gone and the entry can be pruned.
-    fn offer(&self, ev: &Arc<Published>, lost: &mut u64) -> bool {
-        if !self.match_all && !self.filter.matches(&ev.event) {
-            return true;
-        }
-        match self.tx.try_send(Arc::clone(ev)) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.lost.fetch_add(1, Ordering::Relaxed);
-                *lost += 1;
-                true
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        }
-    }
 }
 
 struct Shared {
@@ -174,25 +133,30 @@ impl Hub {
         if evs.is_empty() {
             return;
         }
-        let mut lost = 0u64;
-        let mut any_closed = false;
+        let (mut lost, mut delivered) = (0u64, 0u64);
+        let mut matching = Vec::with_capacity(evs.len());
         {
-            let mut clients = self.shared.clients();
+            let clients = self.shared.clients();
             for client in clients.iter() {
-                for ev in evs {
-                    if !client.offer(ev, &mut lost) {
-                        any_closed = true;
-                        break;
-                    }
+                matching.clear();
+                matching.extend(
+                    evs.iter()
+                        .filter(|ev| client.match_all || client.filter.matches(&ev.event)),
+                );
+                if matching.is_empty() {
+                    continue;
+                }
+                let offered = client.sink.offer(&matching);
+                delivered += offered.written;
+                if offered.lost > 0 {
+                    client.lost.fetch_add(offered.lost, Ordering::Relaxed);
+                    lost += offered.lost;
                 }
             }
-            // Subscriptions remove themselves on drop; this only catches a receiver closed
-            // without dropping the Subscription, so the common path does no retain at all.
-            if any_closed {
-                clients.retain(|c| !c.tx.is_closed());
-                self.shared.changed(&clients);
-            }
         }
+        self.shared
+            .delivered
+            .fetch_add(delivered, Ordering::Relaxed);
         if lost > 0 {
             self.shared
                 .lost_slow_clients
@@ -200,10 +164,10 @@ impl Hub {
         }
     }
 
-    /// Registers a client; events matching `filter` are queued for it until the returned
-    /// subscription is dropped.
-    pub fn subscribe(&self, filter: EventFilter) -> Subscription {
-        let (tx, rx) = mpsc::channel(self.queue_len);
+    /// Registers a client: events matching `filter` are written to `socket`, a descriptor of
+    /// its connected, non-blocking socket, until the returned subscription is dropped.
+    pub fn subscribe(&self, filter: EventFilter, socket: OwnedFd) -> Subscription {
+        let sink = Arc::new(Sink::new(socket, self.queue_len));
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let lost = Arc::new(AtomicU64::new(0));
         let mut clients = self.shared.clients();
@@ -211,14 +175,14 @@ impl Hub {
             id,
             match_all: filter.is_empty(),
             filter,
-            tx,
+            sink: Arc::clone(&sink),
             lost: Arc::clone(&lost),
         });
         self.shared.changed(&clients);
         drop(clients);
         Subscription {
             id,
-            rx,
+            sink,
             lost,
             shared: Arc::clone(&self.shared),
         }
@@ -230,12 +194,12 @@ impl Hub {
         Wanted(self.shared.wanted.load(Ordering::Relaxed))
     }
 
-    /// Event lines taken off client queues for writing (one per client per event).
+    /// Event lines written to clients (one per client per event).
     pub fn delivered(&self) -> u64 {
         self.shared.delivered.load(Ordering::Relaxed)
     }
 
-    /// Event lines dropped because a client's queue was full.
+    /// Event lines dropped because a client's backlog was full.
     pub fn lost_slow_clients(&self) -> u64 {
         self.shared.lost_slow_clients.load(Ordering::Relaxed)
     }
@@ -277,22 +241,28 @@ impl Hub {
     }
 }
 
-/// One client's queue of matching events. Dropping it unsubscribes.
+/// One client's stream: what its task waits on and writes out. Dropping it unsubscribes.
 pub struct Subscription {
     id: u64,
-    rx: mpsc::Receiver<Arc<Published>>,
+    sink: Arc<Sink>,
     lost: Arc<AtomicU64>,
     shared: Arc<Shared>,
 }
 
 impl Subscription {
-    /// Waits until at least one event is queued, then moves up to `limit` queued events into
-    /// `buf`; returns how many were added (0 once the hub is gone). Lets the writer send
-    /// everything queued in one write.
-    pub async fn recv_many(&mut self, buf: &mut Vec<Arc<Published>>, limit: usize) -> usize {
-        let n = self.rx.recv_many(buf, limit.max(1)).await;
-        self.shared.delivered.fetch_add(n as u64, Ordering::Relaxed);
-        n
+    /// Waits until the stream needs its task: events its socket did not take, or a write that
+    /// failed. Cancel-safe: a wake-up missed while the task did something else is kept.
+    pub async fn needs_writing(&self) {
+        self.sink.needs_writing().await
+    }
+
+    /// Writes the waiting events out, as far as the socket takes them: Ok once none wait,
+    /// `WouldBlock` while the socket is full, or the error that ended the stream. Run it inside
+    /// tokio's `try_io` on the client's socket, so a full socket is waited for.
+    pub fn write_backlog(&self) -> io::Result<()> {
+        let (written, result) = self.sink.write_backlog();
+        self.shared.delivered.fetch_add(written, Ordering::Relaxed);
+        result
     }
 
     /// Events this client lost because its queue was full.
@@ -313,7 +283,7 @@ impl Drop for Subscription {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use podmap_proto::{Attribution, ContainerInfo, EventType, PodInfo, Process, Shared};
+    use podmap_proto::{Attribution, ContainerInfo, Event, EventType, PodInfo, Process, Shared};
 
     fn event(kind: EventType, ns: Option<&str>) -> Event {
         Event {
@@ -370,6 +340,49 @@ mod tests {
         }
     }
 
+    /// A client's socket pair: the hub's end (non-blocking, as tokio leaves it) and the
+    /// client's, which the test reads.
+    fn socket() -> (OwnedFd, std::os::unix::net::UnixStream) {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        (OwnedFd::from(ours), theirs)
+    }
+
+    /// Everything the client's end holds now.
+    fn read_now(peer: &mut std::os::unix::net::UnixStream) -> Vec<u8> {
+        use std::io::Read as _;
+        peer.set_nonblocking(true).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 65536];
+        loop {
+            match peer.read(&mut buf) {
+                Ok(0) => return got,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return got,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    /// Fills the socket's buffer from the hub's end with `x` bytes; how many it took.
+    fn fill(fd: &OwnedFd) -> usize {
+        let mut f = std::fs::File::from(fd.try_clone().unwrap());
+        let chunk = [b'x'; 4096];
+        let mut n = 0;
+        loop {
+            use std::io::Write as _;
+            match f.write(&chunk) {
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return n,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    fn lines(evs: &[Arc<Published>]) -> Vec<u8> {
+        evs.iter().flat_map(|e| e.line().to_vec()).collect()
+    }
+
     #[test]
     fn published_line_is_the_json_and_a_newline() {
         let p = Published::new(event(EventType::Exec, Some("prod")));
@@ -378,61 +391,137 @@ mod tests {
         assert_eq!(back, p.event);
     }
 
-    #[tokio::test]
-    async fn filters_are_applied_at_publish() {
+    #[test]
+    fn filters_are_applied_at_publish_and_lines_written_at_once() {
         let hub = Hub::new();
-        let mut all = hub.subscribe(EventFilter::default());
-        let mut prod = hub.subscribe(EventFilter {
-            namespace: Some("prod".into()),
-            ..Default::default()
-        });
+        let (fd, mut all_peer) = socket();
+        let all = hub.subscribe(EventFilter::default(), fd);
+        let (fd, mut prod_peer) = socket();
+        let prod = hub.subscribe(
+            EventFilter {
+                namespace: Some("prod".into()),
+                ..Default::default()
+            },
+            fd,
+        );
         let evs = [
             Published::new(event(EventType::Exec, Some("prod"))),
             Published::new(event(EventType::Exec, Some("dev"))),
             Published::new(event(EventType::Exit, None)),
         ];
         hub.publish_batch(&evs);
-        let mut got = Vec::new();
-        assert_eq!(all.recv_many(&mut got, 100).await, 3);
-        got.clear();
-        assert_eq!(prod.recv_many(&mut got, 100).await, 1);
-        assert!(Arc::ptr_eq(&got[0], &evs[0]), "the same Arc, not a copy");
+        // Written by the publish itself: no task ran.
+        assert_eq!(read_now(&mut all_peer), lines(&evs));
+        assert_eq!(read_now(&mut prod_peer), lines(&evs[..1]));
         assert_eq!(hub.delivered(), 4);
         assert_eq!(hub.lost_slow_clients(), 0);
+        assert_eq!((all.lost(), prod.lost()), (0, 0));
+    }
+
+    #[test]
+    fn a_full_backlog_loses_events_for_that_client_only() {
+        let hub = Hub::with_queue_len(2);
+        let (fd, mut slow_peer) = socket();
+        let filled = fill(&fd);
+        let slow = hub.subscribe(EventFilter::default(), fd);
+        let (fd, mut fast_peer) = socket();
+        let fast = hub.subscribe(EventFilter::default(), fd);
+        let evs: Vec<_> = (0..5)
+            .map(|i| Published::new(event(EventType::Exec, Some(&format!("ns{i}")))))
+            .collect();
+        for ev in &evs {
+            hub.publish(ev);
+        }
+        assert_eq!(read_now(&mut fast_peer), lines(&evs));
+        assert_eq!((slow.lost(), fast.lost()), (3, 0));
+        assert_eq!(hub.lost_slow_clients(), 3);
+        assert_eq!(hub.delivered(), 5);
+        // The slow client reads: its task writes the two that waited, in order, after what
+        // filled its socket.
+        let mut got = read_now(&mut slow_peer);
+        slow.write_backlog().expect("the backlog fits now");
+        got.extend(read_now(&mut slow_peer));
+        assert_eq!(got.len(), filled + lines(&evs[..2]).len());
+        assert_eq!(&got[filled..], &lines(&evs[..2])[..]);
+        assert_eq!(hub.delivered(), 7);
+    }
+
+    /// A socket that takes part of a batch takes part of a line: the rest of that line goes
+    /// first when it drains, so the client reads every line whole and in order.
+    #[test]
+    fn a_line_cut_by_a_full_socket_is_finished_first() {
+        let hub = Hub::new();
+        let (fd, mut peer) = socket();
+        let sub = hub.subscribe(EventFilter::default(), fd);
+        let evs: Vec<_> = (0..600)
+            .map(|i| Published::new(event(EventType::Exec, Some(&format!("namespace-{i}")))))
+            .collect();
+        for batch in evs.chunks(100) {
+            hub.publish_batch(batch);
+        }
+        let mut got = read_now(&mut peer);
+        let mut rounds = 0;
+        loop {
+            match sub.write_backlog() {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+            got.extend(read_now(&mut peer));
+            rounds += 1;
+            assert!(rounds < 10_000, "the backlog never drained");
+        }
+        got.extend(read_now(&mut peer));
+        assert!(
+            lines(&evs).len() > 300 * 1024,
+            "more than a socket holds, so the hub's writes were cut"
+        );
+        assert_eq!(got, lines(&evs), "every line whole, in order");
+        assert_eq!(sub.lost(), 0);
+        assert_eq!(hub.delivered(), 600);
     }
 
     #[tokio::test]
-    async fn a_full_queue_loses_events_for_that_client_only() {
-        let hub = Hub::with_queue_len(2);
-        let slow = hub.subscribe(EventFilter::default());
-        let mut fast = hub.subscribe(EventFilter::default());
-        let ev = Published::new(event(EventType::Exec, None));
-        let mut got = Vec::new();
-        for _ in 0..5 {
-            hub.publish(&ev);
-            assert_eq!(fast.recv_many(&mut got, 10).await, 1);
-        }
-        assert_eq!(slow.lost(), 3);
-        assert_eq!(fast.lost(), 0);
-        assert_eq!(hub.lost_slow_clients(), 3);
-        assert_eq!(hub.delivered(), 5);
+    async fn a_client_gone_ends_its_stream_with_the_write_error() {
+        let hub = Hub::new();
+        let (fd, peer) = socket();
+        let sub = hub.subscribe(EventFilter::default(), fd);
+        drop(peer);
+        hub.publish(&Published::new(event(EventType::Exec, None)));
+        tokio::time::timeout(std::time::Duration::from_secs(5), sub.needs_writing())
+            .await
+            .expect("the task is told");
+        let e = sub.write_backlog().unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe, "{e}");
+        assert_eq!(hub.delivered(), 0);
+        assert_eq!(
+            hub.lost_slow_clients(),
+            0,
+            "a gone client is not a slow one"
+        );
     }
 
     #[test]
     fn wanted_is_what_the_subscribed_clients_ask_for() {
         let hub = Hub::new();
         assert_eq!(hub.wanted(), Wanted::NONE);
-        let execs = hub.subscribe(EventFilter {
-            types: Some(vec![EventType::Exec]),
-            ..EventFilter::default()
-        });
+        let execs = hub.subscribe(
+            EventFilter {
+                types: Some(vec![EventType::Exec]),
+                ..EventFilter::default()
+            },
+            socket().0,
+        );
         let w = hub.wanted();
         assert!(w.has(EventType::Exec) && !w.has(EventType::Exit) && !w.has(EventType::Policy));
         // A filter without types may want any type.
-        let prod = hub.subscribe(EventFilter {
-            namespace: Some("prod".into()),
-            ..EventFilter::default()
-        });
+        let prod = hub.subscribe(
+            EventFilter {
+                namespace: Some("prod".into()),
+                ..EventFilter::default()
+            },
+            socket().0,
+        );
         assert_eq!(hub.wanted(), Wanted::ALL);
         drop(prod);
         assert!(!hub.wanted().has(EventType::Exit));
@@ -443,8 +532,8 @@ mod tests {
     #[test]
     fn dropping_a_subscription_unsubscribes() {
         let hub = Hub::new();
-        let a = hub.subscribe(EventFilter::default());
-        let b = hub.subscribe(EventFilter::default());
+        let a = hub.subscribe(EventFilter::default(), socket().0);
+        let b = hub.subscribe(EventFilter::default(), socket().0);
         assert_eq!(hub.clients(), 2);
         drop(a);
         assert_eq!(hub.clients(), 1);

@@ -23,6 +23,7 @@ use podmap_proto::{Request, RequestError, MAX_REQUEST_LINE};
 use serde::Serialize;
 use std::future::Future;
 use std::io;
+use std::os::fd::AsFd as _;
 use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
 use std::path::Path;
 use std::sync::Arc;
@@ -64,8 +65,6 @@ const HANGUP_PROBE: Duration = Duration::from_secs(1);
 pub struct ServerConfig {
     /// How long a new connection has to send its request line (docs/decisions.md #16: 5 s).
     pub request_timeout: Duration,
-    /// Most events written to one client in one write.
-    pub max_batch: usize,
     /// Most event streams served at once, and, apart from them, most connections still sending
     /// their request or getting a one-line reply; one more gets an error line and the close.
     pub max_clients: usize,
@@ -78,7 +77,6 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             request_timeout: Duration::from_secs(5),
-            max_batch: 1024,
             max_clients: DEFAULT_MAX_CLIENTS,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
         }
@@ -299,9 +297,15 @@ async fn handle_client(
             Ok(place) => {
                 // A stream lives on its own place: the connection's goes back to the requests.
                 drop(admission.connection);
-                debug!(?filter, "client subscribed");
-                let sub = hub.subscribe(filter);
-                let streamed = stream_events(&mut reader, &mut wr, sub, &config).await;
+                let streamed = match reader.get_ref().as_ref().as_fd().try_clone_to_owned() {
+                    Ok(socket) => {
+                        debug!(?filter, "client subscribed");
+                        let sub = hub.subscribe(filter, socket);
+                        stream_events(&mut reader, &wr, sub, &config).await
+                    }
+                    // Out of descriptors: this client cannot be served now.
+                    Err(e) => Err(StreamError::Io(e)),
+                };
                 drop(place);
                 match streamed {
                     Ok(()) => Ok(()),
@@ -385,16 +389,14 @@ enum StreamError {
     Io(io::Error),
 }
 
-/// Streams the subscription's events until the client goes away or sends anything more.
+/// Streams the subscription's events until the client goes away or sends anything more. The
+/// hub writes them to the socket itself while it takes them; this task writes out what waited.
 async fn stream_events(
     reader: &mut BufReader<ReadHalf<'_>>,
-    wr: &mut WriteHalf<'_>,
-    mut sub: Subscription,
+    wr: &WriteHalf<'_>,
+    sub: Subscription,
     config: &ServerConfig,
 ) -> Result<(), StreamError> {
-    let max_batch = config.max_batch;
-    let mut batch = Vec::with_capacity(max_batch.min(1024));
-    let mut out = Vec::with_capacity(64 * 1024);
     // Once the client has shut down its sending side, reads return EOF at once; from then on a
     // periodic probe of the socket's hang-up state notices a client that has gone altogether.
     let mut read_closed = false;
@@ -402,24 +404,7 @@ async fn stream_events(
     probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            n = sub.recv_many(&mut batch, max_batch) => {
-                if n == 0 {
-                    // The hub is gone: the daemon is shutting down.
-                    return Ok(());
-                }
-                // Everything queued goes out in one write: one syscall per wake-up, not per event.
-                out.clear();
-                for ev in batch.drain(..) {
-                    out.extend_from_slice(ev.line());
-                }
-                // Bounded: a client that stopped reading fills its socket buffer and would block
-                // this write (and hold its connection slot) forever. Its queue already sheds
-                // events; the timeout sheds the client.
-                timeout(config.write_timeout, wr.write_all(&out))
-                    .await
-                    .map_err(|_| StreamError::WriteTimeout)?
-                    .map_err(StreamError::Io)?;
-            }
+            () = sub.needs_writing() => write_backlog(wr.as_ref(), &sub, config).await?,
             // fill_buf is cancel-safe: whatever it reads stays in the buffer.
             got = reader.fill_buf(), if !read_closed => match got {
                 Ok([]) => read_closed = true,
@@ -437,6 +422,29 @@ async fn stream_events(
                 Ok(_) => {}
                 Err(e) => return Err(StreamError::Io(e)),
             },
+        }
+    }
+}
+
+/// Writes out the events the client's socket did not take when the hub wrote them, waiting while
+/// it is full. Bounded: a client that stopped reading would hold its connection slot forever;
+/// its backlog already sheds events, and the timeout sheds the client.
+async fn write_backlog(
+    socket: &UnixStream,
+    sub: &Subscription,
+    config: &ServerConfig,
+) -> Result<(), StreamError> {
+    loop {
+        // try_io, so that a full socket clears tokio's readiness and `writable` really waits.
+        match socket.try_io(Interest::WRITABLE, || sub.write_backlog()) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                timeout(config.write_timeout, socket.writable())
+                    .await
+                    .map_err(|_| StreamError::WriteTimeout)?
+                    .map_err(StreamError::Io)?;
+            }
+            Err(e) => return Err(StreamError::Io(e)),
         }
     }
 }

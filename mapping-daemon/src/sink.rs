@@ -1,0 +1,204 @@
+//! A streaming client's socket, as the hub writes it (docs/decisions.md #42).
+//!
+//! Whoever publishes (the reader thread) writes a client's events straight to its socket,
+//! without blocking, while the socket takes them: in the steady state an event reaches every
+//! client within the reader's own wake-up, and no task is woken for it. What the socket does not
+//! take waits in a bounded backlog, in order, and the client's task (`server.rs`) writes it out as
+//! the socket drains; while a backlog waits, new events join its end, and past the limit they are
+//! lost (the caller counts them). A write that fails ends the stream: the task is told and
+//! closes the connection.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::Notify;
+
+use crate::published::Published;
+
+/// Most lines handed to one `sendmsg`: the kernel's IOV_MAX.
+const MAX_IOV: usize = 1024;
+
+pub(crate) struct Sink {
+    /// The client's socket: a descriptor of its own (the connection's task holds another), so it
+    /// stays valid for as long as the hub may write to it. Non-blocking: the flag is the open
+    /// file's, which tokio set.
+    fd: OwnedFd,
+    state: Mutex<State>,
+    /// Wakes the client's task: a backlog to write, or a write that failed.
+    wake: Notify,
+    /// Most events the backlog holds.
+    limit: usize,
+}
+
+#[derive(Default)]
+struct State {
+    backlog: VecDeque<Arc<Published>>,
+    /// Bytes of the backlog's first line already written.
+    front_written: usize,
+    /// The write that failed, for the task to end the stream with.
+    failed: Option<io::Error>,
+}
+
+/// What became of the events offered to a sink.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Offered {
+    /// Lines written whole to the socket now.
+    pub written: u64,
+    /// Events the full backlog had no room for.
+    pub lost: u64,
+}
+
+/// How far one write got: lines written whole, and bytes of the next one written.
+struct Progress {
+    lines: usize,
+    next_written: usize,
+}
+
+impl Sink {
+    pub fn new(fd: OwnedFd, limit: usize) -> Sink {
+        Sink {
+            fd,
+            state: Mutex::new(State::default()),
+            wake: Notify::new(),
+            limit: limit.max(1),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Every update leaves the state whole before anything that could panic.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Gives the client `events`, in order: written now while the socket takes them (only when
+    /// nothing is waiting, so lines never overtake), the rest queued up to the limit.
+    pub fn offer(&self, events: &[&Arc<Published>]) -> Offered {
+        let mut st = self.state();
+        if st.failed.is_some() {
+            // The stream is ending: its task has been told.
+            return Offered::default();
+        }
+        let mut rest = events;
+        let mut written = 0;
+        if st.backlog.is_empty() {
+            match write_lines(&self.fd, rest.iter().map(|e| e.line()), 0) {
+                Ok(p) => {
+                    written = p.lines as u64;
+                    rest = &rest[p.lines..];
+                    st.front_written = p.next_written;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    st.failed = Some(e);
+                    self.wake.notify_one();
+                    return Offered::default();
+                }
+            }
+            if rest.is_empty() {
+                return Offered { written, lost: 0 };
+            }
+            self.wake.notify_one();
+        }
+        // An empty backlog has room for at least one event (the limit is at least 1): a line
+        // begun above always goes on, or the client would read half of it.
+        let room = self.limit.saturating_sub(st.backlog.len());
+        let queued = rest.len().min(room);
+        st.backlog
+            .extend(rest[..queued].iter().map(|e| Arc::clone(e)));
+        Offered {
+            written,
+            lost: (rest.len() - queued) as u64,
+        }
+    }
+
+    /// Waits until the sink needs its task: a backlog to write out, or a failed write.
+    pub async fn needs_writing(&self) {
+        self.wake.notified().await
+    }
+
+    /// Writes the backlog out, as far as the socket takes it: how many lines went out whole,
+    /// and `WouldBlock` if the socket filled before the backlog emptied. A failed write (here or
+    /// in [`Sink::offer`]) comes back as the error.
+    pub fn write_backlog(&self) -> (u64, io::Result<()>) {
+        let mut st = self.state();
+        if let Some(e) = st.failed.take() {
+            return (0, Err(e));
+        }
+        let mut total = 0u64;
+        while !st.backlog.is_empty() {
+            let offset = st.front_written;
+            match write_lines(&self.fd, st.backlog.iter().map(|e| e.line()), offset) {
+                Ok(p) => {
+                    st.backlog.drain(..p.lines);
+                    st.front_written = p.next_written;
+                    total += p.lines as u64;
+                    if !st.backlog.is_empty() && p.lines < MAX_IOV {
+                        // The socket took less than offered: it is full.
+                        return (total, Err(io::ErrorKind::WouldBlock.into()));
+                    }
+                }
+                Err(e) => return (total, Err(e)),
+            }
+        }
+        (total, Ok(()))
+    }
+}
+
+/// Writes `lines` (the first from byte `offset` on) with as few `sendmsg` calls as the socket
+/// allows, never blocking: how far it got, or the error of a write that took nothing.
+fn write_lines<'a>(
+    fd: &OwnedFd,
+    lines: impl Iterator<Item = &'a [u8]>,
+    offset: usize,
+) -> io::Result<Progress> {
+    let mut iov: Vec<libc::iovec> = Vec::with_capacity(64);
+    for (i, line) in lines.take(MAX_IOV).enumerate() {
+        let line = if i == 0 { &line[offset..] } else { line };
+        iov.push(libc::iovec {
+            iov_base: line.as_ptr() as *mut libc::c_void,
+            iov_len: line.len(),
+        });
+    }
+    let mut sent = send(fd, &iov)?;
+    let mut p = Progress {
+        lines: 0,
+        next_written: offset,
+    };
+    for v in &iov {
+        if sent < v.iov_len {
+            p.next_written += sent;
+            break;
+        }
+        sent -= v.iov_len;
+        p.lines += 1;
+        p.next_written = 0;
+    }
+    Ok(p)
+}
+
+/// One non-blocking `sendmsg` of `iov`, retried on EINTR.
+fn send(fd: &OwnedFd, iov: &[libc::iovec]) -> io::Result<usize> {
+    // SAFETY: a zeroed msghdr is valid (no name, no control data).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = iov.len() as _;
+    loop {
+        // SAFETY: sendmsg on a descriptor we own, with iovecs pointing into lines the caller
+        // keeps alive for the call; MSG_NOSIGNAL turns a gone client into EPIPE, not a signal.
+        let n = unsafe {
+            libc::sendmsg(
+                fd.as_raw_fd(),
+                &msg,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
