@@ -19,15 +19,16 @@
 use crate::hub::{Hub, Subscription};
 use crate::status::StatusSource;
 use anyhow::{bail, Context as _};
-use podmap_proto::{Request, RequestError, MAX_REQUEST_LINE};
+use podmap_proto::{EventFilter, Request, RequestError, MAX_REQUEST_LINE};
 use serde::Serialize;
 use std::future::Future;
 use std::io;
-use std::os::fd::AsFd as _;
+use std::os::fd::{AsFd as _, AsRawFd as _, OwnedFd};
 use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader, Interest};
 use tokio::net::unix::{ReadHalf, WriteHalf};
 use tokio::net::{UnixListener, UnixStream};
@@ -297,30 +298,10 @@ async fn handle_client(
             Ok(place) => {
                 // A stream lives on its own place: the connection's goes back to the requests.
                 drop(admission.connection);
-                let streamed = match reader.get_ref().as_ref().as_fd().try_clone_to_owned() {
-                    Ok(socket) => {
-                        debug!(?filter, "client subscribed");
-                        let sub = hub.subscribe(filter, socket);
-                        stream_events(&mut reader, &wr, sub, &config).await
-                    }
-                    // Out of descriptors: this client cannot be served now.
-                    Err(e) => Err(StreamError::Io(e)),
-                };
+                drop((reader, wr));
+                serve_stream(stream, filter, &hub, &config).await;
                 drop(place);
-                match streamed {
-                    Ok(()) => Ok(()),
-                    Err(StreamError::SecondLine) => Err(Refusal::SecondLine),
-                    Err(StreamError::WriteTimeout) => {
-                        // It stopped reading: no error line could reach it either.
-                        hub.record_client_write_timeout();
-                        debug!(timeout = ?config.write_timeout, "disconnecting a client that stopped reading");
-                        Ok(())
-                    }
-                    Err(StreamError::Io(e)) => {
-                        debug!(error = %e, "streaming client gone");
-                        Ok(())
-                    }
-                }
+                return;
             }
         },
         Err(refusal) => Err(refusal),
@@ -329,6 +310,24 @@ async fn handle_client(
         hub.record_client_error();
         debug!(%refusal, "refusing a client");
         refuse(&mut reader, &mut wr, &refusal).await;
+    }
+}
+
+/// Serves an event stream until it ends, and says why it did.
+async fn serve_stream(stream: UnixStream, filter: EventFilter, hub: &Hub, config: &ServerConfig) {
+    match stream_events(stream, filter, hub, config).await {
+        Ok(()) => {}
+        Err(StreamError::SecondLine(stream)) => {
+            hub.record_client_error();
+            debug!(refusal = %Refusal::SecondLine, "refusing a client");
+            refuse_stream(stream, &Refusal::SecondLine).await;
+        }
+        Err(StreamError::WriteTimeout) => {
+            // It stopped reading: no error line could reach it either.
+            hub.record_client_write_timeout();
+            debug!(timeout = ?config.write_timeout, "disconnecting a client that stopped reading");
+        }
+        Err(StreamError::Io(e)) => debug!(error = %e, "streaming client gone"),
     }
 }
 
@@ -384,19 +383,30 @@ async fn reply(
 }
 
 enum StreamError {
-    SecondLine,
+    /// The client sent more: it gets its error line on the connection given back.
+    SecondLine(UnixStream),
     WriteTimeout,
     Io(io::Error),
 }
 
-/// Streams the subscription's events until the client goes away or sends anything more. The
-/// hub writes them to the socket itself while it takes them; this task writes out what waited.
+/// Streams the events matching `filter` until the client goes away or sends anything more.
+///
+/// The hub writes them to the socket itself while it takes them (docs/decisions.md #42); this
+/// task writes out only what waited, and watches the connection for a second line or a hang-up.
+/// The connection leaves tokio's registration for one of its own that asks for reads only: a
+/// registration for writes would wake the runtime every time the client's reads free space in
+/// the socket, that is after every batch.
 async fn stream_events(
-    reader: &mut BufReader<ReadHalf<'_>>,
-    wr: &WriteHalf<'_>,
-    sub: Subscription,
+    stream: UnixStream,
+    filter: EventFilter,
+    hub: &Hub,
     config: &ServerConfig,
 ) -> Result<(), StreamError> {
+    let socket = stream.into_std().map_err(StreamError::Io)?;
+    let hub_socket = socket.try_clone().map_err(StreamError::Io)?;
+    let conn = register(socket, Interest::READABLE).map_err(StreamError::Io)?;
+    debug!(?filter, "client subscribed");
+    let sub = hub.subscribe(filter, OwnedFd::from(hub_socket));
     // Once the client has shut down its sending side, reads return EOF at once; from then on a
     // periodic probe of the socket's hang-up state notices a client that has gone altogether.
     let mut read_closed = false;
@@ -404,45 +414,102 @@ async fn stream_events(
     probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            () = sub.needs_writing() => write_backlog(wr.as_ref(), &sub, config).await?,
-            // fill_buf is cancel-safe: whatever it reads stays in the buffer.
-            got = reader.fill_buf(), if !read_closed => match got {
-                Ok([]) => read_closed = true,
-                Ok(_) => return Err(StreamError::SecondLine),
-                Err(e) => return Err(StreamError::Io(e)),
+            () = sub.needs_writing() => write_backlog(conn.get_ref(), &sub, config).await?,
+            ready = conn.readable(), if !read_closed => {
+                let mut ready = ready.map_err(StreamError::Io)?;
+                let mut byte = [0u8; 1];
+                match ready.try_io(|c| peek(c.get_ref(), &mut byte)) {
+                    Ok(Ok(0)) => read_closed = true,
+                    Ok(Ok(_)) => {
+                        drop(sub);
+                        let socket = conn.into_inner();
+                        return Err(match UnixStream::from_std(socket) {
+                            Ok(stream) => StreamError::SecondLine(stream),
+                            Err(e) => StreamError::Io(e),
+                        });
+                    }
+                    Ok(Err(e)) => return Err(StreamError::Io(e)),
+                    // Not readable after all: readiness cleared, wait again.
+                    Err(_would_block) => {}
+                }
             },
-            ready = async {
-                probe.tick().await;
-                wr.as_ref().ready(Interest::WRITABLE).await
-            }, if read_closed => match ready {
-                Ok(r) if r.is_write_closed() => {
+            _ = probe.tick(), if read_closed => {
+                if hung_up(conn.get_ref()).map_err(StreamError::Io)? {
                     debug!(lost = sub.lost(), "streaming client hung up");
                     return Ok(());
                 }
-                Ok(_) => {}
-                Err(e) => return Err(StreamError::Io(e)),
             },
         }
     }
 }
 
+/// Registers a descriptor owner with tokio for `interest` only.
+fn register<T: std::os::fd::AsRawFd>(inner: T, interest: Interest) -> io::Result<AsyncFd<T>> {
+    // SAFETY: `inner` (a std socket or an OwnedFd) owns its descriptor, which stays open and the
+    // same for as long as the AsyncFd holds it.
+    unsafe { AsyncFd::register_with_interest(inner, interest) }.map_err(io::Error::from)
+}
+
+/// Looks at what the client sent without taking it: 0 at the end of its input.
+fn peek(socket: &std::os::unix::net::UnixStream, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: recv into a buffer we own, of its length, on a descriptor we own.
+    let n = unsafe {
+        libc::recv(
+            socket.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// Whether the peer of `socket` has gone altogether (`POLLHUP`), looked at without waiting.
+fn hung_up(socket: &std::os::unix::net::UnixStream) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd: socket.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: poll of one pollfd we own, with a zero timeout.
+    if unsafe { libc::poll(&mut pfd, 1, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0)
+}
+
 /// Writes out the events the client's socket did not take when the hub wrote them, waiting while
 /// it is full. Bounded: a client that stopped reading would hold its connection slot forever;
-/// its backlog already sheds events, and the timeout sheds the client.
+/// its backlog already sheds events, and the timeout sheds the client. The wait registers the
+/// socket for writes only while it lasts.
 async fn write_backlog(
-    socket: &UnixStream,
+    socket: &std::os::unix::net::UnixStream,
     sub: &Subscription,
     config: &ServerConfig,
 ) -> Result<(), StreamError> {
+    let mut writable: Option<AsyncFd<OwnedFd>> = None;
     loop {
-        // try_io, so that a full socket clears tokio's readiness and `writable` really waits.
-        match socket.try_io(Interest::WRITABLE, || sub.write_backlog()) {
+        match sub.write_backlog() {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                timeout(config.write_timeout, socket.writable())
+                if writable.is_none() {
+                    let fd = socket
+                        .as_fd()
+                        .try_clone_to_owned()
+                        .map_err(StreamError::Io)?;
+                    writable = Some(register(fd, Interest::WRITABLE).map_err(StreamError::Io)?);
+                }
+                let fd = writable.as_ref().expect("registered above");
+                let mut guard = timeout(config.write_timeout, fd.writable())
                     .await
                     .map_err(|_| StreamError::WriteTimeout)?
                     .map_err(StreamError::Io)?;
+                // Cleared before the next write: if that one finds the socket full too, the wait
+                // after it is for space freed later.
+                guard.clear_ready();
             }
             Err(e) => return Err(StreamError::Io(e)),
         }
