@@ -9,6 +9,7 @@
 
 // Crate-visible so the pin watcher can name them without going through this module, which
 // itself holds a watcher.
+mod batch;
 pub(crate) mod counters;
 pub(crate) mod pins;
 mod policy;

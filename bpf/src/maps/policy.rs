@@ -14,6 +14,7 @@ use crate::keys::{self, RawKey};
 use crate::layout::{
     self, podmap_member_key, podmap_policy_state, podmap_rule_ref, podmap_rule_set, Counter,
 };
+use crate::maps::batch;
 use crate::maps::counters::Counters;
 use crate::maps::pins::{
     check_map, MapsError, Shape, EXEC_RULES_MAP, MEMBERS_MAP, OPEN_RULES_MAP, POLICY_STATE_MAP,
@@ -106,9 +107,13 @@ impl PolicyMaps {
 
     /// Every (policy id, container cgroup) membership.
     pub fn memberships(&self) -> HashSet<(u32, CgroupKey)> {
-        self.members
-            .keys()
-            .filter_map(Result::ok)
+        // In batches (docs/decisions.md #43), key by key where the kernel cannot.
+        let members: Vec<layout::podmap_member_key> = match batch::entries(&self.members) {
+            Ok(all) => all.into_iter().map(|(k, _)| k).collect(),
+            Err(_) => self.members.keys().filter_map(Result::ok).collect(),
+        };
+        members
+            .into_iter()
             .map(|k| {
                 let key = keys::from_raw(layout::podmap_cgroup_key {
                     id: k.cgroup_id,

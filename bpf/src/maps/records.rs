@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crate::keys::{self, RawKey};
 use crate::layout::{self, podmap_cgroup_key, podmap_container, podmap_container_meta, Counter};
+use crate::maps::batch;
 use crate::maps::counters::Counters;
 use crate::maps::pins::{check_map, MapsError, Shape, CONTAINERS_MAP, META_MAP};
 use crate::record::ContainerMeta;
@@ -184,9 +185,8 @@ impl RecordMaps {
     /// or podmapd may sweep: removal is idempotent.
     pub fn sweep_expired(&mut self, grace_ns: u64, now_ns: u64) -> Vec<CgroupKey> {
         let expired: Vec<podmap_cgroup_key> = self
-            .containers
-            .iter()
-            .filter_map(Result::ok)
+            .all_records()
+            .into_iter()
             .filter(|(_, r)| r.removed_ns != 0 && grace_over(r.removed_ns, grace_ns, now_ns))
             .map(|(k, _)| k)
             .collect();
@@ -271,11 +271,20 @@ impl RecordMaps {
     }
 
     pub fn keys(&self) -> Vec<CgroupKey> {
-        self.containers
-            .keys()
-            .filter_map(Result::ok)
-            .map(keys::from_raw)
+        self.all_records()
+            .into_iter()
+            .map(|(k, _)| keys::from_raw(k))
             .collect()
+    }
+
+    /// Every compact record, read in batches (docs/decisions.md #43); key by key where the
+    /// kernel cannot, or when a batch read fails (an entry that fails to read is skipped, as
+    /// the walk always did).
+    fn all_records(&self) -> Vec<(podmap_cgroup_key, podmap_container)> {
+        match batch::entries(&self.containers) {
+            Ok(all) => all,
+            Err(_) => self.containers.iter().filter_map(Result::ok).collect(),
+        }
     }
 }
 
