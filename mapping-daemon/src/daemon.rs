@@ -207,7 +207,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // open yet, so no client can have them: they are counted, and status shows it.
     let backlog = {
         // No client yet: nothing is built, only the bookkeeping is done.
-        let clock = pipeline.begin(crate::clock::boot_ns(), crate::hub::Wanted::NONE);
+        let clock = pipeline.begin(crate::clock::boot_ns());
+        pipeline.want(crate::hub::Wanted::NONE);
         let mut out = Vec::new();
         let mut n = 0u64;
         while let Some(item) = events.next() {

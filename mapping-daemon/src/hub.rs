@@ -91,7 +91,8 @@ impl Shared {
     /// Recomputes what the clients want; called with the lock held after every change to them.
     fn changed(&self, clients: &[Client]) {
         let wanted = clients.iter().fold(0, |m, c| m | Wanted::of(&c.filter).0);
-        self.wanted.store(wanted, Ordering::Relaxed);
+        // Release: a client counted as connected is wanted for every record read after.
+        self.wanted.store(wanted, Ordering::Release);
     }
 }
 
@@ -188,10 +189,10 @@ impl Hub {
         }
     }
 
-    /// The event types the clients subscribed now ask for. A client that subscribes later
-    /// receives what is built after it did.
+    /// The event types the clients subscribed now ask for. The reader looks before each record,
+    /// so a client receives every event of a record read after it subscribed.
     pub fn wanted(&self) -> Wanted {
-        Wanted(self.shared.wanted.load(Ordering::Relaxed))
+        Wanted(self.shared.wanted.load(Ordering::Acquire))
     }
 
     /// Event lines written to clients (one per client per event).
@@ -256,6 +257,21 @@ impl Subscription {
         self.sink.needs_writing().await
     }
 
+    /// Stops the hub writing to this client; what waits stays to be written out. Dropping the
+    /// subscription does it too.
+    pub fn unsubscribe(&self) {
+        let id = self.id;
+        let mut clients = self.shared.clients();
+        clients.retain(|c| c.id != id);
+        self.shared.changed(&clients);
+    }
+
+    /// Whether the client has read part of a line whose rest still waits: the stream must not
+    /// end with anything else written before that rest.
+    pub fn mid_line(&self) -> bool {
+        self.sink.mid_line()
+    }
+
     /// Writes the waiting events out, as far as the socket takes them: Ok once none wait,
     /// `WouldBlock` while the socket is full, or the error that ended the stream. Run it inside
     /// tokio's `try_io` on the client's socket, so a full socket is waited for.
@@ -273,10 +289,7 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let id = self.id;
-        let mut clients = self.shared.clients();
-        clients.retain(|c| c.id != id);
-        self.shared.changed(&clients);
+        self.unsubscribe();
     }
 }
 
@@ -479,6 +492,34 @@ mod tests {
         assert_eq!(got, lines(&evs), "every line whole, in order");
         assert_eq!(sub.lost(), 0);
         assert_eq!(hub.delivered(), 600);
+    }
+
+    /// A stream that ends (a second request line) while the client has part of a line: the
+    /// subscription says so, and its rest can still be written after the hub stopped writing.
+    #[test]
+    fn a_cut_line_is_known_and_finished_after_unsubscribing() {
+        let hub = Hub::new();
+        let (fd, mut peer) = socket();
+        let sub = hub.subscribe(EventFilter::default(), fd);
+        let evs: Vec<_> = (0..600)
+            .map(|i| Published::new(event(EventType::Exec, Some(&format!("namespace-{i}")))))
+            .collect();
+        hub.publish_batch(&evs);
+        assert!(sub.mid_line(), "a socket buffer's worth ends inside a line");
+        sub.unsubscribe();
+        assert_eq!(hub.clients(), 0);
+        hub.publish_batch(&evs[..1]);
+        let mut got = read_now(&mut peer);
+        loop {
+            match sub.write_backlog() {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => got.extend(read_now(&mut peer)),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        got.extend(read_now(&mut peer));
+        assert!(!sub.mid_line());
+        assert_eq!(got, lines(&evs), "whole lines, none after the unsubscribe");
     }
 
     #[tokio::test]

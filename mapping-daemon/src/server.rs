@@ -421,6 +421,12 @@ async fn stream_events(
                 match ready.try_io(|c| peek(c.get_ref(), &mut byte)) {
                     Ok(Ok(0)) => read_closed = true,
                     Ok(Ok(_)) => {
+                        // Nothing more for it; a line it has part of goes out whole before the
+                        // error line (bounded like any write).
+                        sub.unsubscribe();
+                        if sub.mid_line() {
+                            write_backlog(conn.get_ref(), &sub, config).await?;
+                        }
                         drop(sub);
                         let socket = conn.into_inner();
                         return Err(match UnixStream::from_std(socket) {

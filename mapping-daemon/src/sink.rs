@@ -82,17 +82,24 @@ impl Sink {
         let mut rest = events;
         let mut written = 0;
         if st.backlog.is_empty() {
-            match write_lines(&self.fd, rest.iter().map(|e| e.line()), 0) {
-                Ok(p) => {
-                    written = p.lines as u64;
-                    rest = &rest[p.lines..];
-                    st.front_written = p.next_written;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => {
-                    st.failed = Some(e);
-                    self.wake.notify_one();
-                    return Offered::default();
+            // On while each call took all it was given: a batch may be longer than one call's
+            // lines.
+            while !rest.is_empty() {
+                match write_lines(&self.fd, rest.iter().map(|e| e.line()), 0) {
+                    Ok(p) => {
+                        written += p.lines as u64;
+                        rest = &rest[p.lines..];
+                        st.front_written = p.next_written;
+                        if p.lines < MAX_IOV {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        st.failed = Some(e);
+                        self.wake.notify_one();
+                        return Offered::default();
+                    }
                 }
             }
             if rest.is_empty() {
@@ -110,6 +117,12 @@ impl Sink {
             written,
             lost: (rest.len() - queued) as u64,
         }
+    }
+
+    /// Whether the client has read part of a line whose rest still waits: nothing else may be
+    /// written to it before that rest.
+    pub fn mid_line(&self) -> bool {
+        self.state().front_written > 0
     }
 
     /// Waits until the sink needs its task: a backlog to write out, or a failed write.

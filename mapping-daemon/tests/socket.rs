@@ -433,6 +433,57 @@ async fn the_default_request_timeout_is_five_seconds() {
     h.stop().await;
 }
 
+/// A client that stopped reading with part of a line delivered, then sends a second line, still
+/// reads every line whole: the rest of the cut line, then its error line, never the error line
+/// spliced into an event.
+#[tokio::test]
+async fn a_second_line_mid_stream_never_cuts_an_event_line() {
+    let h = Harness::start(Duration::from_secs(5), 4096).await;
+    let mut c = h.subscribe("{}").await;
+    let mut template = event(EventType::Exec, 0, Some("prod"), &[]);
+    template.process.args = vec!["x".repeat(3000)].into();
+    // More than a socket buffer holds, in one batch: the hub's write stops inside a line.
+    let evs: Vec<_> = (1..=400)
+        .map(|pid| {
+            let mut e = template.clone();
+            e.process.pid = pid;
+            Published::new(e)
+        })
+        .collect();
+    h.hub.publish_batch(&evs);
+    c.reader
+        .get_mut()
+        .write_all(b"{\"status\": {}}\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    timeout(WAIT, c.reader.read_to_end(&mut rest))
+        .await
+        .expect("the server closes")
+        .expect("a clean EOF");
+    let text = String::from_utf8(rest).expect("UTF-8");
+    let lines: Vec<&str> = text.lines().collect();
+    let (error, events) = lines.split_last().expect("lines");
+    let error: Value = serde_json::from_str(error).expect("the last line is JSON");
+    assert!(
+        error["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("second line")),
+        "{error}"
+    );
+    assert!(!events.is_empty());
+    for (i, line) in events.iter().enumerate() {
+        let ev: Event = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("line {i} is not a whole event ({e}): {:.80}", line));
+        assert_eq!(
+            ev.process.pid,
+            i as u32 + 1,
+            "in order, none skipped before the cut"
+        );
+    }
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn a_slow_client_loses_events_and_a_fast_one_gets_all() {
     const QUEUE: usize = 64;

@@ -56,7 +56,7 @@ pub struct Pipeline {
     pods: Option<PodCache>,
     pod_seq: u64,
     batch_now: u64,
-    /// What the clients asked for as the batch began: the only events built.
+    /// What the clients asked for when the record was read: the only events built.
     wanted: Wanted,
 }
 
@@ -104,11 +104,9 @@ impl Pipeline {
         self.held.len()
     }
 
-    /// Starts a batch: `now` is boot-time ns, `wanted` the event types some client asks for
-    /// (the hub's [`crate::hub::Hub::wanted`]); events of other types are not built.
-    pub fn begin(&mut self, now: u64, wanted: Wanted) -> WallClock {
+    /// Starts a batch: `now` is boot-time ns.
+    pub fn begin(&mut self, now: u64) -> WallClock {
         self.batch_now = now;
-        self.wanted = wanted;
         // Pods the API server changed since the last batch: their joined entries are rebuilt,
         // so a relabel shows in the next event.
         if let Some(pods) = &self.pods {
@@ -117,6 +115,13 @@ impl Pipeline {
             self.containers.forget_pods(&uids);
         }
         WallClock::now()
+    }
+
+    /// The event types some client asks for now (the hub's [`crate::hub::Hub::wanted`]): events
+    /// of other types are not built. Set before each record, so a client that subscribed during
+    /// a batch gets the events of every record read after.
+    pub fn want(&mut self, wanted: Wanted) {
+        self.wanted = wanted;
     }
 
     /// Handles one raw ring-buffer record.

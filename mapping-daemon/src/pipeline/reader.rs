@@ -49,13 +49,15 @@ fn drain(
     hub: &Hub,
     out: &mut Vec<Arc<Published>>,
 ) -> Drained {
-    let clock = pipeline.begin(boot_ns(), hub.wanted());
+    let clock = pipeline.begin(boot_ns());
     let mut read = 0;
     while read < MAX_BATCH {
         let Some(item) = ring.next() else { break };
+        pipeline.want(hub.wanted());
         pipeline.record(&item, &clock, out);
         read += 1;
     }
+    pipeline.want(hub.wanted());
     pipeline.finish(&clock, out);
     Drained {
         read,
