@@ -330,20 +330,16 @@ pub fn open(
             detail: format!("holding {pin}: {detail}"),
         })?;
     }
-    let mut private = |name: &'static str, wrap: fn(MapData) -> Map| {
-        let data = MapData::from_pin(dir.join(name)).map_err(|source| ProgramsError::Map {
-            name,
-            source: Box::new(source),
-        })?;
-        let map = wrap(data);
-        pins.watch_map(name, &map)?;
-        Ok::<_, ProgramsError>(map)
-    };
     let map_err = |name: &'static str| {
         move |source| ProgramsError::Map {
             name,
             source: Box::new(source),
         }
+    };
+    let mut private = |name: &'static str, wrap: fn(MapData) -> Map| {
+        let map = wrap(MapData::from_pin(dir.join(name)).map_err(map_err(name))?);
+        pins.watch_map(name, &map)?;
+        Ok::<_, ProgramsError>(map)
     };
     let events = RingBuf::try_from(private("podmap_events", Map::RingBuf)?)
         .map_err(map_err("podmap_events"))?;

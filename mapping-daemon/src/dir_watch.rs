@@ -137,6 +137,9 @@ impl DirWatch {
                 at = name_end;
                 self.event(wd, mask, name, &mut rearm);
             }
+            // Once per target however many events named it (a removed tree sends a burst).
+            rearm.sort_unstable();
+            rearm.dedup();
             for i in rearm {
                 self.arm(i);
             }

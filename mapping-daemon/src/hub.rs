@@ -273,8 +273,8 @@ impl Subscription {
     }
 
     /// Writes the waiting events out, as far as the socket takes them: Ok once none wait,
-    /// `WouldBlock` while the socket is full, or the error that ended the stream. Run it inside
-    /// tokio's `try_io` on the client's socket, so a full socket is waited for.
+    /// `WouldBlock` while the socket is full (the caller waits for it to drain), or the error
+    /// that ended the stream.
     pub fn write_backlog(&self) -> io::Result<()> {
         let (written, result) = self.sink.write_backlog();
         self.shared.delivered.fetch_add(written, Ordering::Relaxed);
@@ -392,6 +392,26 @@ mod tests {
         }
     }
 
+    /// What the client reads as it keeps reading while its task writes the backlog out, until
+    /// none waits.
+    fn read_while_draining(
+        sub: &Subscription,
+        peer: &mut std::os::unix::net::UnixStream,
+    ) -> Vec<u8> {
+        let mut got = read_now(peer);
+        for _ in 0..10_000 {
+            match sub.write_backlog() {
+                Ok(()) => {
+                    got.extend(read_now(peer));
+                    return got;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => got.extend(read_now(peer)),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("the backlog never drained");
+    }
+
     fn lines(evs: &[Arc<Published>]) -> Vec<u8> {
         evs.iter().flat_map(|e| e.line().to_vec()).collect()
     }
@@ -472,23 +492,11 @@ mod tests {
         for batch in evs.chunks(100) {
             hub.publish_batch(batch);
         }
-        let mut got = read_now(&mut peer);
-        let mut rounds = 0;
-        loop {
-            match sub.write_backlog() {
-                Ok(()) => break,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => panic!("{e}"),
-            }
-            got.extend(read_now(&mut peer));
-            rounds += 1;
-            assert!(rounds < 10_000, "the backlog never drained");
-        }
-        got.extend(read_now(&mut peer));
         assert!(
             lines(&evs).len() > 300 * 1024,
             "more than a socket holds, so the hub's writes were cut"
         );
+        let got = read_while_draining(&sub, &mut peer);
         assert_eq!(got, lines(&evs), "every line whole, in order");
         assert_eq!(sub.lost(), 0);
         assert_eq!(hub.delivered(), 600);
@@ -509,15 +517,7 @@ mod tests {
         sub.unsubscribe();
         assert_eq!(hub.clients(), 0);
         hub.publish_batch(&evs[..1]);
-        let mut got = read_now(&mut peer);
-        loop {
-            match sub.write_backlog() {
-                Ok(()) => break,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => got.extend(read_now(&mut peer)),
-                Err(e) => panic!("{e}"),
-            }
-        }
-        got.extend(read_now(&mut peer));
+        let got = read_while_draining(&sub, &mut peer);
         assert!(!sub.mid_line());
         assert_eq!(got, lines(&evs), "whole lines, none after the unsubscribe");
     }

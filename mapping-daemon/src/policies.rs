@@ -29,7 +29,6 @@ pub struct PolicyManager {
     /// Current pod labels from the API server, when podmapd runs in a cluster.
     pods: Option<PodCache>,
     pod_seq: u64,
-    /// The last look at the directory failed to read it or one of its files.
     /// The record map's generation at the last walk (see `SharedMaps::records_generation`).
     walked_generation: Option<u64>,
     /// Memberships without a record, with when they were first seen so; see `sweep_orphans`.
@@ -465,11 +464,12 @@ mod tests {
         m.tick_looking(with_dir);
         assert!(m.dir_failing());
         assert_eq!(m.status().loaded.len(), 1, "{:?}", m.status());
-        m.tick_looking(with_dir);
+        // Looked at again with no event saying so: a failed look is retried at every tick.
+        m.tick_looking(without_dir);
         assert!(m.dir_failing(), "still failing");
         std::fs::remove_file(&dir).unwrap();
         std::fs::rename(&aside, &dir).unwrap();
-        m.tick_looking(with_dir);
+        m.tick_looking(without_dir);
         assert!(!m.dir_failing());
         assert_eq!(m.status().loaded.len(), 1, "{:?}", m.status());
         assert!(m.status().errors.is_empty(), "{:?}", m.status());

@@ -50,7 +50,7 @@ pub(crate) struct Offered {
     pub lost: u64,
 }
 
-/// How far one write got: lines written whole, and bytes of the next one written.
+/// How far a write got: lines written whole, and bytes of the next one written.
 struct Progress {
     lines: usize,
     next_written: usize,
@@ -82,24 +82,16 @@ impl Sink {
         let mut rest = events;
         let mut written = 0;
         if st.backlog.is_empty() {
-            // On while each call took all it was given: a batch may be longer than one call's
-            // lines.
-            while !rest.is_empty() {
-                match write_lines(&self.fd, rest.iter().map(|e| e.line()), 0) {
-                    Ok(p) => {
-                        written += p.lines as u64;
-                        rest = &rest[p.lines..];
-                        st.front_written = p.next_written;
-                        if p.lines < MAX_IOV {
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => {
-                        st.failed = Some(e);
-                        self.wake.notify_one();
-                        return Offered::default();
-                    }
+            match write_events(&self.fd, events, 0) {
+                Ok(p) => {
+                    written = p.lines as u64;
+                    rest = &events[p.lines..];
+                    st.front_written = p.next_written;
+                }
+                Err(e) => {
+                    st.failed = Some(e);
+                    self.wake.notify_one();
+                    return Offered::default();
                 }
             }
             if rest.is_empty() {
@@ -138,54 +130,65 @@ impl Sink {
         if let Some(e) = st.failed.take() {
             return (0, Err(e));
         }
-        let mut total = 0u64;
-        while !st.backlog.is_empty() {
-            let offset = st.front_written;
-            match write_lines(&self.fd, st.backlog.iter().map(|e| e.line()), offset) {
-                Ok(p) => {
-                    st.backlog.drain(..p.lines);
-                    st.front_written = p.next_written;
-                    total += p.lines as u64;
-                    if !st.backlog.is_empty() && p.lines < MAX_IOV {
-                        // The socket took less than offered: it is full.
-                        return (total, Err(io::ErrorKind::WouldBlock.into()));
-                    }
-                }
-                Err(e) => return (total, Err(e)),
-            }
-        }
-        (total, Ok(()))
+        let st = &mut *st;
+        let p = match write_events(&self.fd, st.backlog.make_contiguous(), st.front_written) {
+            Ok(p) => p,
+            Err(e) => return (0, Err(e)),
+        };
+        st.backlog.drain(..p.lines);
+        st.front_written = p.next_written;
+        let result = if st.backlog.is_empty() {
+            Ok(())
+        } else {
+            Err(io::ErrorKind::WouldBlock.into())
+        };
+        (p.lines as u64, result)
     }
 }
 
-/// Writes `lines` (the first from byte `offset` on) with as few `sendmsg` calls as the socket
-/// allows, never blocking: how far it got, or the error of a write that took nothing.
-fn write_lines<'a>(
+/// Writes the events' lines in order (the first from byte `offset` on), `MAX_IOV` lines per
+/// non-blocking `sendmsg`, for as long as the socket takes all it is given: how far it got. A
+/// full socket is not an error (the progress says where it stopped); a failed call is.
+fn write_events<E: AsRef<Published>>(
     fd: &OwnedFd,
-    lines: impl Iterator<Item = &'a [u8]>,
+    events: &[E],
     offset: usize,
 ) -> io::Result<Progress> {
-    let mut iov: Vec<libc::iovec> = Vec::with_capacity(64);
-    for (i, line) in lines.take(MAX_IOV).enumerate() {
-        let line = if i == 0 { &line[offset..] } else { line };
-        iov.push(libc::iovec {
-            iov_base: line.as_ptr() as *mut libc::c_void,
-            iov_len: line.len(),
-        });
-    }
-    let mut sent = send(fd, &iov)?;
     let mut p = Progress {
         lines: 0,
         next_written: offset,
     };
-    for v in &iov {
-        if sent < v.iov_len {
-            p.next_written += sent;
-            break;
+    let mut iov: Vec<libc::iovec> = Vec::with_capacity(events.len().min(MAX_IOV));
+    while p.lines < events.len() {
+        iov.clear();
+        for (i, e) in events[p.lines..].iter().take(MAX_IOV).enumerate() {
+            let line = e.as_ref().line();
+            let line = if i == 0 {
+                &line[p.next_written..]
+            } else {
+                line
+            };
+            iov.push(libc::iovec {
+                iov_base: line.as_ptr() as *mut libc::c_void,
+                iov_len: line.len(),
+            });
         }
-        sent -= v.iov_len;
-        p.lines += 1;
-        p.next_written = 0;
+        let sent = match send(fd, &iov) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(p),
+            Err(e) => return Err(e),
+        };
+        let mut left = sent;
+        for v in &iov {
+            if left < v.iov_len {
+                p.next_written += left;
+                // Took less than it was given: the socket is full.
+                return Ok(p);
+            }
+            left -= v.iov_len;
+            p.lines += 1;
+            p.next_written = 0;
+        }
     }
     Ok(p)
 }

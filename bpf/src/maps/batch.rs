@@ -3,12 +3,12 @@
 //! few seconds over maps that grow with the containers on the node (docs/decisions.md #43).
 //!
 //! aya has no batched lookups, so the command is issued here, at the syscall edge. A kernel
-//! without it (before 5.6) answers EINVAL; the callers then walk key by key as before.
+//! without it (before 5.6) answers EINVAL, and the map is walked key by key as before.
 
 use std::io;
 use std::os::fd::{AsFd as _, AsRawFd as _};
 
-use aya::maps::IterableMap;
+use aya::maps::{HashMap, IterableMap, MapData};
 use aya::Pod;
 
 /// The kernel's `BPF_MAP_LOOKUP_BATCH` command number (`enum bpf_cmd` in linux/bpf.h).
@@ -32,9 +32,15 @@ struct BatchAttr {
     flags: u64,
 }
 
+/// Every entry of a hash map: in batches where the kernel can, else (or when a batch read
+/// fails) key by key, an entry that fails to read skipped as aya's walk always did.
+pub(crate) fn entries<K: Pod, V: Pod>(map: &HashMap<MapData, K, V>) -> Vec<(K, V)> {
+    lookup_batches(map).unwrap_or_else(|_| map.iter().filter_map(Result::ok).collect())
+}
+
 /// Every entry of a hash map, read in batches. `Unsupported` when the kernel has no batched
 /// lookup for it.
-pub(crate) fn entries<K: Pod, V: Pod>(map: &impl IterableMap<K, V>) -> io::Result<Vec<(K, V)>> {
+fn lookup_batches<K: Pod, V: Pod>(map: &impl IterableMap<K, V>) -> io::Result<Vec<(K, V)>> {
     let fd = map.map().fd().as_fd().as_raw_fd();
     let mut out = Vec::new();
     let mut chunk = CHUNK;
@@ -101,7 +107,6 @@ pub(crate) fn entries<K: Pod, V: Pod>(map: &impl IterableMap<K, V>) -> io::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aya::maps::{HashMap, MapData};
     use std::collections::BTreeMap;
 
     fn map_with(n: u64) -> HashMap<MapData, u64, [u64; 2]> {
@@ -121,7 +126,7 @@ mod tests {
         }
         for n in [0, 1, CHUNK as u64, CHUNK as u64 + 1, 10_000] {
             let map = map_with(n);
-            let got = entries(&map).expect("the kernel has batched lookups");
+            let got = lookup_batches(&map).expect("the kernel has batched lookups");
             assert_eq!(got.len() as u64, n, "{n} entries");
             let by_key: BTreeMap<u64, [u64; 2]> = got.into_iter().collect();
             assert_eq!(by_key.len() as u64, n, "no key twice among {n}");

@@ -107,14 +107,10 @@ impl PolicyMaps {
 
     /// Every (policy id, container cgroup) membership.
     pub fn memberships(&self) -> HashSet<(u32, CgroupKey)> {
-        // In batches (docs/decisions.md #43), key by key where the kernel cannot.
-        let members: Vec<layout::podmap_member_key> = match batch::entries(&self.members) {
-            Ok(all) => all.into_iter().map(|(k, _)| k).collect(),
-            Err(_) => self.members.keys().filter_map(Result::ok).collect(),
-        };
-        members
+        // In batches (docs/decisions.md #43).
+        batch::entries(&self.members)
             .into_iter()
-            .map(|k| {
+            .map(|(k, _)| {
                 let key = keys::from_raw(layout::podmap_cgroup_key {
                     id: k.cgroup_id,
                     hierarchy: k.hierarchy,

@@ -277,14 +277,9 @@ impl RecordMaps {
             .collect()
     }
 
-    /// Every compact record, read in batches (docs/decisions.md #43); key by key where the
-    /// kernel cannot, or when a batch read fails (an entry that fails to read is skipped, as
-    /// the walk always did).
+    /// Every compact record, read in batches (docs/decisions.md #43).
     fn all_records(&self) -> Vec<(podmap_cgroup_key, podmap_container)> {
-        match batch::entries(&self.containers) {
-            Ok(all) => all,
-            Err(_) => self.containers.iter().filter_map(Result::ok).collect(),
-        }
+        batch::entries(&self.containers)
     }
 }
 
