@@ -2,6 +2,7 @@
 //! and the metrics endpoint until SIGINT or SIGTERM.
 
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +24,7 @@ use crate::policy_mirror::{Mirror, MirrorHandle};
 use crate::procs::ProcTable;
 use crate::state::DaemonState;
 use crate::stats::Stats;
+use crate::wake::Wake;
 use crate::{http, server};
 use podmap_pod_cache::PodCache;
 
@@ -179,6 +181,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!(node = %node, "starting the pod cache");
         PodCache::start(client, &node)
     });
+    let housekeeping_wake =
+        Arc::new(Wake::new().context("making the housekeeping thread's eventfd")?);
+    if let Some(pods) = pods.clone() {
+        // A relabelled pod reaches membership at once, not at housekeeping's next quiet look.
+        let wake = housekeeping_wake.clone();
+        tokio::spawn(async move {
+            loop {
+                pods.changed().await;
+                wake.wake();
+            }
+        });
+    }
     *state.pods.lock().unwrap_or_else(|p| p.into_inner()) = pods.clone();
     let policy_maps =
         SharedMaps::open(&args.node.bpffs_dir).context("opening the pinned maps for policies")?;
@@ -275,6 +289,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         sweeper,
         grace: args.node.grace,
         state: state.clone(),
+        wake: housekeeping_wake.clone(),
     }
     .start(stop_rx.clone())
     .context("starting the housekeeping thread")?;
@@ -299,6 +314,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         // restarted.
         ended = thread_ended(&thread_end, &housekeeping, &reader) => {
             let _ = stop_tx.send(true);
+            housekeeping_wake.wake();
             let _ = std::fs::remove_file(&args.socket);
             if ended == Ended::Reader {
                 reader.join().context("reading the ring buffer")?;
@@ -308,12 +324,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     let _ = stop_tx.send(true);
+    housekeeping_wake.wake();
     reader.stop();
     let _ = server_task.await;
     if let Err(e) = reader.join() {
         tracing::warn!(error = %e, "the event reader ended with an error");
     }
-    // Its last tick ends within a quarter second, unless a disk holds it: then it is left to the
+    // Its last look ends within SETTLE and the look's work, unless a disk holds it: then it is left to the
     // process's exit, with the pin directory's lock it holds (no other podmapd takes the
     // directory while this one may still write the maps). The programs stay attached through
     // their pinned links either way. Polled, not joined on a blocking task: the runtime would
@@ -516,13 +533,25 @@ struct Housekeeping {
     sweeper: SharedMaps,
     grace: Duration,
     state: Arc<DaemonState>,
+    /// Woken for a stop and for a pod change; the directory watches wake it too.
+    wake: Arc<Wake>,
     end: EndSignal,
 }
 
-/// How often housekeeping wakes: new containers and relabelled pods reach membership within a
-/// tick (a look at the record map's generation and the pod cache's changes), and so do changes
-/// the directory watches saw.
-const TICK: Duration = Duration::from_millis(250);
+/// How long housekeeping sleeps when nothing wakes it (a stop, a pod change, a watched
+/// directory's change): containers the plugins mapped are reconciled into membership within
+/// this (the plugins write the memberships of their own containers at creation; this is the
+/// backstop), and the policy directory's slow look is due as often.
+const QUIET: Duration = Duration::from_secs(1);
+/// Without inotify, the directories are looked at this often, as they were before the watches.
+const TICK_UNWATCHED: Duration = Duration::from_millis(250);
+/// After a wake, what else comes within this is handled by the same look: a burst of events (a
+/// `rm -rf` of the pin directory, a file written in pieces) is looked at once, and a removal in
+/// progress is not raced by the repair.
+const SETTLE: Duration = Duration::from_millis(50);
+/// A look or sweep due within this is done now: deadlines that drifted apart do not cost a
+/// wake-up each.
+const SLACK: Duration = Duration::from_millis(100);
 /// The policy directory is looked at this often even when inotify saw nothing: what it cannot
 /// see (a file behind a symbolic link that leaves the directory, a network filesystem, a failed
 /// event queue) still takes effect within about a second, as it did when every tick looked.
@@ -585,12 +614,13 @@ impl Watches {
 }
 
 impl Housekeeping {
-    /// Policy changes (seen by inotify, or by a look every [`POLICY_LOOK`]), new containers and
-    /// relabelled pods reach membership within a [`TICK`] ("takes effect within a second" with
-    /// room to spare), and removed pins are put back as fast: while podmapd runs, a removed pin
-    /// directory turns nothing off. Records whose grace period ended are dropped every
-    /// `min(grace, 5)` s (docs/decisions.md #5): hooks never sleep out the grace, so someone
-    /// else must sweep.
+    /// Sleeps until something asks for a look: a policy change (seen by inotify, or by a look
+    /// every [`POLICY_LOOK`]), a relabelled pod (the pod cache's change, through `wake`), a
+    /// removed pin (inotify, or a look every [`PINS_LOOK`]), a stop, or [`QUIET`] for the
+    /// record map's generation; each is applied [`SETTLE`] after it woke the thread ("takes
+    /// effect within a second" with room to spare). While podmapd runs, a removed pin directory
+    /// turns nothing off. Records whose grace period ended are dropped every `min(grace, 5)` s
+    /// (docs/decisions.md #5): hooks never sleep out the grace, so someone else must sweep.
     fn start(
         mut self,
         stop: watch::Receiver<bool>,
@@ -599,16 +629,17 @@ impl Housekeeping {
             .name("podmap-house".into())
             .spawn(move || {
                 let sweep_every = Duration::from_secs(self.grace.as_secs().clamp(1, 5));
-                let mut next_sweep = std::time::Instant::now() + sweep_every;
+                let mut next_sweep = Instant::now() + sweep_every;
                 let mut watches = Watches::new(self.policies.dir(), &self.pins_dir);
-                let mut next_policy_look = std::time::Instant::now();
-                let mut next_pins_look = std::time::Instant::now();
+                let mut next_policy_look = Instant::now();
+                let mut next_pins_look = Instant::now();
                 while !*stop.borrow() {
-                    let now = std::time::Instant::now();
+                    let now = Instant::now();
+                    let due = |at: Instant| now + SLACK >= at;
                     let (dir_changed, pins_changed) = Watches::changes(&mut watches);
                     let look = Look {
-                        dir: dir_changed || now >= next_policy_look,
-                        pins: pins_changed || now >= next_pins_look,
+                        dir: dir_changed || due(next_policy_look),
+                        pins: pins_changed || due(next_pins_look),
                     };
                     if look.pins {
                         next_pins_look = now + PINS_LOOK;
@@ -623,8 +654,8 @@ impl Housekeeping {
                         .policies
                         .lock()
                         .unwrap_or_else(|p| p.into_inner()) = self.policies.status();
-                    if std::time::Instant::now() >= next_sweep {
-                        next_sweep = std::time::Instant::now() + sweep_every;
+                    if due(next_sweep) {
+                        next_sweep = now + sweep_every;
                         let swept = self
                             .sweeper
                             .records
@@ -636,7 +667,25 @@ impl Housekeeping {
                             );
                         }
                     }
-                    std::thread::sleep(TICK);
+                    let quiet = if watches.is_some() {
+                        QUIET
+                    } else {
+                        TICK_UNWATCHED
+                    };
+                    let now = Instant::now();
+                    let until = next_policy_look
+                        .min(next_pins_look)
+                        .min(next_sweep)
+                        .min(now + quiet);
+                    let watch = watches.as_ref().map(|w| w.watch.as_raw_fd());
+                    match self.wake.sleep(watch, until.saturating_duration_since(now)) {
+                        Ok(true) => std::thread::sleep(SETTLE),
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "housekeeping cannot sleep on its wake-ups: looking every {TICK_UNWATCHED:?}");
+                            std::thread::sleep(TICK_UNWATCHED);
+                        }
+                    }
                 }
                 drop(self.end);
             })

@@ -51,6 +51,13 @@ struct Target {
     unwatchable: bool,
 }
 
+/// Readable while events are queued: a thread can sleep on it beside other descriptors.
+impl AsRawFd for DirWatch {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
 /// Identifies a directory added with [`DirWatch::add`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Watched(usize);

@@ -5,7 +5,8 @@
 //! `server` accepts, writing to their sockets through `sink`. `state` answers status requests for `server` and `metrics`. `policies` keeps
 //! the kernel's rule tables and memberships equal to the policy directory, which
 //! `policy_mirror` fills from the cluster's PodPolicy resources; `dir_watch` tells the
-//! housekeeping thread when that directory or the pins changed.
+//! housekeeping thread when that directory or the pins changed, and `wake` wakes it (and stops
+//! the reader) from other threads.
 
 pub mod cgroups;
 pub mod client;
@@ -26,3 +27,4 @@ mod sink;
 pub mod state;
 pub mod stats;
 pub mod status;
+pub mod wake;

@@ -158,6 +158,13 @@ impl PodCache {
         self.shared.store.changes_since(seq)
     }
 
+    /// Resolves once the change log moved (see [`PodCache::changes_since`]) after the last call
+    /// resolved, at once if it already has: a change between two waits is never missed, and
+    /// many count as one. For one waiter.
+    pub async fn changed(&self) {
+        self.shared.store.changed.notified().await
+    }
+
     pub fn stats(&self) -> CacheStats {
         let counters = &self.shared.counters;
         let (pods, deleted_kept, containers) = {

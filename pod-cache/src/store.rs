@@ -6,8 +6,11 @@
 //! lock, so a reader sees the store before or after it, never half of it.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
 
 use crate::compact::{strip_runtime, CachedPod};
 
@@ -37,6 +40,37 @@ impl Default for Retention {
 pub(crate) struct Store {
     data: RwLock<StoreData>,
     retention: Retention,
+    /// Notified (one permit, so changes between two waits count once) whenever a write moved
+    /// the change log.
+    pub(crate) changed: Notify,
+}
+
+/// The write lock, and on its release a notification if the change log moved under it.
+struct WriteGuard<'a> {
+    data: RwLockWriteGuard<'a, StoreData>,
+    seq: u64,
+    changed: &'a Notify,
+}
+
+impl Deref for WriteGuard<'_> {
+    type Target = StoreData;
+    fn deref(&self) -> &StoreData {
+        &self.data
+    }
+}
+
+impl DerefMut for WriteGuard<'_> {
+    fn deref_mut(&mut self) -> &mut StoreData {
+        &mut self.data
+    }
+}
+
+impl Drop for WriteGuard<'_> {
+    fn drop(&mut self) {
+        if self.data.log.seq != self.seq {
+            self.changed.notify_one();
+        }
+    }
 }
 
 #[derive(Default)]
@@ -69,6 +103,7 @@ impl Store {
         Store {
             data: RwLock::new(StoreData::default()),
             retention,
+            changed: Notify::new(),
         }
     }
 
@@ -80,10 +115,16 @@ impl Store {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, StoreData> {
-        self.data
+    fn write(&self) -> WriteGuard<'_> {
+        let data = self
+            .data
             .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        WriteGuard {
+            seq: data.log.seq,
+            data,
+            changed: &self.changed,
+        }
     }
 
     pub(crate) fn get(&self, uid: &str) -> Option<Arc<CachedPod>> {
@@ -353,6 +394,30 @@ mod tests {
             terminating: false,
             deleted: false,
         }
+    }
+
+    /// Whether the store's change notification holds a permit now (taking it).
+    fn notified(store: &Store) -> bool {
+        use futures::FutureExt;
+        store.changed.notified().now_or_never().is_some()
+    }
+
+    #[test]
+    fn a_write_that_moves_the_change_log_notifies_once() {
+        let store = Store::new(Retention::default());
+        assert!(!notified(&store), "nothing written yet");
+        store.apply(pod("a", &["c1"]));
+        store.apply(pod("b", &["c2"]));
+        assert!(notified(&store), "two changes");
+        assert!(!notified(&store), "count as one");
+        store.apply(pod("a", &["c1"]));
+        assert!(!notified(&store), "an equal pod changes nothing");
+        store.delete(pod("a", &["c1"]), Instant::now());
+        assert!(notified(&store), "a deletion");
+        store.replace(vec![], Instant::now());
+        assert!(notified(&store), "a relist without b");
+        store.replace(vec![], Instant::now());
+        assert!(!notified(&store), "the same relist again");
     }
 
     fn retention(ttl_secs: u64, max: usize, log: usize) -> Retention {

@@ -25,6 +25,7 @@ use super::Pipeline;
 use crate::clock::boot_ns;
 use crate::hub::{Hub, Published};
 use crate::stats::Stats;
+use crate::wake::Wake;
 
 /// Empty polls in a row before the reader sleeps.
 const IDLE_POLLS: u32 = 10;
@@ -76,7 +77,7 @@ fn publish(hub: &Hub, out: &mut Vec<Arc<Published>>) {
 /// The running reader thread. Dropping it does not stop it: call [`Reader::stop`].
 pub struct Reader {
     thread: std::thread::JoinHandle<io::Result<()>>,
-    stop: OwnedFd,
+    stop: Wake,
 }
 
 impl Reader {
@@ -92,7 +93,7 @@ impl Reader {
         poll: Duration,
         end: impl Send + 'static,
     ) -> io::Result<Reader> {
-        let stop = eventfd()?;
+        let stop = Wake::new()?;
         let epoll = Epoll::new(ring.as_raw_fd(), stop.as_raw_fd())?;
         let state = ReaderState {
             ring,
@@ -115,9 +116,7 @@ impl Reader {
 
     /// Tells the thread to stop; it does within one batch.
     pub fn stop(&self) {
-        let one: u64 = 1;
-        // SAFETY: an 8-byte write from a live u64 to the eventfd this Reader owns.
-        unsafe { libc::write(self.stop.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        self.stop.wake();
     }
 
     pub fn is_finished(&self) -> bool {
@@ -235,16 +234,6 @@ fn fall_asleep(flag: &mut ReaderFlag) -> bool {
             false
         }
     }
-}
-
-fn eventfd() -> io::Result<OwnedFd> {
-    // SAFETY: eventfd(2) with no pointers; a new fd is owned below or an error returned.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a new descriptor nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 const RING: u64 = 0;
