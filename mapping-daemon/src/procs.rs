@@ -110,12 +110,33 @@ pub struct ProcTable {
 /// `base64("node:boot-ns:pid")`: unique per exec across nodes and pid reuse.
 pub fn exec_id(node: &str, ktime: u64, pid: u32) -> String {
     use base64::Engine;
-    use std::fmt::Write;
-    // On every exec: one small buffer for the raw id, one exactly sized for the encoding.
-    let mut raw = String::with_capacity(node.len() + 32);
-    let _ = write!(raw, "{node}:{ktime}:{pid}");
-    let mut out = String::with_capacity(raw.len().div_ceil(3) * 4);
-    base64::engine::general_purpose::STANDARD.encode_string(raw, &mut out);
+    // On every exec: the raw id on the stack when it fits (node names are at most 253 bytes,
+    // the numbers at most 31 with their colons), one exactly sized string for the encoding;
+    // the numbers without the formatting machinery.
+    let (mut ktime_s, mut pid_s) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let parts = [
+        node.as_bytes(),
+        b":",
+        ktime_s.format(ktime).as_bytes(),
+        b":",
+        pid_s.format(pid).as_bytes(),
+    ];
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut stack = [0u8; 288];
+    let mut heap = Vec::new();
+    let raw: &mut [u8] = if len <= stack.len() {
+        &mut stack[..len]
+    } else {
+        heap.resize(len, 0);
+        &mut heap
+    };
+    let mut at = 0;
+    for p in parts {
+        raw[at..at + p.len()].copy_from_slice(p);
+        at += p.len();
+    }
+    let mut out = String::with_capacity(len.div_ceil(3) * 4);
+    base64::engine::general_purpose::STANDARD.encode_string(&*raw, &mut out);
     out
 }
 
@@ -288,6 +309,14 @@ mod tests {
             .decode(id)
             .unwrap();
         assert_eq!(raw, b"node-a:123:42");
+        // A name longer than the stack buffer takes the heap, with the same result.
+        for len in [253, 300, 1000] {
+            let node = "n".repeat(len);
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(exec_id(&node, u64::MAX, u32::MAX))
+                .unwrap();
+            assert_eq!(raw, format!("{node}:{}:{}", u64::MAX, u32::MAX).as_bytes());
+        }
     }
 
     #[test]

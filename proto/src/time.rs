@@ -1,8 +1,6 @@
 //! Event times on the wire: RFC 3339 in UTC with nanoseconds (`2026-11-25T12:00:00.123456789Z`).
 //! Formatting for podmapd, parsing for clients that measure or compare times.
 
-use std::fmt::Write;
-
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
 fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
@@ -43,16 +41,40 @@ fn format_with_fraction(unix_ns: u64, digits: u32) -> String {
     let fraction = unix_ns % 1_000_000_000 / 10u64.pow(9 - digits);
     let (y, m, d) = civil_from_days((secs / 86_400) as i64);
     let rem = secs % 86_400;
+    // Two of these per exec event: digits written directly, not through `fmt`'s machinery.
     let mut s = String::with_capacity(30);
-    let _ = write!(
-        s,
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{fraction:0width$}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        width = digits as usize
-    );
+    push_padded(&mut s, y.max(0) as u64, 4);
+    s.push('-');
+    push_padded(&mut s, m, 2);
+    s.push('-');
+    push_padded(&mut s, d, 2);
+    s.push('T');
+    push_padded(&mut s, rem / 3600, 2);
+    s.push(':');
+    push_padded(&mut s, rem / 60 % 60, 2);
+    s.push(':');
+    push_padded(&mut s, rem % 60, 2);
+    s.push('.');
+    push_padded(&mut s, fraction, digits as usize);
+    s.push('Z');
     s
+}
+
+/// Appends `v` in decimal, zero-padded to at least `width` digits.
+fn push_padded(s: &mut String, mut v: u64, width: usize) {
+    let mut buf = [b'0'; 20];
+    let mut start = buf.len();
+    loop {
+        start -= 1;
+        buf[start] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for &b in &buf[start.min(buf.len().saturating_sub(width))..] {
+        s.push(char::from(b));
+    }
 }
 
 /// Parses a UTC time as podmapd writes it (fraction optional, up to 9 digits) to Unix-epoch
@@ -79,6 +101,36 @@ pub fn parse_rfc3339(s: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The digits written by hand are what `format!` writes, for instants spread over the
+    /// whole range (a multiplicative walk) and the edges of each field.
+    #[test]
+    fn formats_as_the_formatting_machinery_would() {
+        let reference = |ns: u64, digits: u32| {
+            let secs = ns / 1_000_000_000;
+            let fraction = ns % 1_000_000_000 / 10u64.pow(9 - digits);
+            let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+            let rem = secs % 86_400;
+            format!(
+                "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{fraction:0width$}Z",
+                rem / 3600,
+                rem / 60 % 60,
+                rem % 60,
+                width = digits as usize
+            )
+        };
+        let mut ns: u64 = 1;
+        let mut instants = vec![0, 999_999_999, 1_000_000_000, u64::MAX];
+        for _ in 0..20_000 {
+            ns = ns.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            instants.push(ns);
+            instants.push(ns % 4_102_444_800_000_000_000); // before 2100
+        }
+        for ns in instants {
+            assert_eq!(format_rfc3339(ns), reference(ns, 9), "{ns}");
+            assert_eq!(format_rfc3339_millis(ns), reference(ns, 3), "{ns}");
+        }
+    }
 
     #[test]
     fn formats_and_parses_known_instants() {

@@ -306,14 +306,13 @@ fn c_arc(b: &[u8]) -> Arc<str> {
 
 /// The cwd region holds components leaf first, each NUL-terminated.
 fn cwd_from_components(b: &[u8]) -> Arc<str> {
-    let comps: Vec<&[u8]> = b.split(|&c| c == 0).filter(|c| !c.is_empty()).collect();
-    if comps.is_empty() {
-        return Arc::from("/");
-    }
     let mut s = String::with_capacity(b.len() + 1);
-    for c in comps.iter().rev() {
+    for c in b.split(|&c| c == 0).rev().filter(|c| !c.is_empty()) {
         s.push('/');
         s.push_str(&String::from_utf8_lossy(c));
+    }
+    if s.is_empty() {
+        return Arc::from("/");
     }
     Arc::from(s)
 }
@@ -514,6 +513,16 @@ mod tests {
             decode(&new[..layout::EXEC_EVENT_NO_CREDS_SIZE + 8]),
             Err(DecodeError::Short { .. })
         ));
+    }
+
+    #[test]
+    fn the_cwd_is_its_components_root_first() {
+        assert_eq!(&*cwd_from_components(b"tmp\0work\0"), "/work/tmp");
+        assert_eq!(&*cwd_from_components(b"tmp\0\0work\0\0"), "/work/tmp");
+        assert_eq!(&*cwd_from_components(b"tmp\0work"), "/work/tmp");
+        assert_eq!(&*cwd_from_components(b"\xff\0a\0"), "/a/\u{fffd}");
+        assert_eq!(&*cwd_from_components(b""), "/");
+        assert_eq!(&*cwd_from_components(b"\0\0"), "/");
     }
 
     #[test]
