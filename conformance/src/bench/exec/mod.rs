@@ -167,8 +167,9 @@ const QUIET: Duration = Duration::from_secs(2);
 /// Lets a freshly attached tracer finish its start-up work before the CPU window opens.
 const SETTLE: Duration = Duration::from_millis(300);
 /// How long the tracer's CPU is watched with no storm: the cost of a timer-driven reader that
-/// the storm's events share (the peers are woken per event and cost nothing then).
-const IDLE_WINDOW: Duration = Duration::from_secs(1);
+/// the storm's events share (the peers are woken per event and cost nothing then). Long enough
+/// to hold several of podmapd's once-a-second looks, so one more or less weighs little.
+const IDLE_WINDOW: Duration = Duration::from_secs(5);
 /// How long a tracer gets to exit on SIGINT before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
