@@ -336,6 +336,8 @@ enum podmap_counter {
 	PODMAP_C_MAPPING_LATENCY_SUM_US,
 	/* containers whose capabilities a runtime plugin could not learn: recorded as unknown */
 	PODMAP_C_CAPABILITIES_UNREAD,
+	/* records marked removed (their grace period started): a sweep has something to look for */
+	PODMAP_C_RECORDS_MARKED,
 	/* create-to-mapping-ready histogram: bucket i counts latencies < 2^i microseconds */
 	PODMAP_C_LATENCY_BUCKET0 = 64,
 	PODMAP_C_LATENCY_BUCKETS = 32,

@@ -197,10 +197,11 @@ pub enum Counter {
     PinsForeign = PODMAP_C_PINS_FOREIGN,
     MappingLatencySumUs = PODMAP_C_MAPPING_LATENCY_SUM_US,
     CapabilitiesUnread = PODMAP_C_CAPABILITIES_UNREAD,
+    RecordsMarked = PODMAP_C_RECORDS_MARKED,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 38] = [
+    pub const ALL: [Counter; 39] = [
         Counter::Exec,
         Counter::Exit,
         Counter::RingbufDropped,
@@ -239,6 +240,7 @@ impl Counter {
         Counter::PinsForeign,
         Counter::MappingLatencySumUs,
         Counter::CapabilitiesUnread,
+        Counter::RecordsMarked,
     ];
 
     /// The name in status and metrics.
@@ -282,6 +284,7 @@ impl Counter {
             Counter::PinsForeign => "pins_foreign",
             Counter::MappingLatencySumUs => "mapping_latency_sum_us",
             Counter::CapabilitiesUnread => "capabilities_unread",
+            Counter::RecordsMarked => "records_marked",
         }
     }
 

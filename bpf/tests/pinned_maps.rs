@@ -274,3 +274,87 @@ fn containers_mapped_below_the_container_level_bound_are_counted() {
         );
     }
 }
+
+/// podmapd's expiry sweep walks the records only when something can have expired since its
+/// last walk: a mark or a change counted by a writer, or the earliest grace period it saw
+/// running coming to its end; and at least every FULL_WALK_NS all the same.
+#[test]
+fn the_watched_sweep_walks_only_when_something_can_have_expired() {
+    use podmap_bpf::maps::ExpiryWatch;
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
+    let dir = PinDir::new("podmap-test-expiry-watch");
+    let mut sweeper = SharedMaps::open(&dir.path).expect("create pins");
+    let mut writer = SharedMaps::open(&dir.path).expect("reuse pins");
+    let grace = 30_000_000_000;
+    let ids = |n: u64| CgroupIds {
+        v2: Some(CgroupId(n)),
+        v1: None,
+    };
+    let mut watch = ExpiryWatch::default();
+    let t0 = podmap_bpf::maps::boot_ns();
+    writer
+        .records
+        .insert(
+            &ids(5001),
+            &meta("c1"),
+            RecordFlags::default(),
+            Writer::Test,
+        )
+        .unwrap();
+    assert!(sweeper
+        .records
+        .sweep_expired_watched(&mut watch, grace, t0)
+        .is_empty());
+
+    // A writer that does not count its marks (one from before they were counted): the sweep
+    // does not see the mark until its periodic walk, which proves it skipped the others.
+    assert!(writer.records.mark_removed(&ids(5001), t0).unwrap());
+    writer.counters.add(Counter::RecordsMarked, u64::MAX); // the mark's count taken back
+    assert!(sweeper
+        .records
+        .sweep_expired_watched(&mut watch, grace, t0 + grace + 1)
+        .is_empty());
+    assert!(sweeper.records.get(CgroupKey::v2(5001)).unwrap().is_some());
+    assert_eq!(
+        sweeper
+            .records
+            .sweep_expired_watched(&mut watch, grace, t0 + ExpiryWatch::FULL_WALK_NS),
+        vec![CgroupKey::v2(5001)],
+        "the periodic walk"
+    );
+
+    // A counted mark is walked for at once, then not again until its grace ends.
+    let t1 = t0 + ExpiryWatch::FULL_WALK_NS + 1;
+    writer
+        .records
+        .insert(
+            &ids(5002),
+            &meta("c2"),
+            RecordFlags::default(),
+            Writer::Test,
+        )
+        .unwrap();
+    assert!(writer.records.mark_removed(&ids(5002), t1).unwrap());
+    assert!(sweeper
+        .records
+        .sweep_expired_watched(&mut watch, grace, t1 + 1)
+        .is_empty());
+    assert!(sweeper
+        .records
+        .sweep_expired_watched(&mut watch, grace, t1 + grace - 1)
+        .is_empty());
+    assert_eq!(
+        sweeper
+            .records
+            .sweep_expired_watched(&mut watch, grace, t1 + grace),
+        vec![CgroupKey::v2(5002)],
+        "due"
+    );
+    assert_eq!(sweeper.records.get(CgroupKey::v2(5002)).unwrap(), None);
+    assert!(
+        sweeper.counters.get(Counter::RecordsMarked) >= 1,
+        "marks are counted"
+    );
+}

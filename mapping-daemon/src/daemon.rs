@@ -633,6 +633,7 @@ impl Housekeeping {
                 let mut watches = Watches::new(self.policies.dir(), &self.pins_dir);
                 let mut next_policy_look = Instant::now();
                 let mut next_pins_look = Instant::now();
+                let mut expiry = podmap_bpf::maps::ExpiryWatch::default();
                 while !*stop.borrow() {
                     let now = Instant::now();
                     let due = |at: Instant| now + SLACK >= at;
@@ -656,10 +657,11 @@ impl Housekeeping {
                         .unwrap_or_else(|p| p.into_inner()) = self.policies.status();
                     if due(next_sweep) {
                         next_sweep = now + sweep_every;
-                        let swept = self
-                            .sweeper
-                            .records
-                            .sweep_expired(grace_ns(self.grace), podmap_bpf::maps::boot_ns());
+                        let swept = self.sweeper.records.sweep_expired_watched(
+                            &mut expiry,
+                            grace_ns(self.grace),
+                            podmap_bpf::maps::boot_ns(),
+                        );
                         if !swept.is_empty() {
                             tracing::debug!(
                                 records = swept.len(),

@@ -81,6 +81,9 @@ fn shared_counter_help(c: Counter) -> Option<&'static str> {
         Counter::CapabilitiesUnread => {
             "Containers whose capabilities a runtime plugin could not learn (recorded as unknown)"
         }
+        Counter::RecordsMarked => {
+            "Container records marked removed by a runtime plugin, their grace period started"
+        }
         // The mapping latency histogram's _sum.
         Counter::MappingLatencySumUs => return None,
     })

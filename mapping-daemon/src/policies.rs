@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use podmap_bpf::layout::Counter;
 use podmap_bpf::maps::{KernelAction, PathRule, RuleRef, RuleTable};
 use podmap_bpf::SharedMaps;
 use podmap_cgroup::CgroupKey;
@@ -34,6 +35,9 @@ pub struct PolicyManager {
     /// Memberships without a record, with when they were first seen so; see `sweep_orphans`.
     orphans: HashMap<(u32, CgroupKey), Instant>,
     last_orphan_sweep: Option<Instant>,
+    /// The record map's generation and the memberships written when the last walk for orphans
+    /// began, and when it was: see `sweep_orphans`.
+    orphan_walk: Option<((u64, u64), Instant)>,
     /// podmap's own namespace: no policy selects its pods.
     own_namespace: Option<String>,
 }
@@ -49,6 +53,8 @@ pub struct Look {
 
 /// How often memberships are checked against the record map: a walk of the membership map.
 const ORPHAN_SWEEP: Duration = Duration::from_secs(10);
+/// The longest the orphan sweep goes without walking the maps, whatever the counters say.
+const ORPHAN_FULL_SWEEP: Duration = Duration::from_secs(60);
 /// How long a membership may lack its record before it goes: a plugin writes the membership
 /// just before the record (so not even the first exec escapes), and that must not be undone.
 const ORPHAN_GRACE: Duration = Duration::from_secs(5);
@@ -130,6 +136,7 @@ impl PolicyManager {
             walked_generation: None,
             orphans: HashMap::new(),
             last_orphan_sweep: None,
+            orphan_walk: None,
             own_namespace: None,
         }
     }
@@ -200,6 +207,22 @@ impl PolicyManager {
     /// [`ORPHAN_GRACE`] on two looks.
     fn sweep_orphans(&mut self, now: Instant) {
         self.last_orphan_sweep = Some(now);
+        // A membership loses its record only when a record goes (the generation moves) or a
+        // membership is written (counted): after a walk that left no candidate, with neither,
+        // there is nothing to find, and two map walks are saved (each a look at every bucket
+        // of the preallocated maps). Walked every ORPHAN_FULL_SWEEP all the same.
+        let stamp = (
+            self.maps.records.records_generation(),
+            self.maps.counters.get(Counter::MembershipWrites),
+        );
+        if self.orphans.is_empty()
+            && self.orphan_walk.is_some_and(|(seen, at)| {
+                seen == stamp && now.duration_since(at) < ORPHAN_FULL_SWEEP
+            })
+        {
+            return;
+        }
+        self.orphan_walk = Some((stamp, now));
         let records: HashSet<CgroupKey> = self.maps.records.keys().into_iter().collect();
         let orphaned: HashSet<(u32, CgroupKey)> = self
             .maps

@@ -626,6 +626,27 @@ fn memberships_without_a_record_are_removed_and_the_others_kept() {
     assert!(members.contains(&(id, live)), "{members:?}\n{st:#}");
     assert!(!members.contains(&(id, gone)), "{members:?}");
     assert_eq!(st["policies"]["memberships"], 1, "{st:#}");
+
+    // Once the sweeps have nothing to find they skip their walks; a membership written while
+    // podmapd runs (a plugin that died before writing its record) is counted, so it is found
+    // and goes too.
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    let stray = CgroupKey::v2(u64::MAX - 8);
+    maps.policy
+        .add_memberships(
+            &CgroupIds {
+                v2: Some(stray.id),
+                v1: None,
+            },
+            &[id],
+        )
+        .unwrap();
+    let st = daemon.wait_status("the membership written later without a record", |st| {
+        st["policies"]["orphan_memberships_removed"] == 2
+    });
+    let members = maps.policy.memberships();
+    assert!(!members.contains(&(id, stray)), "{members:?}\n{st:#}");
+    assert!(members.contains(&(id, live)), "{members:?}");
 }
 
 /// `depth` cgroups nested one below the other under `top`: `<top>/d1/d2/.../d<depth>`. The

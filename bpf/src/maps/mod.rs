@@ -33,7 +33,8 @@ pub use policy::{
     KernelAction, MatchedRules, PathRule, PolicyMaps, RuleRef, RuleTable, RulesError,
 };
 pub use records::{
-    boot_ns, grace_over, of_boot_clock, MetaError, Record, RecordFlags, RecordMaps, Writer,
+    boot_ns, grace_over, of_boot_clock, ExpiryWatch, MetaError, Record, RecordFlags, RecordMaps,
+    Writer,
 };
 
 /// Every pinned map, opened: the records, the policy maps and the counters they count in.

@@ -167,6 +167,9 @@ impl RecordMaps {
                             name: CONTAINERS_MAP,
                             source,
                         })?;
+                    // Counted after the write: a sweeper that reads the count and then walks
+                    // finds this mark.
+                    self.counters.add(Counter::RecordsMarked, 1);
                     found = true;
                 }
                 Err(MapError::KeyNotFound) => {}
@@ -184,12 +187,58 @@ impl RecordMaps {
     /// Drops every record whose grace period ended by `now_ns`; returns their keys. Any writer
     /// or podmapd may sweep: removal is idempotent.
     pub fn sweep_expired(&mut self, grace_ns: u64, now_ns: u64) -> Vec<CgroupKey> {
-        let expired: Vec<podmap_cgroup_key> = self
-            .all_records()
-            .into_iter()
-            .filter(|(_, r)| r.removed_ns != 0 && grace_over(r.removed_ns, grace_ns, now_ns))
-            .map(|(k, _)| k)
-            .collect();
+        self.expire(grace_ns, now_ns).0
+    }
+
+    /// [`RecordMaps::sweep_expired`], without the walk when `watch` shows nothing can have
+    /// expired since its last one: no record was marked, added, removed or expired by anyone
+    /// since, and the earliest grace period that walk saw running has not ended. Walks at
+    /// least every [`ExpiryWatch::FULL_WALK_NS`] all the same (a writer from before the marks
+    /// were counted).
+    pub fn sweep_expired_watched(
+        &mut self,
+        watch: &mut ExpiryWatch,
+        grace_ns: u64,
+        now_ns: u64,
+    ) -> Vec<CgroupKey> {
+        // Read before the walk: whatever is counted after it is looked at by the next walk.
+        let stamp = self.expiry_stamp();
+        let quiet = watch.stamp == Some(stamp)
+            && watch.next_due.is_none_or(|due| now_ns < due)
+            && now_ns.saturating_sub(watch.walked_ns) < ExpiryWatch::FULL_WALK_NS;
+        if quiet {
+            return Vec::new();
+        }
+        let (expired, next_due) = self.expire(grace_ns, now_ns);
+        // Each record this walk expired moved the count by one; anything else moved it too.
+        *watch = ExpiryWatch {
+            stamp: Some(stamp.wrapping_add(expired.len() as u64)),
+            next_due,
+            walked_ns: now_ns,
+        };
+        expired
+    }
+
+    fn expiry_stamp(&self) -> u64 {
+        self.records_generation()
+            .wrapping_add(self.counters.get(Counter::RecordsMarked))
+    }
+
+    /// The sweep, and the earliest end of a grace period among the marked records it kept.
+    fn expire(&mut self, grace_ns: u64, now_ns: u64) -> (Vec<CgroupKey>, Option<u64>) {
+        let mut next_due: Option<u64> = None;
+        let mut expired = Vec::new();
+        for (k, r) in self.all_records() {
+            if r.removed_ns == 0 {
+                continue;
+            }
+            if grace_over(r.removed_ns, grace_ns, now_ns) {
+                expired.push(k);
+            } else {
+                let due = r.removed_ns.saturating_add(grace_ns);
+                next_due = Some(next_due.map_or(due, |d| d.min(due)));
+            }
+        }
         let mut out = Vec::with_capacity(expired.len());
         for raw in expired {
             let _ = self.containers.remove(&raw);
@@ -197,7 +246,7 @@ impl RecordMaps {
             self.counters.add(Counter::RecordsExpired, 1);
             out.push(keys::from_raw(raw));
         }
-        out
+        (out, next_due)
     }
 
     /// Removes a container's record: the compact record first, so no reader finds a record
@@ -289,6 +338,23 @@ pub enum MetaError {
     Corrupt { key: CgroupKey, reason: String },
     #[error("reading the metadata map: {0}")]
     Map(String),
+}
+
+/// What podmapd's expiry sweep remembers of its last walk (see
+/// [`RecordMaps::sweep_expired_watched`]).
+#[derive(Debug, Default)]
+pub struct ExpiryWatch {
+    /// The records' changes and marks counted when the last walk began, plus its own expiries.
+    stamp: Option<u64>,
+    /// The earliest end of a grace period among the marked records it left.
+    next_due: Option<u64>,
+    /// When it walked (boot ns).
+    walked_ns: u64,
+}
+
+impl ExpiryWatch {
+    /// The longest the sweep goes without a walk, whatever the counters say.
+    pub const FULL_WALK_NS: u64 = 60_000_000_000;
 }
 
 /// CLOCK_BOOTTIME ns: the time base of `created_ns`, `removed_ns` and the hook's spool order
