@@ -325,30 +325,44 @@ fn the_watched_sweep_walks_only_when_something_can_have_expired() {
         "the periodic walk"
     );
 
-    // A counted mark is walked for at once, then not again until its grace ends.
+    // A counted mark is walked for at once (the walk also finds a mark nobody counted since
+    // the last walk), then not again until its grace ends.
     let t1 = t0 + ExpiryWatch::FULL_WALK_NS + 1;
-    writer
-        .records
-        .insert(
-            &ids(5002),
-            &meta("c2"),
-            RecordFlags::default(),
-            Writer::Test,
-        )
-        .unwrap();
-    assert!(writer.records.mark_removed(&ids(5002), t1).unwrap());
+    for (n, c) in [(5002, "c2"), (5003, "c3")] {
+        writer
+            .records
+            .insert(&ids(n), &meta(c), RecordFlags::default(), Writer::Test)
+            .unwrap();
+    }
     assert!(sweeper
         .records
-        .sweep_expired_watched(&mut watch, grace, t1 + 1)
+        .sweep_expired_watched(&mut watch, grace, t1)
         .is_empty());
+    assert!(writer.records.mark_removed(&ids(5003), t1 - grace).unwrap());
+    writer.counters.add(Counter::RecordsMarked, u64::MAX);
+    assert!(
+        sweeper
+            .records
+            .sweep_expired_watched(&mut watch, grace, t1 + 1)
+            .is_empty(),
+        "nothing counted: no walk"
+    );
+    assert!(writer.records.mark_removed(&ids(5002), t1 + 1).unwrap());
+    assert_eq!(
+        sweeper
+            .records
+            .sweep_expired_watched(&mut watch, grace, t1 + 2),
+        vec![CgroupKey::v2(5003)],
+        "the counted mark made it walk"
+    );
     assert!(sweeper
         .records
-        .sweep_expired_watched(&mut watch, grace, t1 + grace - 1)
+        .sweep_expired_watched(&mut watch, grace, t1 + grace)
         .is_empty());
     assert_eq!(
         sweeper
             .records
-            .sweep_expired_watched(&mut watch, grace, t1 + grace),
+            .sweep_expired_watched(&mut watch, grace, t1 + 1 + grace),
         vec![CgroupKey::v2(5002)],
         "due"
     );

@@ -543,7 +543,8 @@ struct Housekeeping {
 /// this (the plugins write the memberships of their own containers at creation; this is the
 /// backstop), and the policy directory's slow look is due as often.
 const QUIET: Duration = Duration::from_secs(1);
-/// Without inotify, the directories are looked at this often, as they were before the watches.
+/// Without inotify, or while a directory cannot be watched, the directories are looked at this
+/// often, as they were before the watches.
 const TICK_UNWATCHED: Duration = Duration::from_millis(250);
 /// After a wake, what else comes within this is handled by the same look: a burst of events (a
 /// `rm -rf` of the pin directory, a file written in pieces) is looked at once, and a removal in
@@ -634,6 +635,8 @@ impl Housekeeping {
                 let mut next_policy_look = Instant::now();
                 let mut next_pins_look = Instant::now();
                 let mut expiry = podmap_bpf::maps::ExpiryWatch::default();
+                // Warned once: a poll that fails keeps failing.
+                let mut sleep_failed = false;
                 while !*stop.borrow() {
                     let now = Instant::now();
                     let due = |at: Instant| now + SLACK >= at;
@@ -669,7 +672,7 @@ impl Housekeeping {
                             );
                         }
                     }
-                    let quiet = if watches.is_some() {
+                    let quiet = if watches.as_ref().is_some_and(|w| w.watch.all_watched()) {
                         QUIET
                     } else {
                         TICK_UNWATCHED
@@ -681,10 +684,13 @@ impl Housekeeping {
                         .min(now + quiet);
                     let watch = watches.as_ref().map(|w| w.watch.as_raw_fd());
                     match self.wake.sleep(watch, until.saturating_duration_since(now)) {
-                        Ok(true) => std::thread::sleep(SETTLE),
-                        Ok(false) => {}
+                        Ok(true) if !*stop.borrow() => std::thread::sleep(SETTLE),
+                        Ok(_) => {}
                         Err(e) => {
-                            tracing::warn!(error = %e, "housekeeping cannot sleep on its wake-ups: looking every {TICK_UNWATCHED:?}");
+                            if !sleep_failed {
+                                tracing::warn!(error = %e, "housekeeping cannot sleep on its wake-ups: looking every {TICK_UNWATCHED:?}");
+                                sleep_failed = true;
+                            }
                             std::thread::sleep(TICK_UNWATCHED);
                         }
                     }

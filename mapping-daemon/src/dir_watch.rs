@@ -108,6 +108,12 @@ impl DirWatch {
         changed
     }
 
+    /// Whether every directory is watched: one that cannot be is reported changed every time,
+    /// so its caller must look often for itself.
+    pub fn all_watched(&self) -> bool {
+        !self.targets.iter().any(|t| t.unwatchable)
+    }
+
     /// Times the event queue overflowed.
     pub fn overflows(&self) -> u64 {
         self.overflows

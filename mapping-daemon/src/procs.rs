@@ -111,7 +111,7 @@ pub struct ProcTable {
 pub fn exec_id(node: &str, ktime: u64, pid: u32) -> String {
     use base64::Engine;
     // On every exec: the raw id on the stack when it fits (node names are at most 253 bytes,
-    // the numbers at most 31 with their colons), one exactly sized string for the encoding;
+    // the numbers at most 32 with their colons), one exactly sized string for the encoding;
     // the numbers without the formatting machinery.
     let (mut ktime_s, mut pid_s) = (itoa::Buffer::new(), itoa::Buffer::new());
     let parts = [

@@ -531,7 +531,7 @@ fn a_cwd_deeper_than_the_kernel_reads_is_flagged_truncated() {
 
 /// Chaos (issue 12): the pin directory removed under a running podmapd. Before, the programs
 /// were detached at once (nothing but the pins held their links) and a writer opening the pins
-/// afterwards created new, empty maps. Now podmapd holds its links, and its next tick pins them,
+/// afterwards created new, empty maps. Now podmapd holds its links, and its next look pins them,
 /// its own maps and the shared maps again (counted): the programs never stop, a later writer (a
 /// hook run) writes into the maps they read, and a restarted podmapd adopts the links.
 #[test]

@@ -45,7 +45,8 @@ pub(crate) struct Store {
     pub(crate) changed: Notify,
 }
 
-/// The write lock, and on its release a notification if the change log moved under it.
+/// The write lock, and a notification when it is dropped (just before the lock is released) if
+/// the change log moved under it: a waiter that then reads waits for the lock and sees the change.
 struct WriteGuard<'a> {
     data: RwLockWriteGuard<'a, StoreData>,
     seq: u64,

@@ -167,9 +167,6 @@ impl RecordMaps {
                             name: CONTAINERS_MAP,
                             source,
                         })?;
-                    // Counted after the write: a sweeper that reads the count and then walks
-                    // finds this mark.
-                    self.counters.add(Counter::RecordsMarked, 1);
                     found = true;
                 }
                 Err(MapError::KeyNotFound) => {}
@@ -180,6 +177,11 @@ impl RecordMaps {
                     })
                 }
             }
+        }
+        if found {
+            // Once per container, after the writes: a sweeper that reads the count and then
+            // walks finds the mark.
+            self.counters.add(Counter::RecordsMarked, 1);
         }
         Ok(found)
     }

@@ -65,10 +65,10 @@ fn until_member(
     }
 }
 
-/// podmapd applies changes on a 250 ms tick: a change made right after the previous one was
-/// seen would always land just after a tick and wait a whole period. Each change waits a
-/// different part of the period first, so the figures spread over the tick's phase as real
-/// changes do.
+/// A change made right after the previous one was seen would always find podmapd at the same
+/// point of its cycle (settling, looking, asleep until the next wake or its once-a-second
+/// look). Each change waits a different part of a quarter second first, so the figures spread
+/// over that phase as real changes do.
 fn dephase(round: u32, step: usize) {
     let ms = (u64::from(round) * 97 + step as u64 * 41) % 250;
     std::thread::sleep(Duration::from_millis(ms));
