@@ -330,9 +330,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Err(e) = reader.join() {
         tracing::warn!(error = %e, "the event reader ended with an error");
     }
-    // Its last look ends within SETTLE and the look's work, unless a disk holds it: then it is left to the
-    // process's exit, with the pin directory's lock it holds (no other podmapd takes the
-    // directory while this one may still write the maps). The programs stay attached through
+    // Its last look ends within SETTLE and the look's work, unless a disk holds it: then it is
+    // left to the process's exit, with the pin directory's lock it holds (no other podmapd takes
+    // the directory while this one may still write the maps). The programs stay attached through
     // their pinned links either way. Polled, not joined on a blocking task: the runtime would
     // wait for that task when it is dropped.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);

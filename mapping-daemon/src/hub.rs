@@ -479,6 +479,13 @@ mod tests {
         assert_eq!(hub.delivered(), 7);
     }
 
+    /// `n` exec events, each of its own namespace, so no two lines are alike.
+    fn numbered_events(n: usize) -> Vec<Arc<Published>> {
+        (0..n)
+            .map(|i| Published::new(event(EventType::Exec, Some(&format!("namespace-{i}")))))
+            .collect()
+    }
+
     /// A socket that takes part of a batch takes part of a line: the rest of that line goes
     /// first when it drains, so the client reads every line whole and in order.
     #[test]
@@ -486,9 +493,7 @@ mod tests {
         let hub = Hub::new();
         let (fd, mut peer) = socket();
         let sub = hub.subscribe(EventFilter::default(), fd);
-        let evs: Vec<_> = (0..600)
-            .map(|i| Published::new(event(EventType::Exec, Some(&format!("namespace-{i}")))))
-            .collect();
+        let evs = numbered_events(600);
         for batch in evs.chunks(100) {
             hub.publish_batch(batch);
         }
@@ -509,9 +514,7 @@ mod tests {
         let hub = Hub::new();
         let (fd, mut peer) = socket();
         let sub = hub.subscribe(EventFilter::default(), fd);
-        let evs: Vec<_> = (0..600)
-            .map(|i| Published::new(event(EventType::Exec, Some(&format!("namespace-{i}")))))
-            .collect();
+        let evs = numbered_events(600);
         hub.publish_batch(&evs);
         assert!(sub.mid_line(), "a socket buffer's worth ends inside a line");
         sub.unsubscribe();
