@@ -353,8 +353,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&args.socket);
     // The programs stay attached through their pinned links (docs/decisions.md #30): policies
     // keep acting until the next podmapd adopts or replaces them (the housekeeping thread has
-    // dropped this process's hold on them).
+    // dropped this process's hold on them). Said, with how to undo it: whoever tried podmapd
+    // with a pin directory of their own would otherwise not know its programs still run.
     drop(procs);
+    tracing::info!(
+        pins = %args.node.bpffs_dir.display(),
+        "stopped; the programs stay attached through the links pinned in {} (policies keep acting, events wait for the next podmapd): remove that directory to detach them",
+        args.node.bpffs_dir.display()
+    );
     Ok(())
 }
 

@@ -133,3 +133,32 @@ fn podmapd_mounts_bpffs_where_nothing_did() {
         daemon.pins.path.display()
     );
 }
+
+/// Stopped, podmapd leaves its programs attached through their pinned links (docs/decisions.md
+/// #30), and says so with the directory to remove to detach them: a user who tried podmapd
+/// with a pin directory of their own would otherwise not know the programs are still running.
+#[test]
+fn a_stopped_podmapd_says_where_its_programs_stay_attached() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
+    let mut daemon = Daemon::start();
+    let pid = daemon.child.id() as libc::pid_t;
+    // SAFETY: kill(2) of the podmapd this test started and still holds unreaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = daemon.child.wait().expect("podmapd exits");
+    assert!(status.success(), "{status}:\n{}", daemon.log_text());
+    let log = daemon.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("stay attached"))
+        .unwrap_or_else(|| panic!("no word of the programs left attached:\n{log}"));
+    assert!(
+        line.contains(&daemon.pins.path.display().to_string()) && line.contains("remove"),
+        "{line}"
+    );
+    assert!(
+        daemon.pins.path.join("links").read_dir().unwrap().count() > 0,
+        "the links are still pinned"
+    );
+}
