@@ -112,7 +112,8 @@ pub fn exec_id(node: &str, ktime: u64, pid: u32) -> String {
     use base64::Engine;
     // On every exec: the raw id on the stack when it fits (node names are at most 253 bytes,
     // the numbers at most 32 with their colons), one exactly sized string for the encoding;
-    // the numbers without the formatting machinery.
+    // the numbers without the formatting machinery. (base64's streaming `EncoderStringWriter`
+    // would need no buffer, but took 168 ns per id here against 72.)
     let (mut ktime_s, mut pid_s) = (itoa::Buffer::new(), itoa::Buffer::new());
     let parts = [
         node.as_bytes(),

@@ -32,7 +32,7 @@ impl Wake {
     }
 
     /// Takes the wakes so far: the descriptor is not readable again until the next.
-    pub fn clear(&self) {
+    fn clear(&self) {
         let mut n: u64 = 0;
         // SAFETY: an 8-byte read into a live u64 from the eventfd this Wake owns; EAGAIN (no
         // wake) leaves it untouched.
@@ -47,7 +47,7 @@ impl Wake {
             events: libc::POLLIN,
             revents: 0,
         });
-        let ms = timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
+        let ms = timeout_ms(timeout);
         // SAFETY: poll of two pollfds in a live local array (a negative fd is ignored).
         let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
         if n < 0 {
@@ -63,6 +63,12 @@ impl Wake {
         }
         Ok(n > 0)
     }
+}
+
+/// A timeout as `poll(2)` and `epoll_wait(2)` take it: milliseconds, rounded up so a short wait
+/// is not a busy look, zero for a look without waiting.
+pub fn timeout_ms(timeout: Duration) -> i32 {
+    timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32
 }
 
 impl AsRawFd for Wake {

@@ -215,6 +215,17 @@ fn container(name: &str) -> Option<Shared<ContainerInfo>> {
     }))
 }
 
+/// `template` once per pid, ready to publish.
+fn with_pids(template: &Event, pids: impl IntoIterator<Item = u32>) -> Vec<Arc<Published>> {
+    pids.into_iter()
+        .map(|pid| {
+            let mut e = template.clone();
+            e.process.pid = pid;
+            Published::new(e)
+        })
+        .collect()
+}
+
 fn event(kind: EventType, pid: u32, ns: Option<&str>, labels: &[(&str, &str)]) -> Event {
     let mut ev = Event {
         schema_version: podmap_proto::SCHEMA_VERSION,
@@ -443,13 +454,7 @@ async fn a_second_line_mid_stream_never_cuts_an_event_line() {
     let mut template = event(EventType::Exec, 0, Some("prod"), &[]);
     template.process.args = vec!["x".repeat(3000)].into();
     // More than a socket buffer holds, in one batch: the hub's write stops inside a line.
-    let evs: Vec<_> = (1..=400)
-        .map(|pid| {
-            let mut e = template.clone();
-            e.process.pid = pid;
-            Published::new(e)
-        })
-        .collect();
+    let evs = with_pids(&template, 1..=400);
     h.hub.publish_batch(&evs);
     c.reader
         .get_mut()
@@ -519,13 +524,7 @@ async fn a_slow_client_loses_events_and_a_fast_one_gets_all() {
     while sent < N {
         // Publish in bursts no larger than a queue, letting the fast reader catch up between
         // them, as a reader that keeps up with the event rate would.
-        let burst: Vec<_> = (sent + 1..=(sent + QUEUE as u32 / 2).min(N))
-            .map(|pid| {
-                let mut ev = template.clone();
-                ev.process.pid = pid;
-                Published::new(ev)
-            })
-            .collect();
+        let burst = with_pids(&template, sent + 1..=(sent + QUEUE as u32 / 2).min(N));
         h.hub.publish_batch(&burst);
         sent += burst.len() as u32;
         timeout(WAIT, count_rx.wait_for(|&got| got == sent))
@@ -738,14 +737,8 @@ async fn a_client_that_stops_reading_is_disconnected_when_a_write_times_out() {
             Instant::now() < deadline,
             "the non-reading client was never disconnected"
         );
-        let burst: Vec<_> = (0..16)
-            .map(|_| {
-                pid += 1;
-                let mut ev = template.clone();
-                ev.process.pid = pid;
-                Published::new(ev)
-            })
-            .collect();
+        let burst = with_pids(&template, pid + 1..=pid + 16);
+        pid += 16;
         h.hub.publish_batch(&burst);
         for want in burst.iter().map(|p| p.event.process.pid) {
             assert_eq!(fast.event().await.process.pid, want);

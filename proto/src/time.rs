@@ -61,20 +61,13 @@ fn format_with_fraction(unix_ns: u64, digits: u32) -> String {
 }
 
 /// Appends `v` in decimal, zero-padded to at least `width` digits.
-fn push_padded(s: &mut String, mut v: u64, width: usize) {
-    let mut buf = [b'0'; 20];
-    let mut start = buf.len();
-    loop {
-        start -= 1;
-        buf[start] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
+fn push_padded(s: &mut String, v: u64, width: usize) {
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(v);
+    for _ in digits.len()..width {
+        s.push('0');
     }
-    for &b in &buf[start.min(buf.len().saturating_sub(width))..] {
-        s.push(char::from(b));
-    }
+    s.push_str(digits);
 }
 
 /// Parses a UTC time as podmapd writes it (fraction optional, up to 9 digits) to Unix-epoch

@@ -25,7 +25,7 @@ use super::Pipeline;
 use crate::clock::boot_ns;
 use crate::hub::{Hub, Published};
 use crate::stats::Stats;
-use crate::wake::Wake;
+use crate::wake::{timeout_ms, Wake};
 
 /// Empty polls in a row before the reader sleeps.
 const IDLE_POLLS: u32 = 10;
@@ -270,7 +270,7 @@ impl Epoll {
 
     /// Waits up to `timeout` (rounded up to a millisecond; zero looks without waiting).
     fn wait(&self, timeout: Duration) -> io::Result<Ready> {
-        let ms = timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
+        let ms = timeout_ms(timeout);
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; 2];
         loop {
             // SAFETY: the buffer holds 2 events and lives across the call.
