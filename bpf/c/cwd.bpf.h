@@ -24,9 +24,26 @@ _Static_assert(CWD_OFF_MASK + 1 == PODMAP_CWD_MAX, "the mask covers the cwd exac
 _Static_assert(EXEC_CWD_BASE_MASK + CWD_OFF_MASK + PODMAP_CWD_MAX <= EXEC_SCRATCH_DATA,
 	       "a component read at the last offset stays in the scratch buffer");
 
+/*
+ * Neighbouring pointer fields are read in one helper call where the kernel keeps them within
+ * FIELD_SPAN_WORDS words of each other (every kernel podmap supports), else one call each: a
+ * call costs more than the bytes it copies. `read_span` fills `words` from `base + first` and
+ * gives the word `later - first` bytes on; the offsets are the kernel's (CO-RE), so the verifier
+ * sees constants and keeps one of the two branches.
+ */
+#define FIELD_SPAN_WORDS 4
+
+static __always_inline int near_fields(__u32 first, __u32 later)
+{
+	return later > first && (later - first) % 8 == 0 &&
+	       later - first <= 8 * (FIELD_SPAN_WORDS - 1);
+}
+
 struct cwd_walk {
 	struct dentry *dentry;
 	struct vfsmount *vfsmnt;
+	/* The current mount's root dentry: read once per mount, not once per component. */
+	struct dentry *mnt_root;
 	struct mount *mnt;
 	struct dentry *root_dentry;
 	struct vfsmount *root_mnt;
@@ -38,6 +55,41 @@ struct cwd_walk {
 	__u32 truncated;
 };
 
+/* A dentry's parent and name pointer. */
+static __always_inline void dentry_up(struct dentry *d, struct dentry **parent, const char **name)
+{
+	__u32 p = bpf_core_field_offset(struct dentry, d_parent);
+	__u32 n = bpf_core_field_offset(struct dentry, d_name.name);
+	__u64 words[FIELD_SPAN_WORDS] = {};
+
+	if (near_fields(p, n)) {
+		bpf_probe_read_kernel(words, n - p + 8, (char *)d + p);
+		*parent = (struct dentry *)words[0];
+		*name = (const char *)words[(n - p) / 8];
+	} else {
+		*parent = BPF_CORE_READ(d, d_parent);
+		*name = (const char *)BPF_CORE_READ(d, d_name.name);
+	}
+}
+
+/* A mount's parent and the dentry it is mounted on. */
+static __always_inline void mount_up(struct mount *m, struct mount **parent,
+				     struct dentry **mountpoint)
+{
+	__u32 p = bpf_core_field_offset(struct mount, mnt_parent);
+	__u32 mp = bpf_core_field_offset(struct mount, mnt_mountpoint);
+	__u64 words[FIELD_SPAN_WORDS] = {};
+
+	if (near_fields(p, mp)) {
+		bpf_probe_read_kernel(words, mp - p + 8, (char *)m + p);
+		*parent = (struct mount *)words[0];
+		*mountpoint = (struct dentry *)words[(mp - p) / 8];
+	} else {
+		*parent = BPF_CORE_READ(m, mnt_parent);
+		*mountpoint = BPF_CORE_READ(m, mnt_mountpoint);
+	}
+}
+
 /*
  * One step of the cwd walk, run under bpf_loop so the verifier checks it once. Writes the next
  * component (leaf first, NUL-terminated) into the scratch cwd region. The read has a constant
@@ -47,26 +99,28 @@ struct cwd_walk {
 static long cwd_step(__u64 i, struct cwd_walk *w)
 {
 	/* Locals, so CO-RE relocates only the kernel structures' fields, not the walk's. */
-	struct dentry *dentry = w->dentry, *mnt_root, *parent;
-	struct vfsmount *vfsmnt = w->vfsmnt;
+	struct dentry *dentry = w->dentry, *parent, *mountpoint;
 	struct mount *mnt = w->mnt, *mnt_parent;
+	struct vfsmount *vfsmnt;
 	struct exec_scratch *s = w->s;
+	const char *name;
 	long n;
 
-	if (dentry == w->root_dentry && vfsmnt == w->root_mnt)
+	if (dentry == w->root_dentry && w->vfsmnt == w->root_mnt)
 		return 1;
-	mnt_root = BPF_CORE_READ(vfsmnt, mnt_root);
-	if (dentry == mnt_root) {
-		mnt_parent = BPF_CORE_READ(mnt, mnt_parent);
+	if (dentry == w->mnt_root) {
+		mount_up(mnt, &mnt_parent, &mountpoint);
 		if (mnt_parent == mnt)
 			return 1;
-		w->dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
+		w->dentry = mountpoint;
 		w->mnt = mnt_parent;
-		w->vfsmnt = (struct vfsmount *)((char *)mnt_parent +
-						bpf_core_field_offset(struct mount, mnt));
+		vfsmnt = (struct vfsmount *)((char *)mnt_parent +
+					     bpf_core_field_offset(struct mount, mnt));
+		w->vfsmnt = vfsmnt;
+		w->mnt_root = BPF_CORE_READ(vfsmnt, mnt_root);
 		return 0;
 	}
-	parent = BPF_CORE_READ(dentry, d_parent);
+	dentry_up(dentry, &parent, &name);
 	if (parent == dentry)
 		return 1;
 	if (w->off >= PODMAP_CWD_MAX - 1) {
@@ -75,7 +129,7 @@ static long cwd_step(__u64 i, struct cwd_walk *w)
 	}
 	n = bpf_probe_read_kernel_str(s->data + (w->base & EXEC_CWD_BASE_MASK) +
 					      (w->off & CWD_OFF_MASK),
-				      PODMAP_CWD_MAX, BPF_CORE_READ(dentry, d_name.name));
+				      PODMAP_CWD_MAX, name);
 	if (n <= 0) {
 		w->truncated = 1;
 		return 1;
@@ -90,18 +144,35 @@ static __always_inline __u32 read_cwd(struct task_struct *task, struct exec_scra
 				      __u32 *flags)
 {
 	struct fs_struct *fs = task->fs;
+	__u32 root = bpf_core_field_offset(struct fs_struct, root);
+	__u32 pwd = bpf_core_field_offset(struct fs_struct, pwd);
 	struct cwd_walk w = {};
+	struct vfsmount *vfsmnt;
 	long steps;
 
 	if (!fs)
 		return 0;
 	w.s = s;
 	w.base = base;
-	w.dentry = BPF_CORE_READ(fs, pwd.dentry);
-	w.vfsmnt = BPF_CORE_READ(fs, pwd.mnt);
-	w.root_dentry = BPF_CORE_READ(fs, root.dentry);
-	w.root_mnt = BPF_CORE_READ(fs, root.mnt);
-	w.mnt = (struct mount *)((char *)w.vfsmnt - bpf_core_field_offset(struct mount, mnt));
+	/* The root and the working directory, each a (mount, dentry) pair: one read where near. */
+	if (pwd > root && pwd - root == 2 * sizeof(void *) &&
+	    bpf_core_field_offset(struct path, mnt) == 0 &&
+	    bpf_core_field_offset(struct path, dentry) == sizeof(void *)) {
+		void *paths[4] = {};
+		bpf_probe_read_kernel(paths, sizeof(paths), (char *)fs + root);
+		w.root_mnt = paths[0];
+		w.root_dentry = paths[1];
+		w.vfsmnt = paths[2];
+		w.dentry = paths[3];
+	} else {
+		w.dentry = BPF_CORE_READ(fs, pwd.dentry);
+		w.vfsmnt = BPF_CORE_READ(fs, pwd.mnt);
+		w.root_dentry = BPF_CORE_READ(fs, root.dentry);
+		w.root_mnt = BPF_CORE_READ(fs, root.mnt);
+	}
+	vfsmnt = w.vfsmnt; /* a local: CO-RE relocates the kernel's fields, not the walk's */
+	w.mnt_root = BPF_CORE_READ(vfsmnt, mnt_root);
+	w.mnt = (struct mount *)((char *)vfsmnt - bpf_core_field_offset(struct mount, mnt));
 	steps = bpf_loop(CWD_MAX_STEPS, cwd_step, &w, 0);
 	if (w.truncated || steps >= CWD_MAX_STEPS) {
 		*flags |= PODMAP_PF_CWD_TRUNCATED;

@@ -47,7 +47,7 @@ SEC("tracepoint/sched/sched_process_exec")
 int podmap_exec(struct sched_process_exec_args *ctx)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
-	struct podmap_proc proc = {}, *parent;
+	struct podmap_proc proc = {}, *parent, *own;
 	struct exec_scratch *s;
 	__u32 zero = 0, ppid;
 	unsigned long arg_start, arg_end, args_len;
@@ -71,13 +71,22 @@ int podmap_exec(struct sched_process_exec_args *ctx)
 	parent = bpf_map_lookup_elem(&podmap_procs, &ppid);
 	s->ev.parent_exec_ktime = parent ? parent->exec_ktime : 0;
 
-	s->ev.entry_pid = entry_pid(task, &s->ev.ids,
-				    bpf_map_lookup_elem(&podmap_procs, &s->ev.ids.pid), parent);
+	own = bpf_map_lookup_elem(&podmap_procs, &s->ev.ids.pid);
+	s->ev.entry_pid = entry_pid(task, &s->ev.ids, own, parent);
 
-	proc.exec_ktime = s->ev.hdr.ktime;
-	proc.entry_pid = s->ev.entry_pid;
-	if (bpf_map_update_elem(&podmap_procs, &s->ev.ids.pid, &proc, BPF_ANY))
-		count(PODMAP_C_PROC_TABLE_FULL);
+	if (own) {
+		/* Written in place: the exec has made the task its process's only thread, so no
+		 * fork reads the entry meanwhile, and an update would take a bucket lock and a
+		 * fresh element for the same bytes. */
+		own->exec_ktime = s->ev.hdr.ktime;
+		own->entry_pid = s->ev.entry_pid;
+		own->flags = 0;
+	} else {
+		proc.exec_ktime = s->ev.hdr.ktime;
+		proc.entry_pid = s->ev.entry_pid;
+		if (bpf_map_update_elem(&podmap_procs, &s->ev.ids.pid, &proc, BPF_ANY))
+			count(PODMAP_C_PROC_TABLE_FULL);
+	}
 
 	/* The kernel's own copy of the filename: always readable here. */
 	n = bpf_probe_read_kernel_str(s->data, PODMAP_FILENAME_MAX,

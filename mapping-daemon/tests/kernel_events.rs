@@ -529,6 +529,59 @@ fn a_cwd_deeper_than_the_kernel_reads_is_flagged_truncated() {
     }
 }
 
+/// A tmpfs mounted for one test, detached lazily when dropped (also when the test fails).
+struct TmpfsMount(std::path::PathBuf);
+
+impl TmpfsMount {
+    fn new(at: &std::path::Path) -> TmpfsMount {
+        std::fs::create_dir_all(at).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "podmap-test-cwd"])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount -t tmpfs {}", at.display());
+        TmpfsMount(at.to_path_buf())
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// The cwd walk crosses mount points: a working directory two mounts below the root filesystem
+/// comes out whole, each mount's part in place, and not flagged.
+#[test]
+fn a_cwd_across_mount_points_comes_out_whole() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
+    let daemon = Daemon::start();
+    let cg = TestCgroup::new(&cgroup2_mount(), "podmap-test-cwd-mounts").unwrap();
+    let top = tempfile::tempdir().unwrap();
+    let outer = TmpfsMount::new(&top.path().join("outer"));
+    let inner = TmpfsMount::new(&outer.0.join("a/inner"));
+    let cwd = inner.0.join("b/c");
+    std::fs::create_dir_all(&cwd).unwrap();
+    let mut stream = daemon.events(r#"{"types": ["exec"]}"#);
+    let script = format!("cd '{}' && exec /bin/echo across-mounts", cwd.display());
+    let (pid, _) = run_in_cgroup(&cg.path(), &["/bin/sh", "-c", &script]);
+    let events = stream.until(WAIT, |v| {
+        pid_of(v) == u64::from(pid) && v["process"]["binary"] == "/bin/echo"
+    });
+    let exec = events.last().unwrap();
+    assert_eq!(exec["process"]["cwd"], cwd.to_str().unwrap(), "{exec}");
+    let truncated = exec["process"]["flags"]
+        .as_array()
+        .is_some_and(|f| f.iter().any(|f| f == "cwd_truncated"));
+    assert!(!truncated, "{exec}");
+}
+
 /// Chaos (issue 12): the pin directory removed under a running podmapd. Before, the programs
 /// were detached at once (nothing but the pins held their links) and a writer opening the pins
 /// afterwards created new, empty maps. Now podmapd holds its links, and its next look pins them,
