@@ -63,11 +63,23 @@ pub(crate) enum Need {
     Lsm,
 }
 
+/// When a program is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum When {
+    /// From podmapd's start on.
+    Always,
+    /// Only while open rules are in force (`open_tracepoints`): a syscall tracepoint puts every
+    /// syscall of every task on the node on the kernel's slow path, so it is attached only
+    /// when it has work (docs/decisions.md #46).
+    OpenRules,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Prog {
     pub name: &'static str,
     pub hook: Hook,
     pub need: Need,
+    pub when: When,
 }
 
 const fn tp(name: &'static str, category: &'static str, point: &'static str, need: Need) -> Prog {
@@ -75,6 +87,16 @@ const fn tp(name: &'static str, category: &'static str, point: &'static str, nee
         name,
         hook: Hook::Tracepoint(category, point),
         need,
+        when: When::Always,
+    }
+}
+
+/// A program of the open rules: on a syscall tracepoint, attached only while open rules are in
+/// force.
+const fn open_tp(name: &'static str, point: &'static str, need: Need) -> Prog {
+    Prog {
+        when: When::OpenRules,
+        ..tp(name, "syscalls", point, need)
     }
 }
 
@@ -98,30 +120,23 @@ pub(crate) const PROGRAMS: [Prog; 10] = [
         name: "podmap_fork",
         hook: Hook::Raw("sched_process_fork"),
         need: Need::Required,
+        when: When::Always,
     },
     // Open rules: openat everywhere; open and openat2 where the kernel has them.
-    tp(
-        "podmap_openat",
-        "syscalls",
-        "sys_enter_openat",
-        Need::Required,
-    ),
-    tp(
-        "podmap_openat2",
-        "syscalls",
-        "sys_enter_openat2",
-        Need::Optional,
-    ),
-    tp("podmap_open", "syscalls", "sys_enter_open", Need::Optional),
+    open_tp("podmap_openat", "sys_enter_openat", Need::Required),
+    open_tp("podmap_openat2", "sys_enter_openat2", Need::Optional),
+    open_tp("podmap_open", "sys_enter_open", Need::Optional),
     Prog {
         name: "podmap_lsm_exec",
         hook: Hook::Lsm("bprm_check_security"),
         need: Need::Lsm,
+        when: When::Always,
     },
     Prog {
         name: "podmap_lsm_open",
         hook: Hook::Lsm("file_open"),
         need: Need::Lsm,
+        when: When::Always,
     },
 ];
 
@@ -134,13 +149,7 @@ pub(crate) fn attach_one(ebpf: &mut Ebpf, p: Prog) -> Result<FdLink, String> {
     match p.hook {
         Hook::Tracepoint(category, point) => {
             let prog: &mut TracePoint = prog.try_into().map_err(|e| format!("{name}: {e}"))?;
-            let id = prog
-                .attach(category, point)
-                .map_err(|e| format!("attaching {name} to {point}: {e}"))?;
-            let link = prog.take_link(id).map_err(|e| format!("{name}: {e}"))?;
-            // A perf-event link is an fd link (BPF_LINK_CREATE) from Linux 5.15 on; older
-            // kernels attach through an ioctl, which cannot be pinned.
-            FdLink::try_from(link).map_err(|e| format!("{name}: link cannot be pinned: {e}"))
+            attach_tracepoint(prog, name, category, point)
         }
         Hook::Raw(point) => {
             let prog: &mut RawTracePoint = prog.try_into().map_err(|e| format!("{name}: {e}"))?;
@@ -164,4 +173,20 @@ pub(crate) fn attach_one(ebpf: &mut Ebpf, p: Prog) -> Result<FdLink, String> {
                 .into())
         }
     }
+}
+
+/// Attaches a loaded (or pinned) tracepoint program and hands its link over as an fd link.
+pub(crate) fn attach_tracepoint(
+    prog: &mut TracePoint,
+    name: &str,
+    category: &str,
+    point: &str,
+) -> Result<FdLink, String> {
+    let id = prog
+        .attach(category, point)
+        .map_err(|e| format!("attaching {name} to {point}: {e}"))?;
+    let link = prog.take_link(id).map_err(|e| format!("{name}: {e}"))?;
+    // A perf-event link is an fd link (BPF_LINK_CREATE) from Linux 5.15 on; older kernels
+    // attach through an ioctl, which cannot be pinned.
+    FdLink::try_from(link).map_err(|e| format!("{name}: link cannot be pinned: {e}"))
 }

@@ -10,6 +10,7 @@ pub mod links;
 pub mod maps;
 pub mod mounts;
 pub mod objects;
+pub mod open_tracepoints;
 pub mod pin_watch;
 pub mod programs;
 pub mod record;

@@ -14,10 +14,13 @@
 //!   pins them in `links_new`, swaps the two directories in one `renameat2(RENAME_EXCHANGE)`, and
 //!   only then removes the old set. At every moment one generation or both are attached, never
 //!   none. The price is the overlap, from the first new attach to the old set's removal (pinning
-//!   ten links and two directory operations: typically well under a millisecond): an event in it
-//!   runs both generations, so it may be queued twice, and an exec a kill rule names gets two
-//!   SIGKILLs (harmless). It is not deduplicated (the two records differ in their timestamps);
+//!   up to ten links and two directory operations: typically well under a millisecond): an event
+//!   in it runs both generations, so it may be queued twice, and an exec a kill rule names gets
+//!   two SIGKILLs (harmless). It is not deduplicated (the two records differ in their timestamps);
 //!   the replacement is logged and shown in `podmap status` with the overlap's length.
+//!
+//! The open rules' programs are in the set only while open rules are in force
+//! (`open_tracepoints`): a start that finds none in force detaches their pinned links.
 //!
 //! An interrupted swap leaves `links_new` behind: with `links` present it is the half that lost
 //! (a new set never swapped in, or the old one not yet removed) and is removed; alone, it is the
@@ -35,7 +38,7 @@ use aya::programs::links::PinnedLink;
 use aya::programs::ProgramInfo;
 use aya::Ebpf;
 
-use crate::attach::{attach_one, Need, Prog, ProgramsError, PROGRAMS};
+use crate::attach::{attach_one, Need, Prog, ProgramsError, When, PROGRAMS};
 
 /// The directory of the pinned links, under the pin directory.
 pub const LINKS_DIR: &str = "links";
@@ -58,11 +61,20 @@ pub struct LinkStatus {
     pub lsm_error: Option<String>,
 }
 
+/// Adopts or replaces the pinned links. `candidates` are the programs loaded; of those that
+/// attach only while open rules are in force, `open_rules` says whether they are now (the rule
+/// tables the running programs read say so).
 pub(crate) fn install(
     ebpf: &mut Ebpf,
     dir: &Path,
     candidates: &[Prog],
+    open_rules: bool,
 ) -> Result<LinkStatus, ProgramsError> {
+    let wanted: Vec<Prog> = candidates
+        .iter()
+        .filter(|p| p.when == When::Always || open_rules)
+        .copied()
+        .collect();
     let err = |detail: String| ProgramsError::Links {
         dir: dir.to_owned(),
         detail,
@@ -81,13 +93,13 @@ pub(crate) fn install(
     if pinned.is_empty() {
         // An empty `links` (an uninstall that removed only the pins) has nothing to swap out.
         let _ = std::fs::remove_dir(&cur);
-        return replace(ebpf, dir, candidates, None);
+        return replace(ebpf, dir, &wanted, None);
     }
     match adoptable(ebpf, dir, candidates, &pinned) {
-        Ok(()) => adopt(ebpf, dir, candidates, &pinned),
+        Ok(()) => adopt(ebpf, dir, &wanted, &pinned),
         Err(reason) => {
             tracing::warn!(%reason, "the pinned programs differ from this podmapd's: replacing them (both run for a moment)");
-            replace(ebpf, dir, candidates, Some(reason))
+            replace(ebpf, dir, &wanted, Some(reason))
         }
     }
 }
@@ -126,7 +138,10 @@ fn adoptable(
     candidates: &[Prog],
     pinned: &[(String, Result<ProgramInfo, String>)],
 ) -> Result<(), String> {
-    for p in PROGRAMS.iter().filter(|p| p.need == Need::Required) {
+    for p in PROGRAMS
+        .iter()
+        .filter(|p| p.need == Need::Required && p.when == When::Always)
+    {
         if !pinned.iter().any(|(n, _)| n == p.name) {
             return Err(format!("{} is not pinned", p.name));
         }
@@ -257,27 +272,40 @@ fn pin(link: FdLink, path: &Path) -> Result<(), String> {
         .map_err(|e| format!("pinning {}: {e}", path.display()))
 }
 
-/// Keeps the pinned links; attaches and pins beside them what they lack.
+/// Keeps the pinned links of the `wanted` programs; attaches and pins beside them what they
+/// lack, and detaches the pinned ones no longer wanted (the open rules' programs once no open
+/// rule is in force).
 fn adopt(
     ebpf: &mut Ebpf,
     dir: &Path,
-    candidates: &[Prog],
+    wanted: &[Prog],
     pinned: &[(String, Result<ProgramInfo, String>)],
 ) -> Result<LinkStatus, ProgramsError> {
+    let err = |detail: String| ProgramsError::Links {
+        dir: dir.to_owned(),
+        detail,
+    };
     let cur = dir.join(LINKS_DIR);
-    let missing: Vec<Prog> = candidates
+    let missing: Vec<Prog> = wanted
         .iter()
         .filter(|p| !pinned.iter().any(|(n, _)| n == p.name))
         .copied()
         .collect();
-    let mut status = attach_all(ebpf, &cur, &missing).map_err(|detail| ProgramsError::Links {
-        dir: dir.to_owned(),
-        detail,
-    })?;
+    let mut kept = vec![];
+    for (name, _) in pinned {
+        if wanted.iter().any(|p| p.name == name) {
+            kept.push(name.clone());
+            continue;
+        }
+        // Nothing else holds it: the pin gone, the link detaches.
+        let path = cur.join(name);
+        std::fs::remove_file(&path)
+            .map_err(|e| err(format!("detaching {name} ({}): {e}", path.display())))?;
+        tracing::info!(program = %name, "detached: no open rule is in force");
+    }
+    let mut status = attach_all(ebpf, &cur, &missing).map_err(err)?;
     status.mode = "adopted".into();
-    status
-        .programs
-        .extend(pinned.iter().map(|(n, _)| n.clone()));
+    status.programs.extend(kept);
     status.programs.sort();
     tracing::info!(
         programs = status.programs.len(),

@@ -125,6 +125,12 @@ impl PinWatch {
         Ok(())
     }
 
+    /// Stops watching the pin `name` and lets go of this process's handle on its object: a link
+    /// whose pin is gone too detaches.
+    pub fn forget(&mut self, name: &str) {
+        self.watched.retain(|w| w.name != name);
+    }
+
     fn push(&mut self, name: String, held: Held, id: u32) {
         let pin = identity(&self.dir.join(&name)).ok();
         self.watched.push(Watched {

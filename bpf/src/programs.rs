@@ -1,7 +1,8 @@
 //! Loads and attaches the kernel programs (podmapd's job): exec, exit and fork, cgroup mkdir and
 //! rmdir, the open tracepoints of the policy rules (openat required; openat2 and open where the
-//! kernel has them), and the BPF-LSM deny programs (bprm_check_security, file_open) where BPF-LSM
-//! loads, probed at start.
+//! kernel has them; pinned as programs and attached only while open rules are in force:
+//! `open_tracepoints`), and the BPF-LSM deny programs (bprm_check_security, file_open) where
+//! BPF-LSM loads, probed at start.
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +15,7 @@ pub use crate::attach::ProgramsError;
 use crate::attach::{Hook, Need, Prog, PROGRAMS};
 use crate::layout::podmap_proc;
 use crate::maps::{load_pinned, Counters, MapsError, SharedMaps};
+use crate::open_tracepoints::{self, OpenTracepoints};
 use crate::pin_watch::{PinRepair, PinWatch};
 use crate::{mounts, objects};
 use podmap_cgroup::CgroupLayout;
@@ -89,6 +91,9 @@ pub struct LoadedPrograms {
     pub links: crate::links::LinkStatus,
     /// This process's hold on the pinned links and its own maps.
     pub attached: Attached,
+    /// The open rules' programs, attached while open rules are in force (their links are not
+    /// among `attached`'s).
+    pub open: OpenTracepoints,
     /// This process's hold on the pin directory: keep it while reading the ring buffer.
     pub lock: std::fs::File,
 }
@@ -284,7 +289,9 @@ pub fn install(cfg: &ProgramConfig) -> Result<Installed, ProgramsError> {
             Err(e) => return Err(ProgramsError::Program(e)),
         }
     }
-    let links = crate::links::install(&mut ebpf, dir, &candidates)?;
+    pin_on_demand(&mut ebpf, dir)?;
+    let open_rules = open_rules_in_force(&ebpf)?;
+    let links = crate::links::install(&mut ebpf, dir, &candidates, open_rules)?;
     for name in PRIVATE_PINNED {
         if !dir.join(name).exists() {
             return Err(ProgramsError::MissingMap(name));
@@ -307,6 +314,58 @@ pub fn install(cfg: &ProgramConfig) -> Result<Installed, ProgramsError> {
     Ok(Installed { lsm, links })
 }
 
+/// Pins the programs podmapd attaches later, as it needs them, under `<dir>/progs/`
+/// ([`crate::open_tracepoints`]), each replacing in one rename the one a previous start pinned.
+fn pin_on_demand(ebpf: &mut Ebpf, dir: &Path) -> Result<(), ProgramsError> {
+    let progs = dir.join(crate::open_tracepoints::PROGS_DIR);
+    let err = |detail: String| ProgramsError::Links {
+        dir: dir.to_owned(),
+        detail,
+    };
+    std::fs::create_dir_all(&progs)
+        .map_err(|e| err(format!("creating {}: {e}", progs.display())))?;
+    for p in crate::open_tracepoints::on_demand() {
+        let prog: &mut TracePoint = ebpf
+            .program_mut(p.name)
+            .ok_or(ProgramsError::Missing { name: p.name })?
+            .try_into()
+            .map_err(|e| err(format!("{}: {e}", p.name)))?;
+        // bpffs refuses dots in names.
+        let (tmp, path) = (progs.join(format!("{}_new", p.name)), progs.join(p.name));
+        let _ = std::fs::remove_file(&tmp);
+        prog.pin(&tmp)
+            .map_err(|e| err(format!("pinning {}: {e}", tmp.display())))?;
+        std::fs::rename(&tmp, &path).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            err(format!(
+                "renaming {} to {}: {e}",
+                tmp.display(),
+                path.display()
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+/// Whether the rule tables the programs read hold open rules now (written by the podmapd that
+/// ran before, and in force through its links).
+fn open_rules_in_force(ebpf: &Ebpf) -> Result<bool, ProgramsError> {
+    use crate::maps::POLICY_STATE_MAP;
+    let map = ebpf
+        .map(POLICY_STATE_MAP)
+        .ok_or(ProgramsError::MissingMap(POLICY_STATE_MAP))?;
+    let state: Array<&MapData, crate::layout::podmap_policy_state> =
+        Array::try_from(map).map_err(|source| ProgramsError::Map {
+            name: POLICY_STATE_MAP,
+            source: Box::new(source),
+        })?;
+    let st = state.get(&0, 0).map_err(|source| ProgramsError::Map {
+        name: POLICY_STATE_MAP,
+        source: Box::new(source),
+    })?;
+    Ok(st.open_rules > 0)
+}
+
 /// Opens what [`install`] left pinned under `dir`: the pinned links (held, and their pins kept),
 /// the ring buffer, the reader flag, the process table and the shared maps. Parses no object
 /// and no BTF.
@@ -316,8 +375,13 @@ pub fn open(
     lock: std::fs::File,
 ) -> Result<LoadedPrograms, ProgramsError> {
     let Installed { lsm, links } = installed;
+    let open = OpenTracepoints::open(dir, &links.programs)?;
     let mut pins = PinWatch::new(dir);
-    for name in &links.programs {
+    let always = links
+        .programs
+        .iter()
+        .filter(|n| !open_tracepoints::on_demand().any(|p| p.name == n.as_str()));
+    for name in always {
         let pin = format!("{}/{name}", crate::links::LINKS_DIR);
         let held = PinnedLink::from_pin(dir.join(&pin))
             .map_err(|e| e.to_string())
@@ -356,6 +420,7 @@ pub fn open(
         procs,
         links,
         attached: Attached { pins },
+        open,
         lsm,
         lock,
     })

@@ -123,13 +123,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         mut procs,
         links,
         attached,
+        open: open_tracepoints,
         lsm,
         lock: pins_lock,
     } = loaded;
     let programs_status = podmap_proto::status::ProgramsStatus {
         links: links.mode.to_string(),
         pinned_at: args.node.bpffs_dir.display().to_string(),
-        attached: links.programs.clone(),
+        // The open rules' programs come and go with the rules: status adds the policies'.
+        attached: links
+            .programs
+            .iter()
+            .filter(|p| !open_tracepoints.attached().contains(&p.as_str()))
+            .cloned()
+            .collect(),
         replaced_because: links.reason.clone(),
         overlap_us: links.overlap.map(|d| d.as_micros() as u64),
         lost_kernel_before_start: maps
@@ -203,7 +210,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         pods.clone(),
         policy_names.clone(),
     )
-    .with_own_namespace(args.node.own_namespace().map(str::to_owned));
+    .with_own_namespace(args.node.own_namespace().map(str::to_owned))
+    .with_open_tracepoints(open_tracepoints);
     policies.tick();
     *state.policies.lock().unwrap_or_else(|p| p.into_inner()) = policies.status();
     let mut pipeline = Pipeline::new(

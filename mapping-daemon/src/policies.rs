@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use podmap_bpf::layout::Counter;
 use podmap_bpf::maps::{KernelAction, PathRule, RuleRef, RuleTable};
+use podmap_bpf::open_tracepoints::OpenTracepoints;
 use podmap_bpf::SharedMaps;
 use podmap_cgroup::CgroupKey;
 use podmap_pod_cache::PodCache;
@@ -40,6 +41,19 @@ pub struct PolicyManager {
     orphan_walk: Option<((u64, u64), Instant)>,
     /// podmap's own namespace: no policy selects its pods.
     own_namespace: Option<String>,
+    open: OpenPrograms,
+}
+
+/// The open rules' programs, attached while open rules are in force.
+#[derive(Default)]
+struct OpenPrograms {
+    /// None: this manager writes the tables only (tests without programs).
+    tracepoints: Option<OpenTracepoints>,
+    /// Open rule entries in the kernel's table now.
+    entries: usize,
+    /// Why the programs could not be attached or detached, while that lasts (also in the
+    /// status's errors).
+    error: Option<String>,
 }
 
 /// What a tick looks at besides membership.
@@ -49,6 +63,50 @@ pub struct Look {
     pub dir: bool,
     /// The shared maps' pins: put back where they went missing.
     pub pins: bool,
+}
+
+impl OpenPrograms {
+    /// Attaches the open rules' programs when open rules are in force and they are not
+    /// attached, detaches them when none are. A failure is logged once, kept in the status's
+    /// errors and counted in `open_tracepoint_failures`, and tried again at every tick; a
+    /// success takes it out of the errors.
+    fn sync(&mut self, status: &mut PolicyStatus) {
+        let Some(t) = &mut self.tracepoints else {
+            return;
+        };
+        let want = self.entries > 0;
+        let result = match (want, t.attached().is_empty()) {
+            (true, true) => t
+                .attach()
+                .map_err(|e| format!("open rules cannot act: attaching their tracepoints: {e}")),
+            (false, false) => t.detach().map_err(|e| {
+                format!("no open rule is in force but their tracepoints stay attached: {e}")
+            }),
+            _ => Ok(()),
+        };
+        status.open_tracepoints = names(t.attached());
+        match result {
+            Ok(()) => {
+                if let Some(e) = self.error.take() {
+                    status.errors.retain(|x| *x != e);
+                }
+            }
+            Err(e) => {
+                if self.error.as_ref() != Some(&e) {
+                    tracing::error!(error = %e, "the open rules' tracepoints");
+                    status.open_tracepoint_failures += 1;
+                    if let Some(old) = self.error.replace(e.clone()) {
+                        status.errors.retain(|x| *x != old);
+                    }
+                    status.errors.push(e);
+                }
+            }
+        }
+    }
+}
+
+fn names(programs: &[&str]) -> Vec<String> {
+    programs.iter().map(|p| p.to_string()).collect()
 }
 
 /// How often memberships are checked against the record map: a walk of the membership map.
@@ -138,7 +196,15 @@ impl PolicyManager {
             last_orphan_sweep: None,
             orphan_walk: None,
             own_namespace: None,
+            open: OpenPrograms::default(),
         }
+    }
+
+    /// Attaches `open` while open rules are in force and detaches it when none are.
+    pub fn with_open_tracepoints(mut self, open: OpenTracepoints) -> Self {
+        self.status.open_tracepoints = names(open.attached());
+        self.open.tracepoints = Some(open);
+        self
     }
 
     /// Never selects pods of `namespace` (podmap's own), whatever a policy says.
@@ -179,6 +245,13 @@ impl PolicyManager {
             // The pins of the maps the programs read stay where the plugins open them
             // (podmap-bpf's PinWatch).
             self.maps.keep_pins();
+            if let Some(t) = &mut self.open.tracepoints {
+                t.keep_pins(&self.maps.counters);
+            }
+        }
+        if self.open.error.is_some() {
+            // Tried again at every tick until the programs follow the rules.
+            self.open.sync(&mut self.status);
         }
         let mut reloaded = false;
         // A directory or file that could not be read is looked at again at every tick until it
@@ -270,6 +343,12 @@ impl PolicyManager {
             }
         }
         let (exec, open) = tables(&next.compile());
+        // The programs before their first rule and after their last: an open rule never sits
+        // in the table with nothing attached to read it.
+        if !open.is_empty() {
+            self.open.entries = open.len();
+            self.open.sync(&mut self.status);
+        }
         for (table, rules) in [(RuleTable::Exec, &exec), (RuleTable::Open, &open)] {
             for e in self.maps.policy.replace_rules(table, rules) {
                 tracing::error!(error = %e, "writing the policy rule tables");
@@ -312,6 +391,11 @@ impl PolicyManager {
             .iter()
             .map(|l| format!("{} ({})", l.policy.name(), l.source))
             .collect();
+        if open.is_empty() {
+            self.open.entries = 0;
+            self.open.sync(&mut self.status);
+        }
+        errors.extend(self.open.error.clone());
         self.status.errors = errors;
         self.status.reloads = self.policies.reloads();
         self.status.read_failures = self.policies.read_failures();

@@ -84,6 +84,11 @@ impl StatusSource for DaemonState {
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
             .map(|p| p.stats());
+        let policies = self
+            .policies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let shared: BTreeMap<String, u64> = Counter::ALL
             .iter()
             .map(|k| (k.name().to_string(), c.get(*k)))
@@ -167,11 +172,7 @@ impl StatusSource for DaemonState {
             policies: podmap_proto::status::PolicyStatus {
                 resources: self.policy_resources.as_ref().map(|m| m.snapshot()),
                 actions: s.policy_actions(),
-                ..self
-                    .policies
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone()
+                ..policies.clone()
             },
             shared_counters: shared,
             mapping_latency_us: summary(
@@ -179,9 +180,14 @@ impl StatusSource for DaemonState {
                 c.get(Counter::MappingLatencySumUs),
             ),
             event_latency_us: summary(&s.latency_histogram(), Stats::get(&s.latency_sum_us)),
-            programs: podmap_proto::status::ProgramsStatus {
-                backlog_read_at_start: Stats::get(&s.backlog_at_start),
-                ..self.programs.clone()
+            programs: {
+                let mut p = podmap_proto::status::ProgramsStatus {
+                    backlog_read_at_start: Stats::get(&s.backlog_at_start),
+                    ..self.programs.clone()
+                };
+                p.attached.extend(policies.open_tracepoints);
+                p.attached.sort();
+                p
             },
         }
     }

@@ -922,6 +922,136 @@ fn a_kill_policy_keeps_acting_while_podmapd_is_killed_and_after_it_restarts() {
     });
 }
 
+/// The links running the open rules' program `program` (pinned by podmapd's loader in `progs/`).
+fn links_running(pins: &Path, program: &str) -> Vec<u32> {
+    let prog = aya::programs::ProgramInfo::from_pin(pins.join("progs").join(program))
+        .unwrap()
+        .id();
+    aya::programs::loaded_links()
+        .flatten()
+        .filter(|l| l.program_id() == prog)
+        .map(|l| l.id())
+        .collect()
+}
+
+/// The id of the link pinned at `pin`.
+fn pinned_link(pin: &Path) -> Option<u32> {
+    let link = aya::programs::links::PinnedLink::from_pin(pin).ok()?;
+    Some(aya::programs::links::FdLink::from(link).info().ok()?.id())
+}
+
+fn link_exists(id: u32) -> bool {
+    aya::programs::loaded_links()
+        .flatten()
+        .any(|l| l.id() == id)
+}
+
+fn open_tracepoints(st: &Value) -> Vec<String> {
+    let names = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap().to_string())
+            .collect()
+    };
+    let open = names(&st["policies"]["open_tracepoints"]);
+    let attached = names(&st["programs"]["attached"]);
+    assert!(attached.iter().any(|p| p == "podmap_exec"), "{st:#}");
+    assert!(open.iter().all(|p| attached.contains(p)), "{st:#}");
+    open
+}
+
+/// Anything attached to a syscall tracepoint sends every syscall on the node through the
+/// kernel's slow path, so the open rules' programs are attached only while open rules are in
+/// force: before the first open rule acts, through a podmapd restart (the same link, adopted),
+/// and detached once the last open rule goes, while the exec rules keep acting.
+#[test]
+fn open_tracepoints_are_attached_only_while_open_rules_are_in_force() {
+    if podmap_bpf::testing::requires_root() {
+        return;
+    }
+    let mut f = start();
+    let selected = container(&mut f, "prod", "app");
+    let pins = f.daemon.pins.path.clone();
+    let link_pin = pins.join("links/podmap_openat");
+    let st = f.daemon.status();
+    assert!(open_tracepoints(&st).is_empty(), "{st:#}");
+    assert!(links_running(&pins, "podmap_openat").is_empty());
+    assert!(!link_pin.exists());
+
+    // An exec rule needs none of them.
+    write_policy(
+        f.policy_dir.path(),
+        "exec.yaml",
+        &policy(
+            "no-true",
+            "prod",
+            "  - exec: {paths: [/bin/true]}\n    action: kill\n",
+        ),
+    );
+    eventually(&selected, &["/bin/true"], killed);
+    assert!(links_running(&pins, "podmap_openat").is_empty());
+
+    let secrets = tempfile::tempdir().unwrap();
+    let secret = secrets.path().join("secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let path = secret.display().to_string();
+    write_policy(
+        f.policy_dir.path(),
+        "open.yaml",
+        &policy(
+            "no-secret",
+            "prod",
+            &format!(
+                "  - open: {{prefixes: [{}], access: read}}\n    action: kill\n",
+                secrets.path().display()
+            ),
+        ),
+    );
+    eventually(&selected, &["/bin/cat", &path], killed);
+    let st = f.daemon.status();
+    assert!(
+        open_tracepoints(&st).contains(&"podmap_openat".to_string()),
+        "{st:#}"
+    );
+    let link = pinned_link(&link_pin).expect("the open rules' link pinned");
+    assert_eq!(links_running(&pins, "podmap_openat"), [link], "{st:#}");
+
+    // podmapd killed: the rule keeps acting; started again, it adopts the very link.
+    sigkill(&mut f.daemon);
+    let (_, st) = run_in_cgroup(&selected.path(), &["/bin/cat", &path]);
+    assert!(killed(st), "read while podmapd was down: {st:?}");
+    let again = Daemon::start_with(DaemonOptions {
+        pins: Some(pins.clone()),
+        env: vec![(
+            "PODMAP_POLICY_DIR".into(),
+            f.policy_dir.path().display().to_string(),
+        )],
+        ..Default::default()
+    });
+    let st = again.status();
+    assert_eq!(st["programs"]["links"], "adopted", "{st:#}");
+    assert!(
+        open_tracepoints(&st).contains(&"podmap_openat".to_string()),
+        "{st:#}"
+    );
+    assert_eq!(pinned_link(&link_pin), Some(link), "{st:#}");
+
+    // The last open rule gone: detached, its pin removed; the exec rule still acts.
+    std::fs::remove_file(f.policy_dir.path().join("open.yaml")).unwrap();
+    let st = again.wait_status("the open tracepoints detached", |st| {
+        open_tracepoints(st).is_empty()
+    });
+    assert!(!link_exists(link), "{st:#}");
+    assert!(!link_pin.exists());
+    assert!(links_running(&pins, "podmap_openat").is_empty(), "{st:#}");
+    assert!(run_in_cgroup(&selected.path(), &["/bin/cat", &path])
+        .1
+        .success());
+    assert!(killed(run_in_cgroup(&selected.path(), &["/bin/true"]).1));
+    assert_eq!(st["policies"]["open_tracepoint_failures"], 0, "{st:#}");
+}
+
 /// SIGKILLs podmapd and waits until it is dead (a zombie: its fds are closed), leaving it unreaped
 /// so the fixture's teardown cannot signal another process that took its pid.
 fn sigkill(d: &mut Daemon) {
@@ -971,6 +1101,26 @@ fn a_podmapd_with_other_programs_replaces_the_pinned_ones_without_a_gap() {
     );
     eventually(&selected, &["/bin/true"], killed);
     let old = pinned_program(&f.daemon.pins.path, "podmap_exec");
+    // An open rule in force too: the replacement attaches its programs in the new set.
+    let secrets = tempfile::tempdir().unwrap();
+    let secret = secrets.path().join("secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let secret = secret.display().to_string();
+    write_policy(
+        f.policy_dir.path(),
+        "open.yaml",
+        &policy(
+            "no-secret",
+            "prod",
+            &format!(
+                "  - open: {{prefixes: [{}], access: read}}\n    action: kill\n",
+                secrets.path().display()
+            ),
+        ),
+    );
+    eventually(&selected, &["/bin/cat", &secret], killed);
+    let open_link = f.daemon.pins.path.join("links/podmap_openat");
+    let old_open = pinned_link(&open_link).expect("the open rules' link pinned");
 
     let stop = Arc::new(AtomicBool::new(false));
     let looper = {
@@ -1020,6 +1170,15 @@ fn a_podmapd_with_other_programs_replaces_the_pinned_ones_without_a_gap() {
     assert!(runs > 0);
     assert_ne!(pinned_program(&f.daemon.pins.path, "podmap_exec"), old);
     assert!(!f.daemon.pins.path.join("links_new").exists());
+    let new_open = pinned_link(&open_link).expect("the open rules' link in the new set");
+    assert_ne!(new_open, old_open);
+    assert!(
+        open_tracepoints(&st).contains(&"podmap_openat".to_string()),
+        "{st:#}"
+    );
+    assert!(killed(
+        run_in_cgroup(&selected.path(), &["/bin/cat", &secret]).1
+    ));
     // The old generation is detached (no pin, no process holds it): freed.
     let deadline = Instant::now() + WAIT;
     while aya::programs::loaded_programs()

@@ -212,6 +212,15 @@ pub struct PolicyStatus {
     /// in `errors` while it lasts).
     #[serde(default)]
     pub rule_write_failures: u64,
+    /// The open rules' programs attached now (on the open syscalls' tracepoints): attached
+    /// only while open rules are in force, since any program on a syscall tracepoint slows
+    /// every syscall on the node.
+    #[serde(default)]
+    pub open_tracepoints: Vec<String>,
+    /// Times the open rules' programs could not be attached (open rules in force that could
+    /// not act) or detached, since podmapd started (the reason is in `errors` while it lasts).
+    #[serde(default)]
+    pub open_tracepoint_failures: u64,
     /// Memberships removed because their container's record was gone (containers removed
     /// while podmapd was down, or a plugin that died between the membership and the record).
     #[serde(default)]

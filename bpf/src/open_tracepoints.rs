@@ -1,0 +1,153 @@
+//! The open rules' programs (on `sys_enter_openat`, and `sys_enter_openat2` and `sys_enter_open`
+//! where the kernel has them), attached only while open rules are in force. Once anything is
+//! attached to a syscall tracepoint, every syscall of every task on the node takes the kernel's
+//! slow path (about 50 ns more per syscall on the development VM, docs/performance.md): a node
+//! without open rules must not pay that for programs that would only return.
+//!
+//! The loader pins these programs under `<pin dir>/progs/` at every start (`programs::install`);
+//! podmapd attaches them from there, without loading anything, when the first open rule comes
+//! and detaches them when the last goes. Each link is pinned under `links/` like the others, so
+//! the rules keep acting while podmapd is down, and the next start adopts it
+//! (docs/decisions.md #46).
+
+use std::path::{Path, PathBuf};
+
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::TracePoint;
+
+use crate::attach::{attach_tracepoint, Hook, Need, Prog, ProgramsError, When, PROGRAMS};
+use crate::links::LINKS_DIR;
+use crate::maps::Counters;
+use crate::pin_watch::{PinRepair, PinWatch};
+
+/// Where the loader pins the programs podmapd attaches later, under the pin directory.
+pub const PROGS_DIR: &str = "progs";
+
+/// The programs that attach only while open rules are in force.
+pub(crate) fn on_demand() -> impl Iterator<Item = &'static Prog> {
+    PROGRAMS.iter().filter(|p| p.when == When::OpenRules)
+}
+
+/// The open rules' programs as podmapd holds them: loaded (from their pins), and attached or not.
+pub struct OpenTracepoints {
+    dir: PathBuf,
+    programs: Vec<(Prog, TracePoint)>,
+    /// The links attached now, held and their pins kept.
+    pins: PinWatch,
+    attached: Vec<&'static str>,
+}
+
+impl OpenTracepoints {
+    /// Opens the programs the loader pinned; of `attached` (the programs whose links the start
+    /// adopted or attached), holds those that are open rules' programs.
+    pub(crate) fn open(dir: &Path, attached: &[String]) -> Result<Self, ProgramsError> {
+        let err = |detail: String| ProgramsError::Links {
+            dir: dir.to_owned(),
+            detail,
+        };
+        let mut programs = vec![];
+        for p in on_demand() {
+            let path = dir.join(PROGS_DIR).join(p.name);
+            let prog = TracePoint::from_pin(&path).map_err(|e| {
+                err(format!(
+                    "opening the pinned program {}: {e}",
+                    path.display()
+                ))
+            })?;
+            programs.push((*p, prog));
+        }
+        let mut t = OpenTracepoints {
+            dir: dir.to_owned(),
+            programs,
+            pins: PinWatch::new(dir),
+            attached: vec![],
+        };
+        for p in on_demand().filter(|p| attached.iter().any(|a| a == p.name)) {
+            let pin = link_pin(p.name);
+            let held = PinnedLink::from_pin(dir.join(&pin))
+                .map_err(|e| e.to_string())
+                .and_then(|l| {
+                    t.pins
+                        .watch_link(pin.clone(), &FdLink::from(l))
+                        .map_err(|e| e.to_string())
+                });
+            held.map_err(|detail| err(format!("holding {pin}: {detail}")))?;
+            t.attached.push(p.name);
+        }
+        Ok(t)
+    }
+
+    /// The programs attached now, by name.
+    pub fn attached(&self) -> &[&'static str] {
+        &self.attached
+    }
+
+    /// Attaches the programs not attached yet and pins their links: openat must attach, openat2
+    /// and open where the kernel has their tracepoints.
+    pub fn attach(&mut self) -> Result<(), ProgramsError> {
+        let err = |detail: String| ProgramsError::Links {
+            dir: self.dir.clone(),
+            detail,
+        };
+        for (p, prog) in &mut self.programs {
+            let Hook::Tracepoint(category, point) = p.hook else {
+                continue;
+            };
+            if self.attached.contains(&p.name) {
+                continue;
+            }
+            let link = match attach_tracepoint(prog, p.name, category, point) {
+                Ok(link) => link,
+                Err(e) if p.need == Need::Required => return Err(err(e)),
+                Err(e) => {
+                    tracing::debug!(error = %e, "optional tracepoint not attached");
+                    continue;
+                }
+            };
+            let pin = link_pin(p.name);
+            // Held first, by a descriptor of its own: pinning consumes aya's handle.
+            self.pins
+                .watch_link(pin.clone(), &link)
+                .map_err(|e| err(format!("holding {pin}: {e}")))?;
+            self.attached.push(p.name);
+            if let Err(e) = link.pin(self.dir.join(&pin)) {
+                // Attached all the same while podmapd holds it; the next look at the pins
+                // pins it again (counted).
+                tracing::warn!(error = %e, pin, "pinning an open rules' link");
+            }
+            tracing::info!(program = p.name, "attached: open rules are in force");
+        }
+        Ok(())
+    }
+
+    /// Detaches the programs: their pins removed and this process's handles dropped.
+    pub fn detach(&mut self) -> Result<(), ProgramsError> {
+        while let Some(name) = self.attached.pop() {
+            let pin = link_pin(name);
+            let path = self.dir.join(&pin);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    self.attached.push(name);
+                    return Err(ProgramsError::Links {
+                        dir: self.dir.clone(),
+                        detail: format!("detaching {name} ({}): {e}", path.display()),
+                    });
+                }
+            }
+            self.pins.forget(&pin);
+            tracing::info!(program = name, "detached: no open rule is in force");
+        }
+        Ok(())
+    }
+
+    /// Pins the attached links again where their pins went missing ([`PinWatch::keep`]).
+    pub fn keep_pins(&mut self, counters: &Counters) -> PinRepair {
+        self.pins.keep(counters)
+    }
+}
+
+fn link_pin(name: &str) -> String {
+    format!("{LINKS_DIR}/{name}")
+}
