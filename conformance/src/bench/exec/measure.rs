@@ -13,7 +13,7 @@ use super::machine::{bpf_programs, BenchEnv, ProgInfo};
 use super::output::lock;
 use super::processes::{Cgroup, Proc};
 use super::setting::{PodmapSetting, Storm};
-use super::stats::{percentiles_ms, Percentiles};
+use super::stats::{median, percentiles_ms, Percentiles};
 use super::tracer::{CpuSample, Started, Tracer};
 use super::{StormResult, TracerKind, IDLE_WINDOW};
 
@@ -28,6 +28,10 @@ pub(super) struct Sample {
     /// CPU of the storm's own cgroup per exec: fork+exec+exit plus the BPF programs and
     /// wake-ups the tracer adds to the exec path.
     pub(super) storm_cpu_us_per_exec: f64,
+    /// ns per `getppid`, a syscall no tracer traces, with the tracer attached and idle: what it
+    /// costs every process on the node (a program on any syscall tracepoint sends every syscall
+    /// through the kernel's slow path).
+    pub(super) syscall_ns: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) tracer: Option<TracerSample>,
 }
@@ -83,10 +87,11 @@ pub(super) fn measure(
 ) -> anyhow::Result<Measurement> {
     let storm_cgroup = Cgroup::new(&env.cgroup2, "podmap-bench-storm")?;
     if kind == TracerKind::None {
+        let syscall_ns = syscall_ns();
         let (storm, storm_cpu) = run_storm(env, &setting.storm, storm_cgroup, |_| {})?;
-        return Ok(Measurement::Sample(Box::new(storm_sample(
-            round, setting, storm, storm_cpu, None,
-        ))));
+        let mut sample = storm_sample(round, setting, storm, storm_cpu, None);
+        sample.syscall_ns = syscall_ns;
+        return Ok(Measurement::Sample(Box::new(sample)));
     }
     let progs_before = program_ids(env);
     let mut tracer = match Tracer::start(kind, setting, env, storm_cgroup.id())? {
@@ -95,6 +100,7 @@ pub(super) fn measure(
     };
     let bpf_before =
         tracer_programs(kind, env, progs_before.as_ref()).and_then(|ids| bpf_snapshot(env, &ids));
+    let syscall_ns = syscall_ns();
     let idle_ms_per_s = tracer.idle_cpu(IDLE_WINDOW)?;
     let cpu_before = tracer.cpu()?;
 
@@ -111,13 +117,22 @@ pub(super) fn measure(
     let mut sample = tracer_sample(&tracer, cpu_before, cpu_after, storm.execs, bpf)?;
     sample.idle_cpu_ms_per_s = idle_ms_per_s;
     tracer.stop();
-    Ok(Measurement::Sample(Box::new(storm_sample(
-        round,
-        setting,
-        storm,
-        storm_cpu,
-        Some(sample),
-    ))))
+    let mut sample = storm_sample(round, setting, storm, storm_cpu, Some(sample));
+    sample.syscall_ns = syscall_ns;
+    Ok(Measurement::Sample(Box::new(sample)))
+}
+
+/// ns per `getppid` (glibc does not cache it), the median of five runs of 200,000 calls.
+fn syscall_ns() -> f64 {
+    const CALLS: u32 = 200_000;
+    let runs = (0..5).map(|_| {
+        let t = std::time::Instant::now();
+        for _ in 0..CALLS {
+            std::hint::black_box(std::os::unix::process::parent_id());
+        }
+        t.elapsed().as_nanos() as f64 / f64::from(CALLS)
+    });
+    median(runs).unwrap_or(0.0)
 }
 
 pub(super) fn storm_sample(
@@ -133,6 +148,7 @@ pub(super) fn storm_sample(
         execs_per_sec: storm.execs as f64 / storm.seconds,
         storm_seconds: storm.seconds,
         storm_cpu_us_per_exec: storm_cpu_usec as f64 / storm.execs as f64,
+        syscall_ns: 0.0,
         tracer,
     }
 }

@@ -52,6 +52,8 @@ pub(super) struct Summary {
     /// Median of the per-round ratios to the same round's no-tracer storm.
     pub(super) ratio_vs_none: Option<f64>,
     pub(super) storm_cpu_us_per_exec: f64,
+    /// ns per `getppid` with the tracer attached and idle.
+    pub(super) syscall_ns: f64,
     /// The worst round.
     pub(super) delivered: Option<u64>,
     pub(super) expected: Option<u64>,
@@ -227,6 +229,7 @@ pub(super) fn summarize(samples: &[Sample], none: &BTreeMap<u32, f64>) -> Summar
         ratio_vs_none: median(ratios.iter().copied()),
         storm_cpu_us_per_exec: median(samples.iter().map(|s| s.storm_cpu_us_per_exec))
             .unwrap_or(0.0),
+        syscall_ns: median(samples.iter().map(|s| s.syscall_ns)).unwrap_or(0.0),
         ..Summary::default()
     };
     if tracers.is_empty() {
@@ -400,6 +403,18 @@ pub(super) fn render_notes(rows: &[Row]) -> String {
     let mut out = format!(
         "storm CPU per exec, us (fork+exec+exit and what the tracer adds to it): {}\n",
         storm.join(", ")
+    );
+    let syscall: Vec<String> = rows
+        .iter()
+        .filter_map(|r| {
+            r.summary
+                .as_ref()
+                .map(|s| format!("{} {:.0}", r.label, s.syscall_ns))
+        })
+        .collect();
+    out += &format!(
+        "a syscall no tracer traces (getppid), ns with the tracer attached and idle (a program on any syscall tracepoint slows every syscall on the node): {}\n",
+        syscall.join(", ")
     );
     let idle: Vec<String> = rows
         .iter()
