@@ -27,9 +27,9 @@ _Static_assert(EXEC_CWD_BASE_MASK + CWD_OFF_MASK + PODMAP_CWD_MAX <= EXEC_SCRATC
 /*
  * Neighbouring pointer fields are read in one helper call where the kernel keeps them within
  * FIELD_SPAN_WORDS words of each other (every kernel podmap supports), else one call each: a
- * call costs more than the bytes it copies. `read_span` fills `words` from `base + first` and
- * gives the word `later - first` bytes on; the offsets are the kernel's (CO-RE), so the verifier
- * sees constants and keeps one of the two branches.
+ * call costs more than the bytes it copies. The readers below fill `words` from the first field
+ * and take the later one `later - first` bytes on; the offsets are the kernel's (CO-RE), so the
+ * verifier sees constants and keeps one of the two branches.
  */
 #define FIELD_SPAN_WORDS 4
 

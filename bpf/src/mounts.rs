@@ -99,6 +99,20 @@ pub fn tracefs_mounted() -> bool {
     .any(|p| matches!(fs_magic(p), Ok(TRACEFS_MAGIC)))
 }
 
+/// Whether the kernel has the tracepoint `category/name` (its directory under tracefs's
+/// `events/`, wherever tracefs is mounted).
+pub fn tracepoint_exists(category: &str, name: &str) -> bool {
+    [TRACEFS_ROOT, "/sys/kernel/debug/tracing"]
+        .iter()
+        .any(|root| {
+            Path::new(root)
+                .join("events")
+                .join(category)
+                .join(name)
+                .is_dir()
+        })
+}
+
 /// Makes sure tracefs is mounted where tracepoint programs find their ids.
 pub fn ensure_tracefs() -> Result<(), MountError> {
     let root = Path::new(TRACEFS_ROOT);

@@ -18,6 +18,7 @@ use aya::programs::TracePoint;
 use crate::attach::{attach_tracepoint, Hook, Need, Prog, ProgramsError, When, PROGRAMS};
 use crate::links::LINKS_DIR;
 use crate::maps::Counters;
+use crate::mounts;
 use crate::pin_watch::{PinRepair, PinWatch};
 
 /// Where the loader pins the programs podmapd attaches later, under the pin directory.
@@ -31,7 +32,8 @@ pub(crate) fn on_demand() -> impl Iterator<Item = &'static Prog> {
 /// The open rules' programs as podmapd holds them: loaded (from their pins), and attached or not.
 pub struct OpenTracepoints {
     dir: PathBuf,
-    programs: Vec<(Prog, TracePoint)>,
+    /// Each with whether this kernel has its tracepoint: openat must, openat2 and open may not.
+    programs: Vec<(Prog, TracePoint, bool)>,
     /// The links attached now, held and their pins kept.
     pins: PinWatch,
     attached: Vec<&'static str>,
@@ -54,7 +56,11 @@ impl OpenTracepoints {
                     path.display()
                 ))
             })?;
-            programs.push((*p, prog));
+            let Hook::Tracepoint(category, point) = p.hook else {
+                continue;
+            };
+            let exists = p.need == Need::Required || mounts::tracepoint_exists(category, point);
+            programs.push((*p, prog, exists));
         }
         let mut t = OpenTracepoints {
             dir: dir.to_owned(),
@@ -82,39 +88,42 @@ impl OpenTracepoints {
         &self.attached
     }
 
-    /// Attaches the programs not attached yet and pins their links: openat must attach, openat2
-    /// and open where the kernel has their tracepoints.
+    /// Whether every program whose tracepoint this kernel has is attached: an open rule must
+    /// not be passed by the one syscall of the three left unwatched.
+    pub fn complete(&self) -> bool {
+        self.programs
+            .iter()
+            .all(|(p, _, exists)| !exists || self.attached.contains(&p.name))
+    }
+
+    /// Attaches the programs not attached yet, each pinned before it counts as attached (a link
+    /// only this process held would go with it, and the rules would stay without a program):
+    /// every one whose tracepoint this kernel has, which for openat is every kernel.
     pub fn attach(&mut self) -> Result<(), ProgramsError> {
         let err = |detail: String| ProgramsError::Links {
             dir: self.dir.clone(),
             detail,
         };
-        for (p, prog) in &mut self.programs {
+        for (p, prog, exists) in &mut self.programs {
             let Hook::Tracepoint(category, point) = p.hook else {
                 continue;
             };
-            if self.attached.contains(&p.name) {
+            if !*exists || self.attached.contains(&p.name) {
                 continue;
             }
-            let link = match attach_tracepoint(prog, p.name, category, point) {
-                Ok(link) => link,
-                Err(e) if p.need == Need::Required => return Err(err(e)),
-                Err(e) => {
-                    tracing::debug!(error = %e, "optional tracepoint not attached");
-                    continue;
-                }
-            };
+            let link = attach_tracepoint(prog, p.name, category, point).map_err(err)?;
             let pin = link_pin(p.name);
-            // Held first, by a descriptor of its own: pinning consumes aya's handle.
-            self.pins
-                .watch_link(pin.clone(), &link)
-                .map_err(|e| err(format!("holding {pin}: {e}")))?;
-            self.attached.push(p.name);
-            if let Err(e) = link.pin(self.dir.join(&pin)) {
-                // Attached all the same while podmapd holds it; the next look at the pins
-                // pins it again (counted).
-                tracing::warn!(error = %e, pin, "pinning an open rules' link");
+            let path = self.dir.join(&pin);
+            // A failed pin closes aya's handle: the link detaches with it.
+            let pinned = link
+                .pin(&path)
+                .map_err(|e| err(format!("pinning {}: {e}", path.display())))?;
+            if let Err(e) = self.pins.watch_link(pin.clone(), &FdLink::from(pinned)) {
+                // Not held: undone rather than left attached by its pin alone.
+                let _ = std::fs::remove_file(&path);
+                return Err(err(format!("holding {pin}: {e}")));
             }
+            self.attached.push(p.name);
             tracing::info!(program = p.name, "attached: open rules are in force");
         }
         Ok(())

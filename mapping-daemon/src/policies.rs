@@ -66,7 +66,7 @@ pub struct Look {
 }
 
 impl OpenPrograms {
-    /// Attaches the open rules' programs when open rules are in force and they are not
+    /// Attaches the open rules' programs when open rules are in force and any of them is not
     /// attached, detaches them when none are. A failure is logged once, kept in the status's
     /// errors and counted in `open_tracepoint_failures`, and tried again at every tick; a
     /// success takes it out of the errors.
@@ -76,7 +76,7 @@ impl OpenPrograms {
         };
         let want = self.entries > 0;
         let result = match (want, t.attached().is_empty()) {
-            (true, true) => t
+            (true, _) if !t.complete() => t
                 .attach()
                 .map_err(|e| format!("open rules cannot act: attaching their tracepoints: {e}")),
             (false, false) => t.detach().map_err(|e| {

@@ -100,8 +100,9 @@ pub(super) fn measure(
     };
     let bpf_before =
         tracer_programs(kind, env, progs_before.as_ref()).and_then(|ids| bpf_snapshot(env, &ids));
-    let syscall_ns = syscall_ns();
     let idle_ms_per_s = tracer.idle_cpu(IDLE_WINDOW)?;
+    // After the idle window: the tracer's start-up work (a /proc scan) is over by then.
+    let syscall_ns = syscall_ns();
     let cpu_before = tracer.cpu()?;
 
     let storm_parent = &tracer.out.storm.parent_pid;
