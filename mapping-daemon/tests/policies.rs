@@ -169,22 +169,7 @@ fn open_rules_stop_reads_of_named_paths_in_selected_pods() {
     let mut f = start();
     let selected = container(&mut f, "prod", "app");
     let other_ns = container(&mut f, "dev", "app");
-    // A directory of its own: a prefix as broad as /tmp would also catch the dynamic loader
-    // probing library paths there (cargo's LD_LIBRARY_PATH), which is a real hit but not this one.
-    let secrets = tempfile::tempdir().unwrap();
-    let secret = secrets.path().join("secret");
-    std::fs::write(&secret, "s3cret\n").unwrap();
-    let path = secret.display().to_string();
-    let dir = secrets.path().display().to_string();
-    write_policy(
-        f.policy_dir.path(),
-        "open.yaml",
-        &policy(
-            "no-secret",
-            "prod",
-            &format!("  - open: {{prefixes: [{dir}], access: read}}\n    action: kill\n"),
-        ),
-    );
+    let (_secrets, path) = no_secret_policy(&f);
     let mut stream = f.daemon.events(r#"{"types": ["policy"]}"#);
     let (pid, _) = eventually(&selected, &["/bin/cat", &path], killed);
     let events = stream.until(WAIT, |v| pid_of(v) == pid as u64);
@@ -936,6 +921,8 @@ fn links_running(pins: &Path, program: &str) -> Vec<u32> {
 
 /// A file in a directory of its own, and policy `no-secret` (in `open.yaml`) killing reads of
 /// that directory in namespace prod: the directory (removed when dropped) and the file's path.
+/// A directory of its own because a prefix as broad as /tmp would also catch the dynamic loader
+/// probing library paths there (cargo's LD_LIBRARY_PATH), a real hit but not the one tested.
 fn no_secret_policy(f: &Fixture) -> (tempfile::TempDir, String) {
     let secrets = tempfile::tempdir().unwrap();
     let secret = secrets.path().join("secret");
