@@ -12,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 
-use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::links::FdLink;
 use aya::programs::TracePoint;
 
 use crate::attach::{attach_tracepoint, Hook, Need, Prog, ProgramsError, When, PROGRAMS};
@@ -70,14 +70,9 @@ impl OpenTracepoints {
         };
         for p in on_demand().filter(|p| attached.iter().any(|a| a == p.name)) {
             let pin = link_pin(p.name);
-            let held = PinnedLink::from_pin(dir.join(&pin))
-                .map_err(|e| e.to_string())
-                .and_then(|l| {
-                    t.pins
-                        .watch_link(pin.clone(), &FdLink::from(l))
-                        .map_err(|e| e.to_string())
-                });
-            held.map_err(|detail| err(format!("holding {pin}: {detail}")))?;
+            t.pins
+                .watch_pinned_link(pin.clone())
+                .map_err(|e| err(format!("holding {pin}: {e}")))?;
             t.attached.push(p.name);
         }
         Ok(t)

@@ -125,6 +125,17 @@ impl PinWatch {
         Ok(())
     }
 
+    /// Holds and watches the link pinned at `name` (a path below the pin directory), as
+    /// [`PinWatch::watch_link`] does for a link in hand.
+    pub fn watch_pinned_link(&mut self, name: String) -> Result<(), PinWatchError> {
+        let path = self.dir.join(&name);
+        let link = PinnedLink::from_pin(&path).map_err(|e| PinWatchError::Object {
+            path,
+            detail: e.to_string(),
+        })?;
+        self.watch_link(name, &FdLink::from(link))
+    }
+
     /// Stops watching the pin `name` and lets go of this process's handle on its object: a link
     /// whose pin is gone too detaches.
     pub fn forget(&mut self, name: &str) {

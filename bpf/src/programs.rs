@@ -7,7 +7,6 @@
 use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap, Map, MapData, RingBuf};
-use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{RawTracePoint, TracePoint};
 use aya::Ebpf;
 
@@ -383,16 +382,11 @@ pub fn open(
         .filter(|n| !open_tracepoints::on_demand().any(|p| p.name == n.as_str()));
     for name in always {
         let pin = format!("{}/{name}", crate::links::LINKS_DIR);
-        let held = PinnedLink::from_pin(dir.join(&pin))
-            .map_err(|e| e.to_string())
-            .and_then(|p| {
-                pins.watch_link(pin.clone(), &FdLink::from(p))
-                    .map_err(|e| e.to_string())
-            });
-        held.map_err(|detail| ProgramsError::Links {
-            dir: dir.to_owned(),
-            detail: format!("holding {pin}: {detail}"),
-        })?;
+        pins.watch_pinned_link(pin.clone())
+            .map_err(|e| ProgramsError::Links {
+                dir: dir.to_owned(),
+                detail: format!("holding {pin}: {e}"),
+            })?;
     }
     let map_err = |name: &'static str| {
         move |source| ProgramsError::Map {

@@ -942,10 +942,15 @@ fn no_secret_policy(f: &Fixture) -> (tempfile::TempDir, String) {
     (secrets, secret.display().to_string())
 }
 
+/// What the kernel says of the link pinned at `pin`, if one is.
+fn pinned_link_info(pin: &Path) -> Option<aya::programs::links::LinkInfo> {
+    let link = aya::programs::links::PinnedLink::from_pin(pin).ok()?;
+    aya::programs::links::FdLink::from(link).info().ok()
+}
+
 /// The id of the link pinned at `pin`.
 fn pinned_link(pin: &Path) -> Option<u32> {
-    let link = aya::programs::links::PinnedLink::from_pin(pin).ok()?;
-    Some(aya::programs::links::FdLink::from(link).info().ok()?.id())
+    pinned_link_info(pin).map(|l| l.id())
 }
 
 fn link_exists(id: u32) -> bool {
@@ -1085,9 +1090,9 @@ fn sigkill(d: &mut Daemon) {
 
 /// The id of the program the pinned link `name` runs.
 fn pinned_program(pins: &Path, name: &str) -> u32 {
-    use aya::programs::links::{FdLink, PinnedLink};
-    let link = PinnedLink::from_pin(pins.join("links").join(name)).expect("pinned link");
-    FdLink::from(link).info().expect("link info").program_id()
+    pinned_link_info(&pins.join("links").join(name))
+        .expect("pinned link")
+        .program_id()
 }
 
 /// An upgrade, or other settings: the restarted podmapd loads other programs (here other
