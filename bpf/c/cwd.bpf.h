@@ -27,9 +27,8 @@ _Static_assert(EXEC_CWD_BASE_MASK + CWD_OFF_MASK + PODMAP_CWD_MAX <= EXEC_SCRATC
 /*
  * Neighbouring pointer fields are read in one helper call where the kernel keeps them within
  * FIELD_SPAN_WORDS words of each other (every kernel podmap supports), else one call each: a
- * call costs more than the bytes it copies. The readers below fill `words` from the first field
- * and take the later one `later - first` bytes on; the offsets are the kernel's (CO-RE), so the
- * verifier sees constants and keeps one of the two branches.
+ * call costs more than the bytes it copies (`read_two`). The offsets are the kernel's (CO-RE),
+ * so the verifier sees constants and keeps one of the two branches.
  */
 #define FIELD_SPAN_WORDS 4
 
@@ -55,38 +54,21 @@ struct cwd_walk {
 	__u32 truncated;
 };
 
-/* A dentry's parent and name pointer. */
-static __always_inline void dentry_up(struct dentry *d, struct dentry **parent, const char **name)
+/*
+ * The pointer-sized fields `first` and `later` bytes into `base` (a kernel structure): in one
+ * read where they are near, else one each.
+ */
+static __always_inline void read_two(const void *base, __u32 first, __u32 later, __u64 *a, __u64 *b)
 {
-	__u32 p = bpf_core_field_offset(struct dentry, d_parent);
-	__u32 n = bpf_core_field_offset(struct dentry, d_name.name);
 	__u64 words[FIELD_SPAN_WORDS] = {};
 
-	if (near_fields(p, n)) {
-		bpf_probe_read_kernel(words, n - p + 8, (char *)d + p);
-		*parent = (struct dentry *)words[0];
-		*name = (const char *)words[(n - p) / 8];
+	if (near_fields(first, later)) {
+		bpf_probe_read_kernel(words, later - first + 8, (const char *)base + first);
+		*a = words[0];
+		*b = words[(later - first) / 8];
 	} else {
-		*parent = BPF_CORE_READ(d, d_parent);
-		*name = (const char *)BPF_CORE_READ(d, d_name.name);
-	}
-}
-
-/* A mount's parent and the dentry it is mounted on. */
-static __always_inline void mount_up(struct mount *m, struct mount **parent,
-				     struct dentry **mountpoint)
-{
-	__u32 p = bpf_core_field_offset(struct mount, mnt_parent);
-	__u32 mp = bpf_core_field_offset(struct mount, mnt_mountpoint);
-	__u64 words[FIELD_SPAN_WORDS] = {};
-
-	if (near_fields(p, mp)) {
-		bpf_probe_read_kernel(words, mp - p + 8, (char *)m + p);
-		*parent = (struct mount *)words[0];
-		*mountpoint = (struct dentry *)words[(mp - p) / 8];
-	} else {
-		*parent = BPF_CORE_READ(m, mnt_parent);
-		*mountpoint = BPF_CORE_READ(m, mnt_mountpoint);
+		bpf_probe_read_kernel(a, sizeof(*a), (const char *)base + first);
+		bpf_probe_read_kernel(b, sizeof(*b), (const char *)base + later);
 	}
 }
 
@@ -99,29 +81,32 @@ static __always_inline void mount_up(struct mount *m, struct mount **parent,
 static long cwd_step(__u64 i, struct cwd_walk *w)
 {
 	/* Locals, so CO-RE relocates only the kernel structures' fields, not the walk's. */
-	struct dentry *dentry = w->dentry, *parent, *mountpoint;
-	struct mount *mnt = w->mnt, *mnt_parent;
+	struct dentry *dentry = w->dentry;
+	struct mount *mnt = w->mnt;
 	struct vfsmount *vfsmnt;
 	struct exec_scratch *s = w->s;
-	const char *name;
+	__u64 up, there;
 	long n;
 
 	if (dentry == w->root_dentry && w->vfsmnt == w->root_mnt)
 		return 1;
 	if (dentry == w->mnt_root) {
-		mount_up(mnt, &mnt_parent, &mountpoint);
-		if (mnt_parent == mnt)
+		/* The mount's parent and the dentry it is mounted on. */
+		read_two(mnt, bpf_core_field_offset(struct mount, mnt_parent),
+			 bpf_core_field_offset(struct mount, mnt_mountpoint), &up, &there);
+		if (up == (__u64)mnt)
 			return 1;
-		w->dentry = mountpoint;
-		w->mnt = mnt_parent;
-		vfsmnt = (struct vfsmount *)((char *)mnt_parent +
-					     bpf_core_field_offset(struct mount, mnt));
+		w->dentry = (struct dentry *)there;
+		w->mnt = (struct mount *)up;
+		vfsmnt = (struct vfsmount *)(up + bpf_core_field_offset(struct mount, mnt));
 		w->vfsmnt = vfsmnt;
 		w->mnt_root = BPF_CORE_READ(vfsmnt, mnt_root);
 		return 0;
 	}
-	dentry_up(dentry, &parent, &name);
-	if (parent == dentry)
+	/* The dentry's parent and name. */
+	read_two(dentry, bpf_core_field_offset(struct dentry, d_parent),
+		 bpf_core_field_offset(struct dentry, d_name.name), &up, &there);
+	if (up == (__u64)dentry)
 		return 1;
 	if (w->off >= PODMAP_CWD_MAX - 1) {
 		w->truncated = 1;
@@ -129,13 +114,13 @@ static long cwd_step(__u64 i, struct cwd_walk *w)
 	}
 	n = bpf_probe_read_kernel_str(s->data + (w->base & EXEC_CWD_BASE_MASK) +
 					      (w->off & CWD_OFF_MASK),
-				      PODMAP_CWD_MAX, name);
+				      PODMAP_CWD_MAX, (const char *)there);
 	if (n <= 0) {
 		w->truncated = 1;
 		return 1;
 	}
 	w->off += n;
-	w->dentry = parent;
+	w->dentry = (struct dentry *)up;
 	return 0;
 }
 

@@ -10,6 +10,8 @@ const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 const TRACEFS_MAGIC: i64 = 0x74726163;
 pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
 pub const TRACEFS_ROOT: &str = "/sys/kernel/tracing";
+/// Where tracefs may be found: its own mount point, or below debugfs on older setups.
+const TRACEFS_ROOTS: [&str; 2] = [TRACEFS_ROOT, "/sys/kernel/debug/tracing"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
@@ -91,37 +93,27 @@ pub fn on_bpffs(path: &Path) -> io::Result<bool> {
 
 /// Whether tracefs is mounted where [`ensure_tracefs`] looks (a look only).
 pub fn tracefs_mounted() -> bool {
-    [
-        Path::new(TRACEFS_ROOT),
-        Path::new("/sys/kernel/debug/tracing"),
-    ]
-    .iter()
-    .any(|p| matches!(fs_magic(p), Ok(TRACEFS_MAGIC)))
+    TRACEFS_ROOTS
+        .iter()
+        .any(|p| matches!(fs_magic(Path::new(p)), Ok(TRACEFS_MAGIC)))
 }
 
 /// Whether the kernel has the tracepoint `category/name` (its directory under tracefs's
 /// `events/`, wherever tracefs is mounted).
 pub fn tracepoint_exists(category: &str, name: &str) -> bool {
-    [TRACEFS_ROOT, "/sys/kernel/debug/tracing"]
-        .iter()
-        .any(|root| {
-            Path::new(root)
-                .join("events")
-                .join(category)
-                .join(name)
-                .is_dir()
-        })
+    TRACEFS_ROOTS.iter().any(|root| {
+        Path::new(root)
+            .join("events")
+            .join(category)
+            .join(name)
+            .is_dir()
+    })
 }
 
 /// Makes sure tracefs is mounted where tracepoint programs find their ids.
 pub fn ensure_tracefs() -> Result<(), MountError> {
-    let root = Path::new(TRACEFS_ROOT);
-    if matches!(fs_magic(root), Ok(TRACEFS_MAGIC)) {
+    if tracefs_mounted() {
         return Ok(());
     }
-    let debug = Path::new("/sys/kernel/debug/tracing");
-    if matches!(fs_magic(debug), Ok(TRACEFS_MAGIC)) {
-        return Ok(());
-    }
-    mount("tracefs", root)
+    mount("tracefs", Path::new(TRACEFS_ROOT))
 }

@@ -89,9 +89,9 @@ pub(super) fn measure(
     if kind == TracerKind::None {
         let syscall_ns = syscall_ns();
         let (storm, storm_cpu) = run_storm(env, &setting.storm, storm_cgroup, |_| {})?;
-        let mut sample = storm_sample(round, setting, storm, storm_cpu, None);
-        sample.syscall_ns = syscall_ns;
-        return Ok(Measurement::Sample(Box::new(sample)));
+        return Ok(Measurement::Sample(Box::new(storm_sample(
+            round, setting, storm, storm_cpu, syscall_ns, None,
+        ))));
     }
     let progs_before = program_ids(env);
     let mut tracer = match Tracer::start(kind, setting, env, storm_cgroup.id())? {
@@ -118,9 +118,14 @@ pub(super) fn measure(
     let mut sample = tracer_sample(&tracer, cpu_before, cpu_after, storm.execs, bpf)?;
     sample.idle_cpu_ms_per_s = idle_ms_per_s;
     tracer.stop();
-    let mut sample = storm_sample(round, setting, storm, storm_cpu, Some(sample));
-    sample.syscall_ns = syscall_ns;
-    Ok(Measurement::Sample(Box::new(sample)))
+    Ok(Measurement::Sample(Box::new(storm_sample(
+        round,
+        setting,
+        storm,
+        storm_cpu,
+        syscall_ns,
+        Some(sample),
+    ))))
 }
 
 /// ns per `getppid` (glibc does not cache it), the median of five runs of 200,000 calls.
@@ -141,6 +146,7 @@ pub(super) fn storm_sample(
     setting: &PodmapSetting,
     storm: StormResult,
     storm_cpu_usec: u64,
+    syscall_ns: f64,
     tracer: Option<TracerSample>,
 ) -> Sample {
     Sample {
@@ -149,7 +155,7 @@ pub(super) fn storm_sample(
         execs_per_sec: storm.execs as f64 / storm.seconds,
         storm_seconds: storm.seconds,
         storm_cpu_us_per_exec: storm_cpu_usec as f64 / storm.execs as f64,
-        syscall_ns: 0.0,
+        syscall_ns,
         tracer,
     }
 }
