@@ -47,10 +47,12 @@ static __always_inline struct cgroup *v1_cgroup(struct task_struct *task)
 	cset = task->cgroups;
 	if (!cset)
 		return 0;
-	bpf_core_read(&css, sizeof(css), &cset->subsys[ssid]);
+	/* Plain loads: the slot is fixed at load (the controller is read-only data), so the
+	 * verifier sees a constant offset. */
+	css = cset->subsys[ssid];
 	if (!css)
 		return 0;
-	return BPF_CORE_READ(css, cgroup);
+	return css->cgroup;
 }
 
 /*
@@ -114,7 +116,7 @@ static __always_inline void task_ids(struct task_struct *task, struct podmap_tas
 	struct cgroup *cg = v1_cgroup(task);
 	if (!cg)
 		return;
-	ids->cgroup_v1 = BPF_CORE_READ(cg, kn, id);
+	ids->cgroup_v1 = cg->kn->id;
 	if (ids->container_cgid || !v1_records())
 		return;
 	/* The same search in the tracked v1 hierarchy, which has no helper: the cgroup's own
