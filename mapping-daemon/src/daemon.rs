@@ -67,8 +67,9 @@ pub struct Args {
     /// Where Prometheus metrics are served; "off" disables them.
     #[arg(long, env = "PODMAP_METRICS_ADDR", default_value = "127.0.0.1:9477")]
     pub metrics_addr: String,
-    /// How often the ring buffer is polled when the kernel has not woken the reader.
-    #[arg(long, env = "PODMAP_POLL_MS", default_value_t = 10)]
+    /// How often the ring buffer is polled while events flow and the kernel has not woken the
+    /// reader: the bound on an event's delay (docs/decisions.md #47).
+    #[arg(long, env = "PODMAP_POLL_MS", default_value_t = 15)]
     pub poll_ms: u64,
     /// cgroups, besides /kubepods, /kubepods.slice and /machine.slice, below which the runtime
     /// places pods (kubelet's --cgroup-root): a cgroup path (/custom/pods) or a systemd slice

@@ -8,9 +8,11 @@
 //! Why a thread and not a tokio task: decode, attribute and enrich run beside the runtime, so a
 //! busy socket or metrics scrape never delays a drain and a drain never delays them. The hub
 //! writes each batch to the clients' sockets from this thread without blocking, and wakes a
-//! client's task only for what a full socket did not take (docs/decisions.md #42). It did not make a poll cheaper: measured against the tokio task, CPU
-//! per event was the same within the noise, at 200 execs/s as flat out (docs/decisions.md #27);
-//! a poll's cost is the wake-up itself.
+//! client's task only for what a full socket did not take (docs/decisions.md #42). The thread
+//! did not make a poll cheaper: measured against the tokio task, CPU per event was the same
+//! within the noise, at 200 execs/s as flat out (docs/decisions.md #27); a poll's cost is the
+//! wake-up itself, which is why the interval is as long as the latency bound allows
+//! (docs/decisions.md #47).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
