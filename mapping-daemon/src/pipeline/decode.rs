@@ -241,7 +241,30 @@ pub struct ExitRecord {
     /// As [`ExecRecord::entry_pid`].
     pub entry_pid: Option<u32>,
     /// The task's command name at exit.
-    pub comm: String,
+    pub comm: Comm,
+}
+
+/// A task's command name as the kernel keeps it (`TASK_COMM_LEN` bytes, NUL-padded): kept as
+/// bytes, since most exits never need it as text (their process table entry names them).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Comm([u8; 16]);
+
+impl Comm {
+    /// The name up to its first NUL, invalid UTF-8 replaced.
+    pub fn to_str(&self) -> std::borrow::Cow<'_, str> {
+        let end = self.0.iter().position(|&c| c == 0).unwrap_or(self.0.len());
+        String::from_utf8_lossy(&self.0[..end])
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0[0] == 0
+    }
+}
+
+impl std::fmt::Debug for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.to_str(), f)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -304,23 +327,34 @@ fn c_arc(b: &[u8]) -> Arc<str> {
     Arc::from(&*String::from_utf8_lossy(&b[..end]))
 }
 
+thread_local! {
+    /// The cwd under construction: a buffer kept between records, so building a cwd costs one
+    /// allocation, the `Arc<str>` itself.
+    static CWD: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    /// Every exec without arguments shares one empty list (an `Arc` always allocates).
+    static NO_ARGS: Arc<[String]> = Arc::from(Vec::new());
+}
+
 /// The cwd region holds components leaf first, each NUL-terminated.
 fn cwd_from_components(b: &[u8]) -> Arc<str> {
-    let mut s = String::with_capacity(b.len() + 1);
-    for c in b.split(|&c| c == 0).rev().filter(|c| !c.is_empty()) {
-        s.push('/');
-        s.push_str(&String::from_utf8_lossy(c));
-    }
-    if s.is_empty() {
-        return Arc::from("/");
-    }
-    Arc::from(s)
+    CWD.with_borrow_mut(|s| {
+        s.clear();
+        for c in b.split(|&c| c == 0).rev().filter(|c| !c.is_empty()) {
+            s.push('/');
+            s.push_str(&String::from_utf8_lossy(c));
+        }
+        if s.is_empty() {
+            s.push('/');
+        }
+        Arc::from(s.as_str())
+    })
 }
 
 fn split_args(b: &[u8]) -> Arc<[String]> {
     let b = b.strip_suffix(&[0]).unwrap_or(b);
-    if b.is_empty() {
-        return Arc::from(Vec::new());
+    // argv[0] alone (or nothing): no arguments.
+    if !b.contains(&0) {
+        return NO_ARGS.with(Arc::clone);
     }
     b.split(|&c| c == 0)
         .skip(1)
@@ -380,7 +414,7 @@ pub fn decode(buf: &[u8]) -> Result<KernelEvent, DecodeError> {
                 exec_ktime: ev.exec_ktime,
                 exit_code: ev.exit_code,
                 entry_pid: (ev.entry_pid != 0).then_some(ev.entry_pid),
-                comm: c_str(&ev.comm),
+                comm: Comm(ev.comm),
             }))
         }
         t @ (layout::EV_CGROUP_MKDIR | layout::EV_CGROUP_RMDIR) => {
@@ -523,6 +557,32 @@ mod tests {
         assert_eq!(&*cwd_from_components(b"\xff\0a\0"), "/a/\u{fffd}");
         assert_eq!(&*cwd_from_components(b""), "/");
         assert_eq!(&*cwd_from_components(b"\0\0"), "/");
+    }
+
+    #[test]
+    fn arguments_are_what_follows_argv0_empty_ones_included() {
+        let none: &[String] = &[];
+        assert_eq!(&*split_args(b""), none);
+        assert_eq!(&*split_args(b"true"), none);
+        assert_eq!(&*split_args(b"true\0"), none);
+        assert_eq!(&*split_args(b"sh\0-c\0exit 0\0"), ["-c", "exit 0"]);
+        assert_eq!(&*split_args(b"echo\0\0"), [""], "an empty argument is one");
+        assert_eq!(&*split_args(b"echo\0\xff\0"), ["\u{fffd}"]);
+    }
+
+    #[test]
+    fn a_comm_is_its_bytes_up_to_the_first_nul() {
+        let mut raw = [0u8; 16];
+        assert!(Comm(raw).is_empty());
+        raw[..14].copy_from_slice(b"runc:[1:CHILD]");
+        assert_eq!(Comm(raw).to_str(), "runc:[1:CHILD]");
+        assert_eq!(
+            Comm([b'x'; 16]).to_str(),
+            "x".repeat(16),
+            "a full name has no NUL"
+        );
+        raw[0] = 0xff;
+        assert_eq!(Comm(raw).to_str(), "\u{fffd}unc:[1:CHILD]");
     }
 
     #[test]

@@ -317,9 +317,9 @@ fn event(
             if process.binary.is_empty() && !e.comm.is_empty() {
                 // Never seen exec'ing (forked before podmapd, or a runtime's own helper such as
                 // runc's init stages): name it like ps does.
-                process.binary = Arc::from(format!("[{}]", e.comm));
-                if is_runtime_init_comm(&e.comm)
-                    && !process.flags.contains(&ProcessFlag::RuntimeInit)
+                let comm = e.comm.to_str();
+                process.binary = Arc::from(format!("[{comm}]"));
+                if is_runtime_init_comm(&comm) && !process.flags.contains(&ProcessFlag::RuntimeInit)
                 {
                     process.flags.push(ProcessFlag::RuntimeInit);
                 }

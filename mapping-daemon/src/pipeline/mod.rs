@@ -58,6 +58,10 @@ pub struct Pipeline {
     batch_now: u64,
     /// What the clients asked for when the record was read: the only events built.
     wanted: Wanted,
+    /// The last cgroup whose path was found not to be a container's: a storm's events come from
+    /// a few cgroups in a row, and a path's verdict never changes (cgroup ids are not reused;
+    /// the pod parents are fixed at start).
+    last_plain: Option<CgroupKey>,
 }
 
 impl Pipeline {
@@ -97,6 +101,7 @@ impl Pipeline {
             pod_seq: 0,
             batch_now: 0,
             wanted: Wanted::ALL,
+            last_plain: None,
         }
     }
 
@@ -163,6 +168,9 @@ impl Pipeline {
                 Stats::inc(&self.stats.cgroup);
                 if let Some(key) = self.cgroups.rmdir(c.hierarchy_id, c.id) {
                     self.containers.forget(key);
+                    if self.last_plain == Some(key) {
+                        self.last_plain = None;
+                    }
                 }
                 return;
             }
@@ -252,12 +260,18 @@ impl Pipeline {
                 return Attributed::Now(Owner::Container(m));
             }
         }
+        if self.last_plain == Some(leaf) {
+            return Attributed::Now(Owner::Host);
+        }
         let Some(path) = self.cgroups.path(leaf) else {
             return Attributed::Now(Owner::Host);
         };
         let shape = match classify(path, &self.parents) {
             ShapeVerdict::Container(shape) => shape,
-            ShapeVerdict::None => return Attributed::Now(Owner::Host),
+            ShapeVerdict::None => {
+                self.last_plain = Some(leaf);
+                return Attributed::Now(Owner::Host);
+            }
             ShapeVerdict::Outside(shape) => {
                 // Anyone with a writable cgroup (a user's systemd manager) could have chosen the
                 // name: it says nothing about a container (docs/decisions.md #29).
