@@ -4,10 +4,10 @@
 //!
 //! A binary found in the target directory must be of the current build: one older than any
 //! source it is built from (the `src/`, C programs, build scripts and manifests of the
-//! workspace crates it depends on, [`crates_of`]) is refused with the command that rebuilds it, so an end-to-end
-//! test never passes or fails against a stale podmapd, podmap-nri or hook. Tests of the crate that
-//! owns a binary use cargo's `CARGO_BIN_EXE_<name>` instead, always current. `$PODMAP_BIN_DIR`
-//! (installed binaries) is taken as given.
+//! workspace crates it depends on, [`crates_of`]) is refused with the command that rebuilds it,
+//! so an end-to-end test never passes or fails against a stale podmapd, podmap-nri or hook. Tests
+//! of the crate that owns a binary use cargo's `CARGO_BIN_EXE_<name>` instead, always current.
+//! `$PODMAP_BIN_DIR` (installed binaries) is taken as given.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -42,13 +42,20 @@ pub fn workspace_root() -> PathBuf {
 /// The path of a workspace binary; panics with the fix when it was not built, or was built
 /// before its sources last changed.
 pub fn path(name: &str) -> PathBuf {
+    checked_path(name).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`path`], with the fix as an error instead of a panic: for a program (the demo) that checks
+/// its binaries before it starts anything.
+pub fn checked_path(name: &str) -> Result<PathBuf, String> {
     let p = dir().join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: build the workspace's binaries first (`cargo build --workspace --bins`, \
-         which scripts/test.sh runs), or point PODMAP_BIN_DIR at them",
-        p.display()
-    );
+    if !p.exists() {
+        return Err(format!(
+            "{} is missing: build the workspace's binaries first (`cargo build --workspace \
+             --bins`, which scripts/test.sh runs), or point PODMAP_BIN_DIR at them",
+            p.display()
+        ));
+    }
     if std::env::var_os("PODMAP_BIN_DIR").is_none() {
         type Newest = Option<(SystemTime, PathBuf)>;
         static NEWEST: Mutex<Option<HashMap<String, Newest>>> = Mutex::new(None);
@@ -59,11 +66,9 @@ pub fn path(name: &str) -> PathBuf {
             .entry(name.to_string())
             .or_insert_with(|| newest_source(&workspace_root(), &crates_of(name)))
             .clone();
-        if let Err(e) = check_fresh(&p, newest.as_ref()) {
-            panic!("{e}");
-        }
+        check_fresh(&p, newest.as_ref())?;
     }
-    p
+    Ok(p)
 }
 
 /// The workspace crates (directories, relative to the root) a binary is built from: its own and,

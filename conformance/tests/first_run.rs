@@ -46,6 +46,33 @@ fn run_sh_execs_the_demo_with_its_own_arguments() {
     assert_eq!(last, r#"exec target/release/podmap-demo "$@""#);
 }
 
+/// A binary the demo needs that is missing (or stale) is a one-line error before anything starts:
+/// no panic, nothing left behind. No root needed: it stops before the first privileged step.
+#[test]
+fn a_missing_binary_is_said_before_the_demo_starts_anything() {
+    let empty = tempfile::tempdir().unwrap();
+    let socket_dir = tempfile::tempdir().unwrap();
+    let socket = socket_dir.path().join("demo/podmap.sock");
+    for args in [&["--host"][..], &[][..]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_podmap-demo"))
+            .args(args)
+            .arg("--socket")
+            .arg(&socket)
+            .env("PODMAP_BIN_DIR", empty.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        let want = format!("podmap-demo: {}/podmapd is missing", empty.path().display());
+        assert!(stderr.starts_with(&want), "{args:?}: {stderr}");
+        assert!(
+            !socket.parent().unwrap().exists(),
+            "{args:?}: the socket's directory was made"
+        );
+    }
+}
+
 #[test]
 fn demo_pod_streams_until_ctrl_c_then_leaves_nothing() {
     if podmap_bpf::testing::requires_root() {

@@ -66,6 +66,21 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
+    // A missing or stale binary is said before anything starts, not found half-way through.
+    let mut needed = vec!["podmapd", "podmap"];
+    if !cli.host {
+        needed.push("podmap-nri");
+        if cli.pure_cgroup2 {
+            needed.push("podmap-test-runc");
+        }
+    }
+    for name in needed {
+        bins::checked_path(name).map_err(|e| {
+            anyhow::anyhow!(
+                "{e}. For the demo, scripts/run.sh rebuilds them (release) and starts it"
+            )
+        })?;
+    }
     let _socket_dir = SocketDir::claim(&cli.socket)?;
     if cli.host {
         run_host(cli)
