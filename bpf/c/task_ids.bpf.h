@@ -121,7 +121,7 @@ static __always_inline void task_ids(struct task_struct *task, struct podmap_tas
 		return;
 	/* The same search in the tracked v1 hierarchy, which has no helper: the cgroup's own
 	 * ancestor array, indexed by level like the helper's. */
-	level = BPF_CORE_READ(cg, level);
+	level = cg->level;
 	if (level < 1)
 		return;
 	key.hierarchy = PODMAP_HIER_V1;
@@ -194,9 +194,9 @@ static __always_inline int parent_in_container(struct task_struct *task,
 	}
 	if (!cg)
 		return 0;
-	if (BPF_CORE_READ(cg, kn, id) == own)
+	if (cg->kn->id == own)
 		return 1;
-	level = BPF_CORE_READ(cg, level);
+	level = cg->level;
 	for (i = 1; i <= PODMAP_MAX_CONTAINER_LEVEL; i++) {
 		if (i > level)
 			break;

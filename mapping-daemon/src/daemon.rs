@@ -68,7 +68,7 @@ pub struct Args {
     #[arg(long, env = "PODMAP_METRICS_ADDR", default_value = "127.0.0.1:9477")]
     pub metrics_addr: String,
     /// How often the ring buffer is polled while events flow and the kernel has not woken the
-    /// reader: the bound on an event's delay (docs/decisions.md #47).
+    /// reader: how long a flowing event may wait for it (docs/decisions.md #47).
     #[arg(long, env = "PODMAP_POLL_MS", default_value_t = 15)]
     pub poll_ms: u64,
     /// cgroups, besides /kubepods, /kubepods.slice and /machine.slice, below which the runtime

@@ -1,7 +1,7 @@
 //! The ring-buffer reader: a thread of its own, blocked in `epoll_wait` on the ring buffer's fd.
-//! Busy, it drains every `poll` (the epoll timeout: the programs submit without wake-ups below
-//! a threshold, which is most of the cost of a tracer) and whenever the kernel wakes it because
-//! much is queued. Idle, it stops polling: it tells the programs it sleeps, and the next record
+//! Busy, it drains every `poll` (the epoll timeout: the programs submit execs and exits without
+//! wake-ups below a threshold, which is most of the cost of a tracer) and whenever the kernel
+//! wakes it: much queued, or a rare cgroup or policy record. Idle, it stops polling: it tells the programs it sleeps, and the next record
 //! wakes it. Each wake-up drains what is queued in batches of at most `MAX_BATCH` records, each
 //! handed to the hub as it is read, so the batch buffer stays bounded (docs/decisions.md #27).
 //!
