@@ -72,9 +72,10 @@ fn round_ratio(a: &ScaleRow, b: &ScaleRow) -> Option<f64> {
 
 fn targets(rows: &[ScaleRow]) -> Vec<Target> {
     let get = |s: Scale| rows.iter().find(|r| r.setting == s);
+    // The ratio pairs settings of the same round, so it need not equal the medians' ratio.
     let ratio_text = |r: f64, a: &ScaleRow, b: &ScaleRow| {
         format!(
-            "{r:.2}x ({} vs {} us/event)",
+            "{r:.2}x, the median of the rounds' ratios (medians {} vs {} us/event)",
             opt(a.cpu_us_per_event, 2),
             opt(b.cpu_us_per_event, 2)
         )
