@@ -50,21 +50,38 @@ fn run_sh_execs_the_demo_with_its_own_arguments() {
 /// no panic, nothing left behind. No root needed: it stops before the first privileged step.
 #[test]
 fn a_missing_binary_is_said_before_the_demo_starts_anything() {
-    let empty = tempfile::tempdir().unwrap();
     let socket_dir = tempfile::tempdir().unwrap();
     let socket = socket_dir.path().join("demo/podmap.sock");
-    for args in [&["--host"][..], &[][..]] {
+    // (arguments, binaries present, the one the error names): each mode's own list.
+    let cases: [(&[&str], &[&str], &str); 4] = [
+        (&["--host"], &[], "podmapd"),
+        (&[], &[], "podmapd"),
+        (&[], &["podmapd", "podmap"], "podmap-nri"),
+        (
+            &["--pure-cgroup2"],
+            &["podmapd", "podmap", "podmap-nri"],
+            "podmap-test-runc",
+        ),
+    ];
+    for (args, present, missing) in cases {
+        let bins = tempfile::tempdir().unwrap();
+        for name in present {
+            std::fs::write(bins.path().join(name), "").unwrap();
+        }
         let out = Command::new(env!("CARGO_BIN_EXE_podmap-demo"))
             .args(args)
             .arg("--socket")
             .arg(&socket)
-            .env("PODMAP_BIN_DIR", empty.path())
+            .env("PODMAP_BIN_DIR", bins.path())
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
-        let want = format!("podmap-demo: {}/podmapd is missing", empty.path().display());
+        let want = format!(
+            "podmap-demo: {}/{missing} is missing",
+            bins.path().display()
+        );
         assert!(stderr.starts_with(&want), "{args:?}: {stderr}");
         assert!(
             !socket.parent().unwrap().exists(),
